@@ -1,0 +1,198 @@
+"""Training and test data: the prepared dose series of the real volumes, and patch sampling.
+
+``prepare`` turns the real volumes of ``../shared/data`` into a cached folder with, per case,
+the normal-dose volume and simulated low-dose volumes, plus a ``manifest.json`` recording the
+split (test = ircadb17, which has liver/tumour masks; train = the others), the simulation
+settings, and the unpaired split (low-dose and normal-dose slices drawn from disjoint slabs).
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ldct.io import CTVolume, read_mask, read_volume, write_volume
+from ldct.metrics import body_mask, noise_sd
+from ldct.simulate import LowDoseParams, simulate_low_dose
+
+DEFAULT_DOSES = (0.5, 0.25, 0.10)
+UNPAIRED_SLAB = 8  # slices per slab when alternating low-dose and normal-dose slabs
+
+
+@dataclass(frozen=True)
+class Case:
+    """A real volume in the shared data folder and its role in the split."""
+
+    name: str
+    image: str  # relative to the data folder
+    role: str  # "train" or "test"
+    masks: tuple[str, ...] = ()  # relative paths of NIfTI masks (test case)
+
+
+CASES = (
+    Case("ircadb17", "ct/ircadb17/dicom", "test",
+         ("ct/ircadb17/masks/liver.nii.gz", "ct/ircadb17/masks/livertumor1.nii.gz",
+          "ct/ircadb17/masks/livertumor2.nii.gz", "ct/ircadb17/masks/portalvein.nii.gz")),
+    Case("ircadb01", "ct/ircadb01/image.nii.gz", "train"),
+    Case("tcia_pancreas001", "ct/tcia_pancreas001/dicom", "train"),
+)
+
+
+def dose_key(dose: float) -> str:
+    """File-name key of a dose, e.g. 0.25 -> 'dose_0.25', 1 -> 'nd'."""
+    return "nd" if dose >= 1.0 else f"dose_{dose:g}"
+
+
+def _mask_name(relative: str) -> str:
+    return Path(relative).name.split(".")[0]
+
+
+def unpaired_split(slices: int, slab: int = UNPAIRED_SLAB) -> tuple[list[int], list[int]]:
+    """Disjoint slice sets for unpaired training: alternating slabs, low dose first."""
+    low = [k for k in range(slices) if (k // slab) % 2 == 0]
+    normal = [k for k in range(slices) if (k // slab) % 2 == 1]
+    return low, normal
+
+
+def crop_slices(volume: CTVolume, max_slices: int | None) -> tuple[CTVolume, slice]:
+    """The central ``max_slices`` slices (all when None), for quick runs and tests."""
+    n = volume.hu.shape[0]
+    if max_slices is None or max_slices >= n:
+        return volume, slice(0, n)
+    start = (n - max_slices) // 2
+    window = slice(start, start + max_slices)
+    direction = np.asarray(volume.direction)
+    origin = np.asarray(volume.origin) + start * volume.spacing[2] * direction[:, 2]
+    cropped = CTVolume(hu=volume.hu[window].copy(), spacing=volume.spacing,
+                       origin=tuple(origin), direction=direction, dicom=volume.dicom)
+    return cropped, window
+
+
+def prepare(data_dir: str | Path, out_dir: str | Path, doses: Sequence[float] = DEFAULT_DOSES,
+            params: LowDoseParams = LowDoseParams(), seed: int = 0,
+            max_slices: int | None = None, cases: Iterable[str] | None = None,
+            progress: bool = True) -> dict:
+    """Build (or reuse) the prepared dataset and return its manifest.
+
+    Each (case, dose) file is written once; a rerun with the same settings only re-reads the
+    manifest. Changing the simulation settings rebuilds the affected files.
+    """
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    chosen = [c for c in CASES if cases is None or c.name in set(cases)]
+    missing = [c.name for c in chosen if not (data_dir / c.image).exists()]
+    if missing:
+        raise FileNotFoundError(f"{data_dir}: missing {', '.join(missing)}; expected the layout "
+                                "of ../shared/data (see its README).")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = out_dir / "manifest.json"
+    settings = {"params": {k: v for k, v in asdict(params).items() if k != "dose"},
+                "seed": seed, "max_slices": max_slices}
+    old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    reuse = old.get("settings") == settings
+    manifest = {"settings": settings, "doses": sorted(set(doses) | set(old.get("doses", [])
+                                                                        if reuse else []),
+                                                      reverse=True),
+                "cases": old.get("cases", {}) if reuse else {}}
+    for case in chosen:
+        entry = manifest["cases"].get(case.name, {"files": {}})
+        case_dir = out_dir / case.name
+        nd_path = case_dir / "nd.nrrd"
+        volume = None
+        if not (reuse and nd_path.exists()):
+            volume, window = crop_slices(read_volume(data_dir / case.image), max_slices)
+            write_volume(volume, nd_path)
+            masks = {}
+            for relative in case.masks:
+                mask = read_mask(data_dir / relative)[window]
+                mask_path = case_dir / "masks" / f"{_mask_name(relative)}.nrrd"
+                write_volume(volume.with_hu(mask.astype(np.float32)), mask_path)
+                masks[_mask_name(relative)] = str(mask_path.relative_to(out_dir))
+            low, normal = unpaired_split(volume.hu.shape[0])
+            entry = {"role": case.role, "source": case.image, "slices": volume.hu.shape[0],
+                     "spacing": list(volume.spacing), "masks": masks,
+                     "files": {"nd": str(nd_path.relative_to(out_dir))},
+                     "unpaired": {"low_dose_slices": low, "normal_dose_slices": normal}}
+        for dose in doses:
+            key = dose_key(dose)
+            path = case_dir / f"{key}.nrrd"
+            if reuse and key in entry["files"] and path.exists():
+                continue
+            if volume is None:
+                volume = read_volume(nd_path)
+            case_seed = seed + zlib.crc32(f"{case.name}:{dose:g}".encode())
+            low_dose = simulate_low_dose(volume, LowDoseParams(**{**asdict(params), "dose": dose}),
+                                         seed=case_seed, progress=progress)
+            write_volume(low_dose, path)
+            entry["files"][key] = str(path.relative_to(out_dir))
+        manifest["cases"][case.name] = entry
+        manifest_path.write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+class PreparedData:
+    """Read access to a prepared folder: volumes by case and dose, masks, the split."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        path = self.root / "manifest.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{self.root}: no manifest.json; run `ldct prepare --out "
+                                    f"{self.root}` first.")
+        self.manifest = json.loads(path.read_text())
+
+    def cases(self, role: str | None = None) -> list[str]:
+        """Case names, optionally only those of one role ('train' or 'test')."""
+        return [n for n, e in self.manifest["cases"].items() if role in (None, e["role"])]
+
+    def volume(self, case: str, dose: float = 1.0) -> CTVolume:
+        """The normal-dose (dose 1) or simulated low-dose volume of a case."""
+        files = self.manifest["cases"][case]["files"]
+        key = dose_key(dose)
+        if key not in files:
+            raise KeyError(f"{case}: dose {dose:g} not prepared (have {sorted(files)}); rerun "
+                           f"`ldct prepare --doses ...` with it.")
+        return read_volume(self.root / files[key])
+
+    def masks(self, case: str) -> dict[str, np.ndarray]:
+        """The case's label masks as booleans (empty for cases without masks)."""
+        return {name: read_mask(self.root / rel)
+                for name, rel in self.manifest["cases"][case]["masks"].items()}
+
+    def unpaired(self, case: str) -> tuple[list[int], list[int]]:
+        """Slice indices for unpaired training: (low-dose slices, normal-dose slices)."""
+        split = self.manifest["cases"][case]["unpaired"]
+        return split["low_dose_slices"], split["normal_dose_slices"]
+
+
+def summarize(data: PreparedData) -> list[dict]:
+    """Per case and dose: slices, HU range and noise SD (low dose - normal dose).
+
+    The noise SD is measured in the liver mask when the case has one, else in soft tissue
+    (normal-dose 0..100 HU inside the body).
+    """
+    rows = []
+    for case in data.cases():
+        nd = data.volume(case)
+        masks = data.masks(case)
+        region = masks.get("liver")
+        region_name = "liver"
+        if region is None:
+            region = (nd.hu > 0) & (nd.hu < 100) & body_mask(nd.hu)
+            region_name = "soft tissue"
+        for dose in [1.0] + list(data.manifest["doses"]):
+            try:
+                vol = nd if dose >= 1.0 else data.volume(case, dose)
+            except KeyError:
+                continue
+            rows.append({"case": case, "role": data.manifest["cases"][case]["role"],
+                         "dose": dose, "slices": vol.hu.shape[0],
+                         "hu_min": float(vol.hu.min()), "hu_max": float(vol.hu.max()),
+                         "region": region_name,
+                         "sd_region": noise_sd(vol.hu, region),
+                         "added_noise_sd": noise_sd(vol.hu, region, nd.hu)})
+    return rows

@@ -1,0 +1,398 @@
+"""CT volume input/output in Hounsfield units with exact geometry.
+
+Every reader returns a :class:`CTVolume` (HU float32 array, shape (slices, rows, columns), plus
+spacing/origin/direction in ITK's LPS convention) and every writer takes one, so the rest of
+the project never sees file formats. Geometry is what makes a denoised volume overlay its
+original: it is carried through unchanged and checked by the round-trip tests.
+"""
+
+from __future__ import annotations
+
+import datetime
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+ITK_FORMATS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+PICTURE_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+MAX_VOXELS = 1024 * 1024 * 2048  # 8 GiB as float32: beyond this a volume must be split first
+MIN_INPLANE = 16
+
+# DICOM tags of the patient, study, frame-of-reference and equipment modules that a derived
+# series keeps from its source, so that a PACS files it next to the original.
+KEPT_TAGS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientAge", "PatientWeight",
+    "PatientIdentityRemoved", "DeidentificationMethod",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber",
+    "ReferringPhysicianName", "StudyDescription",
+    "FrameOfReferenceUID", "PositionReferenceIndicator",
+    "Manufacturer", "ManufacturerModelName", "InstitutionName", "StationName",
+    "BodyPartExamined", "KVP", "ConvolutionKernel", "PatientPosition", "ContrastBolusAgent",
+)
+
+
+class CTInputError(ValueError):
+    """The input cannot be used as a CT volume; the message says why and what to do."""
+
+
+@dataclass
+class CTVolume:
+    """A CT volume in HU with its patient-space geometry (ITK/LPS conventions).
+
+    ``hu`` has shape (slices, rows, columns); ``spacing`` and ``origin`` are (x, y, z) in mm;
+    ``direction`` is a 3x3 matrix whose columns are the x, y, z axes in patient space.
+    ``dicom`` keeps one source header (when read from DICOM) so derived series can keep
+    patient/study tags.
+    """
+
+    hu: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: np.ndarray = field(default_factory=lambda: np.eye(3))
+    dicom: Dataset | None = None
+
+    def with_hu(self, hu: np.ndarray) -> CTVolume:
+        """The same geometry and header with new voxel values (e.g. a denoised result)."""
+        if hu.shape != self.hu.shape:
+            raise ValueError(f"shape {hu.shape} does not match the volume's {self.hu.shape}")
+        return replace(self, hu=np.asarray(hu, dtype=np.float32))
+
+    def same_geometry(self, other: CTVolume, atol: float = 0.0) -> bool:
+        """True when both volumes cover the same voxels in patient space."""
+        return (
+            self.hu.shape == other.hu.shape
+            and np.allclose(self.spacing, other.spacing, rtol=0, atol=atol)
+            and np.allclose(self.origin, other.origin, rtol=0, atol=atol)
+            and np.allclose(self.direction, other.direction, rtol=0, atol=atol)
+        )
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate_ct(hu: np.ndarray, source: str = "input", max_voxels: int = MAX_VOXELS) -> None:
+    """Refuse arrays that cannot be a CT volume in HU, saying what is wrong and what to do."""
+    if hu.ndim != 3:
+        raise CTInputError(f"{source}: expected a 3D volume (slices, rows, columns), got shape "
+                           f"{hu.shape}. Give a CT series, a volume file, or a single CT slice.")
+    if min(hu.shape[1:]) < MIN_INPLANE:
+        raise CTInputError(f"{source}: slices of {hu.shape[1]}x{hu.shape[2]} pixels are too small "
+                           f"to be CT images (need at least {MIN_INPLANE}x{MIN_INPLANE}).")
+    if hu.size > max_voxels:
+        raise CTInputError(f"{source}: {hu.size:,} voxels ({hu.shape}) exceed the limit of "
+                           f"{max_voxels:,}. Crop the volume or split it into slabs first.")
+    finite = np.isfinite(hu)
+    if not finite.all():
+        bad = int(hu.size - np.count_nonzero(finite))
+        raise CTInputError(f"{source}: {bad} voxels are NaN or infinite. CT values must be finite "
+                           "HU; fix or mask the source volume before denoising.")
+    lo, hi = float(hu.min()), float(hu.max())
+    if lo > -150.0:
+        hint = (" It looks like raw stored values without the rescale intercept, or an image "
+                "normalized to [0, 1]." if lo >= 0 else "")
+        raise CTInputError(f"{source}: values span [{lo:.1f}, {hi:.1f}], which is not a CT volume "
+                           f"in Hounsfield units (no air or fat below -150 HU).{hint} Give the CT "
+                           "in HU (e.g. the DICOM series itself, which carries the rescale).")
+    if lo < -10000 or hi > 40000:
+        raise CTInputError(f"{source}: values span [{lo:.0f}, {hi:.0f}], far outside any CT range "
+                           "in HU; check the rescale slope/intercept of the source.")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_volume(path: str | Path, series_uid: str | None = None) -> CTVolume:
+    """Read a DICOM series folder, a DICOM file, a zip of a DICOM series, NRRD or NIfTI into HU."""
+    path = Path(path)
+    if not path.exists():
+        raise CTInputError(f"{path}: no such file or folder.")
+    name = path.name.lower()
+    if path.is_dir():
+        return read_dicom_series(path, series_uid)
+    if name.endswith(PICTURE_FORMATS):
+        raise CTInputError(f"{path}: a 2D picture file is not a CT volume. Export the CT as DICOM, "
+                           "NRRD or NIfTI (values in HU) instead.")
+    if name.endswith(ITK_FORMATS):
+        return _read_itk(path)
+    if zipfile.is_zipfile(path):
+        with tempfile.TemporaryDirectory(prefix="ldct-zip-") as tmp:
+            with zipfile.ZipFile(path) as archive:
+                _safe_extract(archive, Path(tmp))
+            return read_dicom_series(Path(tmp), series_uid)
+    if _is_dicom_file(path):
+        return read_dicom_series([path], series_uid)
+    raise CTInputError(f"{path}: unrecognised file type. Supported: a DICOM series folder, a DICOM "
+                       "file, a .zip of a DICOM series, .nrrd, .nii/.nii.gz, .mha.")
+
+
+def _safe_extract(archive: zipfile.ZipFile, dest: Path) -> None:
+    """Extract a zip refusing members that would land outside ``dest``."""
+    root = dest.resolve()
+    for member in archive.namelist():
+        target = (dest / member).resolve()
+        if root not in target.parents and target != root:
+            raise CTInputError(f"zip member {member!r} points outside the archive; refusing it.")
+    archive.extractall(dest)
+
+
+def _is_dicom_file(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        head = handle.read(132)
+    if head[128:132] == b"DICM":
+        return True
+    try:  # some old files have no preamble
+        pydicom.dcmread(path, stop_before_pixels=True)
+        return True
+    except Exception:
+        return False
+
+
+def _read_itk(path: Path) -> CTVolume:
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        raise CTInputError(f"{path}: cannot be read ({str(exc).strip().splitlines()[-1]}).") from exc
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise CTInputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per "
+                           "voxel (colour?); a CT volume has one value per voxel.")
+    if image.GetDimension() == 2:
+        image = sitk.JoinSeries(image)
+    if image.GetDimension() != 3:
+        raise CTInputError(f"{path}: a {image.GetDimension()}D image; expected a 3D CT volume.")
+    hu = sitk.GetArrayFromImage(image).astype(np.float32)
+    validate_ct(hu, str(path))
+    return CTVolume(hu=hu, spacing=tuple(image.GetSpacing()), origin=tuple(image.GetOrigin()),
+                    direction=np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3))
+
+
+def read_dicom_series(source: Path | Sequence[Path], series_uid: str | None = None) -> CTVolume:
+    """Read the CT slices of one series (a folder searched recursively, or given files)."""
+    files = sorted(p for p in Path(source).rglob("*") if p.is_file()) \
+        if isinstance(source, Path) else list(source)
+    headers: dict[str, list[tuple[Path, Dataset]]] = {}
+    for path in files:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        if "PixelData" not in ds and not hasattr(ds, "Rows"):
+            continue
+        headers.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((path, ds))
+    where = source if isinstance(source, Path) else (files[0] if files else "input")
+    if not headers:
+        raise CTInputError(f"{where}: no DICOM images found.")
+    if series_uid is not None:
+        if series_uid not in headers:
+            raise CTInputError(f"{where}: series {series_uid} not found; present: {sorted(headers)}")
+        chosen = headers[series_uid]
+    elif len(headers) > 1:
+        listing = ", ".join(f"{uid} ({len(v)} images, {v[0][1].get('Modality', '?')})"
+                            for uid, v in headers.items())
+        raise CTInputError(f"{where}: holds {len(headers)} series: {listing}. Pick one "
+                           "(series_uid / --series) or give a folder with one series.")
+    else:
+        chosen = next(iter(headers.values()))
+    first = chosen[0][1]
+    modality = first.get("Modality", "")
+    if modality != "CT":
+        raise CTInputError(f"{where}: modality is {modality or 'missing'}, not CT. These denoisers "
+                           "are trained on CT in Hounsfield units only.")
+    if first.get("SOPClassUID") == ENHANCED_CT_IMAGE_STORAGE or int(first.get("NumberOfFrames", 1)) > 1:
+        raise CTInputError(f"{where}: a multi-frame (enhanced) CT object; convert it to a classic "
+                           "single-frame CT series first.")
+    return _stack_slices(chosen, str(where))
+
+
+def _stack_slices(items: list[tuple[Path, Dataset]], where: str) -> CTVolume:
+    first = items[0][1]
+    iop = np.array(first.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=np.float64)
+    row_dir, col_dir = iop[:3], iop[3:]
+    normal = np.cross(row_dir, col_dir)
+
+    def position(ds: Dataset) -> np.ndarray:
+        return np.array(ds.get("ImagePositionPatient", [0, 0, 0]), dtype=np.float64)
+
+    items = sorted(items, key=lambda item: float(position(item[1]) @ normal))
+    distances = np.array([position(ds) @ normal for _, ds in items])
+    if len(items) > 1:
+        gaps = np.diff(distances)
+        if np.any(gaps <= 1e-6):
+            raise CTInputError(f"{where}: several slices share one position (duplicates or "
+                               "several acquisitions mixed); give one series.")
+        if np.ptp(gaps) > max(0.01 * gaps.mean(), 1e-3):
+            raise CTInputError(f"{where}: slice spacing varies ({gaps.min():.3f} to "
+                               f"{gaps.max():.3f} mm); resample to uniform spacing first.")
+        dz = float(gaps.mean())
+    else:
+        dz = float(first.get("SpacingBetweenSlices", first.get("SliceThickness", 1.0)) or 1.0)
+    rows, cols = int(first.Rows), int(first.Columns)
+    hu = np.empty((len(items), rows, cols), dtype=np.float32)
+    for k, (path, _) in enumerate(items):
+        ds = pydicom.dcmread(path)
+        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
+            raise CTInputError(f"{path}: {ds.Rows}x{ds.Columns} pixels, unlike the series' "
+                               f"{rows}x{cols}.")
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:
+            syntax = ds.file_meta.get("TransferSyntaxUID", "?")
+            raise CTInputError(f"{path}: pixel data cannot be decoded (transfer syntax {syntax}: "
+                               f"{exc}).") from exc
+        slope = float(ds.get("RescaleSlope", 1) or 1)
+        intercept = float(ds.get("RescaleIntercept", 0) or 0)
+        hu[k] = pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    validate_ct(hu, where)
+    spacing_rc = [float(v) for v in first.get("PixelSpacing", [1.0, 1.0])]
+    direction = np.stack([row_dir, col_dir, normal], axis=1)
+    return CTVolume(hu=hu, spacing=(spacing_rc[1], spacing_rc[0], dz),
+                    origin=tuple(float(v) for v in position(items[0][1])),
+                    direction=direction, dicom=first)
+
+
+def read_mask(path: str | Path, like: CTVolume | None = None) -> np.ndarray:
+    """Read a label mask (NIfTI/NRRD) as a boolean array in the (slices, rows, columns) layout."""
+    image = sitk.ReadImage(str(path))
+    mask = sitk.GetArrayFromImage(image) > 0
+    if like is not None and mask.shape != like.hu.shape:
+        raise CTInputError(f"{path}: mask shape {mask.shape} differs from the volume's "
+                           f"{like.hu.shape}.")
+    return mask
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def write_volume(volume: CTVolume, path: str | Path, **dicom_options) -> Path:
+    """Write by extension: .nrrd/.nii/.nii.gz/.mha as float32 HU, a folder (no suffix) as DICOM."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(ITK_FORMATS):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(to_sitk(volume), str(path), useCompression=True)
+        return path
+    if path.suffix in ("", ".dcm", ".dicom"):
+        write_dicom_series(volume, path, **dicom_options)
+        return path
+    raise CTInputError(f"{path}: unknown output format; use .nrrd, .nii.gz, .mha or a folder "
+                       "name for a DICOM series.")
+
+
+def to_sitk(volume: CTVolume, dtype: type = np.float32) -> sitk.Image:
+    """The volume as a SimpleITK image with its geometry."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.hu, dtype=dtype))
+    image.SetSpacing(tuple(float(s) for s in volume.spacing))
+    image.SetOrigin(tuple(float(o) for o in volume.origin))
+    image.SetDirection(tuple(float(d) for d in np.asarray(volume.direction).ravel()))
+    return image
+
+
+def _ds_number(value: float) -> str:
+    """Format a number in at most 16 characters (DICOM DS), keeping as many digits as fit."""
+    text = repr(float(value))
+    if len(text) <= 16:
+        return text
+    for digits in range(15, 0, -1):
+        text = f"{value:.{digits}g}"
+        if len(text) <= 16:
+            return text
+    raise ValueError(f"cannot format {value} as a DICOM decimal string")
+
+
+def write_dicom_series(volume: CTVolume, folder: str | Path, description: str = "ldct derived",
+                       derivation: str = "", series_number: int = 1001,
+                       reference: Dataset | None = None) -> list[Path]:
+    """Write a derived CT series (int16 + rescale) keeping patient/study tags of the source.
+
+    New Series and SOP Instance UIDs; ImageType DERIVED\\SECONDARY; values are rounded to whole
+    HU as scanners store them. ``reference`` overrides the header taken from ``volume.dicom``.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if any(folder.glob("*.dcm")):
+        raise FileExistsError(f"{folder} already holds DICOM files; write to an empty folder.")
+    source = reference if reference is not None else volume.dicom
+    hu = np.rint(volume.hu)
+    if hu.min() < -32768 or hu.max() > 32767:
+        raise CTInputError("values exceed the int16 range of a DICOM CT series.")
+    pixels = hu.astype(np.int16)
+    now = datetime.datetime.now()
+    series_uid = generate_uid()
+    direction = np.asarray(volume.direction, dtype=np.float64)
+    origin = np.asarray(volume.origin, dtype=np.float64)
+    written = []
+    for k in range(pixels.shape[0]):
+        ds = _slice_header(source, now)
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = series_number
+        ds.SeriesDescription = description[:64]
+        if derivation:
+            ds.DerivationDescription = derivation[:1024]
+        ds.InstanceNumber = k + 1
+        sop_uid = generate_uid()
+        ds.SOPInstanceUID = sop_uid
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        position = origin + k * volume.spacing[2] * direction[:, 2]
+        ds.ImagePositionPatient = [_ds_number(v) for v in position]
+        ds.ImageOrientationPatient = [_ds_number(v) for v in
+                                      np.concatenate([direction[:, 0], direction[:, 1]])]
+        ds.SliceLocation = _ds_number(float(position @ direction[:, 2]))
+        ds.PixelSpacing = [_ds_number(volume.spacing[1]), _ds_number(volume.spacing[0])]
+        ds.SliceThickness = _ds_number(volume.spacing[2])
+        ds.SpacingBetweenSlices = _ds_number(volume.spacing[2])
+        ds.Rows, ds.Columns = pixels.shape[1:]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
+        ds.WindowCenter, ds.WindowWidth = "40", "400"
+        ds.PixelData = pixels[k].tobytes()
+        out = folder / f"IM{k + 1:05d}.dcm"
+        ds.save_as(out, write_like_original=False)
+        written.append(out)
+    return written
+
+
+def _slice_header(source: Dataset | None, now: datetime.datetime) -> Dataset:
+    """A fresh CT image header, carrying the kept tags of ``source`` (or placeholders)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.SOPClassUID = CT_IMAGE_STORAGE
+    ds.Modality = "CT"
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    if source is not None:
+        for keyword in KEPT_TAGS:
+            if keyword in source:
+                setattr(ds, keyword, source.data_element(keyword).value)
+        if "SOPInstanceUID" in source:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = source.get("SOPClassUID", CT_IMAGE_STORAGE)
+            ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
+            ds.SourceImageSequence = [ref]
+    if "PatientName" not in ds:
+        ds.PatientName = "Anonymous"
+    if "PatientID" not in ds:
+        ds.PatientID = "ldct-anonymous"
+    if "StudyInstanceUID" not in ds:
+        ds.StudyInstanceUID = generate_uid()
+        ds.StudyDate, ds.StudyTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    if "FrameOfReferenceUID" not in ds:
+        ds.FrameOfReferenceUID = generate_uid()
+    ds.SeriesDate, ds.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.ContentDate, ds.ContentTime = ds.SeriesDate, ds.SeriesTime
+    return ds

@@ -1,0 +1,146 @@
+"""Image-quality metrics for CT denoising (DESIGN.md §5).
+
+PSNR/SSIM on the liver window, RMSE in HU, CT-number bias and residual noise in a mask, the
+radially averaged noise power spectrum (NPS) and its peak frequency, lesion CNR. All inputs are
+HU arrays shaped (slices, rows, columns) or (rows, columns); masks are boolean arrays of the
+same shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+LIVER_WINDOW = (-160.0, 240.0)  # W400/L40
+
+
+def to_window(hu: np.ndarray, window: tuple[float, float] = LIVER_WINDOW) -> np.ndarray:
+    """HU clipped to ``window`` and scaled to [0, 1]."""
+    lo, hi = window
+    return np.clip((np.asarray(hu, dtype=np.float64) - lo) / (hi - lo), 0.0, 1.0)
+
+
+def psnr(test: np.ndarray, reference: np.ndarray,
+         window: tuple[float, float] = LIVER_WINDOW) -> float:
+    """PSNR in dB of the windowed images (peak 1)."""
+    mse = float(np.mean((to_window(test, window) - to_window(reference, window)) ** 2))
+    return float("inf") if mse == 0 else -10.0 * np.log10(mse)
+
+
+def ssim(test: np.ndarray, reference: np.ndarray,
+         window: tuple[float, float] = LIVER_WINDOW) -> float:
+    """Mean SSIM of the windowed images, computed per axial slice (2D, 7x7, data range 1)."""
+    t, r = to_window(test, window), to_window(reference, window)
+    if t.ndim == 2:
+        t, r = t[None], r[None]
+    return float(np.mean([structural_similarity(a, b, data_range=1.0) for a, b in zip(t, r)]))
+
+
+def _masked(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    if mask is None:
+        return np.asarray(values, dtype=np.float64).ravel()
+    if mask.shape != values.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the image's {values.shape}")
+    if not mask.any():
+        raise ValueError("the mask is empty")
+    return np.asarray(values, dtype=np.float64)[mask]
+
+
+def rmse_hu(test: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Root-mean-square HU error, inside ``mask`` (e.g. the body) when given."""
+    return float(np.sqrt(np.mean(_masked(np.asarray(test, np.float64) - reference, mask) ** 2)))
+
+
+def hu_bias(test: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> float:
+    """Mean HU difference test - reference inside ``mask``: CT-number fidelity (target |.| <= 2)."""
+    return float(np.mean(_masked(np.asarray(test, np.float64) - reference, mask)))
+
+
+def noise_sd(image: np.ndarray, mask: np.ndarray, reference: np.ndarray | None = None) -> float:
+    """Noise SD inside ``mask``: of the image itself, or of image - reference when given.
+
+    With a noiseless or normal-dose reference the difference removes the anatomy, so the SD
+    measures what noise (and error) is left; without one the mask must be homogeneous.
+    """
+    values = image if reference is None else np.asarray(image, np.float64) - reference
+    return float(np.std(_masked(values, mask)))
+
+
+def body_mask(hu: np.ndarray, threshold: float = -500.0) -> np.ndarray:
+    """Voxels inside the patient: above ``threshold`` HU, holes filled per slice."""
+    from scipy import ndimage
+
+    inside = np.asarray(hu) > threshold
+    if inside.ndim == 2:
+        return ndimage.binary_fill_holes(inside)
+    return np.stack([ndimage.binary_fill_holes(s) for s in inside])
+
+
+def cnr(image: np.ndarray, lesion: np.ndarray, background: np.ndarray) -> float:
+    """Contrast-to-noise ratio |mean(lesion) - mean(background)| / SD(background)."""
+    bg = _masked(image, background)
+    return float(abs(_masked(image, lesion).mean() - bg.mean()) / bg.std())
+
+
+@dataclass
+class NPS:
+    """Radially averaged noise power spectrum: frequencies in cycles/mm, power in HU^2 mm^2."""
+
+    frequency: np.ndarray
+    power: np.ndarray
+    variance: float  # the integral of the 2D NPS, equal to the noise variance (HU^2)
+
+    @property
+    def peak_frequency(self) -> float:
+        """Frequency of the NPS maximum, ignoring the zero-frequency bin."""
+        return float(self.frequency[1:][np.argmax(self.power[1:])])
+
+    @property
+    def mean_frequency(self) -> float:
+        """Power-weighted mean frequency: falls when a denoiser makes texture blotchy."""
+        return float(np.sum(self.frequency * self.power) / np.sum(self.power))
+
+
+def noise_rois(noise: np.ndarray, roi: int = 64, mask: np.ndarray | None = None,
+               stride: int | None = None) -> np.ndarray:
+    """Square ``roi`` x ``roi`` patches of noise images lying fully inside ``mask``."""
+    noise = np.asarray(noise, dtype=np.float64)
+    if noise.ndim == 2:
+        noise = noise[None]
+        mask = None if mask is None else mask[None]
+    stride = stride or roi
+    patches = []
+    for k in range(noise.shape[0]):
+        for i in range(0, noise.shape[1] - roi + 1, stride):
+            for j in range(0, noise.shape[2] - roi + 1, stride):
+                if mask is None or mask[k, i:i + roi, j:j + roi].all():
+                    patches.append(noise[k, i:i + roi, j:j + roi])
+    if not patches:
+        raise ValueError(f"no {roi}x{roi} region lies fully inside the mask; use a smaller roi")
+    return np.stack(patches)
+
+
+def nps(noise: np.ndarray, pixel_mm: tuple[float, float], roi: int = 64,
+        mask: np.ndarray | None = None, bins: int | None = None) -> NPS:
+    """Radially averaged NPS of noise-only images (e.g. low dose - normal dose).
+
+    NPS(f) = dx dy / (Nx Ny) |DFT(roi - mean)|^2 averaged over ROIs (ICRU 87 convention), so
+    that its integral over the frequency plane is the noise variance.
+    """
+    patches = noise_rois(noise, roi, mask)
+    patches = patches - patches.mean(axis=(1, 2), keepdims=True)
+    dx, dy = pixel_mm
+    power2d = np.mean(np.abs(np.fft.fft2(patches)) ** 2, axis=0) * (dx * dy) / (roi * roi)
+    fy = np.fft.fftfreq(roi, d=dy)
+    fx = np.fft.fftfreq(roi, d=dx)
+    radius = np.hypot(*np.meshgrid(fy, fx, indexing="ij"))
+    df = 1.0 / (roi * max(dx, dy))
+    bins = bins or roi // 2
+    index = np.minimum(np.rint(radius / df).astype(int), bins)
+    counts = np.bincount(index.ravel(), minlength=bins + 1)[:bins]
+    sums = np.bincount(index.ravel(), weights=power2d.ravel(), minlength=bins + 1)[:bins]
+    power = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+    variance = float(power2d.sum() / (roi * roi * dx * dy))
+    return NPS(frequency=np.arange(bins) * df, power=power, variance=variance)

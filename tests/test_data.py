@@ -1,0 +1,100 @@
+"""`ldct prepare`: the dose series and splits, cached, from a folder laid out like ../shared/data."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from ldct.data import CASES, PreparedData, prepare, summarize, unpaired_split
+from ldct.io import write_dicom_series, write_volume
+from ldct.phantom import make_phantom
+
+
+@pytest.fixture(scope="module")
+def fake_shared(tmp_path_factory):
+    """Phantoms saved under the real data layout: DICOM series, NIfTI and masks."""
+    root = tmp_path_factory.mktemp("shared_data")
+    for seed, case in enumerate(CASES):
+        p = make_phantom(size=64, slices=10, seed=seed)
+        target = root / case.image
+        if case.image.endswith(".nii.gz"):
+            write_volume(p.volume, target)
+        else:
+            write_dicom_series(p.volume, target)
+        for relative in case.masks:
+            mask = p.masks["liver"] if "liver." in relative else p.masks["lesions"]
+            write_volume(p.volume.with_hu(mask.astype(np.float32)), root / relative)
+    return root
+
+
+def test_unpaired_split_is_disjoint_and_covers_all_slices():
+    low, normal = unpaired_split(40, slab=8)
+    assert not set(low) & set(normal)
+    assert sorted(low + normal) == list(range(40))
+    assert low[:8] == list(range(8)) and normal[:8] == list(range(8, 16))
+
+
+def test_prepare_builds_doses_masks_and_split_and_is_cached(fake_shared, tmp_path):
+    out = tmp_path / "prepared"
+    manifest = prepare(fake_shared, out, doses=(0.5, 0.25), max_slices=6, progress=False)
+    data = PreparedData(out)
+    assert data.cases("test") == ["ircadb17"]
+    assert sorted(data.cases("train")) == ["ircadb01", "tcia_pancreas001"]
+    nd = data.volume("ircadb01")
+    quarter = data.volume("ircadb01", 0.25)
+    half = data.volume("ircadb01", 0.5)
+    assert nd.hu.shape == (6, 64, 64) and quarter.same_geometry(nd, atol=1e-9)
+    liver = data.masks("ircadb17")["liver"]
+    assert liver.shape == (6, 64, 64) and liver.any()
+    body = nd.hu > -500
+    assert (quarter.hu - nd.hu)[body].std() > (half.hu - nd.hu)[body].std() > 1.0
+    low, normal = data.unpaired("ircadb01")
+    assert not set(low) & set(normal)
+    stamp = {p: p.stat().st_mtime_ns for p in out.rglob("*.nrrd")}
+    again = prepare(fake_shared, out, doses=(0.5, 0.25), max_slices=6, progress=False)
+    assert again == manifest
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nrrd")} == stamp  # nothing redone
+    rows = summarize(data)
+    assert {(r["case"], r["dose"]) for r in rows} >= {("ircadb17", 0.25), ("ircadb01", 1.0)}
+    liver_rows = {r["dose"]: r for r in rows if r["case"] == "ircadb17"}
+    assert liver_rows[1.0]["added_noise_sd"] == 0.0
+    assert liver_rows[0.25]["added_noise_sd"] > liver_rows[0.5]["added_noise_sd"]
+
+
+def test_prepare_adds_a_new_dose_without_redoing_the_rest(fake_shared, tmp_path):
+    out = tmp_path / "prepared"
+    prepare(fake_shared, out, doses=(0.25,), max_slices=4, cases=["ircadb01"], progress=False)
+    before = (out / "ircadb01" / "dose_0.25.nrrd").stat().st_mtime_ns
+    manifest = prepare(fake_shared, out, doses=(0.1,), max_slices=4, cases=["ircadb01"],
+                       progress=False)
+    assert set(manifest["cases"]["ircadb01"]["files"]) == {"nd", "dose_0.25", "dose_0.1"}
+    assert (out / "ircadb01" / "dose_0.25.nrrd").stat().st_mtime_ns == before
+
+
+def test_prepare_cli_prints_a_summary(fake_shared, tmp_path, ldct_command):
+    out = tmp_path / "cli"
+    run = subprocess.run([*ldct_command, "prepare", "--data", str(fake_shared), "--out", str(out),
+                          "--doses", "0.25", "--max-slices", "3"],
+                         capture_output=True, text=True, check=True)
+    assert "prepared data" in run.stdout and "ircadb17" in run.stdout and "liver" in run.stdout
+    assert json.loads((out / "manifest.json").read_text())["doses"] == [0.25]
+
+
+def test_prepare_names_missing_data(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing ircadb17"):
+        prepare(tmp_path, tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="run `ldct prepare"):
+        PreparedData(tmp_path)
+
+
+@pytest.mark.realdata
+def test_prepare_on_the_real_volumes(shared_data, tmp_path):
+    prepare(shared_data, tmp_path, doses=(0.25,), max_slices=2, progress=False)
+    data = PreparedData(tmp_path)
+    rows = {(r["case"], r["dose"]): r for r in summarize(data)}
+    assert rows[("ircadb17", 0.25)]["region"] == "liver"
+    for case in ("ircadb17", "ircadb01", "tcia_pancreas001"):
+        assert 15.0 < rows[(case, 0.25)]["added_noise_sd"] < 200.0, case

@@ -1,0 +1,89 @@
+"""Metrics checked against values known by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from ldct import metrics
+
+
+def test_psnr_of_a_constant_offset_is_known():
+    ref = np.zeros((2, 32, 32), np.float32)
+    assert metrics.psnr(ref + 40.0, ref) == pytest.approx(20.0)  # offset 40 HU = 0.1 window
+    assert metrics.psnr(ref, ref) == float("inf")
+
+
+def test_psnr_uses_the_liver_window():
+    ref = np.full((1, 16, 16), -1000.0)
+    assert metrics.psnr(ref - 500.0, ref) == float("inf")  # both clip to the window floor
+
+
+def test_ssim_is_one_for_identical_and_drops_with_noise():
+    rng = np.random.default_rng(0)
+    ref = ndimage.gaussian_filter(rng.normal(40, 80, (2, 64, 64)), 3)
+    assert metrics.ssim(ref, ref) == pytest.approx(1.0)
+    assert metrics.ssim(ref + rng.normal(0, 40, ref.shape), ref) < 0.9
+
+
+def test_rmse_bias_and_noise_in_masks():
+    ref = np.zeros((1, 20, 20))
+    test = ref.copy()
+    mask = np.zeros_like(ref, bool)
+    mask[0, :10] = True
+    test[0, :10] = 3.0
+    test[0, 10:] = 100.0
+    assert metrics.rmse_hu(test, ref, mask) == pytest.approx(3.0)
+    assert metrics.hu_bias(test, ref, mask) == pytest.approx(3.0)
+    assert metrics.noise_sd(test, mask) == pytest.approx(0.0)
+    alt = np.where(np.indices(ref.shape)[2] % 2 == 0, 5.0, -5.0)
+    assert metrics.noise_sd(alt, mask) == pytest.approx(5.0)
+    assert metrics.noise_sd(ref + alt, mask, reference=ref) == pytest.approx(5.0)
+    with pytest.raises(ValueError, match="empty"):
+        metrics.hu_bias(test, ref, np.zeros_like(mask))
+
+
+def test_cnr_by_construction():
+    rng = np.random.default_rng(1)
+    image = rng.normal(0, 10, (1, 100, 100))
+    lesion = np.zeros_like(image, bool)
+    lesion[0, 40:60, 40:60] = True
+    image[lesion] += 50.0
+    bg = ~lesion
+    expected = 50.0 / image[bg].std()
+    assert metrics.cnr(image, lesion, bg) == pytest.approx(expected, rel=0.05)
+
+
+def test_nps_of_white_noise_is_flat_and_integrates_to_the_variance():
+    rng = np.random.default_rng(2)
+    sigma, pixel = 20.0, 0.5
+    noise = rng.normal(0, sigma, (8, 128, 128))
+    spectrum = metrics.nps(noise, (pixel, pixel), roi=64)
+    assert spectrum.variance == pytest.approx(sigma**2, rel=0.02)
+    level = sigma**2 * pixel * pixel  # white noise: NPS = sigma^2 dx dy everywhere
+    assert np.median(spectrum.power[1:]) == pytest.approx(level, rel=0.1)
+    assert spectrum.frequency[1] == pytest.approx(1.0 / (64 * pixel))
+
+
+def test_nps_peak_of_band_pass_noise_is_found():
+    rng = np.random.default_rng(3)
+    white = rng.normal(0, 1, (8, 128, 128))
+    band = np.stack([ndimage.gaussian_filter(w, 1.0) - ndimage.gaussian_filter(w, 3.0)
+                     for w in white])
+    spectrum = metrics.nps(band, (1.0, 1.0), roi=64)
+    # DoG response exp(-2 pi^2 f^2 s1^2) - exp(-2 pi^2 f^2 s2^2) peaks at this frequency:
+    s1, s2 = 1.0, 3.0
+    f_peak = np.sqrt(np.log(s2**2 / s1**2) / (2 * np.pi**2 * (s2**2 - s1**2)))
+    assert spectrum.peak_frequency == pytest.approx(f_peak, abs=1.5 * spectrum.frequency[1])
+    with pytest.raises(ValueError, match="no 64x64 region"):
+        metrics.nps(band, (1.0, 1.0), roi=64, mask=np.zeros(band.shape, bool))
+
+
+def test_body_mask_fills_the_patient():
+    image = np.full((1, 50, 50), -1000.0)
+    yy, xx = np.indices((50, 50))
+    image[0][(yy - 25) ** 2 + (xx - 25) ** 2 < 400] = 40.0
+    image[0, 24:27, 24:27] = -1000.0  # bowel gas inside the body
+    mask = metrics.body_mask(image)
+    assert mask[0, 25, 25] and not mask[0, 0, 0]
