@@ -63,6 +63,60 @@ def cmd_demo(args: argparse.Namespace) -> None:
     console.print(f"side-by-side image: {report.figure}")
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from ldct.train.loop import train
+
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch", args.batch)) if v}
+    out = Path(args.out or f"runs/{args.method}")
+    result = train(args.method, args.data, out, preset=args.preset, overrides=overrides,
+                   resume=args.resume, pvm_path=args.pvm, device=args.device)
+    losses = ", ".join(f"{k} {v:.4g}" for k, v in result.last.items() if k.endswith("total"))
+    console.print(f"trained {args.method}: {result.steps} steps in {result.wall_s / 60:.1f} min "
+                  f"({losses}); outputs in {out}")
+
+
+def cmd_models(args: argparse.Namespace) -> None:
+    from ldct import registry
+
+    for name in registry.names():
+        console.print(name, highlight=False)
+    if args.verbose:
+        rows = [registry.get(n).summary() for n in registry.names()]
+        console.print(_table("models", rows, ["name", "kind", "available", "supervision",
+                                              "paper", "title"], {}))
+
+
+def _output_path(source: Path, out: Path, many: bool, fmt: str) -> Path:
+    """OUT itself for one input; OUT/<input stem>.<fmt> for several."""
+    if not many:
+        return out
+    stem = source.name
+    for suffix in (".nii.gz", ".nrrd", ".nii", ".mha", ".dcm", ".zip"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    return out / (stem if fmt == "dicom" else f"{stem}.{fmt}")
+
+
+def cmd_denoise(args: argparse.Namespace) -> None:
+    from ldct.infer import denoise
+    from ldct.io import read_volume, write_volume
+
+    inputs = [Path(p) for p in args.inputs]
+    out = Path(args.output)
+    many = len(inputs) > 1
+    if many:
+        out.mkdir(parents=True, exist_ok=True)
+    for source in inputs:
+        volume = read_volume(source)
+        result = denoise(volume, args.model, strength=args.strength, device=args.device,
+                         progress=True)
+        target = _output_path(source, out, many, args.format)
+        write_volume(result, target, description=f"denoised ({args.model})",
+                     derivation=f"ldct denoise --model {args.model} --strength {args.strength:g}")
+        console.print(f"{source} -> {target}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldct", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -95,6 +149,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--phantom", action="store_true", help="use the phantom even if data exists")
     p.add_argument("--dose", type=float, default=0.25)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train", help="train a denoiser (or the CT encoder) on prepared data")
+    p.add_argument("method", help="pan, pdml, alden, n2n25d, vagan or encoder")
+    p.add_argument("--data", required=True, help="a folder made by `ldct prepare`")
+    p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    p.add_argument("--out", help="run folder (default runs/METHOD)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
+    p.add_argument("--steps", type=int, help="override the preset's number of steps")
+    p.add_argument("--batch", type=int, help="override the preset's batch size")
+    p.add_argument("--pvm", help="PVM weights: CT encoder or torchvision VGG19/ResNet state dict")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", help="list the denoisers (names first; details with -v)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("denoise", help="denoise CT volumes with a model")
+    p.add_argument("inputs", nargs="+", help="DICOM folders/files, zips, NRRD, NIfTI")
+    p.add_argument("-o", "--output", required=True,
+                   help="output file (format by extension) or, with several inputs, a folder")
+    p.add_argument("--model", required=True, help="a name from `ldct models`")
+    p.add_argument("--strength", type=float, default=1.0, help="0 (input) .. 1 (full)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "mha", "dicom"],
+                   help="output format with several inputs")
+    p.set_defaults(func=cmd_denoise)
     return parser
 
 

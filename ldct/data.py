@@ -53,7 +53,11 @@ def _mask_name(relative: str) -> str:
 
 
 def unpaired_split(slices: int, slab: int = UNPAIRED_SLAB) -> tuple[list[int], list[int]]:
-    """Disjoint slice sets for unpaired training: alternating slabs, low dose first."""
+    """Disjoint slice sets for unpaired training: alternating slabs, low dose first.
+
+    Slabs shrink for short volumes so that both sets hold at least two slabs.
+    """
+    slab = max(1, min(slab, slices // 4))
     low = [k for k in range(slices) if (k // slab) % 2 == 0]
     normal = [k for k in range(slices) if (k // slab) % 2 == 1]
     return low, normal
@@ -196,3 +200,80 @@ def summarize(data: PreparedData) -> list[dict]:
                          "sd_region": noise_sd(vol.hu, region),
                          "added_noise_sd": noise_sd(vol.hu, region, nd.hu)})
     return rows
+
+
+def augment(patches: list[np.ndarray], rng: np.random.Generator) -> list[np.ndarray]:
+    """The same random flip / 90-degree rotation for every array (HU values untouched)."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    out = []
+    for p in patches:
+        p = np.rot90(p, k, axes=(-2, -1))
+        out.append(np.ascontiguousarray(p[..., ::-1] if flip else p))
+    return out
+
+
+class PatchSampler:
+    """Random training patches from the prepared training cases, held in memory.
+
+    Each sample draws a case, a dose from ``doses`` (a range, so one model serves them all),
+    a slice and a location inside the body. ``paired`` gives the normal-dose patch at the same
+    place; unpaired gives a normal-dose patch from the disjoint normal-dose slab set of any
+    training case. ``context`` adjacent slices are stacked as channels (centre in the middle).
+    """
+
+    def __init__(self, data: PreparedData, doses: Sequence[float], patch: int = 64,
+                 batch: int = 16, context: int = 1, paired: bool = True, seed: int = 0,
+                 cases: Sequence[str] | None = None) -> None:
+        self.patch, self.batch, self.context, self.paired = patch, batch, context, paired
+        self.rng = np.random.default_rng(seed)
+        self.doses = list(doses)
+        names = list(cases) if cases else data.cases("train")
+        if not names:
+            raise ValueError(f"{data.root}: no training cases prepared")
+        self.normal = {c: data.volume(c).hu for c in names}
+        self.low = {(c, d): data.volume(c, d).hu for c in names for d in self.doses}
+        self.split = {c: data.unpaired(c) for c in names}
+        self.cases = names
+        self.centres = {c: self._body_centres(v) for c, v in self.normal.items()}
+
+    def _body_centres(self, volume: np.ndarray) -> np.ndarray:
+        """(slice, row, col) positions inside the body where a patch fits."""
+        half, r = self.patch // 2, self.context // 2
+        body = volume[:, half:volume.shape[1] - half:4, half:volume.shape[2] - half:4] > -300
+        body[:r], body[volume.shape[0] - r:] = False, False
+        idx = np.argwhere(body)
+        idx[:, 1:] = idx[:, 1:] * 4 + half
+        return idx
+
+    def _crop(self, volume: np.ndarray, k: int, i: int, j: int) -> np.ndarray:
+        r, h = self.context // 2, self.patch // 2
+        return volume[k - r:k + r + 1, i - h:i + h, j - h:j + h]
+
+    def _position(self, case: str, allowed: list[int] | None) -> tuple[int, int, int]:
+        centres = self.centres[case]
+        if allowed is not None:
+            centres = centres[np.isin(centres[:, 0], allowed)]
+        return tuple(int(v) for v in centres[self.rng.integers(len(centres))])
+
+    def sample(self) -> dict[str, np.ndarray]:
+        """A batch: 'ld' and 'nd' (B, context, P, P) HU float32 and 'dose' (B,)."""
+        low, normal, doses = [], [], []
+        for _ in range(self.batch):
+            case = self.cases[self.rng.integers(len(self.cases))]
+            dose = self.doses[self.rng.integers(len(self.doses))]
+            if self.paired:
+                k, i, j = self._position(case, None)
+                ld = self._crop(self.low[(case, dose)], k, i, j)
+                nd = self._crop(self.normal[case], k, i, j)
+                ld, nd = augment([ld, nd], self.rng)
+            else:
+                k, i, j = self._position(case, self.split[case][0])
+                ld = augment([self._crop(self.low[(case, dose)], k, i, j)], self.rng)[0]
+                other = self.cases[self.rng.integers(len(self.cases))]
+                k, i, j = self._position(other, self.split[other][1])
+                nd = augment([self._crop(self.normal[other], k, i, j)], self.rng)[0]
+            low.append(ld)
+            normal.append(nd)
+            doses.append(dose)
+        return {"ld": np.stack(low).astype(np.float32), "nd": np.stack(normal).astype(np.float32),
+                "dose": np.asarray(doses, dtype=np.float32)}

@@ -23,7 +23,7 @@ from ldct.phantom import make_phantom  # noqa: E402
 from ldct.simulate import LowDoseParams, simulate_low_dose  # noqa: E402
 
 DEMO_SLICES = 6
-GAUSS_SIGMA_MM = 1.5
+DEMO_SIGMA_MM = 1.5
 
 
 @dataclass
@@ -52,10 +52,10 @@ def run_demo(out: Path, data_dir: Path | None = None, dose: float = 0.25) -> Dem
     """
     source, normal, liver = _demo_input(data_dir)
     low = simulate_low_dose(normal, LowDoseParams(dose=dose), seed=1, progress=False)
-    denoised = gaussian_denoise(low.hu, GAUSS_SIGMA_MM, normal.spacing[:2])
+    denoised = gaussian_denoise(low.hu, DEMO_SIGMA_MM, normal.spacing[:2])
     body = metrics.body_mask(normal.hu)
     rows = []
-    for name, image in (("low dose", low.hu), (f"gaussian {GAUSS_SIGMA_MM:g} mm", denoised)):
+    for name, image in (("low dose", low.hu), (f"gaussian {DEMO_SIGMA_MM:g} mm", denoised)):
         rows.append({"method": name, "psnr_db": metrics.psnr(image, normal.hu),
                      "ssim": metrics.ssim(image, normal.hu),
                      "rmse_hu": metrics.rmse_hu(image, normal.hu, body),

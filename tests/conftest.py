@@ -5,8 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from ldct.data import CASES, prepare
+from ldct.io import write_dicom_series, write_volume
 from ldct.phantom import Phantom, make_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,3 +34,28 @@ def ldct_command() -> list[str]:
     script = Path(sys.executable).parent / "ldct"
     assert script.exists(), f"console script missing at {script}: is the package installed?"
     return [str(script)]
+
+
+@pytest.fixture(scope="session")
+def fake_shared(tmp_path_factory) -> Path:
+    """Phantoms saved under the real data layout: DICOM series, NIfTI and masks."""
+    root = tmp_path_factory.mktemp("shared_data")
+    for seed, case in enumerate(CASES):
+        p = make_phantom(size=64, slices=10, seed=seed)
+        target = root / case.image
+        if case.image.endswith(".nii.gz"):
+            write_volume(p.volume, target)
+        else:
+            write_dicom_series(p.volume, target)
+        for relative in case.masks:
+            mask = p.masks["liver"] if "liver." in relative else p.masks["lesions"]
+            write_volume(p.volume.with_hu(mask.astype(np.float32)), root / relative)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prepared(fake_shared, tmp_path_factory) -> Path:
+    """`ldct prepare` output for the phantom data (doses 0.5 and 0.25, 8 slices per case)."""
+    out = tmp_path_factory.mktemp("prepared")
+    prepare(fake_shared, out, doses=(0.5, 0.25), max_slices=8, progress=False)
+    return out

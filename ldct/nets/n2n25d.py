@@ -1,0 +1,83 @@
+"""N2N-2.5D (msr2au-fluoroscopy-unsupervised): self-supervised across adjacent slices.
+
+A multi-scale recurrent attention U-Net (MSR2AU) predicts the centre slice from its
+neighbours only (the centre is blinded: its noise is independent of theirs, so the best
+prediction is the clean centre - Noise2Noise); a lean single-pass student is then distilled
+from it and is what ships.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldct.nets.blocks import AttentionGate, HUPreservingDenoiser, shuffled_unet
+
+
+class RecurrentResidualBlock(nn.Module):
+    """R2 unit: a 1x1 projection, then a 3x3 conv applied ``steps`` times recurrently, residual."""
+
+    def __init__(self, cin: int, cout: int, steps: int = 2) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cin, cout, 1)
+        self.conv = nn.Sequential(nn.Conv2d(cout, cout, 3, padding=1, padding_mode="reflect"),
+                                  nn.InstanceNorm2d(cout, affine=True), nn.LeakyReLU(0.2, True))
+        self.steps = steps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj(x)
+        h = self.conv(x)
+        for _ in range(self.steps - 1):
+            h = self.conv(x + h)
+        return x + h
+
+
+class MSR2AUNet(nn.Module):
+    """Multi-scale (image pyramid fed to every level) recurrent residual attention U-Net.
+
+    Input: the neighbour slices (B, n, H, W) in network units; output: the centre slice.
+    Runs at 1/factor resolution after a lossless pixel-unshuffle, like the students.
+    """
+
+    def __init__(self, neighbours: int = 4, base: int = 16, levels: int = 3,
+                 factor: int = 2) -> None:
+        super().__init__()
+        self.factor = factor
+        widths = [base * 2**k for k in range(levels)]
+        self.down, c = nn.ModuleList(), 0
+        for w in widths:
+            self.down.append(RecurrentResidualBlock(c + neighbours * factor**2, w))
+            c = w
+        self.gates, self.up = nn.ModuleList(), nn.ModuleList()
+        for w in reversed(widths[:-1]):
+            self.gates.append(AttentionGate(w, c, max(w // 2, 4)))
+            self.up.append(RecurrentResidualBlock(c + w, w))
+            c = w
+        self.head = nn.Conv2d(c, factor**2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats, h = [], None
+        small = F.pixel_unshuffle(x, self.factor)  # half resolution, every pixel kept
+        for k, block in enumerate(self.down):
+            scaled = small if k == 0 else F.avg_pool2d(small, 2**k)
+            h = block(scaled if h is None else torch.cat([F.avg_pool2d(h, 2), scaled], 1))
+            feats.append(h)
+        y = feats[-1]
+        for gate, block, skip in zip(self.gates, self.up, reversed(feats[:-1])):
+            fused = gate(skip, y)
+            y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            y = block(torch.cat([y, fused], 1))
+        return x.mean(1, keepdim=True) + F.pixel_shuffle(self.head(y), self.factor)
+
+
+def neighbours_of(stack: torch.Tensor) -> torch.Tensor:
+    """The slices of a (B, context, H, W) stack without its centre."""
+    c = stack.shape[1] // 2
+    return torch.cat([stack[:, :c], stack[:, c + 1:]], 1)
+
+
+def n2n25d_student(context: int = 3, base: int = 16, levels: int = 3,
+                   res_blocks: int = 1) -> HUPreservingDenoiser:
+    """The distilled single-pass student that ships (sees the centre and its neighbours)."""
+    return HUPreservingDenoiser(shuffled_unet(context, 1, base, levels, res_blocks), context)

@@ -1,0 +1,47 @@
+"""CT encoder trainer (self-supervised): the PVM for perceptual and semantic losses.
+
+Two views of the same anatomy - a simulated low-dose patch and its normal-dose original, same
+place, same flip/rotation - must embed close together and far from the other patches of the
+batch (symmetric InfoNCE). Anatomy drives the deep features; the shallow stages still see
+texture, which the perceptual losses use.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ldct.nets.encoder import CTEncoder
+from ldct.train.method import Method
+
+
+class EncoderMethod(Method):
+    name = "encoder"
+    paired = True
+    defaults = {"widths": (16, 32, 64, 128), "dim": 64, "tau": 0.1}
+
+    def build(self):
+        widths = tuple(self.hp["widths"])
+        head = nn.Sequential(nn.Linear(sum(widths), 128), nn.ReLU(), nn.Linear(128, self.hp["dim"]))
+        return {"encoder": CTEncoder(widths), "head": head}
+
+    def optim_groups(self):
+        return {"encoder": ["encoder", "head"]}
+
+    def embed(self, hu: torch.Tensor) -> torch.Tensor:
+        feats = self.nets["encoder"](hu)
+        pooled = torch.cat([f.mean(dim=(-2, -1)) for f in feats], 1)
+        return F.normalize(self.nets["head"](pooled), dim=-1)
+
+    def losses(self, group, batch):
+        a, b = self.embed(batch["ld"]), self.embed(batch["nd"])
+        logits = a @ b.t() / self.hp["tau"]
+        target = torch.arange(len(a), device=a.device)
+        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        return {"total": loss, "nce": loss}
+
+    def export_blob(self) -> dict:
+        """The checkpoint format `ldct.nets.encoder.load_pvm` reads."""
+        return {"kind": "ct_encoder", "config": {"widths": list(self.hp["widths"])},
+                "state_dict": self.nets["encoder"].state_dict()}

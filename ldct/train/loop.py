@@ -1,0 +1,174 @@
+"""The one training loop every method shares: sampling, optimizers, AMP, checkpoints, logs.
+
+`ldct train METHOD --data DIR [--preset cpu|paper] [--resume]` runs :func:`train`. Runs are
+resumable (a checkpoint every ``ckpt_every`` steps holds nets, optimizers, RNG states and the
+wall time so far) and deterministic for a seed on the CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ldct.data import PatchSampler, PreparedData
+from ldct.device import autocast, pick_device
+from ldct.nets.encoder import load_pvm
+from ldct.train import METHODS
+from ldct.train.method import Method
+
+DEFAULT_PVM = Path(__file__).resolve().parents[2] / "models" / "ct_encoder" / "encoder.pt"
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # fits the 2-core CPU budget (<= 90 min per method); patches as in VAGAN (64x64)
+    "cpu": {"patch": 64, "batch": 8, "steps": 3000, "lr": 2e-4, "ckpt_every": 250,
+            "log_every": 10, "doses": None, "seed": 0},
+    # the papers' scale, for a GPU
+    "paper": {"patch": 64, "batch": 32, "steps": 60000, "lr": 2e-4, "ckpt_every": 2000,
+              "log_every": 50, "doses": None, "seed": 0, "base": 32},
+}
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    wall_s: float
+    last: dict[str, float]
+
+
+def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """Numpy batch -> tensors on ``device`` (through pinned memory on CUDA)."""
+    out = {}
+    for key, value in batch.items():
+        t = torch.from_numpy(value)
+        if device.type == "cuda":
+            t = t.pin_memory().to(device, non_blocking=True)
+        out[key] = t
+    return out
+
+
+def build_method(name: str, hp: dict[str, Any], pvm_path: str | Path | None) -> Method:
+    """Instantiate a method with its PVM when it needs one."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    cls = METHODS[name]
+    pvm = None
+    if cls.needs_pvm:
+        path = Path(pvm_path) if pvm_path else DEFAULT_PVM
+        if not path.exists():
+            raise FileNotFoundError(f"{name} needs a PVM: {path} is missing. Run `ldct train "
+                                    "encoder` first, or pass --pvm with a local VGG19/ResNet.")
+        pvm = load_pvm(path)
+    return cls(hp, pvm)
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: str = "cpu",
+          overrides: dict[str, Any] | None = None, resume: bool = False,
+          pvm_path: str | Path | None = None, device: str = "auto",
+          progress: bool = True) -> TrainResult:
+    """Train ``method_name`` on the prepared data; writes checkpoint, log.csv and model.pt."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    hp = {**PRESETS[preset], **(overrides or {})}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dev = pick_device(device)
+    torch.manual_seed(hp["seed"])
+    method = build_method(method_name, hp, pvm_path)
+    method.nets.to(dev)
+    if method.pvm is not None:
+        method.pvm.to(dev)
+    hp = method.hp
+    optims = {g: torch.optim.Adam([p for n in nets for p in method.nets[n].parameters()],
+                                  lr=hp.get(f"lr_{g}", hp["lr"]), betas=(0.5, 0.999))
+              for g, nets in method.optim_groups().items()}
+    use_scaler = dev.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    data = PreparedData(data_dir)
+    doses = hp["doses"] or data.manifest["doses"]  # default: every prepared dose (a range)
+    sampler = PatchSampler(data, doses, hp["patch"], hp["batch"], method.context,
+                           method.paired, seed=hp["seed"])
+    ckpt_path = out_dir / "checkpoint.pt"
+    step, wall = 0, 0.0
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=dev, weights_only=False)
+        method.nets.load_state_dict(ckpt["nets"])
+        for g, state in ckpt["optims"].items():
+            optims[g].load_state_dict(state)
+        sampler.rng.bit_generator.state = ckpt["sampler_rng"]
+        torch.set_rng_state(ckpt["torch_rng"])
+        step, wall = ckpt["step"], ckpt["wall_s"]
+    elif (out_dir / "log.csv").exists():
+        (out_dir / "log.csv").unlink()  # a fresh run starts a fresh log
+
+    def checkpoint() -> None:
+        _save_atomic({"step": step, "wall_s": wall, "hp": hp, "nets": method.nets.state_dict(),
+                      "optims": {g: o.state_dict() for g, o in optims.items()},
+                      "sampler_rng": sampler.rng.bit_generator.state,
+                      "torch_rng": torch.get_rng_state()}, ckpt_path)
+
+    log_file = open(out_dir / "log.csv", "a", newline="")
+    writer = csv.writer(log_file)
+    last: dict[str, float] = {}
+    bar = tqdm(total=hp["steps"], initial=step, desc=f"train {method_name}", unit="step",
+               disable=not progress)
+    method.nets.train()
+    try:
+        while step < hp["steps"]:
+            start = time.perf_counter()
+            batch = to_device(sampler.sample(), dev)
+            for group in method.schedule(step):
+                optims[group].zero_grad(set_to_none=True)
+                with autocast(dev):
+                    terms = method.losses(group, batch)
+                scaler.scale(terms["total"]).backward()
+                scaler.step(optims[group])
+                scaler.update()
+                last.update({f"{group}/{k}": float(v.detach()) for k, v in terms.items()})
+            step += 1
+            wall += time.perf_counter() - start
+            if step % hp["log_every"] == 0 or step == hp["steps"]:
+                for key, value in last.items():
+                    writer.writerow([step, f"{wall:.1f}", key, f"{value:.6g}"])
+                log_file.flush()
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in last.items()
+                                 if k.endswith("total")})
+            if step % hp["ckpt_every"] == 0 or step == hp["steps"]:
+                checkpoint()
+            bar.update(1)
+    finally:
+        bar.close()
+        log_file.close()
+    export(method, method_name, hp, preset, step, wall, out_dir)
+    return TrainResult(out_dir, step, wall, last)
+
+
+def export(method: Method, name: str, hp: dict[str, Any], preset: str, step: int, wall: float,
+           out_dir: Path) -> Path:
+    """Write the deployable weights (or the encoder) with what rebuilds and describes them."""
+    method.nets.cpu()
+    if name == "encoder":
+        path = out_dir / "encoder.pt"
+        _save_atomic({**method.export_blob(), "steps": step, "wall_s": wall}, path)
+        return path
+    net = method.deployable()
+    path = out_dir / "model.pt"
+    _save_atomic({"method": name, "kwargs": method.factory_kwargs(), "context": method.context,
+                  "normalization": "(HU + 1000) / 2000", "state_dict": net.state_dict(),
+                  "steps": step, "wall_s": wall, "preset": preset,
+                  "hp": {k: v for k, v in hp.items() if not isinstance(v, torch.Tensor)}}, path)
+    return path

@@ -1,0 +1,52 @@
+"""PAN trainer: Cycle-GAN with cycle, adversarial, identity and perceptual (cycle) losses."""
+
+from __future__ import annotations
+
+import torch
+
+from ldct.nets.blocks import PatchDiscriminator
+from ldct.nets.encoder import soft_tissue_window as win
+from ldct.nets.pan import pan_generator
+from ldct.train.losses import lsgan, perceptual
+from ldct.train.method import Method, image_l1
+
+
+class PANMethod(Method):
+    name = "pan"
+    needs_pvm = True
+    defaults = {"base": 16, "levels": 3, "res_blocks": 2, "cycle": 10.0, "identity": 5.0,
+                "perceptual": 1.0}
+
+    def factory_kwargs(self):
+        return {"base": self.hp["base"], "levels": self.hp["levels"],
+                "res_blocks": self.hp["res_blocks"]}
+
+    def build(self):
+        return {"g": pan_generator(**self.factory_kwargs()),  # low -> normal dose
+                "f": pan_generator(**self.factory_kwargs()),  # normal -> low dose
+                "d_nd": PatchDiscriminator(), "d_ld": PatchDiscriminator()}
+
+    def optim_groups(self):
+        return {"d": ["d_nd", "d_ld"], "g": ["g", "f"]}
+
+    def deployable(self):
+        return self.nets["g"]
+
+    def losses(self, group, batch):
+        n = self.nets
+        ld, nd = batch["ld"], batch["nd"]
+        if group == "d":
+            with torch.no_grad():
+                fake_nd, fake_ld = n["g"](ld), n["f"](nd)
+            d = (lsgan(n["d_nd"](win(nd)), True) + lsgan(n["d_nd"](win(fake_nd.detach())), False)
+                 + lsgan(n["d_ld"](win(ld)), True) + lsgan(n["d_ld"](win(fake_ld.detach())), False))
+            return {"total": 0.5 * d}
+        fake_nd, fake_ld = n["g"](ld), n["f"](nd)
+        adv = lsgan(n["d_nd"](win(fake_nd)), True) + lsgan(n["d_ld"](win(fake_ld)), True)
+        back_ld, back_nd = n["f"](fake_nd), n["g"](fake_ld)
+        cycle = image_l1(back_ld, ld) + image_l1(back_nd, nd)
+        identity = image_l1(n["g"](nd), nd) + image_l1(n["f"](ld), ld)
+        perc = perceptual(self.pvm, back_ld, ld) + perceptual(self.pvm, back_nd, nd)
+        total = (adv + self.hp["cycle"] * cycle + self.hp["identity"] * identity
+                 + self.hp["perceptual"] * perc)
+        return {"total": total, "adv": adv, "cycle": cycle, "identity": identity, "perc": perc}

@@ -1,0 +1,55 @@
+"""PDML trainer: adversarial + patch-wise metric (contrastive) + identity losses."""
+
+from __future__ import annotations
+
+import torch
+
+from ldct.nets.blocks import PatchDiscriminator, hu_to_net
+from ldct.nets.encoder import soft_tissue_window as win
+from ldct.nets.pdml import PatchProjector, pdml_generator
+from ldct.train.losses import lsgan, patch_nce
+from ldct.train.method import Method, image_l1
+
+
+class PDMLMethod(Method):
+    name = "pdml"
+    defaults = {"base": 16, "levels": 3, "res_blocks": 2, "patches": 64, "nce": 1.0,
+                "identity": 5.0}
+
+    def factory_kwargs(self):
+        return {"base": self.hp["base"], "levels": self.hp["levels"],
+                "res_blocks": self.hp["res_blocks"]}
+
+    def build(self):
+        widths = [self.hp["base"] * 2**k for k in range(self.hp["levels"])]
+        return {"g": pdml_generator(**self.factory_kwargs()), "d": PatchDiscriminator(),
+                "proj": PatchProjector(widths)}
+
+    def optim_groups(self):
+        return {"d": ["d"], "g": ["g", "proj"]}
+
+    def deployable(self):
+        return self.nets["g"]
+
+    def _metric(self, source: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        encode = self.nets["g"].core.encode
+        f_in, f_out = encode(hu_to_net(source)), encode(hu_to_net(output))
+        index = [torch.randperm(f.shape[-1] * f.shape[-2], device=f.device)[:self.hp["patches"]]
+                 for f in f_in]
+        q = self.nets["proj"](f_out, index)
+        k = self.nets["proj"](f_in, index)
+        return sum(patch_nce(a, b) for a, b in zip(q, k)) / len(q)
+
+    def losses(self, group, batch):
+        ld, nd = batch["ld"], batch["nd"]
+        if group == "d":
+            with torch.no_grad():
+                fake = self.nets["g"](ld)
+            d = lsgan(self.nets["d"](win(nd)), True) + lsgan(self.nets["d"](win(fake.detach())), False)
+            return {"total": 0.5 * d}
+        fake = self.nets["g"](ld)
+        adv = lsgan(self.nets["d"](win(fake)), True)
+        metric = self._metric(ld, fake)
+        identity = image_l1(self.nets["g"](nd), nd)
+        total = adv + self.hp["nce"] * metric + self.hp["identity"] * identity
+        return {"total": total, "adv": adv, "metric": metric, "identity": identity}

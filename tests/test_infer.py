@@ -1,0 +1,123 @@
+"""Volume inference and `ldct denoise` / `ldct models`: geometry and HU kept, strength blends,
+models load once, every format in and out."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from ldct import infer, registry
+from ldct.infer import context_stack, denoise, load_network
+from ldct.io import read_volume, write_dicom_series, write_volume
+from ldct.nets.blocks import HUPreservingDenoiser
+from ldct.nets.catalogue import n2n25d_student
+
+
+@pytest.fixture(scope="module")
+def student_weights(tmp_path_factory):
+    """An untrained-but-valid n2n25d model file, as `ldct train` writes it."""
+    torch.manual_seed(0)
+    net = n2n25d_student(base=8)
+    path = tmp_path_factory.mktemp("weights") / "model.pt"
+    torch.save({"method": "n2n25d", "kwargs": {"base": 8}, "context": net.context,
+                "state_dict": net.state_dict()}, path)
+    return path
+
+
+def test_registry_lists_five_networks_and_two_baselines():
+    names = registry.names()
+    assert names[:5] == ["alden", "n2n25d", "pan", "pdml", "vagan"]
+    assert set(names[5:]) == {"ldct-gauss", "ldct-nlm"}
+    with pytest.raises(KeyError, match="known: alden"):
+        registry.get("unet")
+
+
+def test_context_stack_repeats_edge_slices():
+    hu = np.arange(4)[:, None, None] * np.ones((4, 2, 2))
+    assert context_stack(hu, 0, 5)[:, 0, 0].tolist() == [0, 0, 0, 1, 2]
+    assert context_stack(hu, 3, 3)[:, 0, 0].tolist() == [2, 3, 3]
+
+
+def test_network_keeps_geometry_and_strength_blends(phantom, student_weights):
+    volume = phantom.volume
+    full = denoise(volume, "n2n25d", weights=student_weights, device="cpu")
+    half = denoise(volume, "n2n25d", strength=0.5, weights=student_weights, device="cpu")
+    assert full.same_geometry(volume) and full.hu.dtype == np.float32
+    np.testing.assert_allclose(half.hu - volume.hu, 0.5 * (full.hu - volume.hu), atol=1e-3)
+    zero = denoise(volume, "n2n25d", strength=0.0, weights=student_weights)
+    np.testing.assert_array_equal(zero.hu, volume.hu)
+    before = load_network.cache_info().hits
+    denoise(volume, "n2n25d", weights=student_weights, device="cpu")
+    assert load_network.cache_info().hits > before  # loaded once, reused
+    with pytest.raises(ValueError, match="strength must be in"):
+        denoise(volume, "n2n25d", strength=1.5, weights=student_weights)
+
+
+class _ShiftingCore(torch.nn.Module):
+    """A core that would shift CT numbers: +100 HU everywhere plus a slow ramp across the slice."""
+
+    def forward(self, x):
+        ramp = torch.linspace(0, 0.05, x.shape[-1]).expand_as(x[:, :1])
+        return torch.full_like(x[:, :1], 0.05) + ramp
+
+
+def test_hu_preserving_wrapper_blocks_low_frequency_shifts(phantom):
+    net = HUPreservingDenoiser(_ShiftingCore(), context=1)
+    x = torch.from_numpy(phantom.volume.hu[:2, None])
+    with torch.no_grad():
+        y = net(x)
+    liver = torch.from_numpy(phantom.masks["liver"][:2, None])
+    assert abs(float((y - x)[liver].mean())) < 0.5  # a raw core would shift by 100-200 HU
+
+
+def test_baselines_reduce_noise_without_bias():
+    from ldct.phantom import make_phantom
+    from ldct.simulate import LowDoseParams, simulate_low_dose
+
+    clinical = make_phantom(size=512, slices=2)  # 0.74 mm pixels, as the liver CT here
+    normal = clinical.volume
+    low = simulate_low_dose(normal, LowDoseParams(dose=0.25), seed=2, progress=False)
+    liver = clinical.masks["liver"]
+    noise_before = (low.hu - normal.hu)[liver].std()
+    for name in ("ldct-gauss", "ldct-nlm"):
+        out = denoise(low, name)
+        assert out.same_geometry(low)
+        assert (out.hu - normal.hu)[liver].std() < 0.8 * noise_before, name
+        assert abs((out.hu - normal.hu)[liver].mean()) < 3.0, name
+
+
+def test_missing_weights_say_how_to_train(phantom, tmp_path):
+    with pytest.raises(FileNotFoundError, match="ldct train pan"):
+        infer.load_network("pan", "cpu", str(tmp_path / "none.pt"))
+
+
+def test_models_cli_lists_names_first(ldct_command):
+    run = subprocess.run([*ldct_command, "models"], capture_output=True, text=True, check=True)
+    assert run.stdout.split() == registry.names()
+    verbose = subprocess.run([*ldct_command, "models", "-v"], capture_output=True, text=True,
+                             check=True)
+    assert verbose.stdout.startswith("alden\n") and "supervision" in verbose.stdout
+
+
+def test_denoise_cli_many_inputs_and_formats(tmp_path, phantom, ldct_command):
+    files = write_dicom_series(phantom.volume, tmp_path / "series")
+    nrrd = write_volume(phantom.volume, tmp_path / "caseA.nrrd")
+    out = tmp_path / "out"
+    subprocess.run([*ldct_command, "denoise", "--model", "ldct-gauss", str(nrrd),
+                    str(tmp_path / "series"), str(files[0]), "-o", str(out)],
+                   check=True, capture_output=True)
+    assert sorted(p.name for p in out.iterdir()) == ["IM00001.nrrd", "caseA.nrrd", "series.nrrd"]
+    single = read_volume(out / "IM00001.nrrd")
+    assert single.hu.shape == (1, *phantom.volume.hu.shape[1:])
+    assert read_volume(out / "series.nrrd").same_geometry(phantom.volume, atol=1e-6)
+    dicom_out = tmp_path / "dicom_out"
+    subprocess.run([*ldct_command, "denoise", "--model", "ldct-gauss", str(nrrd), "-o",
+                    str(dicom_out), "--strength", "0.5"], check=True, capture_output=True)
+    back = read_volume(dicom_out)
+    assert back.same_geometry(phantom.volume, atol=1e-6)
+    run = subprocess.run([*ldct_command, "denoise", "--model", "nope", str(nrrd), "-o",
+                          str(tmp_path / "x.nrrd")], capture_output=True, text=True)
+    assert run.returncode == 2 and "unknown model" in run.stdout
