@@ -117,6 +117,15 @@ def cmd_denoise(args: argparse.Namespace) -> None:
         console.print(f"{source} -> {target}")
 
 
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from ldct.evaluate import COLUMNS, FORMATS, evaluate
+
+    rows = evaluate(args.data, args.out, dose=args.dose, models=args.models, device=args.device,
+                    max_slices=args.max_slices)
+    console.print(_table(f"held-out quality, dose {args.dose:g}", rows, list(COLUMNS), FORMATS))
+    console.print(f"report: {Path(args.out) / 'quality.md'}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldct", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "mha", "dicom"],
                    help="output format with several inputs")
     p.set_defaults(func=cmd_denoise)
+
+    p = sub.add_parser("evaluate", help="held-out metrics of every model on the test case")
+    p.add_argument("--data", required=True, help="a folder made by `ldct prepare`")
+    p.add_argument("--dose", type=float, default=0.25)
+    p.add_argument("--out", default="benchmarks/quality")
+    p.add_argument("--models", nargs="+", help="default: every available model and baseline")
+    p.add_argument("--max-slices", type=int, help="only the slices with the most liver (quick)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

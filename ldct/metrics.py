@@ -129,7 +129,7 @@ def nps(noise: np.ndarray, pixel_mm: tuple[float, float], roi: int = 64,
     NPS(f) = dx dy / (Nx Ny) |DFT(roi - mean)|^2 averaged over ROIs (ICRU 87 convention), so
     that its integral over the frequency plane is the noise variance.
     """
-    patches = noise_rois(noise, roi, mask)
+    patches = noise_rois(noise, roi, mask, stride=max(1, roi // 2))  # 50 % overlap
     patches = patches - patches.mean(axis=(1, 2), keepdims=True)
     dx, dy = pixel_mm
     power2d = np.mean(np.abs(np.fft.fft2(patches)) ** 2, axis=0) * (dx * dy) / (roi * roi)

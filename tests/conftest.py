@@ -41,7 +41,7 @@ def fake_shared(tmp_path_factory) -> Path:
     """Phantoms saved under the real data layout: DICOM series, NIfTI and masks."""
     root = tmp_path_factory.mktemp("shared_data")
     for seed, case in enumerate(CASES):
-        p = make_phantom(size=64, slices=10, seed=seed)
+        p = make_phantom(size=128, slices=10, seed=seed)
         target = root / case.image
         if case.image.endswith(".nii.gz"):
             write_volume(p.volume, target)

@@ -58,9 +58,9 @@ def test_main_loss_goes_down_and_checkpoint_reloads(method, prepared, encoder, t
 
 def test_resume_continues_exactly(prepared, tmp_path):
     hp = {**TINY, "steps": 8, "ckpt_every": 4}
-    train("n2n25d", prepared, tmp_path / "straight", overrides=hp, progress=False)
-    train("n2n25d", prepared, tmp_path / "split", overrides={**hp, "steps": 4}, progress=False)
-    train("n2n25d", prepared, tmp_path / "split", overrides=hp, resume=True, progress=False)
+    train("pdml", prepared, tmp_path / "straight", overrides=hp, progress=False)
+    train("pdml", prepared, tmp_path / "split", overrides={**hp, "steps": 4}, progress=False)
+    train("pdml", prepared, tmp_path / "split", overrides=hp, resume=True, progress=False)
     a = torch.load(tmp_path / "straight" / "model.pt", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "split" / "model.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -19,6 +19,7 @@ from ldct.train.method import Method, image_l1
 class ALDENMethod(Method):
     name = "alden"
     needs_pvm = True
+    presets = {"cpu": {"steps": 5000}, "paper": {"steps": 100000}}
     defaults = {"base": 16, "levels": 3, "res_blocks": 2, "contrast": 0.5, "identity": 5.0,
                 "grid": 4}
 

@@ -20,6 +20,7 @@ class EncoderMethod(Method):
     name = "encoder"
     paired = True
     defaults = {"widths": (16, 32, 64, 128), "dim": 64, "tau": 0.1}
+    presets = {"cpu": {"steps": 1500, "batch": 32}, "paper": {"steps": 20000, "batch": 128}}
 
     def build(self):
         widths = tuple(self.hp["widths"])

@@ -83,7 +83,9 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     """Train ``method_name`` on the prepared data; writes checkpoint, log.csv and model.pt."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    hp = {**PRESETS[preset], **(overrides or {})}
+    if method_name not in METHODS:
+        raise ValueError(f"unknown method {method_name!r}; choose from {', '.join(METHODS)}")
+    hp = {**PRESETS[preset], **METHODS[method_name].presets.get(preset, {}), **(overrides or {})}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)

@@ -25,6 +25,7 @@ class Method:
     context = 1  # adjacent slices stacked as input channels
     needs_pvm = False
     defaults: dict[str, Any] = {}
+    presets: dict[str, dict[str, Any]] = {}  # per-preset values that override the loop's
 
     def __init__(self, hp: dict[str, Any], pvm: FeatureExtractor | None = None) -> None:
         self.hp = {**self.defaults, **hp}

@@ -11,8 +11,9 @@ from ldct.train.method import Method, image_mse
 class N2N25DMethod(Method):
     name = "n2n25d"
     context = 5
+    presets = {"cpu": {"steps": 10000}, "paper": {"steps": 150000}}
     defaults = {"base": 16, "levels": 3, "student_base": 16, "student_res_blocks": 1,
-                "teacher_fraction": 0.6, "steps": 1000}
+                "teacher_fraction": 0.6}
 
     def factory_kwargs(self):
         return {"context": self.context, "base": self.hp["student_base"],

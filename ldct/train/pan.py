@@ -14,6 +14,7 @@ from ldct.train.method import Method, image_l1
 class PANMethod(Method):
     name = "pan"
     needs_pvm = True
+    presets = {"cpu": {"steps": 3000}, "paper": {"steps": 100000, "batch": 16}}
     defaults = {"base": 16, "levels": 3, "res_blocks": 2, "cycle": 10.0, "identity": 5.0,
                 "perceptual": 1.0}
 

@@ -13,6 +13,7 @@ from ldct.train.method import Method, image_l1
 
 class PDMLMethod(Method):
     name = "pdml"
+    presets = {"cpu": {"steps": 6000}, "paper": {"steps": 100000}}
     defaults = {"base": 16, "levels": 3, "res_blocks": 2, "patches": 64, "nce": 1.0,
                 "identity": 5.0}
 

@@ -25,8 +25,9 @@ class VAGANMethod(Method):
     name = "vagan"
     paired = True
     needs_pvm = True
+    presets = {"cpu": {"steps": 8000}, "paper": {"steps": 120000}}
     defaults = {"width": 8, "base": 32, "gan": 0.005, "multiscale": 0.01, "perceptual": 0.5,
-                "d_attention": 0.05, "pretrain_fraction": 0.5, "steps": 1000,
+                "d_attention": 0.05, "pretrain_fraction": 0.5,
                 "lr_g": 1e-4, "lr_d": 1e-4}
 
     def factory_kwargs(self):
