@@ -41,7 +41,9 @@ class Regions:
     tumour: np.ndarray
 
     @classmethod
-    def from_case(cls, normal: np.ndarray, masks: dict[str, np.ndarray]) -> Regions:
+    def from_case(cls, normal: np.ndarray, masks: dict[str, np.ndarray],
+                  pixel_mm: float) -> Regions:
+        """Erosions are in mm (2 mm off the liver edge, 5 mm off the skin, 1.5 mm in fat)."""
         body = metrics.body_mask(normal)
         tumour = np.zeros_like(body)
         for name, mask in masks.items():
@@ -49,10 +51,12 @@ class Regions:
                 tumour |= mask
         erode = ndimage.generate_binary_structure(3, 1)
         erode[0], erode[2] = False, False  # in-plane erosion only
-        liver = ndimage.binary_erosion(masks["liver"] & ~tumour, erode, iterations=3)
-        inner_body = ndimage.binary_erosion(body, erode, iterations=10)
-        fat = ndimage.binary_erosion((normal > -150) & (normal < -50) & inner_body, erode,
-                                     iterations=2)
+
+        def shrink(mask: np.ndarray, mm: float) -> np.ndarray:
+            return ndimage.binary_erosion(mask, erode, iterations=max(1, round(mm / pixel_mm)))
+
+        liver = shrink(masks["liver"] & ~tumour, 2.0)
+        fat = shrink((normal > -150) & (normal < -50) & shrink(body, 5.0), 1.5)
         return cls(body=body, liver=liver, fat=fat, tumour=tumour)
 
 
@@ -91,8 +95,8 @@ def evaluate(data_dir: str | Path, out_dir: str | Path, dose: float = 0.25,
         low_vol = replace(low_vol, hu=low_vol.hu[keep])
         masks = {k: v[keep] for k, v in masks.items()}
     normal, low = normal_vol.hu, low_vol.hu
-    regions = Regions.from_case(normal, masks)
     pixel = (normal_vol.spacing[0], normal_vol.spacing[1])
+    regions = Regions.from_case(normal, masks, min(pixel))
     names = models or [n for n in registry.names() if registry.get(n).available()]
     rows = [score("low dose (input)", low, normal, regions, pixel, 0.0, None, nps_roi)]
     ld_noise = rows[0]["liver_noise_sd"]

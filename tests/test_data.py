@@ -27,9 +27,9 @@ def test_prepare_builds_doses_masks_and_split_and_is_cached(fake_shared, tmp_pat
     nd = data.volume("ircadb01")
     quarter = data.volume("ircadb01", 0.25)
     half = data.volume("ircadb01", 0.5)
-    assert nd.hu.shape == (6, 64, 64) and quarter.same_geometry(nd, atol=1e-9)
+    assert nd.hu.shape == (6, 128, 128) and quarter.same_geometry(nd, atol=1e-9)
     liver = data.masks("ircadb17")["liver"]
-    assert liver.shape == (6, 64, 64) and liver.any()
+    assert liver.shape == (6, 128, 128) and liver.any()
     body = nd.hu > -500
     assert (quarter.hu - nd.hu)[body].std() > (half.hu - nd.hu)[body].std() > 1.0
     low, normal = data.unpaired("ircadb01")

@@ -8,7 +8,7 @@ from ldct.evaluate import COLUMNS, evaluate
 
 
 def test_evaluate_writes_table_csv_and_figures(prepared, tmp_path):
-    rows = evaluate(prepared, tmp_path, dose=0.25, models=["ldct-gauss"], nps_roi=8)
+    rows = evaluate(prepared, tmp_path, dose=0.25, models=["ldct-gauss"], nps_roi=4)
     assert [r["method"] for r in rows] == ["low dose (input)", "ldct-gauss"]
     low, gauss = rows
     assert gauss["liver_noise_sd"] < low["liver_noise_sd"] and gauss["noise_vs_ld"] < 1.0
