@@ -23,3 +23,4 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_io_simulate.py --out benchmarks/io_simulate.md
+	$(PY) benchmarks/bench_infer.py --out benchmarks/infer_speed.md

@@ -122,6 +122,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     rows = evaluate(args.data, args.out, dose=args.dose, models=args.models, device=args.device,
                     max_slices=args.max_slices)
+    if args.write_cards:
+        from ldct import registry
+        from ldct.cards import write_card
+
+        command = f"ldct evaluate --data DIR --dose {args.dose:g} --out {args.out}"
+        evaluation = {"case": "ircadb17", "dose": args.dose, "command": command}
+        for row in rows[1:]:
+            if registry.get(row["method"]).kind == "network":
+                console.print(f"card: {write_card(row['method'], row, rows[0], evaluation)}")
     console.print(_table(f"held-out quality, dose {args.dose:g}", rows, list(COLUMNS), FORMATS))
     console.print(f"report: {Path(args.out) / 'quality.md'}")
 
@@ -193,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", help="default: every available model and baseline")
     p.add_argument("--max-slices", type=int, help="only the slices with the most liver (quick)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--write-cards", action="store_true",
+                   help="write models/<name>/card.{json,md} with these held-out metrics")
     p.set_defaults(func=cmd_evaluate)
     return parser
 

@@ -43,6 +43,8 @@ class EncoderMethod(Method):
         return {"total": loss, "nce": loss}
 
     def export_blob(self) -> dict:
-        """The checkpoint format `ldct.nets.encoder.load_pvm` reads."""
+        """The checkpoint format `ldct.nets.encoder.load_pvm` reads (the projection head is
+        kept for the held-out retrieval check of the model card)."""
         return {"kind": "ct_encoder", "config": {"widths": list(self.hp["widths"])},
-                "state_dict": self.nets["encoder"].state_dict()}
+                "state_dict": self.nets["encoder"].state_dict(),
+                "head": self.nets["head"].state_dict()}

@@ -101,8 +101,8 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     use_scaler = dev.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     data = PreparedData(data_dir)
-    doses = hp["doses"] or data.manifest["doses"]  # default: every prepared dose (a range)
-    sampler = PatchSampler(data, doses, hp["patch"], hp["batch"], method.context,
+    hp["doses"] = hp["doses"] or data.manifest["doses"]  # default: every prepared dose
+    sampler = PatchSampler(data, hp["doses"], hp["patch"], hp["batch"], method.context,
                            method.paired, seed=hp["seed"])
     ckpt_path = out_dir / "checkpoint.pt"
     step, wall = 0, 0.0

@@ -1,0 +1,72 @@
+"""Benchmark: CPU (and CUDA when present) seconds per 512x512 slice and GFLOP per slice for
+every denoiser network, through the same `ldct.infer` path the CLI and server use.
+
+Run: `make bench` (or `python benchmarks/bench_infer.py --out benchmarks/infer_speed.md`).
+Speed does not depend on the trained weights, so freshly built networks are timed when a
+model has no weights yet (marked in the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ldct import registry
+from ldct.infer import _run_network
+
+SLICES = 8
+
+
+def gflop_per_slice(net: torch.nn.Module, context: int) -> float:
+    x = torch.zeros(1, context, 512, 512)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    return counter.get_total_flops() / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="benchmarks/infer_speed.md")
+    args = parser.parse_args()
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    hu = np.random.default_rng(0).normal(40, 50, (SLICES, 512, 512)).astype(np.float32)
+    lines = ["# Inference speed per 512x512 slice", "",
+             f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch "
+             f"{torch.__version__}; {SLICES} slices, batch 4, after one warm-up batch.", "",
+             "Command: `make bench` (`python benchmarks/bench_infer.py`).", "",
+             "| model | weights | parameters | GFLOP/slice | " +
+             " | ".join(f"{d.type} s/slice" for d in devices) + " |",
+             "|---|---|---|---|" + "---|" * len(devices)]
+    for name in registry.names():
+        info = registry.get(name)
+        if info.kind != "network":
+            continue
+        trained = info.weights.exists()
+        net = info.build().eval()
+        if trained:
+            blob = torch.load(info.weights, map_location="cpu", weights_only=False)
+            net = info.build(**blob["kwargs"]).eval()
+            net.load_state_dict(blob["state_dict"])
+        cells = []
+        for device in devices:
+            net.to(device)
+            _run_network(net, hu[:4], 1.0, device, 4, False)  # warm-up
+            start = time.perf_counter()
+            _run_network(net, hu, 1.0, device, 4, False)
+            cells.append(f"{(time.perf_counter() - start) / SLICES:.3f}")
+        net.cpu()
+        params = sum(p.numel() for p in net.parameters())
+        lines.append(f"| {name} | {'trained' if trained else 'untrained'} | {params:,} | "
+                     f"{gflop_per_slice(net, net.context):.1f} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    Path(args.out).write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
