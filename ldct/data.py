@@ -234,7 +234,13 @@ class PatchSampler:
         self.low = {(c, d): data.volume(c, d).hu for c in names for d in self.doses}
         self.split = {c: data.unpaired(c) for c in names}
         self.cases = names
-        self.centres = {c: self._body_centres(v) for c, v in self.normal.items()}
+        self.centres: dict[tuple[str, str], np.ndarray] = {}
+        for case, volume in self.normal.items():
+            everywhere = self._body_centres(volume)
+            low, normal = self.split[case]
+            self.centres[(case, "all")] = everywhere
+            self.centres[(case, "low")] = everywhere[np.isin(everywhere[:, 0], low)]
+            self.centres[(case, "normal")] = everywhere[np.isin(everywhere[:, 0], normal)]
 
     def _body_centres(self, volume: np.ndarray) -> np.ndarray:
         """(slice, row, col) positions inside the body where a patch fits."""
@@ -249,10 +255,9 @@ class PatchSampler:
         r, h = self.context // 2, self.patch // 2
         return volume[k - r:k + r + 1, i - h:i + h, j - h:j + h]
 
-    def _position(self, case: str, allowed: list[int] | None) -> tuple[int, int, int]:
-        centres = self.centres[case]
-        if allowed is not None:
-            centres = centres[np.isin(centres[:, 0], allowed)]
+    def _position(self, case: str, subset: str) -> tuple[int, int, int]:
+        """A random patch centre of ``case`` in the slice subset 'all', 'low' or 'normal'."""
+        centres = self.centres[(case, subset)]
         return tuple(int(v) for v in centres[self.rng.integers(len(centres))])
 
     def sample(self) -> dict[str, np.ndarray]:
@@ -262,15 +267,15 @@ class PatchSampler:
             case = self.cases[self.rng.integers(len(self.cases))]
             dose = self.doses[self.rng.integers(len(self.doses))]
             if self.paired:
-                k, i, j = self._position(case, None)
+                k, i, j = self._position(case, "all")
                 ld = self._crop(self.low[(case, dose)], k, i, j)
                 nd = self._crop(self.normal[case], k, i, j)
                 ld, nd = augment([ld, nd], self.rng)
             else:
-                k, i, j = self._position(case, self.split[case][0])
+                k, i, j = self._position(case, "low")
                 ld = augment([self._crop(self.low[(case, dose)], k, i, j)], self.rng)[0]
                 other = self.cases[self.rng.integers(len(self.cases))]
-                k, i, j = self._position(other, self.split[other][1])
+                k, i, j = self._position(other, "normal")
                 nd = augment([self._crop(self.normal[other], k, i, j)], self.rng)[0]
             low.append(ld)
             normal.append(nd)

@@ -15,8 +15,11 @@ from ldct.train.loop import build_method, train
 
 TINY = {"patch": 32, "batch": 4, "log_every": 1, "ckpt_every": 5, "lr": 1e-3, "base": 8}
 # the term each method is mainly judged by in the first steps (group/term in log.csv)
-MAIN_TERM = {"encoder": "encoder/nce", "pan": "g/cycle", "pdml": "g/metric",
-             "alden": "g/contrast", "n2n25d": "teacher/n2n", "vagan": "pretrain/multiscale"}
+MAIN_TERM = {"encoder": "encoder/nce", "pan": "warmup/n2n", "pdml": "warmup/n2n",
+             "alden": "warmup/n2n", "n2n25d": "teacher/n2n", "vagan": "pretrain/multiscale"}
+# terms of the second phase, which must be logged and finite
+LATER_TERM = {"pan": "g/cycle", "pdml": "g/metric", "alden": "g/contrast",
+              "n2n25d": "student/distill", "vagan": "g/perc"}
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +42,11 @@ def test_main_loss_goes_down_and_checkpoint_reloads(method, prepared, encoder, t
                    pvm_path=encoder, progress=False)
     assert result.steps == steps
     values = _series(tmp_path / "log.csv", MAIN_TERM[method])
-    assert len(values) >= 10 and np.isfinite(values).all()
-    assert values[-5:].mean() < values[:5].mean(), values
+    assert len(values) >= 8 and np.isfinite(values).all()
+    assert values[-3:].mean() < values[:3].mean(), values
+    if method in LATER_TERM:
+        later = _series(tmp_path / "log.csv", LATER_TERM[method])
+        assert len(later) >= 5 and np.isfinite(later).all()
     if method == "encoder":
         feats = load_pvm(tmp_path / "encoder.pt")(torch.zeros(1, 1, 32, 32))
         assert [f.shape[1] for f in feats] == [16, 32, 64, 128]
@@ -58,11 +64,11 @@ def test_main_loss_goes_down_and_checkpoint_reloads(method, prepared, encoder, t
 
 def test_resume_continues_exactly(prepared, tmp_path):
     hp = {**TINY, "steps": 8, "ckpt_every": 4}
-    train("pdml", prepared, tmp_path / "straight", overrides=hp, progress=False)
-    train("pdml", prepared, tmp_path / "split", overrides={**hp, "steps": 4}, progress=False)
-    train("pdml", prepared, tmp_path / "split", overrides=hp, resume=True, progress=False)
-    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "split" / "model.pt", weights_only=False)["state_dict"]
+    train("encoder", prepared, tmp_path / "straight", overrides=hp, progress=False)
+    train("encoder", prepared, tmp_path / "split", overrides={**hp, "steps": 4}, progress=False)
+    train("encoder", prepared, tmp_path / "split", overrides=hp, resume=True, progress=False)
+    a = torch.load(tmp_path / "straight" / "encoder.pt", weights_only=False)["state_dict"]
+    b = torch.load(tmp_path / "split" / "encoder.pt", weights_only=False)["state_dict"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -13,14 +13,15 @@ import torch
 
 from ldct.nets.alden import AnatomyAwareDiscriminator, alden_generator
 from ldct.train.losses import info_nce, lsgan, pooled_embeddings
-from ldct.train.method import Method, image_l1
+from ldct.train.method import WarmStartedGAN, image_l1
 
 
-class ALDENMethod(Method):
+class ALDENMethod(WarmStartedGAN):
     name = "alden"
     needs_pvm = True
     presets = {"cpu": {"steps": 5000}, "paper": {"steps": 100000}}
-    defaults = {"base": 16, "levels": 3, "res_blocks": 2, "contrast": 0.5, "identity": 5.0,
+    gan_groups = {"d": ["d"], "g": ["g"]}
+    defaults = {"warmup_fraction": 0.3, "lr_d": 1e-4, "lr_g": 1e-4, "base": 16, "levels": 3, "res_blocks": 2, "contrast": 0.5, "identity": 5.0,
                 "grid": 4}
 
     def factory_kwargs(self):
@@ -32,13 +33,10 @@ class ALDENMethod(Method):
         return {"g": alden_generator(**self.factory_kwargs()),
                 "d": AnatomyAwareDiscriminator([f.shape[1] for f in probe])}
 
-    def optim_groups(self):
-        return {"d": ["d"], "g": ["g"]}
-
     def deployable(self):
         return self.nets["g"]
 
-    def losses(self, group, batch):
+    def gan_losses(self, group, batch):
         ld, nd = batch["ld"], batch["nd"]
         reference = torch.roll(nd, 1, dims=0)  # another normal-dose patch
         with torch.no_grad():

@@ -102,8 +102,9 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
     data = PreparedData(data_dir)
     hp["doses"] = hp["doses"] or data.manifest["doses"]  # default: every prepared dose
-    sampler = PatchSampler(data, hp["doses"], hp["patch"], hp["batch"], method.context,
-                           method.paired, seed=hp["seed"])
+    sampler = PatchSampler(data, hp["doses"], hp["patch"], hp["batch"],
+                           method.sample_context or method.context, method.paired,
+                           seed=hp["seed"])
     ckpt_path = out_dir / "checkpoint.pt"
     step, wall = 0, 0.0
     if resume and ckpt_path.exists():

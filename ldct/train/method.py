@@ -22,7 +22,8 @@ class Method:
 
     name = "method"
     paired = False  # does the sampler give normal-dose patches at the same place?
-    context = 1  # adjacent slices stacked as input channels
+    context = 1  # adjacent slices stacked as the network's input channels
+    sample_context: int | None = None  # slices per training sample, when more than context
     needs_pvm = False
     defaults: dict[str, Any] = {}
     presets: dict[str, dict[str, Any]] = {}  # per-preset values that override the loop's
@@ -64,3 +65,37 @@ def image_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def image_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """MSE of HU images in liver-window widths."""
     return ((a - b) / WINDOW_HU).pow(2).mean()
+
+
+class WarmStartedGAN(Method):
+    """An unpaired GAN whose generator ``g`` is first warmed up self-supervised.
+
+    Warm-up: adjacent-slice Noise2Noise (slice k in, slices k-1 and k+1 as targets: their
+    noise is independent of slice k's, so the minimizer is the clean slice), which needs only
+    noisy scans and keeps the method unsupervised - as VAGAN starts its GAN from a pretrained
+    generator. Then the method's own GAN losses (``gan_losses``) on the centre slices, with
+    fresh optimizers.
+    """
+
+    sample_context = 3
+    gan_groups: dict[str, list[str]] = {}
+
+    def optim_groups(self):
+        return {"warmup": ["g"], **self.gan_groups}
+
+    def schedule(self, step):
+        if step < self.hp["warmup_fraction"] * self.hp["steps"]:
+            return ["warmup"]
+        return list(self.gan_groups)
+
+    def losses(self, group, batch):
+        if group == "warmup":
+            ld = batch["ld"]
+            out = self.nets["g"](ld[:, 1:2])
+            loss = 0.5 * (image_mse(out, ld[:, :1]) + image_mse(out, ld[:, 2:]))
+            return {"total": loss, "n2n": loss}
+        return self.gan_losses(group, {**batch, "ld": batch["ld"][:, 1:2],
+                                       "nd": batch["nd"][:, 1:2]})
+
+    def gan_losses(self, group: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError

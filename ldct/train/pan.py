@@ -8,14 +8,15 @@ from ldct.nets.blocks import PatchDiscriminator
 from ldct.nets.encoder import soft_tissue_window as win
 from ldct.nets.pan import pan_generator
 from ldct.train.losses import lsgan, perceptual
-from ldct.train.method import Method, image_l1
+from ldct.train.method import WarmStartedGAN, image_l1
 
 
-class PANMethod(Method):
+class PANMethod(WarmStartedGAN):
     name = "pan"
     needs_pvm = True
     presets = {"cpu": {"steps": 3000}, "paper": {"steps": 100000, "batch": 16}}
-    defaults = {"base": 16, "levels": 3, "res_blocks": 2, "cycle": 10.0, "identity": 5.0,
+    gan_groups = {"d": ["d_nd", "d_ld"], "g": ["g", "f"]}
+    defaults = {"warmup_fraction": 0.3, "lr_d": 1e-4, "lr_g": 1e-4, "base": 16, "levels": 3, "res_blocks": 2, "cycle": 10.0, "identity": 5.0,
                 "perceptual": 1.0}
 
     def factory_kwargs(self):
@@ -27,13 +28,10 @@ class PANMethod(Method):
                 "f": pan_generator(**self.factory_kwargs()),  # normal -> low dose
                 "d_nd": PatchDiscriminator(), "d_ld": PatchDiscriminator()}
 
-    def optim_groups(self):
-        return {"d": ["d_nd", "d_ld"], "g": ["g", "f"]}
-
     def deployable(self):
         return self.nets["g"]
 
-    def losses(self, group, batch):
+    def gan_losses(self, group, batch):
         n = self.nets
         ld, nd = batch["ld"], batch["nd"]
         if group == "d":

@@ -8,13 +8,14 @@ from ldct.nets.blocks import PatchDiscriminator, hu_to_net
 from ldct.nets.encoder import soft_tissue_window as win
 from ldct.nets.pdml import PatchProjector, pdml_generator
 from ldct.train.losses import lsgan, patch_nce
-from ldct.train.method import Method, image_l1
+from ldct.train.method import WarmStartedGAN, image_l1
 
 
-class PDMLMethod(Method):
+class PDMLMethod(WarmStartedGAN):
     name = "pdml"
     presets = {"cpu": {"steps": 6000}, "paper": {"steps": 100000}}
-    defaults = {"base": 16, "levels": 3, "res_blocks": 2, "patches": 64, "nce": 1.0,
+    gan_groups = {"d": ["d"], "g": ["g", "proj"]}
+    defaults = {"warmup_fraction": 0.3, "lr_d": 1e-4, "lr_g": 1e-4, "base": 16, "levels": 3, "res_blocks": 2, "patches": 64, "nce": 1.0,
                 "identity": 5.0}
 
     def factory_kwargs(self):
@@ -25,9 +26,6 @@ class PDMLMethod(Method):
         widths = [self.hp["base"] * 2**k for k in range(self.hp["levels"])]
         return {"g": pdml_generator(**self.factory_kwargs()), "d": PatchDiscriminator(),
                 "proj": PatchProjector(widths)}
-
-    def optim_groups(self):
-        return {"d": ["d"], "g": ["g", "proj"]}
 
     def deployable(self):
         return self.nets["g"]
@@ -41,7 +39,7 @@ class PDMLMethod(Method):
         k = self.nets["proj"](f_in, index)
         return sum(patch_nce(a, b) for a, b in zip(q, k)) / len(q)
 
-    def losses(self, group, batch):
+    def gan_losses(self, group, batch):
         ld, nd = batch["ld"], batch["nd"]
         if group == "d":
             with torch.no_grad():
