@@ -50,7 +50,8 @@ def main() -> None:
     source, volume = _source(args.slices)
     lines = ["# I/O and simulation benchmark", "",
              f"Machine: {platform.processor() or platform.machine()}, "
-             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}. Source: {source}.",
+             f"{torch.get_num_threads()} torch threads, torch {torch.__version__}. "
+             f"Source: {source}.",
              "", "Command: `make bench` (`python benchmarks/bench_io_simulate.py`).", ""]
     lines += ["## `ldct simulate` (dose 0.25, defaults: 720 views, Hann kernel)", "",
               "| slices | total s | s per 512x512 slice |", "|---|---|---|"]

@@ -16,9 +16,9 @@ import torch
 from tqdm import tqdm
 
 from ldct import registry
+from ldct.device import autocast, pick_device
 from ldct.io import CTVolume
 from ldct.nets.blocks import HUPreservingDenoiser
-from ldct.device import autocast, pick_device
 
 
 @functools.lru_cache(maxsize=16)

@@ -161,7 +161,8 @@ def _read_itk(path: Path) -> CTVolume:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise CTInputError(f"{path}: cannot be read ({str(exc).strip().splitlines()[-1]}).") from exc
+        reason = str(exc).strip().splitlines()[-1]
+        raise CTInputError(f"{path}: cannot be read ({reason}).") from exc
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise CTInputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per "
                            "voxel (colour?); a CT volume has one value per voxel.")
@@ -193,7 +194,8 @@ def read_dicom_series(source: Path | Sequence[Path], series_uid: str | None = No
         raise CTInputError(f"{where}: no DICOM images found.")
     if series_uid is not None:
         if series_uid not in headers:
-            raise CTInputError(f"{where}: series {series_uid} not found; present: {sorted(headers)}")
+            raise CTInputError(f"{where}: series {series_uid} not found; present: "
+                               f"{sorted(headers)}")
         chosen = headers[series_uid]
     elif len(headers) > 1:
         listing = ", ".join(f"{uid} ({len(v)} images, {v[0][1].get('Modality', '?')})"
@@ -207,7 +209,8 @@ def read_dicom_series(source: Path | Sequence[Path], series_uid: str | None = No
     if modality != "CT":
         raise CTInputError(f"{where}: modality is {modality or 'missing'}, not CT. These denoisers "
                            "are trained on CT in Hounsfield units only.")
-    if first.get("SOPClassUID") == ENHANCED_CT_IMAGE_STORAGE or int(first.get("NumberOfFrames", 1)) > 1:
+    enhanced = first.get("SOPClassUID") == ENHANCED_CT_IMAGE_STORAGE
+    if enhanced or int(first.get("NumberOfFrames", 1)) > 1:
         raise CTInputError(f"{where}: a multi-frame (enhanced) CT object; convert it to a classic "
                            "single-frame CT series first.")
     return _stack_slices(chosen, str(where))

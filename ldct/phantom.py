@@ -73,8 +73,9 @@ def make_phantom(size: int = 256, slices: int = 16, pixel_mm: float | None = Non
         spine = _ellipse(yy, xx, 62, 0, 22, 22)
         marrow = _ellipse(yy, xx, 62, 0, 17, 17)
         aorta = _ellipse(yy, xx, 30, 18, 11, 11)
-        kidneys = cavity & ~aorta & (_ellipse(yy, xx, 45, -60, 28 * taper + 4, 18 * taper + 3, 0.4)
-                                     | _ellipse(yy, xx, 45, 60, 28 * taper + 4, 18 * taper + 3, -0.4))
+        ry, rx = 28 * taper + 4, 18 * taper + 3
+        kidneys = cavity & ~aorta & (_ellipse(yy, xx, 45, -60, ry, rx, 0.4)
+                                     | _ellipse(yy, xx, 45, 60, ry, rx, -0.4))
         liver = (_ellipse(yy, xx, -10 - 10 * taper, -70, 62 * taper + 8, 58 * taper + 8, 0.3)
                  & cavity & ~kidneys & ~aorta & ~spine)
         vessels = np.zeros_like(body)

@@ -1,4 +1,4 @@
-"""`ldct prepare`: the dose series and splits, cached, from a folder laid out like ../shared/data."""
+"""`ldct prepare`: dose series and splits, cached, from a folder laid out like ../shared/data."""
 
 from __future__ import annotations
 

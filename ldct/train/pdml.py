@@ -15,7 +15,8 @@ class PDMLMethod(WarmStartedGAN):
     name = "pdml"
     presets = {"cpu": {"steps": 6000}, "paper": {"steps": 100000}}
     gan_groups = {"d": ["d"], "g": ["g", "proj"]}
-    defaults = {"warmup_fraction": 0.3, "lr_d": 1e-4, "lr_g": 1e-4, "base": 16, "levels": 3, "res_blocks": 2, "patches": 64, "nce": 1.0,
+    defaults = {"warmup_fraction": 0.3, "lr_d": 1e-4, "lr_g": 1e-4,
+                "base": 16, "levels": 3, "res_blocks": 2, "patches": 64, "nce": 1.0,
                 "identity": 5.0}
 
     def factory_kwargs(self):
@@ -44,7 +45,8 @@ class PDMLMethod(WarmStartedGAN):
         if group == "d":
             with torch.no_grad():
                 fake = self.nets["g"](ld)
-            d = lsgan(self.nets["d"](win(nd)), True) + lsgan(self.nets["d"](win(fake.detach())), False)
+            d = (lsgan(self.nets["d"](win(nd)), True)
+                 + lsgan(self.nets["d"](win(fake.detach())), False))
             return {"total": 0.5 * d}
         fake = self.nets["g"](ld)
         adv = lsgan(self.nets["d"](win(fake)), True)

@@ -40,7 +40,8 @@ class VAGANMethod(Method):
         return {"pretrain": ["g"], "d": ["d"], "g": ["g"]}
 
     def schedule(self, step):
-        return ["pretrain"] if step < self.hp["pretrain_fraction"] * self.hp["steps"] else ["d", "g"]
+        pretraining = step < self.hp["pretrain_fraction"] * self.hp["steps"]
+        return ["pretrain"] if pretraining else ["d", "g"]
 
     def deployable(self):
         return self.nets["g"]
