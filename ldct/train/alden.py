@@ -21,13 +21,8 @@ class ALDENMethod(WarmStartedGAN):
     needs_pvm = True
     presets = {"cpu": {"steps": 5000}, "paper": {"steps": 100000}}
     gan_groups = {"d": ["d"], "g": ["g"]}
-    defaults = {"warmup_fraction": 0.3, "lr_d": 1e-4, "lr_g": 1e-4,
-                "base": 16, "levels": 3, "res_blocks": 2, "contrast": 0.5, "identity": 5.0,
+    defaults = {**WarmStartedGAN.defaults, "contrast": 0.5, "identity": 5.0,
                 "grid": 4}
-
-    def factory_kwargs(self):
-        return {"base": self.hp["base"], "levels": self.hp["levels"],
-                "res_blocks": self.hp["res_blocks"]}
 
     def build(self):
         probe = self.pvm(torch.zeros(1, 1, 64, 64))

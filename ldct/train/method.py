@@ -79,6 +79,12 @@ class WarmStartedGAN(Method):
 
     sample_context = 3
     gan_groups: dict[str, list[str]] = {}
+    defaults = {"warmup_fraction": 0.3, "lr_d": 1e-4, "lr_g": 1e-4, "base": 16, "levels": 3,
+                "res_blocks": 2}
+
+    def factory_kwargs(self):
+        """The shared attention U-Net generator's size."""
+        return {k: self.hp[k] for k in ("base", "levels", "res_blocks")}
 
     def optim_groups(self):
         return {"warmup": ["g"], **self.gan_groups}

@@ -16,13 +16,8 @@ class PANMethod(WarmStartedGAN):
     needs_pvm = True
     presets = {"cpu": {"steps": 3000}, "paper": {"steps": 100000, "batch": 16}}
     gan_groups = {"d": ["d_nd", "d_ld"], "g": ["g", "f"]}
-    defaults = {"warmup_fraction": 0.3, "lr_d": 1e-4, "lr_g": 1e-4,
-                "base": 16, "levels": 3, "res_blocks": 2, "cycle": 10.0, "identity": 5.0,
+    defaults = {**WarmStartedGAN.defaults, "cycle": 10.0, "identity": 5.0,
                 "perceptual": 1.0}
-
-    def factory_kwargs(self):
-        return {"base": self.hp["base"], "levels": self.hp["levels"],
-                "res_blocks": self.hp["res_blocks"]}
 
     def build(self):
         return {"g": pan_generator(**self.factory_kwargs()),  # low -> normal dose

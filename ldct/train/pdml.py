@@ -15,13 +15,8 @@ class PDMLMethod(WarmStartedGAN):
     name = "pdml"
     presets = {"cpu": {"steps": 6000}, "paper": {"steps": 100000}}
     gan_groups = {"d": ["d"], "g": ["g", "proj"]}
-    defaults = {"warmup_fraction": 0.3, "lr_d": 1e-4, "lr_g": 1e-4,
-                "base": 16, "levels": 3, "res_blocks": 2, "patches": 64, "nce": 1.0,
+    defaults = {**WarmStartedGAN.defaults, "patches": 64, "nce": 1.0,
                 "identity": 5.0}
-
-    def factory_kwargs(self):
-        return {"base": self.hp["base"], "levels": self.hp["levels"],
-                "res_blocks": self.hp["res_blocks"]}
 
     def build(self):
         widths = [self.hp["base"] * 2**k for k in range(self.hp["levels"])]
