@@ -215,6 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     except (CTInputError, FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
+    except OSError as exc:  # a full disk, a read-only folder: say where, keep the input
+        console.print(f"[bold red]error:[/] cannot write {exc.filename or 'the output'}: "
+                      f"{exc.strerror or exc}. Free space or choose another output; the input "
+                      "was not changed.", highlight=False)
+        return 3
     return 0
 
 

@@ -42,3 +42,13 @@ def test_demo_on_the_phantom_reduces_noise(tmp_path):
     low, gauss = report.rows
     assert gauss["liver_noise_sd"] < 0.6 * low["liver_noise_sd"]
     assert gauss["psnr_db"] > low["psnr_db"]
+
+
+def test_unwritable_output_is_reported(tmp_path, phantom, ldct_command):
+    src = write_volume(phantom.volume, tmp_path / "nd.nrrd")
+    before = src.read_bytes()
+    run = subprocess.run([*ldct_command, "simulate", str(src), "/proc/ldct-test/out.nrrd",
+                          "--views", "64"], capture_output=True, text=True)
+    assert run.returncode in (2, 3), run.stdout + run.stderr
+    assert "error" in run.stdout and "Traceback" not in run.stderr
+    assert src.read_bytes() == before
