@@ -21,7 +21,7 @@ class ALDENMethod(WarmStartedGAN):
     needs_pvm = True
     presets = {"cpu": {"steps": 5000}, "paper": {"steps": 100000}}
     gan_groups = {"d": ["d"], "g": ["g"]}
-    defaults = {**WarmStartedGAN.defaults, "contrast": 0.5, "identity": 5.0,
+    defaults = {**WarmStartedGAN.defaults, "contrast": 0.5, "identity": 1.0,
                 "grid": 4}
 
     def build(self):

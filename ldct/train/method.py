@@ -79,7 +79,7 @@ class WarmStartedGAN(Method):
 
     sample_context = 3
     gan_groups: dict[str, list[str]] = {}
-    defaults = {"warmup_fraction": 0.3, "lr_d": 1e-4, "lr_g": 1e-4, "base": 16, "levels": 3,
+    defaults = {"warmup_fraction": 0.5, "lr_d": 5e-5, "lr_g": 5e-5, "base": 16, "levels": 3,
                 "res_blocks": 2}
 
     def factory_kwargs(self):

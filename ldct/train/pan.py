@@ -16,7 +16,7 @@ class PANMethod(WarmStartedGAN):
     needs_pvm = True
     presets = {"cpu": {"steps": 3000}, "paper": {"steps": 100000, "batch": 16}}
     gan_groups = {"d": ["d_nd", "d_ld"], "g": ["g", "f"]}
-    defaults = {**WarmStartedGAN.defaults, "cycle": 10.0, "identity": 5.0,
+    defaults = {**WarmStartedGAN.defaults, "cycle": 10.0, "identity": 1.0,
                 "perceptual": 1.0}
 
     def build(self):

@@ -15,8 +15,8 @@ class PDMLMethod(WarmStartedGAN):
     name = "pdml"
     presets = {"cpu": {"steps": 6000}, "paper": {"steps": 100000}}
     gan_groups = {"d": ["d"], "g": ["g", "proj"]}
-    defaults = {**WarmStartedGAN.defaults, "patches": 64, "nce": 1.0,
-                "identity": 5.0}
+    defaults = {**WarmStartedGAN.defaults, "patches": 64, "nce": 0.5,
+                "identity": 1.0}
 
     def build(self):
         widths = [self.hp["base"] * 2**k for k in range(self.hp["levels"])]
