@@ -58,5 +58,6 @@ class ALDENMethod(WarmStartedGAN):
         negatives = torch.cat([neg_anatomy, neg_clean], 2)
         contrast = info_nce(anchor, source, negatives)
         identity = image_l1(self.nets["g"](nd), nd)
-        total = adv + self.hp["contrast"] * contrast + self.hp["identity"] * identity
+        total = (self.hp["adversarial"] * adv + self.hp["contrast"] * contrast
+                 + self.hp["identity"] * identity)
         return {"total": total, "adv": adv, "contrast": contrast, "identity": identity}

@@ -80,7 +80,7 @@ class WarmStartedGAN(Method):
     sample_context = 3
     gan_groups: dict[str, list[str]] = {}
     defaults = {"warmup_fraction": 0.5, "lr_d": 5e-5, "lr_g": 5e-5, "base": 16, "levels": 3,
-                "res_blocks": 2}
+                "res_blocks": 2, "adversarial": 1.0}
 
     def factory_kwargs(self):
         """The shared attention U-Net generator's size."""

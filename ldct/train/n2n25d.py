@@ -10,10 +10,14 @@ from ldct.train.method import Method, image_mse
 
 class N2N25DMethod(Method):
     name = "n2n25d"
-    context = 5
     presets = {"cpu": {"steps": 10000}, "paper": {"steps": 150000}}
-    defaults = {"base": 16, "levels": 3, "student_base": 16, "student_res_blocks": 1,
+    defaults = {"context": 5, "base": 16, "levels": 3, "student_base": 16, "student_res_blocks": 1,
                 "teacher_fraction": 0.6}
+
+    @property
+    def context(self) -> int:
+        """Slices the student sees: the centre and its neighbours (the teacher sees only these)."""
+        return self.hp["context"]
 
     def factory_kwargs(self):
         return {"context": self.context, "base": self.hp["student_base"],

@@ -42,6 +42,7 @@ class PANMethod(WarmStartedGAN):
         cycle = image_l1(back_ld, ld) + image_l1(back_nd, nd)
         identity = image_l1(n["g"](nd), nd) + image_l1(n["f"](ld), ld)
         perc = perceptual(self.pvm, back_ld, ld) + perceptual(self.pvm, back_nd, nd)
-        total = (adv + self.hp["cycle"] * cycle + self.hp["identity"] * identity
+        total = (self.hp["adversarial"] * adv + self.hp["cycle"] * cycle
+                 + self.hp["identity"] * identity
                  + self.hp["perceptual"] * perc)
         return {"total": total, "adv": adv, "cycle": cycle, "identity": identity, "perc": perc}

@@ -47,5 +47,6 @@ class PDMLMethod(WarmStartedGAN):
         adv = lsgan(self.nets["d"](win(fake)), True)
         metric = self._metric(ld, fake)
         identity = image_l1(self.nets["g"](nd), nd)
-        total = adv + self.hp["nce"] * metric + self.hp["identity"] * identity
+        total = (self.hp["adversarial"] * adv + self.hp["nce"] * metric
+                 + self.hp["identity"] * identity)
         return {"total": total, "adv": adv, "metric": metric, "identity": identity}
