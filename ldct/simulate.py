@@ -8,8 +8,8 @@ follows photon statistics (higher where rays cross more tissue).
 
 ``i0`` counts photons per detector element (one element per pixel width) per view at full
 dose, for ``views`` views over 180 degrees: the noise an ``i0`` gives depends on the views, so
-the two travel together (see DESIGN.md §4). The defaults are calibrated in
-``benchmarks/simulate_calibration.md``.
+the two travel together (see DESIGN.md §4). The noise the defaults give on the real data
+is measured in ``benchmarks/io_simulate.md``.
 """
 
 from __future__ import annotations
