@@ -135,6 +135,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     console.print(f"report: {Path(args.out) / 'quality.md'}")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    from ldct.serve import serve
+
+    code = serve(args.studies, args.host, args.port, args.models, args.preload)
+    if code:
+        raise SystemExit(code)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ldct", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -205,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-cards", action="store_true",
                    help="write models/<name>/card.{json,md} with these held-out metrics")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="start the MONAI Label server with the denoisers")
+    p.add_argument("--studies", help="datastore folder or DICOMweb URL (default: a demo study)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--models", default="all", help="all, or name,name")
+    p.add_argument("--preload", action="store_true", help="load every network at start-up")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -39,10 +39,15 @@ def load_network(name: str, device: str = "cpu", weights: str | None = None
 
 
 def context_stack(hu: np.ndarray, index: int, context: int) -> np.ndarray:
-    """Slices index-c//2 .. index+c//2 of a volume, edge slices repeated at the ends."""
+    """Slices index-c//2 .. index+c//2 of a volume; past an end, the slice mirrored about the
+    centre is used (so the centre slice - and its noise - never appears twice, which a
+    network trained on independent neighbours would take for anatomy); volumes too short for
+    that repeat their edge slices."""
     half = context // 2
-    picks = np.clip(np.arange(index - half, index + half + 1), 0, hu.shape[0] - 1)
-    return hu[picks]
+    picks = np.arange(index - half, index + half + 1)
+    outside = (picks < 0) | (picks >= hu.shape[0])
+    picks[outside] = 2 * index - picks[outside]
+    return hu[np.clip(picks, 0, hu.shape[0] - 1)]
 
 
 def _run_network(net: HUPreservingDenoiser, hu: np.ndarray, strength: float,

@@ -275,13 +275,19 @@ def read_mask(path: str | Path, like: CTVolume | None = None) -> np.ndarray:
 # ----------------------------------------------------------------------------- writing
 
 
-def write_volume(volume: CTVolume, path: str | Path, **dicom_options) -> Path:
-    """Write by extension: .nrrd/.nii/.nii.gz/.mha as float32 HU, a folder (no suffix) as DICOM."""
+def write_volume(volume: CTVolume, path: str | Path, dtype: str = "float32",
+                 **dicom_options) -> Path:
+    """Write by extension: .nrrd/.nii/.nii.gz/.mha as HU (float32, or int16 rounded to whole
+    HU), a folder (no suffix) as a DICOM series (always int16 + rescale)."""
     path = Path(path)
     name = path.name.lower()
     if name.endswith(ITK_FORMATS):
         path.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(to_sitk(volume), str(path), useCompression=True)
+        if dtype == "int16":
+            volume = volume.with_hu(np.clip(np.rint(volume.hu), -32768, 32767))
+        elif dtype != "float32":
+            raise ValueError(f"dtype must be float32 or int16, got {dtype!r}")
+        sitk.WriteImage(to_sitk(volume, np.dtype(dtype).type), str(path), useCompression=True)
         return path
     if path.suffix in ("", ".dcm", ".dicom"):
         write_dicom_series(volume, path, **dicom_options)

@@ -35,10 +35,12 @@ def test_registry_lists_five_networks_and_two_baselines():
         registry.get("unet")
 
 
-def test_context_stack_repeats_edge_slices():
+def test_context_stack_mirrors_about_the_centre_at_the_ends():
     hu = np.arange(4)[:, None, None] * np.ones((4, 2, 2))
-    assert context_stack(hu, 0, 5)[:, 0, 0].tolist() == [0, 0, 0, 1, 2]
-    assert context_stack(hu, 3, 3)[:, 0, 0].tolist() == [2, 3, 3]
+    assert context_stack(hu, 0, 5)[:, 0, 0].tolist() == [2, 1, 0, 1, 2]
+    assert context_stack(hu, 1, 5)[:, 0, 0].tolist() == [3, 0, 1, 2, 3]
+    assert context_stack(hu, 3, 3)[:, 0, 0].tolist() == [2, 3, 2]
+    assert context_stack(hu[:1], 0, 3)[:, 0, 0].tolist() == [0, 0, 0]  # a single slice
 
 
 def test_network_keeps_geometry_and_strength_blends(phantom, student_weights):

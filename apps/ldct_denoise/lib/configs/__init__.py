@@ -1,0 +1,1 @@
+"""One small config per denoiser; the app discovers every `DenoiserConfig` subclass here."""

@@ -1,0 +1,5 @@
+from lib.configs.denoiser import DenoiserConfig
+
+
+class ALDEN(DenoiserConfig):
+    model = "alden"

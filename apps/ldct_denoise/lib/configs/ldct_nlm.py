@@ -1,0 +1,5 @@
+from lib.configs.denoiser import DenoiserConfig
+
+
+class NonLocalMeans(DenoiserConfig):
+    model = "ldct-nlm"

@@ -1,0 +1,61 @@
+"""`ldct serve`: start the MONAI Label server with the ldct_denoise app.
+
+Without ``--studies`` the server gets a local datastore folder holding one demo study (a
+central slab of ircadb17 as NRRD when ../shared/data is present, else the phantom), so a new
+user has something to denoise at once.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ldct.data import CASES, crop_slices
+from ldct.io import read_volume, write_volume
+from ldct.phantom import make_phantom
+
+APP_DIR = Path(__file__).resolve().parents[1] / "apps" / "ldct_denoise"
+DEMO_STUDIES = Path.home() / ".cache" / "ldct" / "demo_studies"
+
+
+def demo_studies(data_dir: Path = Path("../shared/data"), folder: Path = DEMO_STUDIES) -> Path:
+    """A datastore folder with one demo CT (made once)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not any(folder.glob("*.nrrd")):
+        case = CASES[0]
+        if (data_dir / case.image).exists():
+            volume, _ = crop_slices(read_volume(data_dir / case.image), 16)
+            write_volume(volume, folder / f"{case.name}_slab.nrrd", dtype="int16")
+        else:
+            write_volume(make_phantom(size=256, slices=16).volume, folder / "phantom.nrrd",
+                         dtype="int16")
+    return folder
+
+
+def server_command(studies: str, host: str, port: int, models: str,
+                   preload: bool = False) -> list[str]:
+    """The monailabel start_server command line for the app."""
+    return [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR),
+            "--studies", studies, "--host", host, "--port", str(port),
+            "--conf", "models", models, "--conf", "preload", str(preload).lower()]
+
+
+def server_environment() -> dict[str, str]:
+    """Settings for a denoising server: no training scheduler, no sessions, no auto reload."""
+    env = dict(os.environ)
+    env.update({"MONAI_LABEL_TASKS_TRAIN": "false", "MONAI_LABEL_SESSIONS": "false",
+                "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
+                "MONAI_LABEL_TASKS_STRATEGY": "false", "MONAI_LABEL_TASKS_SCORING": "false",
+                "MONAI_LABEL_TASKS_BATCH_INFER": "false"})
+    return env
+
+
+def serve(studies: str | None, host: str, port: int, models: str, preload: bool) -> int:
+    """Run the server in the foreground until it stops; returns its exit code."""
+    studies = studies or str(demo_studies())
+    print(f"MONAI Label server for 3D Slicer: http://{'127.0.0.1' if host == '0.0.0.0' else host}"
+          f":{port}  (studies: {studies})", flush=True)
+    return subprocess.call(server_command(studies, host, port, models, preload),
+                           env=server_environment())

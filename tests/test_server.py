@@ -1,0 +1,127 @@
+"""The MONAI Label app on a real server on 127.0.0.1, driven by MONAI Label's own client."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import requests
+import SimpleITK as sitk
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
+
+from ldct import registry
+from ldct.io import read_volume, write_volume
+from ldct.phantom import make_phantom
+from ldct.simulate import LowDoseParams, simulate_low_dose
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """`ldct serve` as a user starts it, on a free loopback port; ready when /info/ answers."""
+    studies = tmp_path_factory.mktemp("studies")
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("log") / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "ldct.cli", "serve", "--studies", str(studies),
+                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        assert proc.poll() is None, f"server exited early; see {log.name}"
+        try:
+            if requests.get(f"{url}/info/", timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, f"server not ready in 180 s; see {log.name}"
+        time.sleep(0.5)  # polling interval while waiting for start-up, not synchronization
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def noisy_case(tmp_path_factory):
+    """A phantom at clinical pixel size, simulated quarter dose, oblique geometry, as NRRD."""
+    p = make_phantom(size=256, slices=4, pixel_mm=0.78)
+    p.volume.origin = (-99.6015625, -120.3, 331.7)
+    p.volume.direction = np.array([[0.9998, -0.02, 0], [0.02, 0.9998, 0], [0, 0, 1.0]])
+    p.volume.direction /= np.linalg.norm(p.volume.direction, axis=0)
+    low = simulate_low_dose(p.volume, LowDoseParams(dose=0.25), seed=4, progress=False)
+    path = write_volume(low, tmp_path_factory.mktemp("case") / "low.nrrd")
+    return path, p
+
+
+def _served_models() -> list[str]:
+    return [n for n in registry.names() if registry.get(n).available()]
+
+
+def test_info_lists_every_available_model_with_its_options(server):
+    info = MONAILabelClient(server).info()
+    assert sorted(info["models"]) == sorted(_served_models())
+    for name, model in info["models"].items():
+        assert model["type"] == "others"
+        assert set(model["config"]) >= {"strength", "device", "result_dtype"}
+        assert model["ldct"]["name"] == name
+
+
+@pytest.mark.parametrize("model", _served_models())
+def test_each_model_keeps_geometry_exactly_and_reduces_noise(server, noisy_case, model, tmp_path):
+    path, phantom = noisy_case
+    client = MONAILabelClient(server, tmpdir=str(tmp_path))
+    result_file, params = client.infer(model, "", {"strength": 1.0}, file=str(path))
+    source, result = sitk.ReadImage(str(path)), sitk.ReadImage(result_file)
+    assert result.GetSize() == source.GetSize()
+    assert result.GetSpacing() == source.GetSpacing()  # to the last bit
+    assert result.GetOrigin() == source.GetOrigin()
+    assert result.GetDirection() == source.GetDirection()
+    assert params["model"] == model and params["result_dtype"] == "float32"
+    liver = phantom.masks["liver"]
+    before = read_volume(path).hu - phantom.volume.hu
+    after = sitk.GetArrayFromImage(result) - phantom.volume.hu
+    assert after[liver].std() < 0.9 * before[liver].std()
+    assert abs(after[liver].mean()) < 3.0
+
+
+def test_strength_zero_returns_the_input_and_int16_is_available(server, noisy_case, tmp_path):
+    path, _ = noisy_case
+    client = MONAILabelClient(server, tmpdir=str(tmp_path))
+    result_file, _ = client.infer("vagan", "", {"strength": 0.0}, file=str(path))
+    np.testing.assert_array_equal(read_volume(result_file).hu, read_volume(path).hu)
+    result_file, params = client.infer("vagan", "", {"result_dtype": "int16"}, file=str(path))
+    assert sitk.ReadImage(result_file).GetPixelID() == sitk.sitkInt16
+    assert params["result_dtype"] == "int16"
+
+
+def test_four_concurrent_requests_all_succeed(server, noisy_case, tmp_path):
+    path, _ = noisy_case
+
+    def one(k: int):
+        client = MONAILabelClient(server, tmpdir=str(tmp_path / str(k)))
+        return client.infer("ldct-gauss", "", {"strength": 1.0}, file=str(path))
+
+    for k in range(4):
+        (tmp_path / str(k)).mkdir()
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(one, range(4)))
+    assert all(read_volume(f).hu.shape == read_volume(path).hu.shape for f, _ in results)
+
+
+def test_bad_input_gets_the_reason(server, tmp_path):
+    bad = tmp_path / "notct.nrrd"
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((2, 32, 32), 500.0, np.float32)), str(bad))
+    client = MONAILabelClient(server, tmpdir=str(tmp_path))
+    with pytest.raises(MONAILabelClientException, match="not a CT volume"):
+        client.infer("vagan", "", {}, file=str(bad))
