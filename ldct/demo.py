@@ -40,7 +40,7 @@ def _demo_input(data_dir: Path | None) -> tuple[str, CTVolume, np.ndarray]:
         volume, window = crop_slices(read_volume(data_dir / case.image), DEMO_SLICES)
         liver = read_mask(data_dir / case.masks[0])[window]
         return f"{case.name} (central {DEMO_SLICES} slices)", volume, liver
-    phantom = make_phantom(size=256, slices=DEMO_SLICES)
+    phantom = make_phantom(size=480, slices=DEMO_SLICES, pixel_mm=0.78)  # clinical pixels
     return "synthetic phantom", phantom.volume, phantom.masks["liver"]
 
 

@@ -38,18 +38,30 @@ class AttentiveRecurrentBlock(nn.Module):
         return maps
 
 
-class REDGenerator(nn.Module):
-    """Conv encoder / deconv decoder with additive (RED-CNN style) shortcuts, three outputs."""
+def _upsampler(channels: int, mode: str) -> nn.Module:
+    if mode == "transpose":
+        return nn.ConvTranspose2d(channels, channels, 4, 2, 1)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear"),
+                         nn.Conv2d(channels, channels, 3, padding=1))
 
-    def __init__(self, cin: int = 2, base: int = 32, cout: int = 1) -> None:
+
+class REDGenerator(nn.Module):
+    """Conv encoder / upsampling decoder with additive (RED-CNN style) shortcuts, three outputs.
+
+    ``upsample="bilinear"`` upsamples then convolves; ``"transpose"`` uses RED-CNN's
+    deconvolutions, which left a checkerboard texture after the GAN stage.
+    """
+
+    def __init__(self, cin: int = 2, base: int = 32, cout: int = 1,
+                 upsample: str = "bilinear") -> None:
         super().__init__()
         act = nn.LeakyReLU(0.2, True)
         self.e1 = nn.Sequential(nn.Conv2d(cin, base, 3, padding=1), act)
         self.e2 = nn.Sequential(nn.Conv2d(base, base, 3, stride=2, padding=1), act)
         self.e3 = nn.Sequential(nn.Conv2d(base, base, 3, stride=2, padding=1), act,
                                 nn.Conv2d(base, base, 3, padding=1), act)
-        self.d3 = nn.Sequential(nn.ConvTranspose2d(base, base, 4, 2, 1), act)
-        self.d2 = nn.Sequential(nn.ConvTranspose2d(base, base, 4, 2, 1), act)
+        self.d3 = nn.Sequential(_upsampler(base, upsample), act)
+        self.d2 = nn.Sequential(_upsampler(base, upsample), act)
         self.d1 = nn.Sequential(nn.Conv2d(base, base, 3, padding=1), act)
         self.heads = nn.ModuleList(nn.Conv2d(base, cout, 3, padding=1) for _ in range(3))
 
@@ -71,12 +83,13 @@ class VAGANCore(nn.Module):
     (full image resolution); ``forward`` gives the full-scale noise for inference.
     """
 
-    def __init__(self, width: int = 8, base: int = 32, factor: int = 2) -> None:
+    def __init__(self, width: int = 8, base: int = 32, factor: int = 2,
+                 upsample: str = "bilinear") -> None:
         super().__init__()
         self.factor = factor
         f2 = factor * factor
         self.attention = AttentiveRecurrentBlock(width, channels=f2)
-        self.generator = REDGenerator(2 * f2, base, f2)
+        self.generator = REDGenerator(2 * f2, base, f2, upsample)
 
     def forward_all(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         small = F.pixel_unshuffle(x, self.factor)
@@ -91,8 +104,9 @@ class VAGANCore(nn.Module):
         return F.pixel_shuffle(self.generator(torch.cat([small, maps[-1]], 1))[-1], self.factor)
 
 
-def vagan_generator(width: int = 8, base: int = 32) -> HUPreservingDenoiser:
-    return HUPreservingDenoiser(VAGANCore(width, base), context=1)
+def vagan_generator(width: int = 8, base: int = 32,
+                    upsample: str = "bilinear") -> HUPreservingDenoiser:
+    return HUPreservingDenoiser(VAGANCore(width, base, upsample=upsample), context=1)
 
 
 class AttentiveDiscriminator(nn.Module):

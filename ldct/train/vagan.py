@@ -26,12 +26,14 @@ class VAGANMethod(Method):
     paired = True
     needs_pvm = True
     presets = {"cpu": {"steps": 8000}, "paper": {"steps": 120000}}
-    defaults = {"width": 8, "base": 32, "gan": 0.005, "multiscale": 0.01, "perceptual": 0.5,
+    defaults = {"width": 8, "base": 32, "upsample": "bilinear", "gan": 0.005, "multiscale": 0.01,
+                "perceptual": 0.5,
                 "d_attention": 0.05, "pretrain_fraction": 0.5,
                 "lr_g": 1e-4, "lr_d": 1e-4}
 
     def factory_kwargs(self):
-        return {"width": self.hp["width"], "base": self.hp["base"]}
+        return {"width": self.hp["width"], "base": self.hp["base"],
+                "upsample": self.hp["upsample"]}
 
     def build(self):
         return {"g": vagan_generator(**self.factory_kwargs()), "d": AttentiveDiscriminator()}
