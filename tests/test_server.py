@@ -31,6 +31,7 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     """`ldct serve` as a user starts it, on a free loopback port; ready when /info/ answers."""
     studies = tmp_path_factory.mktemp("studies")
+    write_volume(make_phantom(size=128, slices=3).volume, studies / "phantom.nrrd", dtype="int16")
     port = _free_port()
     log = open(tmp_path_factory.mktemp("log") / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "ldct.cli", "serve", "--studies", str(studies),
@@ -125,3 +126,11 @@ def test_bad_input_gets_the_reason(server, tmp_path):
     client = MONAILabelClient(server, tmpdir=str(tmp_path))
     with pytest.raises(MONAILabelClientException, match="not a CT volume"):
         client.infer("vagan", "", {}, file=str(bad))
+
+
+def test_a_datastore_image_is_denoised_by_id(server, tmp_path):
+    client = MONAILabelClient(server, tmpdir=str(tmp_path))
+    assert "phantom" in client.datastore()["objects"]
+    result_file, params = client.infer("ldct-gauss", "phantom", {})
+    assert params["shape"] == [3, 128, 128]
+    assert read_volume(result_file).hu.shape == (3, 128, 128)
