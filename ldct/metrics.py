@@ -97,11 +97,6 @@ class NPS:
         """Frequency of the NPS maximum, ignoring the zero-frequency bin."""
         return float(self.frequency[1:][np.argmax(self.power[1:])])
 
-    @property
-    def mean_frequency(self) -> float:
-        """Power-weighted mean frequency: falls when a denoiser makes texture blotchy."""
-        return float(np.sum(self.frequency * self.power) / np.sum(self.power))
-
 
 def noise_rois(noise: np.ndarray, roi: int = 64, mask: np.ndarray | None = None,
                stride: int | None = None) -> np.ndarray:
