@@ -134,3 +134,19 @@ def test_a_datastore_image_is_denoised_by_id(server, tmp_path):
     result_file, params = client.infer("ldct-gauss", "phantom", {})
     assert params["shape"] == [3, 128, 128]
     assert read_volume(result_file).hu.shape == (3, 128, 128)
+
+
+def test_a_zipped_dicom_series_is_accepted(server, tmp_path):
+    import zipfile
+
+    from ldct.io import write_dicom_series
+
+    volume = make_phantom(size=128, slices=3).volume
+    files = write_dicom_series(volume, tmp_path / "series")
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in files:
+            z.write(f, f.name)
+    client = MONAILabelClient(server, tmpdir=str(tmp_path))
+    result_file, _ = client.infer("ldct-gauss", "", {}, file=str(archive))
+    assert read_volume(result_file).same_geometry(volume, atol=1e-9)
