@@ -49,10 +49,11 @@ class DenoiseInfer(InferTask):
         start = time.perf_counter()
         try:
             volume = read_volume(request["image"])
+            model_start = time.perf_counter()
             result = denoise(volume, self.model, strength=strength, device=device)
         except (CTInputError, ValueError) as exc:  # the client gets the reason, not a 500
             raise HTTPException(status_code=422, detail=str(exc)) from exc
-        model_s = time.perf_counter() - start
+        model_s = time.perf_counter() - model_start
         out = tempfile.NamedTemporaryFile(suffix=".nrrd", delete=False).name
         write_volume(result, out, dtype=dtype)
         return out, {"model": self.model, "strength": strength, "device": device,
