@@ -1,0 +1,44 @@
+# CUDA image serving the MONAI Label app (`ldct serve`); the models in models/ are baked in.
+# Build: docker build -t ldct .   Run: docker run --gpus all -p 8000:8000 -v STUDIES:/data/studies ldct
+# torch's CUDA 13 wheels bring their own CUDA libraries: the base image only provides the
+# driver plumbing of the NVIDIA container runtime.
+FROM nvidia/cuda:13.0.0-base-ubuntu24.04
+
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1 \
+    VENV=/opt/ldct/venv
+
+# Python 3.11 (the version the pinned set is checked on) comes from the deadsnakes PPA on 24.04;
+# PPA packages have no stable version strings to pin.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends software-properties-common curl \
+    && add-apt-repository -y ppa:deadsnakes/ppa \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3.11-dev gcc \
+    && rm -rf /var/lib/apt/lists/*
+
+WORKDIR /opt/ldct
+# the pinned dependency set first, so code changes do not reinstall it
+COPY requirements.txt ./
+RUN python3.11 -m venv "$VENV" \
+    && "$VENV/bin/pip" install --upgrade "pip<25" \
+    && "$VENV/bin/pip" install -r requirements.txt
+
+# the package is installed in place so that it finds apps/ and models/ beside it
+COPY pyproject.toml README.md ./
+COPY ldct ./ldct
+COPY apps ./apps
+COPY models ./models
+RUN "$VENV/bin/pip" install --no-deps --no-build-isolation -e . \
+    && useradd --create-home --uid 10001 ldct \
+    && mkdir -p /data/studies \
+    && chown -R 10001:10001 /data
+
+USER 10001
+ENV PATH="/opt/ldct/venv/bin:$PATH"
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
+    CMD ["curl", "-fsS", "http://127.0.0.1:8000/info/"]
+ENTRYPOINT ["ldct", "serve", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["--studies", "/data/studies", "--preload"]

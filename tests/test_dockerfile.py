@@ -1,0 +1,20 @@
+"""The Dockerfile (no Docker engine here): serves the app as a non-root user, installs exactly
+requirements.txt, bakes the models in and health-checks /info/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dockerfile_is_in_step_with_the_project():
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.startswith("#") and "FROM nvidia/cuda:" in text
+    assert 'pip" install -r requirements.txt' in text and "COPY requirements.txt" in text
+    assert "COPY models ./models" in text and "COPY apps ./apps" in text
+    assert "USER 10001" in text and "useradd" in text
+    assert 'HEALTHCHECK' in text and "/info/" in text
+    assert 'ENTRYPOINT ["ldct", "serve"' in text
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and "models" not in ignored
