@@ -17,6 +17,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/ldct demo --out demo_out
+	$(VENV)/bin/ldct serve
 
 test: $(STAMP)
 	$(PY) -m pytest -q
