@@ -32,8 +32,8 @@ COPY apps ./apps
 COPY models ./models
 RUN "$VENV/bin/pip" install --no-deps --no-build-isolation -e . \
     && useradd --create-home --uid 10001 ldct \
-    && mkdir -p /data/studies \
-    && chown -R 10001:10001 /data
+    && mkdir -p /data/studies apps/ldct_denoise/logs \
+    && chown -R 10001:10001 /data apps/ldct_denoise/logs
 
 USER 10001
 ENV PATH="/opt/ldct/venv/bin:$PATH"
