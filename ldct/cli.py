@@ -138,9 +138,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from ldct.serve import serve
 
-    code = serve(args.studies, args.host, args.port, args.models, args.preload)
-    if code:
-        raise SystemExit(code)
+    serve(args.studies, args.host, args.port, args.models, args.preload)
 
 
 def build_parser() -> argparse.ArgumentParser:

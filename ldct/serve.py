@@ -8,7 +8,6 @@ user has something to denoise at once.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -52,10 +51,10 @@ def server_environment() -> dict[str, str]:
     return env
 
 
-def serve(studies: str | None, host: str, port: int, models: str, preload: bool) -> int:
-    """Run the server in the foreground until it stops; returns its exit code."""
+def serve(studies: str | None, host: str, port: int, models: str, preload: bool) -> None:
+    """Become the server process (exec), so that signals such as SIGTERM reach it directly."""
     studies = studies or str(demo_studies())
     print(f"MONAI Label server for 3D Slicer: http://{'127.0.0.1' if host == '0.0.0.0' else host}"
           f":{port}  (studies: {studies})", flush=True)
-    return subprocess.call(server_command(studies, host, port, models, preload),
-                           env=server_environment())
+    command = server_command(studies, host, port, models, preload)
+    os.execve(command[0], command, server_environment())

@@ -150,3 +150,25 @@ def test_a_zipped_dicom_series_is_accepted(server, tmp_path):
     client = MONAILabelClient(server, tmpdir=str(tmp_path))
     result_file, _ = client.infer("ldct-gauss", "", {}, file=str(archive))
     assert read_volume(result_file).same_geometry(volume, atol=1e-9)
+
+
+def test_stopping_ldct_serve_stops_the_server(tmp_path):
+    """`ldct serve` becomes the server: terminating it frees the port (no orphan server)."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "ldct.cli", "serve", "--studies",
+                             str(tmp_path), "--port", str(port), "--models", "ldct-gauss"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/info/"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.5)  # polling interval while waiting for start-up
+    proc.terminate()
+    proc.wait(timeout=60)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url, timeout=2)
