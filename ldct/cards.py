@@ -82,12 +82,9 @@ def encoder_retrieval(data_dir: str | Path, weights: Path, patches: int = 256,
     return float((torch.argmax(a @ b.t(), 1) == torch.arange(patches)).float().mean())
 
 
-ENCODER_DIR = registry.MODELS_DIR / "ct_encoder"
-
-
 def write_encoder_card(data_dir: str | Path) -> Path:
     """models/ct_encoder/card.{json,md}: training metadata and held-out retrieval accuracy."""
-    weights = ENCODER_DIR / "encoder.pt"
+    weights = registry.ENCODER_DIR / "encoder.pt"
     blob = torch.load(weights, map_location="cpu", weights_only=False)
     accuracy = encoder_retrieval(data_dir, weights)
     card = {"name": "ct_encoder", "kind": "pvm",
@@ -97,7 +94,7 @@ def write_encoder_card(data_dir: str | Path) -> Path:
             "steps": blob.get("steps"), "wall_minutes": round(blob.get("wall_s", 0.0) / 60, 1),
             "widths": blob["config"]["widths"],
             "held_out_retrieval_top1": round(accuracy, 4), "retrieval_candidates": 256}
-    (ENCODER_DIR / "card.json").write_text(json.dumps(card, indent=1))
+    (registry.ENCODER_DIR / "card.json").write_text(json.dumps(card, indent=1))
     md = ["# ct_encoder: self-supervised CT feature encoder (the project's PVM)", "",
           "No ImageNet weights can be downloaded here, so perceptual and semantic losses use this "
           "small VGG-style encoder (stages of widths "
@@ -113,5 +110,5 @@ def write_encoder_card(data_dir: str | Path) -> Path:
           "write_encoder_card('DIR')\"`",
           "- Input: HU through the liver window [-160, 240] HU scaled to [0, 1]",
           "- Alternative: `--pvm PATH` takes a local torchvision VGG19 or ResNet state dict"]
-    (ENCODER_DIR / "card.md").write_text("\n".join(md) + "\n")
-    return ENCODER_DIR / "card.md"
+    (registry.ENCODER_DIR / "card.md").write_text("\n".join(md) + "\n")
+    return registry.ENCODER_DIR / "card.md"

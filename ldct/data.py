@@ -18,6 +18,7 @@ import numpy as np
 
 from ldct.io import CTVolume, read_mask, read_volume, write_volume
 from ldct.metrics import body_mask, noise_sd
+from ldct.phantom import make_phantom
 from ldct.simulate import LowDoseParams, simulate_low_dose
 
 DEFAULT_DOSES = (0.5, 0.25, 0.10)
@@ -75,6 +76,18 @@ def crop_slices(volume: CTVolume, max_slices: int | None) -> tuple[CTVolume, sli
     cropped = CTVolume(hu=volume.hu[window].copy(), spacing=volume.spacing,
                        origin=tuple(origin), direction=direction, dicom=volume.dicom)
     return cropped, window
+
+
+def demo_case(data_dir: Path | None, slices: int) -> tuple[str, CTVolume, np.ndarray]:
+    """What the demos show: a central slab of the test case with its liver mask when the data
+    is there, else the phantom at clinical pixel size. Returns (name, volume, liver mask)."""
+    case = CASES[0]
+    if data_dir is not None and (data_dir / case.image).exists():
+        volume, window = crop_slices(read_volume(data_dir / case.image), slices)
+        liver = read_mask(data_dir / case.masks[0])[window]
+        return f"{case.name}_slab", volume, liver
+    phantom = make_phantom(size=480, slices=slices, pixel_mm=0.78)
+    return "phantom", phantom.volume, phantom.masks["liver"]
 
 
 def prepare(data_dir: str | Path, out_dir: str | Path, doses: Sequence[float] = DEFAULT_DOSES,

@@ -14,13 +14,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 from ldct import metrics, registry  # noqa: E402
-from ldct.data import CASES, crop_slices  # noqa: E402
+from ldct.data import demo_case  # noqa: E402
 from ldct.infer import denoise  # noqa: E402
-from ldct.io import CTVolume, read_mask, read_volume  # noqa: E402
-from ldct.phantom import make_phantom  # noqa: E402
 from ldct.simulate import LowDoseParams, simulate_low_dose  # noqa: E402
 
 DEMO_SLICES = 6
@@ -31,17 +28,6 @@ class DemoReport:
     source: str
     rows: list[dict]
     figure: Path
-
-
-def _demo_input(data_dir: Path | None) -> tuple[str, CTVolume, np.ndarray]:
-    """A central slab of ircadb17 with its liver mask when the data is there, else the phantom."""
-    case = CASES[0]
-    if data_dir is not None and (data_dir / case.image).exists():
-        volume, window = crop_slices(read_volume(data_dir / case.image), DEMO_SLICES)
-        liver = read_mask(data_dir / case.masks[0])[window]
-        return f"{case.name} (central {DEMO_SLICES} slices)", volume, liver
-    phantom = make_phantom(size=480, slices=DEMO_SLICES, pixel_mm=0.78)  # clinical pixels
-    return "synthetic phantom", phantom.volume, phantom.masks["liver"]
 
 
 def best_model() -> str:
@@ -58,7 +44,8 @@ def run_demo(out: Path, data_dir: Path | None = None, dose: float = 0.25) -> Dem
     ``data_dir`` is the shared data folder; without it (or without ircadb17 in it) the
     synthetic phantom is used.
     """
-    source, normal, liver = _demo_input(data_dir)
+    name, normal, liver = demo_case(data_dir, DEMO_SLICES)
+    source = "synthetic phantom" if name == "phantom" else f"{name} ({DEMO_SLICES} central slices)"
     low = simulate_low_dose(normal, LowDoseParams(dose=dose), seed=1, progress=False)
     model = best_model()
     denoised = denoise(low, model).hu

@@ -1,9 +1,9 @@
 """Volume inference: every denoiser (network or baseline) through one path.
 
-Slices are stacked with their neighbours (edge slices replicated) as the model's context,
-batched, run on CUDA with mixed precision when available (else CPU, float32), and blended
-with the input by ``strength``. The result has the input's geometry; a network is loaded once
-per process and device.
+Slices are stacked with their neighbours (mirrored about the centre at the ends) as the
+model's context, batched, run on CUDA with mixed precision when available (else CPU,
+float32), and blended with the input by ``strength``. The result has the input's geometry; a
+network is loaded once per process and device.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from ldct import registry
-from ldct.device import autocast, pick_device
+from ldct.device import autocast, pick_device, to_device
 from ldct.io import CTVolume
 from ldct.nets.blocks import HUPreservingDenoiser
 
@@ -58,9 +58,7 @@ def _run_network(net: HUPreservingDenoiser, hu: np.ndarray, strength: float,
         for start in tqdm(starts, desc="denoise", unit="batch", disable=not progress):
             stop = min(start + batch_size, hu.shape[0])
             stack = np.stack([context_stack(hu, k, net.context) for k in range(start, stop)])
-            x = torch.from_numpy(stack.astype(np.float32))
-            if device.type == "cuda":
-                x = x.pin_memory().to(device, non_blocking=True)
+            x = to_device(stack.astype(np.float32), device)
             with autocast(device):
                 y = net(x, strength)
             out[start:stop] = y[:, 0].float().cpu().numpy()

@@ -11,9 +11,8 @@ import os
 import sys
 from pathlib import Path
 
-from ldct.data import CASES, crop_slices
-from ldct.io import read_volume, write_volume
-from ldct.phantom import make_phantom
+from ldct.data import demo_case
+from ldct.io import write_volume
 
 APP_DIR = Path(__file__).resolve().parents[1] / "apps" / "ldct_denoise"
 DEMO_STUDIES = Path.home() / ".cache" / "ldct" / "demo_studies"
@@ -23,13 +22,8 @@ def demo_studies(data_dir: Path = Path("../shared/data"), folder: Path = DEMO_ST
     """A datastore folder with one demo CT (made once)."""
     folder.mkdir(parents=True, exist_ok=True)
     if not any(folder.glob("*.nrrd")):
-        case = CASES[0]
-        if (data_dir / case.image).exists():
-            volume, _ = crop_slices(read_volume(data_dir / case.image), 16)
-            write_volume(volume, folder / f"{case.name}_slab.nrrd", dtype="int16")
-        else:
-            write_volume(make_phantom(size=256, slices=16).volume, folder / "phantom.nrrd",
-                         dtype="int16")
+        name, volume, _ = demo_case(data_dir, 16)
+        write_volume(volume, folder / f"{name}.nrrd", dtype="int16")
     return folder
 
 

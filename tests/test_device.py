@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from ldct import device as dev
-from ldct.train.loop import to_device
 
 
 def test_auto_picks_cpu_here_and_cuda_when_present(monkeypatch):
@@ -35,5 +34,5 @@ def test_cpu_runs_in_float32_and_cuda_in_reduced_precision(monkeypatch):
 
 
 def test_batches_move_to_the_device():
-    batch = to_device({"ld": np.ones((2, 1, 4, 4), np.float32)}, torch.device("cpu"))
-    assert batch["ld"].device.type == "cpu" and batch["ld"].dtype == torch.float32
+    tensor = dev.to_device(np.ones((2, 1, 4, 4), np.float32), torch.device("cpu"))
+    assert tensor.device.type == "cpu" and tensor.dtype == torch.float32

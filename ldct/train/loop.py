@@ -14,17 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
+from ldct import registry
 from ldct.data import PatchSampler, PreparedData
-from ldct.device import autocast, pick_device
+from ldct.device import autocast, pick_device, to_device
 from ldct.nets.encoder import load_pvm
 from ldct.train import METHODS
 from ldct.train.method import Method
-
-DEFAULT_PVM = Path(__file__).resolve().parents[2] / "models" / "ct_encoder" / "encoder.pt"
 
 PRESETS: dict[str, dict[str, Any]] = {
     # fits the 2-core CPU budget (<= 90 min per method); patches as in VAGAN (64x64)
@@ -44,25 +42,19 @@ class TrainResult:
     last: dict[str, float]
 
 
-def to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    """Numpy batch -> tensors on ``device`` (through pinned memory on CUDA)."""
-    out = {}
-    for key, value in batch.items():
-        t = torch.from_numpy(value)
-        if device.type == "cuda":
-            t = t.pin_memory().to(device, non_blocking=True)
-        out[key] = t
-    return out
+def method_class(name: str) -> type[Method]:
+    """The trainer class of a method name, or an error listing the known ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    return METHODS[name]
 
 
 def build_method(name: str, hp: dict[str, Any], pvm_path: str | Path | None) -> Method:
     """Instantiate a method with its PVM when it needs one."""
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    cls = METHODS[name]
+    cls = method_class(name)
     pvm = None
     if cls.needs_pvm:
-        path = Path(pvm_path) if pvm_path else DEFAULT_PVM
+        path = Path(pvm_path) if pvm_path else registry.ENCODER_DIR / "encoder.pt"
         if not path.exists():
             raise FileNotFoundError(f"{name} needs a PVM: {path} is missing. Run `ldct train "
                                     "encoder` first, or pass --pvm with a local VGG19/ResNet.")
@@ -83,9 +75,8 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     """Train ``method_name`` on the prepared data; writes checkpoint, log.csv and model.pt."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    if method_name not in METHODS:
-        raise ValueError(f"unknown method {method_name!r}; choose from {', '.join(METHODS)}")
-    hp = {**PRESETS[preset], **METHODS[method_name].presets.get(preset, {}), **(overrides or {})}
+    cls = method_class(method_name)
+    hp = {**PRESETS[preset], **cls.presets.get(preset, {}), **(overrides or {})}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
@@ -133,7 +124,7 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     try:
         while step < hp["steps"]:
             start = time.perf_counter()
-            batch = to_device(sampler.sample(), dev)
+            batch = {k: to_device(v, dev) for k, v in sampler.sample().items()}
             for group in method.schedule(step):
                 optims[group].zero_grad(set_to_none=True)
                 with autocast(dev):
