@@ -336,11 +336,12 @@ def write_dicom_series(volume: CTVolume, folder: str | Path, description: str = 
     pixels = hu.astype(np.int16)
     now = datetime.datetime.now()
     series_uid = generate_uid()
+    new_study = {"StudyInstanceUID": generate_uid(), "FrameOfReferenceUID": generate_uid()}
     direction = np.asarray(volume.direction, dtype=np.float64)
     origin = np.asarray(volume.origin, dtype=np.float64)
     written = []
     for k in range(pixels.shape[0]):
-        ds = _slice_header(source, now)
+        ds = _slice_header(source, now, new_study)
         ds.SeriesInstanceUID = series_uid
         ds.SeriesNumber = series_number
         ds.SeriesDescription = description[:64]
@@ -372,8 +373,13 @@ def write_dicom_series(volume: CTVolume, folder: str | Path, description: str = 
     return written
 
 
-def _slice_header(source: Dataset | None, now: datetime.datetime) -> Dataset:
-    """A fresh CT image header, carrying the kept tags of ``source`` (or placeholders)."""
+def _slice_header(source: Dataset | None, now: datetime.datetime,
+                  new_study: dict[str, str]) -> Dataset:
+    """A fresh CT image header, carrying the kept tags of ``source`` (or placeholders).
+
+    ``new_study`` holds the study and frame-of-reference UIDs used when the source has none:
+    made once per series, so that every slice lands in the same study.
+    """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -398,10 +404,10 @@ def _slice_header(source: Dataset | None, now: datetime.datetime) -> Dataset:
     if "PatientID" not in ds:
         ds.PatientID = "ldct-anonymous"
     if "StudyInstanceUID" not in ds:
-        ds.StudyInstanceUID = generate_uid()
+        ds.StudyInstanceUID = new_study["StudyInstanceUID"]
         ds.StudyDate, ds.StudyTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     if "FrameOfReferenceUID" not in ds:
-        ds.FrameOfReferenceUID = generate_uid()
+        ds.FrameOfReferenceUID = new_study["FrameOfReferenceUID"]
     ds.SeriesDate, ds.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.ContentDate, ds.ContentTime = ds.SeriesDate, ds.SeriesTime
     return ds

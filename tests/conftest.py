@@ -1,12 +1,22 @@
-"""Shared fixtures: the phantom, and the real data folder (tests needing it skip with a reason)."""
+"""Shared fixtures: the phantom, the real data folder (tests needing it skip with a reason),
+and real servers on 127.0.0.1 (the ldct MONAI Label server, Orthanc with DICOMweb)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
+import socket
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 
 from ldct.data import CASES, prepare
 from ldct.io import write_dicom_series, write_volume
@@ -59,3 +69,71 @@ def prepared(fake_shared, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared")
     prepare(fake_shared, out, doses=(0.5, 0.25), max_slices=8, progress=False)
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running(command: list[str], ready_url: str, log_path: Path, env: dict | None = None,
+            timeout_s: float = 180) -> Iterator[subprocess.Popen]:
+    """Start a server process; yield once ``ready_url`` answers 200; terminate it afterwards."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + timeout_s
+    try:
+        while True:
+            assert proc.poll() is None, f"{command[0]} exited early; see {log_path}"
+            try:
+                if requests.get(ready_url, timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, f"not ready in {timeout_s} s; see {log_path}"
+            time.sleep(0.5)  # polling interval while waiting for start-up, not synchronization
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+        log.close()
+
+
+def serve_command(studies: str, port: int, *extra: str) -> list[str]:
+    """`ldct serve` as a user starts it."""
+    return [sys.executable, "-m", "ldct.cli", "serve", "--studies", studies,
+            "--port", str(port), *extra]
+
+
+@pytest.fixture(scope="session")
+def ldct_server(tmp_path_factory) -> Iterator[str]:
+    """The ldct MONAI Label server with a local datastore holding one phantom ("phantom")."""
+    studies = tmp_path_factory.mktemp("studies")
+    write_volume(make_phantom(size=128, slices=3).volume, studies / "phantom.nrrd", dtype="int16")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running(serve_command(str(studies), port), f"{url}/info/",
+                 tmp_path_factory.mktemp("log") / "server.log"):
+        yield url
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory) -> Iterator[str]:
+    """A real Orthanc with the DICOMweb plugin and its own empty storage; yields its URL."""
+    binary = shutil.which("Orthanc")
+    plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+    assert binary and plugin.exists(), ("Orthanc is not installed: apt-get install orthanc "
+                                        "orthanc-dicomweb (.ci/run does)")
+    root = tmp_path_factory.mktemp("orthanc")
+    port = free_port()
+    config = {"Name": "ldct-test", "StorageDirectory": str(root / "db"),
+              "IndexDirectory": str(root / "db"), "HttpPort": port, "DicomPort": free_port(),
+              "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+              "Plugins": [str(plugin)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    (root / "orthanc.json").write_text(json.dumps(config))
+    url = f"http://127.0.0.1:{port}"
+    with running([binary, str(root / "orthanc.json")], f"{url}/system", root / "orthanc.log"):
+        yield url

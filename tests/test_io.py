@@ -67,6 +67,15 @@ def test_dicom_written_values_are_rounded_to_whole_hu(tmp_path, phantom):
     assert np.abs(back.hu - volume.hu).max() <= 0.5
 
 
+def test_a_series_without_a_source_header_is_one_study_and_one_frame(tmp_path, phantom):
+    """Every slice of a new series must share the study and frame of reference UIDs."""
+    files = write_dicom_series(phantom.volume.with_hu(phantom.volume.hu), tmp_path / "s")
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    assert len({h.StudyInstanceUID for h in headers}) == 1
+    assert len({h.FrameOfReferenceUID for h in headers}) == 1
+    assert len({h.SeriesInstanceUID for h in headers}) == 1
+
+
 def test_dicom_refuses_to_mix_into_existing_series(tmp_path, phantom):
     write_dicom_series(phantom.volume, tmp_path / "s")
     with pytest.raises(FileExistsError):

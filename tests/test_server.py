@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
+from conftest import free_port, running, serve_command
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
@@ -21,36 +18,9 @@ from ldct.phantom import make_phantom
 from ldct.simulate import LowDoseParams, simulate_low_dose
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """`ldct serve` as a user starts it, on a free loopback port; ready when /info/ answers."""
-    studies = tmp_path_factory.mktemp("studies")
-    write_volume(make_phantom(size=128, slices=3).volume, studies / "phantom.nrrd", dtype="int16")
-    port = _free_port()
-    log = open(tmp_path_factory.mktemp("log") / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "ldct.cli", "serve", "--studies", str(studies),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        assert proc.poll() is None, f"server exited early; see {log.name}"
-        try:
-            if requests.get(f"{url}/info/", timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, f"server not ready in 180 s; see {log.name}"
-        time.sleep(0.5)  # polling interval while waiting for start-up, not synchronization
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+def server(ldct_server):
+    return ldct_server
 
 
 @pytest.fixture(scope="module")
@@ -154,21 +124,10 @@ def test_a_zipped_dicom_series_is_accepted(server, tmp_path):
 
 def test_stopping_ldct_serve_stops_the_server(tmp_path):
     """`ldct serve` becomes the server: terminating it frees the port (no orphan server)."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "ldct.cli", "serve", "--studies",
-                             str(tmp_path), "--port", str(port), "--models", "ldct-gauss"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    port = free_port()
     url = f"http://127.0.0.1:{port}/info/"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        assert proc.poll() is None and time.monotonic() < deadline
-        time.sleep(0.5)  # polling interval while waiting for start-up
-    proc.terminate()
-    proc.wait(timeout=60)
+    with running(serve_command(str(tmp_path), port, "--models", "ldct-gauss"), url,
+                 tmp_path / "server.log"):
+        pass
     with pytest.raises(requests.ConnectionError):
         requests.get(url, timeout=2)

@@ -2,6 +2,8 @@
 
 conf: ``models`` = ``all`` or ``name,name`` (default all); ``preload`` = ``true`` loads every
 network at start-up. Models without trained weights are left out with a log line.
+With ``--studies http(s)://.../dicom-web`` the datastore is the PACS, and an infer request with
+``write_back: true`` stores the denoised volume in the same study as a derived series.
 """
 
 from __future__ import annotations
@@ -9,14 +11,18 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import os
 import pkgutil
 
 import lib.configs
+from fastapi import HTTPException
 from lib.configs.denoiser import DenoiserConfig
+from lib.datastores.pacs import PacsDatastore
 from monailabel.interfaces.app import MONAILabelApp
 
 from ldct import __version__, registry
 from ldct.infer import load_network
+from ldct.pacs import PacsError
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +65,34 @@ class LowDoseCTDenoiseApp(MONAILabelApp):
 
     def init_trainers(self):
         return {}
+
+    def _init_dicomweb_datastore(self) -> PacsDatastore:
+        return PacsDatastore(self.studies)
+
+    def infer(self, request, datastore=None):
+        """The stock infer, then (``write_back: true``) the result stored back in the PACS."""
+        if not _truthy(request.get("write_back", False)):
+            return super().infer(request, datastore)
+        store = datastore or self.datastore()
+        image = request.get("image")
+        from_pacs = isinstance(image, str) and not os.path.exists(image)  # an id, not an upload
+        if not isinstance(store, PacsDatastore) or not from_pacs:
+            raise HTTPException(status_code=422, detail=(
+                "write_back needs a series from a PACS: start the server with "
+                "--studies http://HOST:PORT/dicom-web and send a datastore image id."))
+        result = super().infer(request, datastore)
+        strength = float(result["params"].get("strength", 1.0))
+        try:
+            series = store.write_back(request["image"], result["file"], request["model"],
+                                      strength)
+        except PacsError as exc:
+            raise HTTPException(status_code=502, detail=str(exc)) from exc
+        result["params"]["written_back_series"] = series
+        return result
+
+
+def _truthy(value) -> bool:
+    return value is True or str(value).lower() in ("true", "1", "yes")
 
 
 def _cuda() -> bool:

@@ -29,7 +29,7 @@ class DenoiseInfer(InferTask):
         super().__init__(type=InferType.OTHERS, labels=None, dimension=3,
                          description=f"{info.title} - {info.paper}, {info.supervision}",
                          config={"strength": 1.0, "device": ["auto", "cuda", "cpu"],
-                                 "result_dtype": list(DTYPES)})
+                                 "result_dtype": list(DTYPES), "write_back": False})
         self.model = model
 
     def info(self) -> dict[str, Any]:

@@ -1,0 +1,52 @@
+"""Store a denoised volume back in a PACS, next to its original, as a derived DICOM series.
+
+The series is written by :func:`ldct.io.write_dicom_series` (same patient, study and frame of
+reference as the source, new series and instance UIDs, DERIVED\\SECONDARY) and sent with
+STOW-RS, so a radiologist finds it in the same study as the original.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import pydicom
+import requests
+from dicomweb_client.api import DICOMwebClient
+
+from ldct.io import CTVolume, write_dicom_series
+
+
+class PacsError(RuntimeError):
+    """The PACS refused or could not be reached; the message says which and what to check."""
+
+
+def derived_description(source: CTVolume, model: str, strength: float) -> str:
+    """SeriesDescription of the derived series: the source's, marked with model and strength."""
+    original = str(source.dicom.get("SeriesDescription", "CT")) if source.dicom else "CT"
+    return f"{original} denoised ({model}, strength {strength:g})"
+
+
+def store_derived_series(client: DICOMwebClient, source: CTVolume, result: CTVolume,
+                         model: str, strength: float) -> str:
+    """STOW-RS ``result`` as a new series in ``source``'s study; returns its SeriesInstanceUID."""
+    if source.dicom is None:
+        raise PacsError("the source volume was not read from DICOM, so there is no study to "
+                        "store the result in; write it to a file instead.")
+    if not source.same_geometry(result, atol=1e-6):
+        raise PacsError("the result does not cover the source's voxels; refusing to store it.")
+    series_number = int(source.dicom.get("SeriesNumber", 0) or 0) + 1000
+    with tempfile.TemporaryDirectory(prefix="ldct-stow-") as folder:
+        files = write_dicom_series(
+            result, folder, description=derived_description(source, model, strength),
+            derivation=f"denoised by ldct model {model}, strength {strength:g}",
+            series_number=series_number, reference=source.dicom)
+        datasets = [pydicom.dcmread(path) for path in files]
+        try:
+            client.store_instances(datasets)
+        except requests.HTTPError as exc:
+            raise PacsError(f"the PACS refused the derived series (HTTP "
+                            f"{exc.response.status_code}): {exc.response.text[:300]}") from exc
+        except requests.ConnectionError as exc:
+            raise PacsError(f"the PACS at {client.base_url} cannot be reached: {exc}") from exc
+    return str(datasets[0].SeriesInstanceUID)
+

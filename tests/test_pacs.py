@@ -1,0 +1,110 @@
+"""PACS over DICOMweb: a real Orthanc, a real ldct server reading from it and writing back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+import requests
+from conftest import free_port, running, serve_command
+from dicomweb_client.api import DICOMwebClient
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
+
+from ldct.io import read_volume, write_dicom_series, write_volume
+from ldct.pacs import PacsError, store_derived_series
+from ldct.phantom import make_phantom
+from ldct.simulate import LowDoseParams, simulate_low_dose
+
+
+@pytest.fixture(scope="module")
+def uploaded(orthanc, tmp_path_factory):
+    """A noisy phantom CT series stored in Orthanc over STOW-RS; returns (series uid, volume)."""
+    p = make_phantom(size=256, slices=3, pixel_mm=0.78)
+    p.volume.origin = (-50.0, -61.5, 210.25)
+    noisy = simulate_low_dose(p.volume, LowDoseParams(dose=0.25), seed=1, progress=False)
+    files = write_dicom_series(noisy, tmp_path_factory.mktemp("series"), description="LD abdomen")
+    DICOMwebClient(f"{orthanc}/dicom-web").store_instances([pydicom.dcmread(f) for f in files])
+    return str(pydicom.dcmread(files[0]).SeriesInstanceUID), read_volume(files[0].parent), p
+
+
+@pytest.fixture(scope="module")
+def pacs_server(orthanc, uploaded, tmp_path_factory):
+    """`ldct serve --studies <orthanc>/dicom-web`, its cache in a temporary folder."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    cache = tmp_path_factory.mktemp("dicomweb-cache")
+    with running(serve_command(f"{orthanc}/dicom-web", port, "--models", "vagan,ldct-gauss"),
+                 f"{url}/info/", cache / "server.log",
+                 env={"MONAI_LABEL_DATASTORE_CACHE_PATH": str(cache)}):
+        yield url
+
+
+def _series_of_study(orthanc: str, study_uid: str) -> list[dict]:
+    return DICOMwebClient(f"{orthanc}/dicom-web").search_for_series(study_uid)
+
+
+def test_the_pacs_series_is_listed_and_denoised_by_id(pacs_server, uploaded, tmp_path):
+    series_uid, source, phantom = uploaded
+    client = MONAILabelClient(pacs_server, tmpdir=str(tmp_path))
+    assert series_uid in client.datastore()["objects"]
+    result_file, params = client.infer("vagan", series_uid, {})
+    result = read_volume(result_file)
+    assert result.same_geometry(source, atol=1e-9)
+    liver = phantom.masks["liver"]
+    assert (result.hu - phantom.volume.hu)[liver].std() < 0.9 * (
+        source.hu - phantom.volume.hu)[liver].std()
+    assert "written_back_series" not in params  # nothing is stored unless asked
+
+
+def test_write_back_stores_a_derived_series_in_the_same_study(pacs_server, orthanc, uploaded,
+                                                               tmp_path):
+    series_uid, source, _ = uploaded
+    client = MONAILabelClient(pacs_server, tmpdir=str(tmp_path))
+    result_file, params = client.infer("vagan", series_uid,
+                                       {"write_back": True, "strength": 0.8})
+    new_uid = params["written_back_series"]
+    study_uid = str(source.dicom.StudyInstanceUID)
+    listed = {pydicom.Dataset.from_json(s).SeriesInstanceUID for s in
+              _series_of_study(orthanc, study_uid)}
+    assert listed == {series_uid, new_uid}  # next to the original, in the same study
+    web = DICOMwebClient(f"{orthanc}/dicom-web")
+    instances = web.retrieve_series(study_uid, new_uid)
+    folder = tmp_path / "back"
+    folder.mkdir()
+    for k, ds in enumerate(instances):
+        ds.save_as(folder / f"{k}.dcm", write_like_original=False)
+    stored = read_volume(folder)
+    assert stored.same_geometry(source, atol=1e-6)
+    np.testing.assert_array_equal(stored.hu, np.rint(read_volume(result_file).hu))
+    header = instances[0]
+    assert header.PatientID == source.dicom.PatientID
+    assert header.FrameOfReferenceUID == source.dicom.FrameOfReferenceUID
+    assert list(header.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert header.SeriesDescription == "LD abdomen denoised (vagan, strength 0.8)"
+    assert len(web.retrieve_series(study_uid, series_uid)) == source.hu.shape[0]  # untouched
+
+
+def test_write_back_of_an_upload_is_refused_with_the_reason(pacs_server, tmp_path, uploaded):
+    _, source, _ = uploaded
+    path = write_volume(source, tmp_path / "upload.nrrd")
+    client = MONAILabelClient(pacs_server, tmpdir=str(tmp_path))
+    with pytest.raises(MONAILabelClientException, match="write_back needs a series from a PACS"):
+        client.infer("ldct-gauss", "", {"write_back": True}, file=str(path))
+
+
+def test_a_dead_pacs_gives_a_clear_error(uploaded):
+    _, source, _ = uploaded
+    dead = DICOMwebClient(f"http://127.0.0.1:{free_port()}/dicom-web")
+    with pytest.raises(PacsError, match="cannot be reached"):
+        store_derived_series(dead, source, source, "vagan", 1.0)
+
+
+def test_a_result_with_other_geometry_is_never_stored(orthanc, uploaded):
+    _, source, _ = uploaded
+    moved = source.with_hu(source.hu)
+    moved.origin = (0.0, 0.0, 0.0)
+    before = requests.get(f"{orthanc}/series", timeout=5).json()
+    with pytest.raises(PacsError, match="does not cover"):
+        store_derived_series(DICOMwebClient(f"{orthanc}/dicom-web"), source, moved, "vagan", 1.0)
+    assert requests.get(f"{orthanc}/series", timeout=5).json() == before
