@@ -1,5 +1,6 @@
 # CUDA image serving the MONAI Label app (`ldct serve`); the models in models/ are baked in.
-# Build: docker build -t ldct .   Run: docker run --gpus all -p 8000:8000 -v STUDIES:/data/studies ldct
+# Build: docker build -t ldct .
+# Run:   docker run --gpus all -p 8000:8000 -v STUDIES:/data/studies -v SITE:/data/site-models ldct
 # torch's CUDA 13 wheels bring their own CUDA libraries: the base image only provides the
 # driver plumbing of the NVIDIA container runtime.
 FROM nvidia/cuda:13.0.0-base-ubuntu24.04
@@ -32,11 +33,13 @@ COPY apps ./apps
 COPY models ./models
 RUN "$VENV/bin/pip" install --no-deps --no-build-isolation -e . \
     && useradd --create-home --uid 10001 ldct \
-    && mkdir -p /data/studies apps/ldct_denoise/logs \
+    && mkdir -p /data/studies /data/site-models apps/ldct_denoise/logs \
     && chown -R 10001:10001 /data apps/ldct_denoise/logs
 
 USER 10001
-ENV PATH="/opt/ldct/venv/bin:$PATH"
+# fine-tuned versions (POST /train/{model}) go to a writable volume, the shipped ones stay
+ENV PATH="/opt/ldct/venv/bin:$PATH" \
+    LDCT_SITE_MODELS=/data/site-models
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
     CMD ["curl", "-fsS", "http://127.0.0.1:8000/info/"]

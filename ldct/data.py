@@ -93,14 +93,15 @@ def demo_case(data_dir: Path | None, slices: int) -> tuple[str, CTVolume, np.nda
 def prepare(data_dir: str | Path, out_dir: str | Path, doses: Sequence[float] = DEFAULT_DOSES,
             params: LowDoseParams = LowDoseParams(), seed: int = 0,
             max_slices: int | None = None, cases: Iterable[str] | None = None,
-            progress: bool = True) -> dict:
+            progress: bool = True, catalogue: Sequence[Case] = CASES) -> dict:
     """Build (or reuse) the prepared dataset and return its manifest.
 
     Each (case, dose) file is written once; a rerun with the same settings only re-reads the
-    manifest. Changing the simulation settings rebuilds the affected files.
+    manifest. Changing the simulation settings rebuilds the affected files. ``catalogue``
+    names the volumes (default: the shared data's cases; fine-tuning passes a site's scans).
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    chosen = [c for c in CASES if cases is None or c.name in set(cases)]
+    chosen = [c for c in catalogue if cases is None or c.name in set(cases)]
     missing = [c.name for c in chosen if not (data_dir / c.image).exists()]
     if missing:
         raise FileNotFoundError(f"{data_dir}: missing {', '.join(missing)}; expected the layout "

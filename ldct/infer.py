@@ -21,14 +21,23 @@ from ldct.io import CTVolume
 from ldct.nets.blocks import HUPreservingDenoiser
 
 
-@functools.lru_cache(maxsize=16)
 def load_network(name: str, device: str = "cpu", weights: str | None = None
                  ) -> HUPreservingDenoiser:
-    """The trained network ``name`` on ``device`` (cached: loaded once per process)."""
+    """The trained network ``name`` on ``device``: ``weights``, else the version in use.
+
+    Loaded once per process and weights file, so a newly fine-tuned version is picked up by
+    the next call while the current one stays cached.
+    """
     info = registry.get(name)
     if info.kind != "network":
         raise ValueError(f"{name} is a baseline, not a network")
-    path = Path(weights) if weights else info.weights
+    return _load_weights(name, device, str(Path(weights) if weights else info.weights))
+
+
+@functools.lru_cache(maxsize=16)
+def _load_weights(name: str, device: str, weights: str) -> HUPreservingDenoiser:
+    info = registry.get(name)
+    path = Path(weights)
     if not path.exists():
         raise FileNotFoundError(f"model {name!r} has no trained weights at {path}; train it "
                                 f"with `ldct train {name} --data DIR` and copy model.pt there.")

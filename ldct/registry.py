@@ -3,11 +3,16 @@
 Networks register their factory with :func:`register` (timm-style); a new denoiser is one
 module in ldct/nets/, one registration and one folder models/<name>/ holding ``model.pt`` and
 ``card.md`` / ``card.json``. Baselines register a function on HU arrays instead.
+
+A site can fine-tune a shipped network (`ldct.finetune`): each run adds a version
+``<site models>/<name>/versions/<timestamp>/model.pt`` (site models: ``$LDCT_SITE_MODELS``,
+default ``models/``), and the newest version is the one inference uses.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +20,12 @@ from typing import Any
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 ENCODER_DIR = MODELS_DIR / "ct_encoder"  # the shipped PVM (encoder.pt + card)
+SITE_MODELS_ENV = "LDCT_SITE_MODELS"
+
+
+def site_models_dir() -> Path:
+    """Where fine-tuned versions go: a writable folder of the site (default: models/)."""
+    return Path(os.environ.get(SITE_MODELS_ENV) or MODELS_DIR)
 
 
 @dataclass(frozen=True)
@@ -33,8 +44,27 @@ class ModelInfo:
         return MODELS_DIR / self.name
 
     @property
-    def weights(self) -> Path:
+    def shipped_weights(self) -> Path:
         return self.folder / "model.pt"
+
+    @property
+    def versions_dir(self) -> Path:
+        return site_models_dir() / self.name / "versions"
+
+    def versions(self) -> list[Path]:
+        """Fine-tuned versions, oldest first (each a folder holding model.pt)."""
+        return sorted(p.parent for p in self.versions_dir.glob("*/model.pt"))
+
+    @property
+    def weights(self) -> Path:
+        """The weights in use: the newest fine-tuned version, else the shipped ones."""
+        versions = self.versions()
+        return versions[-1] / "model.pt" if versions else self.shipped_weights
+
+    def version(self) -> str:
+        """``shipped`` or the name of the fine-tuned version in use."""
+        versions = self.versions()
+        return versions[-1].name if versions else "shipped"
 
     def card(self) -> dict[str, Any]:
         """The machine-readable model card (empty until the model is trained and evaluated)."""
@@ -48,7 +78,9 @@ class ModelInfo:
         """Name, method, paper, supervision, availability and the card, for listings and /info/."""
         return {"name": self.name, "title": self.title, "paper": self.paper,
                 "supervision": self.supervision, "kind": self.kind,
-                "available": self.available(), "card": self.card()}
+                "available": self.available(),
+                "version": self.version() if self.kind == "network" else "",
+                "card": self.card()}
 
 
 REGISTRY: dict[str, ModelInfo] = {}

@@ -36,9 +36,9 @@ def server_command(studies: str, host: str, port: int, models: str,
 
 
 def server_environment() -> dict[str, str]:
-    """Settings for a denoising server: no training scheduler, no sessions, no auto reload."""
+    """Settings for a denoising server: fine-tuning tasks on, no sessions, no auto reload."""
     env = dict(os.environ)
-    env.update({"MONAI_LABEL_TASKS_TRAIN": "false", "MONAI_LABEL_SESSIONS": "false",
+    env.update({"MONAI_LABEL_SESSIONS": "false",
                 "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
                 "MONAI_LABEL_TASKS_STRATEGY": "false", "MONAI_LABEL_TASKS_SCORING": "false",
                 "MONAI_LABEL_TASKS_BATCH_INFER": "false"})

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import requests
 
+from ldct import registry
 from ldct.data import CASES, prepare
 from ldct.io import write_dicom_series, write_volume
 from ldct.phantom import Phantom, make_phantom
@@ -115,8 +116,10 @@ def ldct_server(tmp_path_factory) -> Iterator[str]:
     write_volume(make_phantom(size=128, slices=3).volume, studies / "phantom.nrrd", dtype="int16")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    site_models = tmp_path_factory.mktemp("site-models")  # never the repository's models/
     with running(serve_command(str(studies), port), f"{url}/info/",
-                 tmp_path_factory.mktemp("log") / "server.log"):
+                 tmp_path_factory.mktemp("log") / "server.log",
+                 env={registry.SITE_MODELS_ENV: str(site_models)}):
         yield url
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from ldct import infer, registry
-from ldct.infer import context_stack, denoise, load_network
+from ldct.infer import context_stack, denoise
 from ldct.io import read_volume, write_dicom_series, write_volume
 from ldct.nets.blocks import HUPreservingDenoiser
 from ldct.nets.catalogue import n2n25d_student
@@ -51,9 +51,9 @@ def test_network_keeps_geometry_and_strength_blends(phantom, student_weights):
     np.testing.assert_allclose(half.hu - volume.hu, 0.5 * (full.hu - volume.hu), atol=1e-3)
     zero = denoise(volume, "n2n25d", strength=0.0, weights=student_weights)
     np.testing.assert_array_equal(zero.hu, volume.hu)
-    before = load_network.cache_info().hits
+    before = infer._load_weights.cache_info().hits
     denoise(volume, "n2n25d", weights=student_weights, device="cpu")
-    assert load_network.cache_info().hits > before  # loaded once, reused
+    assert infer._load_weights.cache_info().hits > before  # loaded once, reused
     with pytest.raises(ValueError, match="strength must be in"):
         denoise(volume, "n2n25d", strength=1.5, weights=student_weights)
 

@@ -18,6 +18,7 @@ import lib.configs
 from fastapi import HTTPException
 from lib.configs.denoiser import DenoiserConfig
 from lib.datastores.pacs import PacsDatastore
+from lib.trainers.finetune import FineTuneTask
 from monailabel.interfaces.app import MONAILabelApp
 
 from ldct import __version__, registry
@@ -64,7 +65,9 @@ class LowDoseCTDenoiseApp(MONAILabelApp):
         return {name: config.infer() for name, config in self.configs.items()}
 
     def init_trainers(self):
-        return {}
+        """A fine-tuning task for every served network (baselines have nothing to train)."""
+        return {name: FineTuneTask(name) for name in self.configs
+                if registry.get(name).kind == "network"}
 
     def _init_dicomweb_datastore(self) -> PacsDatastore:
         return PacsDatastore(self.studies)

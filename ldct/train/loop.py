@@ -71,17 +71,25 @@ def _save_atomic(obj: Any, path: Path) -> None:
 def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: str = "cpu",
           overrides: dict[str, Any] | None = None, resume: bool = False,
           pvm_path: str | Path | None = None, device: str = "auto",
-          progress: bool = True) -> TrainResult:
-    """Train ``method_name`` on the prepared data; writes checkpoint, log.csv and model.pt."""
+          progress: bool = True, init_weights: str | Path | None = None) -> TrainResult:
+    """Train ``method_name`` on the prepared data; writes checkpoint, log.csv and model.pt.
+
+    ``init_weights`` (a model.pt) starts the deployable network from trained weights - the
+    fine-tuning case; the method's ``finetune`` overrides then skip its from-scratch stages.
+    """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     cls = method_class(method_name)
-    hp = {**PRESETS[preset], **cls.presets.get(preset, {}), **(overrides or {})}
+    hp = {**PRESETS[preset], **cls.presets.get(preset, {}),
+          **(cls.finetune if init_weights else {}), **(overrides or {})}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)
     torch.manual_seed(hp["seed"])
     method = build_method(method_name, hp, pvm_path)
+    if init_weights:
+        blob = torch.load(init_weights, map_location="cpu", weights_only=False)
+        method.deployable().load_state_dict(blob["state_dict"])
     method.nets.to(dev)
     if method.pvm is not None:
         method.pvm.to(dev)

@@ -29,6 +29,7 @@ class Method:
     needs_pvm = False
     defaults: dict[str, Any] = {}
     presets: dict[str, dict[str, Any]] = {}  # per-preset values that override the loop's
+    finetune: dict[str, Any] = {}  # overrides when starting from trained weights
 
     def __init__(self, hp: dict[str, Any], pvm: FeatureExtractor | None = None) -> None:
         self.hp = {**self.defaults, **hp}
@@ -83,6 +84,7 @@ class WarmStartedGAN(Method):
 
     sample_context = 3
     gan_groups: dict[str, list[str]] = {}
+    finetune = {"warmup_fraction": 0.0}  # a trained generator needs no warm-up
     defaults = {"warmup_fraction": 0.5, "lr_d": 5e-5, "lr_g": 5e-5, "base": 16, "levels": 3,
                 "res_blocks": 2, "adversarial": 1.0, "anchor": 1.0}
 

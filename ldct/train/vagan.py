@@ -26,6 +26,7 @@ class VAGANMethod(Method):
     paired = True
     needs_pvm = True
     presets = {"cpu": {"steps": 8000}, "paper": {"steps": 120000}}
+    finetune = {"pretrain_fraction": 0.0}  # a trained generator goes straight to its GAN stage
     defaults = {"width": 8, "base": 32, "upsample": "bilinear", "gan": 0.005, "multiscale": 0.01,
                 "perceptual": 0.5,
                 "d_attention": 0.05, "pretrain_fraction": 0.5,

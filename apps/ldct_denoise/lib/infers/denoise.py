@@ -47,16 +47,22 @@ class DenoiseInfer(InferTask):
         dtype = request.get("result_dtype", "float32")
         dtype = dtype if dtype in DTYPES else "float32"
         start = time.perf_counter()
+        info = registry.get(self.model)
+        weights = info.weights if info.kind == "network" else None  # fixed for this request
+        version = "" if weights is None else (
+            "shipped" if weights == info.shipped_weights else weights.parent.name)
         try:
             volume = read_volume(request["image"])
             model_start = time.perf_counter()
-            result = denoise(volume, self.model, strength=strength, device=device)
+            result = denoise(volume, self.model, strength=strength, device=device,
+                             weights=weights)
         except (CTInputError, ValueError) as exc:  # the client gets the reason, not a 500
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         model_s = time.perf_counter() - model_start
         out = tempfile.NamedTemporaryFile(suffix=".nrrd", delete=False).name
         write_volume(result, out, dtype=dtype)
-        return out, {"model": self.model, "strength": strength, "device": device,
+        return out, {"model": self.model, "version": version, "strength": strength,
+                     "device": device,
                      "result_dtype": dtype, "shape": list(volume.hu.shape),
                      "model_seconds": round(model_s, 3),
                      "total_seconds": round(time.perf_counter() - start, 3)}

@@ -1,0 +1,80 @@
+"""Fine-tuning a shipped network on a site's scans: a new version, used by the next infer."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import requests
+from conftest import free_port, running, serve_command
+from monailabel.client import MONAILabelClient
+
+from ldct import registry
+from ldct.finetune import finetune
+from ldct.infer import load_network
+from ldct.io import read_volume, write_volume
+from ldct.phantom import make_phantom
+
+
+@pytest.fixture()
+def site_models(tmp_path, monkeypatch):
+    folder = tmp_path / "site-models"
+    monkeypatch.setenv(registry.SITE_MODELS_ENV, str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def site_scan(tmp_path_factory):
+    path = tmp_path_factory.mktemp("site") / "scan.nrrd"
+    write_volume(make_phantom(size=128, slices=4, seed=7).volume, path, dtype="int16")
+    return path
+
+
+def _weights_differ(a, b) -> bool:
+    return any(not np.array_equal(x.detach().numpy(), y.detach().numpy())
+               for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_finetune_adds_a_version_that_inference_then_uses(site_models, site_scan):
+    info = registry.get("vagan")
+    assert info.version() == "shipped"
+    shipped = load_network("vagan", "cpu")
+    version = finetune("vagan", [site_scan], steps=3, max_slices=4, device="cpu")
+    assert version.parent == site_models / "vagan" / "versions"
+    record = json.loads((version / "finetune.json").read_text())
+    assert record["steps"] == 3 and record["base_weights"] == str(info.shipped_weights)
+    assert info.version() == version.name and info.weights == version / "model.pt"
+    tuned = load_network("vagan", "cpu")
+    assert tuned is not shipped and _weights_differ(tuned, shipped)
+    assert list(site_models.glob("vagan/versions/.*")) == []  # no leftovers of the work
+
+
+def test_finetune_refuses_what_it_cannot_do(site_models, site_scan):
+    with pytest.raises(ValueError, match="baseline"):
+        finetune("ldct-gauss", [site_scan])
+    with pytest.raises(ValueError, match="no images"):
+        finetune("vagan", [])
+
+
+def test_train_endpoint_finetunes_and_the_next_infer_uses_it(tmp_path, site_scan):
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    write_volume(read_volume(site_scan), studies / "site.nrrd", dtype="int16")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    site_models = tmp_path / "site-models"
+    with running(serve_command(str(studies), port, "--models", "vagan,ldct-gauss"),
+                 f"{url}/info/", tmp_path / "server.log",
+                 env={registry.SITE_MODELS_ENV: str(site_models)}):
+        client = MONAILabelClient(url, tmpdir=str(tmp_path))
+        assert sorted(client.info()["trainers"]) == ["vagan"]  # baselines have nothing to train
+        _, before = client.infer("vagan", "site", {})
+        assert before["version"] == "shipped"
+        answer = requests.post(f"{url}/train/vagan", params={"run_sync": "true"},
+                               json={"steps": 2, "max_slices": 4, "device": "cpu"}, timeout=600)
+        assert answer.status_code == 200, answer.text
+        versions = sorted(p.name for p in (site_models / "vagan" / "versions").iterdir())
+        assert len(versions) == 1
+        _, after = client.infer("vagan", "site", {})
+        assert after["version"] == versions[0]
