@@ -25,6 +25,8 @@ from ldct.phantom import Phantom, make_phantom
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+SLICER_MODULE = ROOT / "slicer_extension" / "LowDoseCTDenoise"
+sys.path.insert(0, str(SLICER_MODULE))  # the module's Logic and pure library, as Slicer loads them
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,45 @@
+"""What the views show: window presets, node names, the difference window, the URL history."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+# (window width, level) in HU
+WINDOW_PRESETS = {"Liver": (400.0, 40.0), "Abdomen": (350.0, 40.0)}
+VOLUME_PRESET = "Volume"  # the window the volume came with (e.g. from its DICOM header)
+MIN_DIFFERENCE_WINDOW = 20.0
+
+
+def result_name(input_name: str, model: str) -> str:
+    return f"{input_name} denoised ({model})"
+
+
+def difference_name(input_name: str, model: str) -> str:
+    return f"{input_name} difference ({model})"
+
+
+def symmetric_window(differences: Iterable[float], percentile: float = 99.0) -> tuple[float, float]:
+    """(width, level 0) covering +-the given percentile of |difference|: removed noise shows as
+    grey texture around mid-grey, and anatomy (which should be absent) stands out."""
+    magnitudes = sorted(abs(float(v)) for v in differences)
+    if not magnitudes:
+        return MIN_DIFFERENCE_WINDOW, 0.0
+    index = min(len(magnitudes) - 1, int(round(percentile / 100.0 * (len(magnitudes) - 1))))
+    return max(2.0 * magnitudes[index], MIN_DIFFERENCE_WINDOW), 0.0
+
+
+class UrlHistory:
+    """Recently used server URLs, newest first, without duplicates (kept in Slicer settings)."""
+
+    def __init__(self, urls: Iterable[str] = (), size: int = 10) -> None:
+        self.size = size
+        self.urls: list[str] = []
+        for url in reversed(list(urls)):
+            self.add(url)
+
+    def add(self, url: str) -> None:
+        url = url.strip().rstrip("/")
+        if not url:
+            return
+        self.urls = [url] + [u for u in self.urls if u != url]
+        del self.urls[self.size:]

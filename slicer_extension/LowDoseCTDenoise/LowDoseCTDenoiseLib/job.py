@@ -1,0 +1,68 @@
+"""A denoise request on a worker thread, polled by the UI (a QTimer in Slicer), cancellable."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+from .client import CancelToken, DenoiseClient, Progress
+from .errors import ServerError
+
+
+class DenoiseJob:
+    """Runs :meth:`DenoiseClient.denoise` off the UI thread; the UI reads ``phase``/``fraction``.
+
+    The UI never blocks: it starts the job, polls ``done`` from a timer, and on completion
+    reads ``result`` (the downloaded file) or ``error`` (a readable :class:`ServerError`).
+    """
+
+    def __init__(self, client: DenoiseClient, model: str, volume: Path, output: Path,
+                 params: Optional[dict[str, Any]] = None,
+                 on_progress: Optional[Progress] = None) -> None:
+        self.client, self.model, self.volume, self.output = client, model, volume, output
+        self.params = params or {}
+        self.on_progress = on_progress  # called on the worker thread; the UI polls instead
+        self.token = CancelToken()
+        self.phase, self.fraction = "queued", 0.0
+        self.result: Optional[Path] = None
+        self.error: Optional[ServerError] = None
+        self._thread = threading.Thread(target=self._run, name="ldct-denoise", daemon=True)
+
+    def start(self) -> DenoiseJob:
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        self.token.cancel()
+
+    @property
+    def done(self) -> bool:
+        return self._thread.ident is not None and not self._thread.is_alive()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until finished (tests and Slicer's self-test; the UI polls instead)."""
+        self._thread.join(timeout)
+        return self.done
+
+    def status_text(self) -> str:
+        """One line for the progress label."""
+        labels = {"queued": "Starting", "upload": "Uploading", "denoise": "Denoising on server",
+                  "download": "Downloading result", "done": "Done"}
+        if self.error is not None:
+            return f"Failed: {self.error}"
+        return f"{labels.get(self.phase, self.phase)} ({100 * self.fraction:.0f} %)"
+
+    def _progress(self, phase: str, fraction: float) -> None:
+        self.phase, self.fraction = phase, fraction
+        if self.on_progress is not None:
+            self.on_progress(phase, fraction)
+
+    def _run(self) -> None:
+        try:
+            self.result = self.client.denoise(self.model, self.volume, self.output, self.params,
+                                              cancel=self.token, progress=self._progress)
+        except ServerError as exc:
+            self.error = exc
+        except Exception as exc:  # noqa: BLE001 - a worker must report, never die silently
+            self.error = ServerError(f"Unexpected error: {exc!r}")

@@ -1,0 +1,261 @@
+"""MRML side of the module: volume node -> NRRD upload file -> result node -> side-by-side views.
+
+Imports only ``slicer`` (MRML core and logic), ``vtk`` and ``numpy``, no Qt: it runs inside
+Slicer and, with the PyPI ``slicer-core`` package, on plain MRML scenes in tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import slicer
+import vtk
+from LowDoseCTDenoiseLib import (
+    VOLUME_PRESET,
+    WINDOW_PRESETS,
+    difference_name,
+    result_name,
+    symmetric_window,
+)
+
+LEFT, RIGHT = "Red", "Yellow"  # the two views of Slicer's side-by-side layout
+GEOMETRY_TOLERANCE_MM = 1e-3  # NRRD text round trip; anything larger is a real mismatch
+DIFFERENCE_SAMPLES = 200_000
+
+
+class GeometryMismatch(RuntimeError):
+    """The server's result does not cover the input's voxels; it is not loaded."""
+
+
+def _matrix(node) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+def _copy_geometry(source, target) -> None:
+    """Spacing, origin and axes exactly as ``source`` stores them.
+
+    A 4x4 matrix round trip is not bit-exact, and the volume node ignores changes below a
+    tolerance (so a value read back from NRRD text would stay): each setter first gets a
+    clearly different value, then the source's.
+    """
+    directions, flipped = vtk.vtkMatrix4x4(), vtk.vtkMatrix4x4()
+    source.GetIJKToRASDirectionMatrix(directions)
+    flipped.DeepCopy(directions)
+    flipped.SetElement(0, 0, -directions.GetElement(0, 0) or 1.0)
+    spacing, origin = source.GetSpacing(), source.GetOrigin()
+    target.SetIJKToRASDirectionMatrix(flipped)
+    target.SetIJKToRASDirectionMatrix(directions)
+    target.SetSpacing([2 * v + 1 for v in spacing])
+    target.SetSpacing(spacing)
+    target.SetOrigin([2 * v + 1 for v in origin])
+    target.SetOrigin(origin)
+
+
+class LowDoseCTDenoiseLogic:
+    """Everything the module does to the scene; the widget only wires buttons to it."""
+
+    def __init__(self, scene=None) -> None:
+        self.scene = scene if scene is not None else slicer.mrmlScene
+        self.own_windows: dict[str, tuple[float, float]] = {}  # node id -> window it came with
+        self._synced: list[tuple[object, int]] = []
+        self._syncing = False
+        self.pair: Optional[tuple[object, object]] = None  # (original, denoised) on show
+
+    # -- input and result ---------------------------------------------------------------
+    def export_input(self, node, path: str | Path) -> Path:
+        """Write ``node`` as int16 NRRD in HU with its geometry; the node is not modified."""
+        if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.GetImageData() is None:
+            raise ValueError("Select a CT volume (a scalar volume with image data) first.")
+        if node.GetParentTransformNode() is not None:
+            raise ValueError(f"'{node.GetName()}' is under a transform; harden the transform "
+                             "(Data module, right-click > Harden transform) and try again.")
+        hu = slicer.util.arrayFromVolume(node)
+        if hu.ndim != 3 or min(hu.shape[1:]) < 64:
+            raise ValueError(f"'{node.GetName()}' ({hu.shape}) is not a CT volume: need slices of "
+                             "at least 64x64 pixels.")
+        if not np.isfinite(hu).all():
+            raise ValueError(f"'{node.GetName()}' has NaN or infinite voxels; fix the volume "
+                             "first.")
+        copy = slicer.vtkMRMLScalarVolumeNode()
+        image = vtk.vtkImageData()
+        image.DeepCopy(node.GetImageData())
+        copy.SetAndObserveImageData(image)
+        _copy_geometry(node, copy)
+        slicer.util.updateVolumeFromArray(
+            copy, np.clip(np.rint(hu), -32768, 32767).astype(np.int16))
+        self._write(copy, Path(path))
+        return Path(path)
+
+    def load_result(self, path: str | Path, input_node, model: str):
+        """A new volume node named ``<input> denoised (<model>)`` with the input's geometry."""
+        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        self.scene.AddNode(storage)
+        storage.SetFileName(str(path))
+        if not storage.ReadData(node):
+            self.scene.RemoveNode(storage)
+            self.scene.RemoveNode(node)
+            raise RuntimeError(f"Could not read the server's result {path}.")
+        self.scene.RemoveNode(storage)  # the result lives in the scene, not in a temp file
+        expected, got = _matrix(input_node), _matrix(node)
+        same_size = (node.GetImageData().GetDimensions()
+                     == input_node.GetImageData().GetDimensions())
+        if not same_size or np.abs(expected - got).max() > GEOMETRY_TOLERANCE_MM:
+            self.scene.RemoveNode(node)
+            raise GeometryMismatch("The server returned a volume with another geometry; it was "
+                                   "not loaded. Report this with the server log.")
+        _copy_geometry(input_node, node)  # exactly the input's, bit for bit
+        node.SetName(result_name(input_node.GetName(), model))
+        node.SetAttribute("LowDoseCTDenoise.model", model)
+        node.SetAttribute("LowDoseCTDenoise.source", input_node.GetID())
+        node.CreateDefaultDisplayNodes()
+        return node
+
+    def difference(self, original, denoised):
+        """``denoised - original`` as a float volume with a symmetric grey window around 0."""
+        model = denoised.GetAttribute("LowDoseCTDenoise.model") or "model"
+        diff = (slicer.util.arrayFromVolume(denoised).astype(np.float32)
+                - slicer.util.arrayFromVolume(original).astype(np.float32))
+        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        node.SetName(difference_name(original.GetName(), model))
+        image = vtk.vtkImageData()
+        image.SetDimensions(original.GetImageData().GetDimensions())
+        image.AllocateScalars(vtk.VTK_FLOAT, 1)
+        node.SetAndObserveImageData(image)
+        _copy_geometry(original, node)
+        slicer.util.updateVolumeFromArray(node, diff)
+        node.CreateDefaultDisplayNodes()
+        step = max(1, diff.size // DIFFERENCE_SAMPLES)
+        width, level = symmetric_window(diff.ravel()[::step].tolist())
+        self._set_window(node.GetDisplayNode(), width, level)
+        return node
+
+    # -- views --------------------------------------------------------------------------
+    def show_side_by_side(self, original, denoised, preset: str = "Liver") -> None:
+        """Original left, denoised right, hot-linked axial views, one window on both."""
+        layout = self._layout_node()
+        layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
+        for view, node in ((LEFT, original), (RIGHT, denoised)):
+            self.slice_node(view).SetOrientation("Axial")
+            composite = self.composite_node(view)
+            composite.SetBackgroundVolumeID(node.GetID())
+            composite.SetForegroundVolumeID(None)
+            composite.SetLinkedControl(True)
+            composite.SetHotLinkedControl(True)
+        self.pair = (original, denoised)
+        for node in self.pair:
+            node.CreateDefaultDisplayNodes()
+            self._remember_own_window(node)
+        self.apply_window(preset)
+        self._sync_windows(original.GetDisplayNode(), denoised.GetDisplayNode())
+
+    def apply_window(self, preset: str) -> None:
+        """A preset (Liver W400/L40, Abdomen W350/L40) or the original volume's own window."""
+        original, denoised = self._require_pair()
+        if preset == VOLUME_PRESET:
+            width, level = self.own_windows[original.GetID()]
+        elif preset in WINDOW_PRESETS:
+            width, level = WINDOW_PRESETS[preset]
+        else:
+            raise ValueError(f"unknown window preset {preset!r}")
+        for node in (original, denoised):
+            self._set_window(node.GetDisplayNode(), width, level)
+
+    def show_difference(self, on: bool) -> Optional[object]:
+        """Right view: the difference volume (made once) instead of the denoised one, or back."""
+        original, denoised = self._require_pair()
+        if not on:
+            self.composite_node(RIGHT).SetBackgroundVolumeID(denoised.GetID())
+            return None
+        name = difference_name(original.GetName(),
+                               denoised.GetAttribute("LowDoseCTDenoise.model") or "model")
+        existing = self.scene.GetFirstNodeByName(name)
+        node = existing if existing is not None else self.difference(original, denoised)
+        self.composite_node(RIGHT).SetBackgroundVolumeID(node.GetID())
+        return node
+
+    def flicker(self) -> str:
+        """Swap what the left view shows (original <-> denoised); returns what it shows now."""
+        original, denoised = self._require_pair()
+        composite = self.composite_node(LEFT)
+        showing_original = composite.GetBackgroundVolumeID() == original.GetID()
+        composite.SetBackgroundVolumeID((denoised if showing_original else original).GetID())
+        return "denoised" if showing_original else "original"
+
+    def slice_node(self, view: str):
+        for k in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+            node = self.scene.GetNthNodeByClass(k, "vtkMRMLSliceNode")
+            if node.GetLayoutName() == view:
+                return node
+        raise RuntimeError(f"no slice view {view!r} in the scene")
+
+    def composite_node(self, view: str):
+        """The slice composite node of a view (what it shows, and its linking)."""
+        for k in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
+            node = self.scene.GetNthNodeByClass(k, "vtkMRMLSliceCompositeNode")
+            if node.GetLayoutName() == view:
+                return node
+        logic = slicer.vtkMRMLSliceLogic()  # as a slice widget does when it is created
+        logic.SetMRMLScene(self.scene)
+        logic.SetSliceNode(self.slice_node(view))
+        return logic.GetSliceCompositeNode()
+
+    def cleanup(self) -> None:
+        """Stop keeping the windows in sync (module closed or scene cleared)."""
+        for display, tag in self._synced:
+            display.RemoveObserver(tag)
+        self._synced = []
+
+    # -- helpers ------------------------------------------------------------------------
+    def _layout_node(self):
+        layout = self.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+        if layout is None or self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode") == 0:
+            slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(self.scene)
+            layout_logic = slicer.vtkMRMLLayoutLogic()  # creates the Red/Yellow/Green nodes
+            layout_logic.SetMRMLScene(self.scene)
+            layout = layout_logic.GetLayoutNode()
+        return layout
+
+    def _remember_own_window(self, node) -> None:
+        display = node.GetDisplayNode()
+        if node.GetID() not in self.own_windows:
+            self.own_windows[node.GetID()] = (display.GetWindow(), display.GetLevel())
+
+    def _sync_windows(self, first, second) -> None:
+        self.cleanup()
+
+        def follow(source, target):
+            def on_modified(caller, event):
+                if self._syncing:
+                    return
+                if (source.GetWindow(), source.GetLevel()) != (target.GetWindow(),
+                                                               target.GetLevel()):
+                    self._syncing = True
+                    try:
+                        self._set_window(target, source.GetWindow(), source.GetLevel())
+                    finally:
+                        self._syncing = False
+            return source.AddObserver(vtk.vtkCommand.ModifiedEvent, on_modified)
+
+        self._synced = [(first, follow(first, second)), (second, follow(second, first))]
+
+    def _require_pair(self):
+        if self.pair is None:
+            raise RuntimeError("Denoise a volume first: there is no original/denoised pair.")
+        return self.pair
+
+    @staticmethod
+    def _set_window(display, width: float, level: float) -> None:
+        display.AutoWindowLevelOff()
+        display.SetWindowLevel(width, level)
+
+    def _write(self, node, path: Path) -> None:
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        storage.SetUseCompression(False)  # faster to write and to read on the server
+        if not storage.WriteData(node):
+            raise OSError(f"Could not write {path}: is the disk full or the folder read-only?")

@@ -1,0 +1,181 @@
+"""The Slicer module's server client (pure Python) against real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+
+import numpy as np
+import pytest
+from conftest import free_port
+from LowDoseCTDenoiseLib import (
+    AuthenticationFailed,
+    Cancelled,
+    DenoiseClient,
+    DenoiseJob,
+    ModelMissing,
+    NotMonaiLabel,
+    RequestRejected,
+    ServerFailure,
+    ServerTimeout,
+    ServerUnreachable,
+    UrlHistory,
+    symmetric_window,
+)
+
+from ldct.io import read_volume, write_volume
+from ldct.phantom import make_phantom
+from ldct.simulate import LowDoseParams, simulate_low_dose
+
+
+@pytest.fixture(scope="module")
+def noisy_nrrd(tmp_path_factory):
+    p = make_phantom(size=256, slices=3, pixel_mm=0.78)
+    low = simulate_low_dose(p.volume, LowDoseParams(dose=0.25), seed=2, progress=False)
+    return write_volume(low, tmp_path_factory.mktemp("in") / "low.nrrd", dtype="int16"), p
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """A plain HTTP server with a scripted answer per path; infer requests are held until
+    ``release`` is set (a server busy for longer than any client waits)."""
+
+    routes: dict[str, tuple[int, bytes]] = {}
+    release = threading.Event()
+
+    def _answer(self):
+        if self.path.startswith("/infer"):
+            self.release.wait(60)  # set only when the test is over
+        status, body = self.routes.get(self.path.split("?")[0], (404, b"<html>nope</html>"))
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = _answer
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self._answer()
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def fake_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", _Handler
+    _Handler.release.set()
+    server.shutdown()
+    _Handler.routes, _Handler.release = {}, threading.Event()
+
+
+def test_models_come_with_their_cards(ldct_server):
+    models = {m.name: m for m in DenoiseClient(ldct_server).models()}
+    assert {"vagan", "ldct-gauss", "ldct-nlm"} <= set(models)
+    tip = models["vagan"].tooltip()
+    assert "Visual-attention GAN" in tip and "Held-out" in tip and "psnr_db" in tip
+
+
+def test_denoise_streams_the_result_with_the_input_geometry(ldct_server, noisy_nrrd, tmp_path):
+    path, phantom = noisy_nrrd
+    phases = []
+    out = DenoiseClient(ldct_server).denoise(
+        "vagan", path, tmp_path / "out.nrrd", {"result_dtype": "int16"},
+        progress=lambda phase, fraction: phases.append(phase))
+    result, source = read_volume(out), read_volume(path)
+    assert result.same_geometry(source)
+    liver = phantom.masks["liver"]
+    assert (result.hu - phantom.volume.hu)[liver].std() < 0.9 * (
+        source.hu - phantom.volume.hu)[liver].std()
+    assert phases[0] == "upload" and "denoise" in phases and phases[-1] == "done"
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_job_runs_off_the_calling_thread_and_reports(ldct_server, noisy_nrrd, tmp_path):
+    path, _ = noisy_nrrd
+    job = DenoiseJob(DenoiseClient(ldct_server), "ldct-gauss", path, tmp_path / "o.nrrd")
+    assert not job.done
+    job.start()
+    assert job.wait(300) and job.error is None
+    assert job.result.exists() and job.status_text() == "Done (100 %)"
+
+
+def test_wrong_port_is_unreachable():
+    with pytest.raises(ServerUnreachable, match="Cannot reach .* Is the server running"):
+        DenoiseClient(f"http://127.0.0.1:{free_port()}", retries=0).info()
+    with pytest.raises(ServerUnreachable, match="not a server URL"):
+        DenoiseClient("127.0.0.1:8000")
+
+
+def test_a_plain_web_server_is_not_monai_label(fake_server):
+    url, handler = fake_server
+    with pytest.raises(NotMonaiLabel, match="not a MONAI Label server"):
+        DenoiseClient(url).info()
+    handler.routes = {"/info/": (200, b'{"name": "something else"}')}
+    with pytest.raises(NotMonaiLabel, match="no model list"):
+        DenoiseClient(url).info()
+
+
+def test_401_and_403_ask_for_credentials(fake_server):
+    url, handler = fake_server
+    for status in (401, 403):
+        handler.routes = {"/info/": (status, b'{"detail": "Not authenticated"}')}
+        with pytest.raises(AuthenticationFailed, match=f"HTTP {status}.*token"):
+            DenoiseClient(url, token="wrong").info()
+
+
+def test_5xx_is_retried_then_reported(fake_server):
+    url, handler = fake_server
+    handler.routes = {"/info/": (503, b'{"detail": "busy"}')}
+    with pytest.raises(ServerFailure, match="HTTP 503.*busy"):
+        DenoiseClient(url, retries=1).info()
+
+
+def test_missing_model_and_rejected_input(ldct_server, tmp_path):
+    client = DenoiseClient(ldct_server)
+    picture = tmp_path / "picture.nrrd"
+    import SimpleITK as sitk
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((2, 64, 64), 500.0, np.float32)),
+                    str(picture))
+    with pytest.raises(ModelMissing, match="does not offer the model 'nope'"):
+        client.denoise("nope", picture, tmp_path / "o.nrrd")
+    with pytest.raises(RequestRejected, match="HTTP 422.*not a CT volume"):
+        client.denoise("ldct-gauss", picture, tmp_path / "o.nrrd")
+    assert not (tmp_path / "o.nrrd").exists()
+
+
+def test_a_slow_server_times_out(fake_server, noisy_nrrd, tmp_path):
+    url, handler = fake_server
+    handler.routes = {"/info/": (200, json.dumps({"models": {"m": {}}}).encode())}
+    with pytest.raises(ServerTimeout, match="did not answer within 0.5 s"):
+        DenoiseClient(url, read_timeout=0.5).denoise("m", noisy_nrrd[0], tmp_path / "o.nrrd")
+    assert not (tmp_path / "o.nrrd").exists()
+
+
+def test_cancel_ends_a_request_while_the_server_works(fake_server, noisy_nrrd, tmp_path):
+    url, handler = fake_server
+    handler.routes = {"/info/": (200, json.dumps({"models": {"m": {}}}).encode())}
+    waiting = threading.Event()
+    job = DenoiseJob(DenoiseClient(url), "m", noisy_nrrd[0], tmp_path / "o.nrrd",
+                     on_progress=lambda phase, _: phase == "denoise" and waiting.set())
+    job.start()
+    assert waiting.wait(30)  # uploaded; the server holds the request
+    job.cancel()
+    assert job.wait(30)  # ends long before the server would answer
+    assert isinstance(job.error, Cancelled) and "unchanged" in str(job.error)
+    assert not (tmp_path / "o.nrrd").exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_url_history_and_difference_window():
+    history = UrlHistory(["http://a:1", "http://b:2"], size=3)
+    history.add("http://b:2/")
+    history.add("http://c:3")
+    history.add("http://d:4")
+    assert history.urls == ["http://d:4", "http://c:3", "http://b:2"]
+    width, level = symmetric_window([-30.0, 10.0, 5.0, -2.0], percentile=100)
+    assert (width, level) == (60.0, 0.0)
+    assert symmetric_window([0.1, -0.2])[0] == 20.0  # never a window narrower than 20 HU

@@ -1,0 +1,186 @@
+"""The Slicer module's Logic on real MRML scenes (slicer-core), against the real server.
+
+The volume arrives as Slicer builds it from a DICOM series (int16 HU, oblique RAS geometry,
+the DICOM window, DICOM.instanceUIDs); the test follows the module's Denoise button: export,
+denoise on the server, load the result, show the pair side by side.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import slicer
+import vtk
+from conftest import ROOT, SHARED_DATA
+from LowDoseCTDenoiseLib import DenoiseClient
+from LowDoseCTDenoiseLogic import LEFT, RIGHT, LowDoseCTDenoiseLogic
+
+from ldct.data import demo_case
+from ldct.simulate import LowDoseParams, simulate_low_dose
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+DOCS_PNG = ROOT / "docs" / "slicer_side_by_side.png"
+DICOM_WINDOW = (500.0, 50.0)  # the window the scanner wrote into the DICOM header
+
+
+def _ras_matrix(volume) -> np.ndarray:
+    """IJK -> RAS as Slicer's DICOM reader makes it (ldct geometry is LPS)."""
+    lps = np.eye(4)
+    lps[:3, :3] = volume.direction * np.asarray(volume.spacing)
+    lps[:3, 3] = volume.origin
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps
+
+
+def _matrix(node) -> np.ndarray:
+    m = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(m)
+    return np.array([[m.GetElement(i, j) for j in range(4)] for i in range(4)])
+
+
+@pytest.fixture(scope="module")
+def low_dose_case():
+    name, volume, liver = demo_case(SHARED_DATA if SHARED_DATA.exists() else None, slices=3)
+    low = simulate_low_dose(volume, LowDoseParams(dose=0.25), seed=5, progress=False)
+    low.direction = np.array([[0.9994, -0.0349, 0], [0.0349, 0.9994, 0], [0, 0, 1.0]])
+    low.direction /= np.linalg.norm(low.direction, axis=0)
+    return name, low
+
+
+@pytest.fixture()
+def scene():
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene  # what slicer.util's volume helpers use
+    yield scene
+    scene.Clear(1)
+
+
+@pytest.fixture()
+def dicom_node(scene, low_dose_case):
+    name, volume = low_dose_case
+    node = slicer.util.addVolumeFromArray(np.rint(volume.hu).astype(np.int16),
+                                          ijkToRAS=_ras_matrix(volume), name=f"3: {name}",
+                                          nodeClassName="vtkMRMLScalarVolumeNode")
+    node.SetAttribute("DICOM.instanceUIDs", "1.2.3.4 1.2.3.5 1.2.3.6")
+    node.CreateDefaultDisplayNodes()
+    node.GetDisplayNode().AutoWindowLevelOff()
+    node.GetDisplayNode().SetWindowLevel(*DICOM_WINDOW)
+    return node
+
+
+def _denoise(logic, node, server, folder: Path, model="vagan"):
+    upload = logic.export_input(node, folder / "input.nrrd")
+    result = DenoiseClient(server).denoise(model, upload, folder / "result.nrrd",
+                                           {"result_dtype": "int16"})
+    return logic.load_result(result, node, model)
+
+
+def test_denoise_shows_original_and_result_side_by_side(scene, dicom_node, ldct_server,
+                                                        tmp_path):
+    logic = LowDoseCTDenoiseLogic(scene)
+    before = slicer.util.arrayFromVolume(dicom_node).copy()
+    matrix_before = _matrix(dicom_node)
+    result = _denoise(logic, dicom_node, ldct_server, tmp_path)
+    logic.show_side_by_side(dicom_node, result, "Liver")
+
+    assert result.GetName() == f"{dicom_node.GetName()} denoised (vagan)"
+    assert np.array_equal(_matrix(result), _matrix(dicom_node))  # bit for bit
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(dicom_node), before)  # untouched
+    assert np.array_equal(_matrix(dicom_node), matrix_before)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 2
+    denoised = slicer.util.arrayFromVolume(result)
+    assert denoised.shape == before.shape and denoised.std() > 0
+    assert np.abs(np.median(denoised - before)) < 5  # HU kept
+
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    left, right = logic.composite_node(LEFT), logic.composite_node(RIGHT)
+    assert left.GetBackgroundVolumeID() == dicom_node.GetID()
+    assert right.GetBackgroundVolumeID() == result.GetID()
+    assert all(c.GetLinkedControl() and c.GetHotLinkedControl() for c in (left, right))
+    assert logic.slice_node(RIGHT).GetOrientationString() == "Axial"
+    for node in (dicom_node, result):
+        display = node.GetDisplayNode()
+        assert (display.GetWindow(), display.GetLevel()) == (400.0, 40.0)
+        assert not display.GetAutoWindowLevel()
+    _render(logic, DOCS_PNG if os.environ.get("LDCT_WRITE_DOCS") else tmp_path / "sbs.png")
+
+
+def test_windows_stay_in_sync_and_presets_apply_to_both(scene, dicom_node, ldct_server,
+                                                        tmp_path):
+    logic = LowDoseCTDenoiseLogic(scene)
+    result = _denoise(logic, dicom_node, ldct_server, tmp_path, model="ldct-gauss")
+    logic.show_side_by_side(dicom_node, result, "Abdomen")
+    assert result.GetDisplayNode().GetWindow() == 350.0
+    dicom_node.GetDisplayNode().SetWindowLevel(150.0, 60.0)  # the user drags the left window
+    assert (result.GetDisplayNode().GetWindow(), result.GetDisplayNode().GetLevel()) == (150, 60)
+    result.GetDisplayNode().SetWindowLevel(380.0, 20.0)  # ... or the right one
+    assert dicom_node.GetDisplayNode().GetWindow() == 380.0
+    logic.apply_window("Volume")  # the window that came with the DICOM series
+    for node in (dicom_node, result):
+        assert (node.GetDisplayNode().GetWindow(),
+                node.GetDisplayNode().GetLevel()) == DICOM_WINDOW
+    logic.cleanup()
+    dicom_node.GetDisplayNode().SetWindowLevel(100.0, 0.0)
+    assert result.GetDisplayNode().GetWindow() == DICOM_WINDOW[0]  # no longer linked
+
+
+def test_difference_view_and_flicker(scene, dicom_node, ldct_server, tmp_path):
+    logic = LowDoseCTDenoiseLogic(scene)
+    result = _denoise(logic, dicom_node, ldct_server, tmp_path, model="ldct-gauss")
+    logic.show_side_by_side(dicom_node, result)
+    diff = logic.show_difference(True)
+    assert logic.composite_node(RIGHT).GetBackgroundVolumeID() == diff.GetID()
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(diff),
+                               slicer.util.arrayFromVolume(result).astype(np.float32)
+                               - slicer.util.arrayFromVolume(dicom_node))
+    assert diff.GetDisplayNode().GetLevel() == 0.0 and diff.GetDisplayNode().GetWindow() >= 20
+    assert np.array_equal(_matrix(diff), _matrix(dicom_node))
+    assert logic.show_difference(True).GetID() == diff.GetID()  # made once
+    logic.show_difference(False)
+    assert logic.composite_node(RIGHT).GetBackgroundVolumeID() == result.GetID()
+    assert logic.flicker() == "denoised"
+    assert logic.composite_node(LEFT).GetBackgroundVolumeID() == result.GetID()
+    assert logic.flicker() == "original"
+    assert logic.composite_node(LEFT).GetBackgroundVolumeID() == dicom_node.GetID()
+
+
+def test_bad_volumes_are_refused_before_any_upload(scene, tmp_path):
+    logic = LowDoseCTDenoiseLogic(scene)
+    with pytest.raises(ValueError, match="Select a CT volume"):
+        logic.export_input(None, tmp_path / "x.nrrd")
+    small = slicer.util.addVolumeFromArray(np.zeros((1, 32, 32), np.int16), name="thumb")
+    with pytest.raises(ValueError, match="not a CT volume"):
+        logic.export_input(small, tmp_path / "x.nrrd")
+    nan = slicer.util.addVolumeFromArray(np.full((2, 64, 64), np.nan, np.float32), name="nan")
+    with pytest.raises(ValueError, match="NaN"):
+        logic.export_input(nan, tmp_path / "x.nrrd")
+    assert not (tmp_path / "x.nrrd").exists()
+    with pytest.raises(RuntimeError, match="Denoise a volume first"):
+        logic.flicker()
+
+
+def _render(logic: LowDoseCTDenoiseLogic, path: Path) -> None:
+    """What the two views show (their background volumes, middle axial slice, each through its
+    display node's window), as one PNG: original | denoised."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4), facecolor="black")
+    for ax, view in zip(axes, (LEFT, RIGHT)):
+        node = logic.scene.GetNodeByID(logic.composite_node(view).GetBackgroundVolumeID())
+        display = node.GetDisplayNode()
+        array = slicer.util.arrayFromVolume(node)
+        width, level = display.GetWindow(), display.GetLevel()
+        ax.imshow(array[array.shape[0] // 2], cmap="gray",  # rows: anterior at the top
+                  vmin=level - width / 2, vmax=level + width / 2)
+        ax.set_title(f"{view}: {node.GetName()}\nW{width:g} / L{level:g}", color="white",
+                     fontsize=10)
+        ax.axis("off")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, facecolor="black")
+    plt.close(fig)
+    assert path.stat().st_size > 10_000
