@@ -1,0 +1,66 @@
+"""The extension's layout and sources, checked as Slicer's build and loader will see them."""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import xml.etree.ElementTree as ET
+
+from conftest import ROOT, SLICER_MODULE
+
+EXTENSION = ROOT / "slicer_extension"
+LIBRARY = SLICER_MODULE / "LowDoseCTDenoiseLib"
+
+
+def _cmake_list(text: str, variable: str) -> set[str]:
+    block = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S).group(1)
+    return {item.replace("${MODULE_NAME}", "LowDoseCTDenoise") for item in block.split()}
+
+
+def test_extension_metadata_is_complete():
+    text = (EXTENSION / "CMakeLists.txt").read_text()
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL",
+                "SCREENSHOTURLS", "DEPENDS"):
+        assert re.search(rf'set\(EXTENSION_{key} "[^"]+"\)', text), key
+    assert "add_subdirectory(LowDoseCTDenoise)" in text
+    assert (EXTENSION / "LowDoseCTDenoise.png").exists()
+
+
+def test_module_cmake_lists_every_script_and_resource():
+    text = (SLICER_MODULE / "CMakeLists.txt").read_text()
+    scripts = _cmake_list(text, "MODULE_PYTHON_SCRIPTS")
+    on_disk = {str(p.relative_to(SLICER_MODULE)) for p in SLICER_MODULE.rglob("*.py")
+               if "Testing" not in p.parts and "__pycache__" not in p.parts}
+    assert scripts == on_disk
+    for resource in _cmake_list(text, "MODULE_PYTHON_RESOURCES"):
+        assert (SLICER_MODULE / resource).exists(), resource
+    assert "slicerMacroBuildScriptedModule" in text and "add_subdirectory(Testing)" in text
+
+
+def test_module_classes_and_ui_agree():
+    source = (SLICER_MODULE / "LowDoseCTDenoise.py").read_text()
+    classes = {n.name for n in ast.walk(ast.parse(source)) if isinstance(n, ast.ClassDef)}
+    assert {"LowDoseCTDenoise", "LowDoseCTDenoiseWidget", "LowDoseCTDenoiseTest"} <= classes
+    logic = ast.parse((SLICER_MODULE / "LowDoseCTDenoiseLogic.py").read_text())
+    assert "LowDoseCTDenoiseLogic" in {n.name for n in ast.walk(logic)
+                                       if isinstance(n, ast.ClassDef)}
+    ui = ET.parse(SLICER_MODULE / "Resources" / "UI" / "LowDoseCTDenoise.ui")
+    names = {w.get("name") for w in ui.iter("widget")}
+    used = set(re.findall(r"self\.ui\.(\w+)", source))
+    assert used and used <= names, used - names
+
+
+def test_library_is_pure_python_39_standard_library():
+    for path in [*LIBRARY.glob("*.py"), *SLICER_MODULE.glob("*.py")]:
+        tree = ast.parse(path.read_text(), feature_version=(3, 9))  # runs on Slicer's Python
+        if path.parent != LIBRARY:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                roots = {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            assert roots <= sys.stdlib_module_names - {"cgi"}, (path.name, roots)
