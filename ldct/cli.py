@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ldct.io import CTInputError
+from ldct.study.service import StudyError
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in logs
 
@@ -138,7 +139,47 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from ldct.serve import serve
 
-    serve(args.studies, args.host, args.port, args.models, args.preload)
+    serve(args.studies, args.host, args.port, args.models, args.preload, args.study_root)
+
+
+def cmd_study(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from ldct.study import definition as study_definition
+    from ldct.study.analysis import read_scores, write_scores
+    from ldct.study.report import write_report
+    from ldct.study.service import StudyService, study_root
+
+    if args.action == "report":
+        result = write_report(read_scores(args.target), args.out,
+                              title=f"Reader study: {Path(args.target).stem}")
+        console.print(f"wrote {args.out}/report.md, report.html, figures and scores.csv "
+                      f"({len(result.readers)} readers, {len(result.conditions)} conditions)")
+        return
+    service = StudyService(args.root or study_root())
+    if args.action == "create":
+        definition = study_definition.load(args.target)
+        with tqdm(total=len(definition.cases) * len(definition.conditions),
+                  desc="denoise study volumes", unit="volume") as bar:
+            created = service.create(definition, device=args.device,
+                                     progress=lambda done, total, what: bar.update(1))
+        console.print(f"study [bold]{created['study']}[/] in {service.root}: "
+                      f"{created['items']} items per reader; readers: "
+                      f"{', '.join(created['readers'])}\ncoordinator token (keep it): "
+                      f"{created['coordinator_token']}", highlight=False)
+        return
+    token = args.token or ""
+    if args.action == "status":
+        status = service.status(args.target, token)
+        console.print(f"{status['name']}: {status['state']}", highlight=False)
+        for reader, progress in status["readers"].items():
+            console.print(f"  {reader}: {progress['done']} of {progress['total']}")
+    elif args.action == "close":
+        console.print(f"closed: {service.close(args.target, token)['state']}")
+    elif args.action == "export":
+        rows = service.export_rows(args.target, token)
+        write_scores(rows, args.out)
+        console.print(f"wrote {len(rows)} score rows to {args.out}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -218,7 +259,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--models", default="all", help="all, or name,name")
     p.add_argument("--preload", action="store_true", help="load every network at start-up")
+    p.add_argument("--study-root", help="folder of the reader studies served under /study/")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("study", help="reader studies: create, status, close, export, report")
+    p.add_argument("action", choices=["create", "status", "close", "export", "report"])
+    p.add_argument("target", help="create: the study YAML; report: an exported CSV; "
+                                  "otherwise: the study id")
+    p.add_argument("--root", help="folder of the studies (default $LDCT_STUDY_ROOT or "
+                                  "~/.cache/ldct/reader_studies)")
+    p.add_argument("--token", help="the coordinator token printed by create")
+    p.add_argument("--out", help="export: the CSV to write; report: the output folder")
+    p.add_argument("--device", default="auto", help="create: where the models run")
+    p.set_defaults(func=cmd_study)
     return parser
 
 
@@ -227,6 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (CTInputError, FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        return 2
+    except StudyError as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
     except OSError as exc:  # a full disk, a read-only folder: say where, keep the input

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ldct.data import demo_case
 from ldct.io import write_volume
+from ldct.study.service import STUDY_ROOT_ENV
 
 APP_DIR = Path(__file__).resolve().parents[1] / "apps" / "ldct_denoise"
 DEMO_STUDIES = Path.home() / ".cache" / "ldct" / "demo_studies"
@@ -45,10 +46,17 @@ def server_environment() -> dict[str, str]:
     return env
 
 
-def serve(studies: str | None, host: str, port: int, models: str, preload: bool) -> None:
-    """Become the server process (exec), so that signals such as SIGTERM reach it directly."""
+def serve(studies: str | None, host: str, port: int, models: str, preload: bool,
+          study_root: str | None = None) -> None:
+    """Become the server process (exec), so that signals such as SIGTERM reach it directly.
+
+    ``study_root``: the folder of the reader studies served under /study/ (default
+    ``$LDCT_STUDY_ROOT`` or ~/.cache/ldct/reader_studies)."""
     studies = studies or str(demo_studies())
     print(f"MONAI Label server for 3D Slicer: http://{'127.0.0.1' if host == '0.0.0.0' else host}"
           f":{port}  (studies: {studies})", flush=True)
     command = server_command(studies, host, port, models, preload)
-    os.execve(command[0], command, server_environment())
+    env = server_environment()
+    if study_root:
+        env[STUDY_ROOT_ENV] = str(Path(study_root).resolve())
+    os.execve(command[0], command, env)

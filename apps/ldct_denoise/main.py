@@ -18,12 +18,14 @@ import lib.configs
 from fastapi import HTTPException
 from lib.configs.denoiser import DenoiserConfig
 from lib.datastores.pacs import PacsDatastore
+from lib.study_api import study_router
 from lib.trainers.finetune import FineTuneTask
 from monailabel.interfaces.app import MONAILabelApp
 
 from ldct import __version__, registry
 from ldct.infer import load_network
 from ldct.pacs import PacsError
+from ldct.study.service import StudyService, study_root
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +65,17 @@ class LowDoseCTDenoiseApp(MONAILabelApp):
 
     def init_infers(self):
         return {name: config.infer() for name, config in self.configs.items()}
+
+    def on_init_complete(self):
+        """Serve the reader studies under /study/ on this server (not in training workers)."""
+        super().on_init_complete()
+        from monailabel.app import app as server
+
+        service = StudyService(study_root(), resolve_datastore=self._image_path)
+        server.include_router(study_router(service))
+
+    def _image_path(self, image_id: str) -> str:
+        return self.datastore().get_image_uri(image_id)
 
     def init_trainers(self):
         """A fine-tuning task for every served network (baselines have nothing to train)."""

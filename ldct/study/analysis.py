@@ -1,0 +1,207 @@
+"""Statistics of a reader study from its exported score table (one row per reader, item side,
+criterion: see ``StudyService.export_rows``).
+
+- per condition and criterion: mean with a 95 % t confidence interval;
+- paired Wilcoxon signed-rank tests of each model against the reference, pairing the mean
+  score of a (reader, case) under both conditions, Holm-corrected over all tests;
+- forced choice: the rate at which a model was preferred to the reference, Wilson 95 % CI and
+  a two-sided binomial test against 0.5;
+- inter-reader agreement per criterion: quadratic-weighted Cohen's kappa for two readers,
+  Krippendorff's alpha (ordinal) for more;
+- reading time per item and condition.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import cohen_kappa_score
+
+ALPHA = 0.05
+FIELDS = ("reader", "case", "position", "presentation", "reference", "condition",
+          "compared_with", "side", "criterion", "score", "chosen", "reading_seconds")
+
+
+def read_scores(path: str | Path) -> list[dict[str, Any]]:
+    """The exported CSV, typed."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = set(FIELDS) - set(rows[0] if rows else FIELDS)
+    if missing or not rows:
+        raise ValueError(f"{path}: not a study export (missing columns {sorted(missing)} or "
+                         "no rows); export it with `ldct study export`.")
+    for row in rows:
+        row["score"] = int(row["score"])
+        row["chosen"] = None if row["chosen"] == "" else int(row["chosen"])
+        row["reading_seconds"] = float(row["reading_seconds"])
+    return rows
+
+
+def write_scores(rows: list[dict[str, Any]], target: str | Path | TextIO) -> None:
+    """The export CSV, to a file path or an open text stream."""
+    if isinstance(target, (str, Path)):
+        with open(target, "w", newline="") as f:
+            write_scores(rows, f)
+        return
+    writer = csv.DictWriter(target, fieldnames=FIELDS)
+    writer.writeheader()
+    writer.writerows({k: row[k] for k in FIELDS} for row in rows)
+
+
+@dataclass
+class Analysis:
+    reference: str
+    conditions: list[str]
+    criteria: list[str]
+    readers: list[str]
+    means: list[dict[str, Any]]  # condition, criterion, n, mean, ci_low, ci_high
+    tests: list[dict[str, Any]]  # condition, criterion, n_pairs, median_diff, p, p_holm, sig
+    preferences: list[dict[str, Any]]  # condition, n, preferred, rate, ci_low, ci_high, p
+    agreement: list[dict[str, Any]]  # criterion, statistic, value, n_items
+    reading: list[dict[str, Any]]  # condition, n, median_s, mean_s
+    per_reader: dict[str, dict[str, float]]  # reader -> condition -> mean over criteria
+
+
+def mean_ci(values: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean and its t confidence interval (the mean twice for a single value)."""
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, mean, mean
+    half = float(stats.sem(values) * stats.t.ppf(0.5 + level / 2, len(values) - 1))
+    return mean, mean - half, mean + half
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (step-down, monotone, capped at 1)."""
+    order = np.argsort(p_values)
+    adjusted = np.empty(len(p_values))
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, (len(p_values) - rank) * p_values[index])
+        adjusted[index] = min(1.0, running)
+    return adjusted.tolist()
+
+
+def krippendorff_alpha_ordinal(units: list[list[int]], categories: tuple[int, ...] = (1, 2, 3,
+                                                                                       4, 5)
+                               ) -> float:
+    """Krippendorff's alpha with the ordinal metric; ``units`` = the ratings of each item."""
+    index = {c: k for k, c in enumerate(categories)}
+    coincidence = np.zeros((len(categories), len(categories)))
+    for ratings in units:
+        if len(ratings) < 2:
+            continue
+        for a in range(len(ratings)):
+            for b in range(len(ratings)):
+                if a != b:
+                    coincidence[index[ratings[a]], index[ratings[b]]] += 1.0 / (len(ratings) - 1)
+    marginals = coincidence.sum(axis=1)
+    n = marginals.sum()
+    if n <= 1:
+        return float("nan")
+    delta = np.zeros_like(coincidence)
+    for c in range(len(categories)):
+        for k in range(len(categories)):
+            low, high = min(c, k), max(c, k)
+            delta[c, k] = (marginals[low:high + 1].sum() - (marginals[c] + marginals[k]) / 2) ** 2
+    observed = (coincidence * delta).sum() / n
+    expected = (np.outer(marginals, marginals) * delta).sum() / (n * (n - 1))
+    return float(1.0 - observed / expected) if expected > 0 else float("nan")
+
+
+def analyse(rows: list[dict[str, Any]]) -> Analysis:
+    """Every statistic of the report from the exported rows."""
+    conditions = sorted({r["condition"] for r in rows})
+    criteria = sorted({r["criterion"] for r in rows})
+    readers = sorted({r["reader"] for r in rows})
+    reference = rows[0]["reference"]
+    cell: dict[tuple, list[int]] = defaultdict(list)  # (criterion, condition, reader, case)
+    for r in rows:
+        cell[(r["criterion"], r["condition"], r["reader"], r["case"])].append(r["score"])
+
+    means = []
+    for criterion in criteria:
+        for condition in conditions:
+            values = np.array([r["score"] for r in rows if r["criterion"] == criterion
+                               and r["condition"] == condition], dtype=float)
+            mean, low, high = mean_ci(values)
+            means.append({"condition": condition, "criterion": criterion, "n": len(values),
+                          "mean": mean, "ci_low": low, "ci_high": high})
+
+    tests = []
+    for criterion in criteria:
+        for condition in (c for c in conditions if c != reference):
+            diffs = []
+            for reader in readers:
+                for case in sorted({r["case"] for r in rows}):
+                    ours = cell.get((criterion, condition, reader, case))
+                    base = cell.get((criterion, reference, reader, case))
+                    if ours and base:
+                        diffs.append(np.mean(ours) - np.mean(base))
+            diffs = np.array(diffs)
+            nonzero = diffs[diffs != 0]
+            p = float(stats.wilcoxon(nonzero).pvalue) if len(nonzero) >= 1 else 1.0
+            tests.append({"condition": condition, "criterion": criterion,
+                          "n_pairs": len(diffs), "mean_diff": float(diffs.mean())
+                          if len(diffs) else 0.0, "p": p})
+    for test, adjusted in zip(tests, holm([t["p"] for t in tests])):
+        test["p_holm"] = adjusted
+        test["significant"] = adjusted < ALPHA
+
+    preferences = []
+    choices = {}
+    for r in rows:
+        if r["chosen"] is not None and r["compared_with"]:
+            choices[(r["reader"], r["case"], r["condition"], r["compared_with"])] = r["chosen"]
+    for condition in (c for c in conditions if c != reference):
+        picks = [v for (reader, case, cond, other), v in choices.items()
+                 if cond == condition and other == reference]
+        if not picks:
+            continue
+        test = stats.binomtest(sum(picks), len(picks), 0.5)
+        ci = test.proportion_ci(0.95, method="wilson")
+        preferences.append({"condition": condition, "n": len(picks), "preferred": sum(picks),
+                            "rate": sum(picks) / len(picks), "ci_low": ci.low,
+                            "ci_high": ci.high, "p": test.pvalue})
+
+    agreement = []
+    for criterion in criteria:
+        ratings = defaultdict(dict)
+        for r in rows:
+            if r["criterion"] == criterion:
+                ratings[(r["case"], r["condition"], r["compared_with"])][r["reader"]] = r["score"]
+        if len(readers) == 2:
+            both = [v for v in ratings.values() if len(v) == 2]
+            a = [v[readers[0]] for v in both]
+            b = [v[readers[1]] for v in both]
+            value = (float(cohen_kappa_score(a, b, labels=[1, 2, 3, 4, 5], weights="quadratic"))
+                     if both else float("nan"))
+            agreement.append({"criterion": criterion, "statistic": "weighted kappa (quadratic)",
+                              "value": value, "n_items": len(both)})
+        elif len(readers) > 2:
+            units = [list(v.values()) for v in ratings.values()]
+            agreement.append({"criterion": criterion, "statistic": "Krippendorff alpha (ordinal)",
+                              "value": krippendorff_alpha_ordinal(units),
+                              "n_items": sum(1 for u in units if len(u) > 1)})
+
+    reading = []
+    seen = {}
+    for r in rows:
+        seen[(r["reader"], r["case"], r["condition"], r["compared_with"])] = r["reading_seconds"]
+    for condition in conditions:
+        times = np.array([t for (_, _, c, _), t in seen.items() if c == condition])
+        reading.append({"condition": condition, "n": len(times),
+                        "median_s": float(np.median(times)), "mean_s": float(times.mean())})
+
+    per_reader = {reader: {condition: float(np.mean(
+        [r["score"] for r in rows if r["reader"] == reader and r["condition"] == condition]))
+        for condition in conditions} for reader in readers}
+    return Analysis(reference, conditions, criteria, readers, means, tests, preferences,
+                    agreement, reading, per_reader)
+

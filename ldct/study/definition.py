@@ -1,0 +1,198 @@
+"""The study definition (YAML): cases, conditions, criteria, presentation, readers, window, seed.
+
+Example::
+
+    name: Liver LDCT denoising 2026
+    seed: 20261122
+    presentation: pairs          # or: single (one condition at a time)
+    window: {width: 400, level: 40}
+    readers: [reader1, reader2]
+    cases:
+      - {id: c1, image: volumes/c1.nrrd}          # a file (relative to the YAML)
+      - {id: c2, datastore: phantom}               # an image id of the server's datastore
+      - {id: c3, dicomweb: {url: http://pacs:8042/dicom-web, study: 1.2..., series: 1.2...}}
+    conditions:
+      - {name: original}                           # no model: the reference
+      - {name: vagan, model: vagan, strength: 1.0}
+    criteria:
+      - name: noise
+        question: Image noise
+        anchors: {1: unacceptable, 3: acceptable, 5: excellent}
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PRESENTATIONS = ("single", "pairs")
+LIKERT = (1, 2, 3, 4, 5)
+
+
+class StudyDefinitionError(ValueError):
+    """The YAML is not a valid study; the message says which field and what is expected."""
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    image: str = ""  # a file path
+    datastore: str = ""  # a datastore image id
+    dicomweb: dict[str, str] = field(default_factory=dict)  # url, study, series
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    model: str = ""  # empty: the original images (the reference)
+    strength: float = 1.0
+
+
+@dataclass(frozen=True)
+class Criterion:
+    name: str
+    question: str
+    anchors: dict[int, str]
+
+
+@dataclass(frozen=True)
+class StudyDefinition:
+    name: str
+    seed: int
+    presentation: str
+    window: tuple[float, float]  # (width, level)
+    readers: tuple[str, ...]
+    cases: tuple[Case, ...]
+    conditions: tuple[Condition, ...]
+    criteria: tuple[Criterion, ...]
+    base_dir: Path = Path(".")
+
+    @property
+    def study_id(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.name.lower()).strip("-")
+
+    @property
+    def reference(self) -> Condition:
+        return next(c for c in self.conditions if not c.model)
+
+    def items(self) -> list[dict[str, Any]]:
+        """What is scored: (case, condition) one at a time, or (case, reference vs other)."""
+        if self.presentation == "single":
+            return [{"case": case.id, "conditions": [c.name]}
+                    for case in self.cases for c in self.conditions]
+        return [{"case": case.id, "conditions": [self.reference.name, c.name]}
+                for case in self.cases for c in self.conditions if c.model]
+
+    def public(self) -> dict[str, Any]:
+        """What readers may see: no conditions, no case sources."""
+        return {"study": self.study_id, "name": self.name, "presentation": self.presentation,
+                "window": {"width": self.window[0], "level": self.window[1]},
+                "criteria": [{"name": c.name, "question": c.question,
+                              "anchors": {str(k): v for k, v in c.anchors.items()}}
+                             for c in self.criteria],
+                "forced_choice": self.presentation == "pairs"}
+
+
+def _need(mapping: dict, key: str, where: str, kind: type | tuple = str) -> Any:
+    if key not in mapping:
+        raise StudyDefinitionError(f"{where}: '{key}' is missing")
+    if not isinstance(mapping[key], kind):
+        raise StudyDefinitionError(f"{where}: '{key}' must be {getattr(kind, '__name__', kind)}"
+                                   f", got {mapping[key]!r}")
+    return mapping[key]
+
+
+def _unique(names: list[str], what: str) -> None:
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise StudyDefinitionError(f"{what} must be unique; repeated: {', '.join(duplicates)}")
+
+
+def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
+    """Validate a loaded YAML document; every problem names its field."""
+    if not isinstance(data, dict):
+        raise StudyDefinitionError("the study file must be a YAML mapping (name:, cases:, ...)")
+    presentation = data.get("presentation", "single")
+    if presentation not in PRESENTATIONS:
+        raise StudyDefinitionError(f"presentation must be one of {PRESENTATIONS}, "
+                                   f"got {presentation!r}")
+    window = data.get("window", {"width": 400, "level": 40})
+    try:
+        width, level = float(window["width"]), float(window["level"])
+    except (TypeError, KeyError, ValueError) as exc:
+        raise StudyDefinitionError("window must be {width: W, level: L} in HU") from exc
+    if width <= 0:
+        raise StudyDefinitionError("window width must be positive")
+    readers = _need(data, "readers", "study", list)
+    if not readers or not all(isinstance(r, str) and r.strip() for r in readers):
+        raise StudyDefinitionError("readers must be a non-empty list of reader ids")
+    _unique(readers, "reader ids")
+    cases = []
+    for k, entry in enumerate(_need(data, "cases", "study", list)):
+        where = f"cases[{k}]"
+        if not isinstance(entry, dict):
+            raise StudyDefinitionError(f"{where} must be a mapping with id and a source")
+        sources = [s for s in ("image", "datastore", "dicomweb") if s in entry]
+        if len(sources) != 1:
+            raise StudyDefinitionError(f"{where}: give exactly one of image, datastore, dicomweb")
+        if "dicomweb" in entry:
+            ref = entry["dicomweb"]
+            if not isinstance(ref, dict) or not all(ref.get(k) for k in ("url", "study",
+                                                                           "series")):
+                raise StudyDefinitionError(f"{where}: dicomweb needs url, study and series")
+        cases.append(Case(str(_need(entry, "id", where, (str, int))),
+                          str(entry.get("image", "")), str(entry.get("datastore", "")),
+                          dict(entry.get("dicomweb", {}))))
+    if not cases:
+        raise StudyDefinitionError("cases must list at least one case")
+    _unique([c.id for c in cases], "case ids")
+    conditions = []
+    for k, entry in enumerate(_need(data, "conditions", "study", list)):
+        where = f"conditions[{k}]"
+        if not isinstance(entry, dict):
+            raise StudyDefinitionError(f"{where} must be a mapping with a name")
+        strength = float(entry.get("strength", 1.0))
+        if not 0.0 <= strength <= 1.0:
+            raise StudyDefinitionError(f"{where}: strength must be in [0, 1]")
+        conditions.append(Condition(str(_need(entry, "name", where)), str(entry.get("model", "")),
+                                    strength))
+    _unique([c.name for c in conditions], "condition names")
+    if sum(1 for c in conditions if not c.model) != 1:
+        raise StudyDefinitionError("conditions need exactly one reference without a model "
+                                   "(the original images)")
+    if len(conditions) < 2:
+        raise StudyDefinitionError("conditions need the original and at least one model")
+    criteria = []
+    for k, entry in enumerate(_need(data, "criteria", "study", list)):
+        where = f"criteria[{k}]"
+        if not isinstance(entry, dict):
+            raise StudyDefinitionError(f"{where} must be a mapping with name, question, anchors")
+        anchors = entry.get("anchors", {})
+        if isinstance(anchors, dict):  # JSON (the stored copy) has the points as strings
+            anchors = {int(k) if str(k).isdigit() else k: v for k, v in anchors.items()}
+        if not isinstance(anchors, dict) or not anchors or not set(anchors) <= set(LIKERT):
+            raise StudyDefinitionError(f"{where}: anchors must label points of the 1-5 scale, "
+                                       "e.g. {1: unacceptable, 5: excellent}")
+        criteria.append(Criterion(str(_need(entry, "name", where)),
+                                  str(entry.get("question", entry["name"])),
+                                  {int(k): str(v) for k, v in sorted(anchors.items())}))
+    if not criteria:
+        raise StudyDefinitionError("criteria must list at least one criterion")
+    _unique([c.name for c in criteria], "criterion names")
+    return StudyDefinition(str(_need(data, "name", "study")), int(data.get("seed", 0)),
+                           presentation, (width, level), tuple(readers), tuple(cases),
+                           tuple(conditions), tuple(criteria), base_dir)
+
+
+def load(path: str | Path) -> StudyDefinition:
+    """Read and validate a study YAML file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise StudyDefinitionError(f"{path} is not valid YAML: {exc}") from exc
+    return parse(data, path.parent)

@@ -1,0 +1,342 @@
+"""Running reader studies: creation, blinded reader sessions, coordinator actions.
+
+Blinding: readers see items, volumes and placements only through random tokens; no response
+to a reader names a condition, a model or a case source. Randomization: each reader's item
+order and left/right placement come from ``random.Random(f"{seed}/{reader}")``, so they are
+reproducible from the study's seed and differ between readers. The coordinator (holder of the
+token printed at creation) sees progress, closes the study and exports the unblinded scores.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import random
+import secrets
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ldct.infer import denoise
+from ldct.io import CTVolume, read_volume, write_volume
+from ldct.study.definition import LIKERT, StudyDefinition, parse
+from ldct.study.store import StudyStore
+
+Progress = Callable[[int, int, str], None]  # (done, total, what)
+STUDY_ROOT_ENV = "LDCT_STUDY_ROOT"
+CHOICES = ("A", "B")
+
+
+class StudyError(Exception):
+    """A request the study cannot honour; ``status`` is the HTTP code that says why."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def study_root() -> Path:
+    """Where studies live: ``$LDCT_STUDY_ROOT``, else ~/.cache/ldct/reader_studies."""
+    return Path(os.environ.get(STUDY_ROOT_ENV) or Path.home() / ".cache" / "ldct" /
+                "reader_studies")
+
+
+def reader_plan(seed: int, reader: str, items: int, pairs: bool) -> list[tuple[int, bool]]:
+    """(item index, swap left/right) in this reader's order: reproducible, reader-specific."""
+    rng = random.Random(f"{seed}/{reader}")
+    order = list(range(items))
+    rng.shuffle(order)
+    return [(index, pairs and rng.random() < 0.5) for index in order]
+
+
+class StudyService:
+    """All studies under one folder (one sub-folder with its SQLite file and volumes each)."""
+
+    def __init__(self, root: str | Path,
+                 resolve_datastore: Callable[[str], str] | None = None) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.resolve_datastore = resolve_datastore
+        self._lock = threading.Lock()
+
+    # -- creation -------------------------------------------------------------------------
+    def create(self, definition: StudyDefinition, progress: Progress | None = None,
+               device: str = "auto") -> dict[str, Any]:
+        """Denoise every (case, condition) once, store the volumes and every reader's plan."""
+        folder, store = self._new_study(definition)
+        token = secrets.token_urlsafe(24)
+        store.set_meta(name=definition.name, state="creating", coordinator_token=token,
+                       definition=_as_yaml_data(definition), created=0, total=0)
+        self._build(definition, folder, store, progress, device)
+        return {"study": definition.study_id, "coordinator_token": token,
+                "readers": list(definition.readers), "items": len(definition.items())}
+
+    def create_in_background(self, definition: StudyDefinition,
+                             device: str = "auto") -> dict[str, Any]:
+        """As :meth:`create`, returning at once; ``status`` shows the progress."""
+        folder, store = self._new_study(definition)
+        token = secrets.token_urlsafe(24)
+        store.set_meta(name=definition.name, state="creating", coordinator_token=token,
+                       definition=_as_yaml_data(definition), created=0, total=0)
+        threading.Thread(target=self._build_logged, name=f"study-{definition.study_id}",
+                         args=(definition, folder, store, device), daemon=True).start()
+        return {"study": definition.study_id, "coordinator_token": token,
+                "readers": list(definition.readers), "items": len(definition.items())}
+
+    def _new_study(self, definition: StudyDefinition) -> tuple[Path, StudyStore]:
+        with self._lock:
+            folder = self.root / definition.study_id
+            if folder.exists():
+                raise StudyError(409, f"a study '{definition.study_id}' exists already; "
+                                      "give the new one another name")
+            (folder / "volumes").mkdir(parents=True)
+        return folder, StudyStore(folder / "study.sqlite")
+
+    def _build_logged(self, definition, folder, store, device) -> None:
+        try:
+            self._build(definition, folder, store, None, device)
+        except Exception as exc:  # noqa: BLE001 - the coordinator reads it in status
+            store.set_meta(state="failed", error=str(exc))
+
+    def _build(self, definition: StudyDefinition, folder: Path, store: StudyStore,
+               progress: Progress | None, device: str) -> None:
+        total = len(definition.cases) * len(definition.conditions)
+        store.set_meta(total=total)
+        done = 0
+        for case in definition.cases:
+            volume = self._case_volume(definition, case)
+            for condition in definition.conditions:
+                shown = (volume if not condition.model else
+                         denoise(volume, condition.model, condition.strength, device=device))
+                token = secrets.token_urlsafe(16)
+                path = write_volume(shown, folder / "volumes" / f"{token}.nrrd", dtype="int16")
+                store.add_volume(token, case.id, condition.name, str(path))
+                done += 1
+                store.set_meta(created=done)
+                if progress:
+                    progress(done, total, f"{case.id} / {condition.name}")
+        tokens = store.volume_tokens()
+        items = definition.items()
+        rows = []
+        for reader in definition.readers:
+            plan = reader_plan(definition.seed, reader, len(items),
+                               definition.presentation == "pairs")
+            for position, (index, swap) in enumerate(plan):
+                item = items[index]
+                names = list(reversed(item["conditions"])) if swap else item["conditions"]
+                right = names[1] if len(names) > 1 else None
+                rows.append({"token": secrets.token_urlsafe(12), "reader": reader,
+                             "position": position, "case_id": item["case"],
+                             "left_condition": names[0], "right_condition": right,
+                             "left_volume": tokens[(item["case"], names[0])],
+                             "right_volume": tokens[(item["case"], right)] if right else None})
+        store.add_assignments(rows)
+        store.set_meta(state="open")
+
+    def _case_volume(self, definition: StudyDefinition, case) -> CTVolume:
+        if case.image:
+            path = Path(case.image)
+            return read_volume(path if path.is_absolute() else definition.base_dir / path)
+        if case.datastore:
+            if self.resolve_datastore is None:
+                raise StudyError(422, f"case {case.id}: datastore ids need the server's "
+                                      "datastore; create the study through the server")
+            return read_volume(self.resolve_datastore(case.datastore))
+        return _dicomweb_volume(case.dicomweb)
+
+    # -- readers --------------------------------------------------------------------------
+    def studies(self) -> list[dict[str, Any]]:
+        """Open studies, as readers may see them."""
+        found = []
+        for folder in sorted(self.root.iterdir()):
+            if (folder / "study.sqlite").exists():
+                meta = StudyStore(folder / "study.sqlite").meta()
+                if meta.get("state") == "open":
+                    found.append({"study": folder.name, "name": meta["name"]})
+        return found
+
+    def session(self, study: str, reader: str) -> dict[str, Any]:
+        """Start or resume: the study's public description and this reader's progress."""
+        store, definition = self._open(study)
+        self._check_reader(definition, reader)
+        done, total = store.progress(reader)
+        return {**definition.public(), "reader": reader, "done": done, "total": total}
+
+    def next_item(self, study: str, reader: str) -> dict[str, Any]:
+        """The reader's next unscored item (the same one again until it is scored)."""
+        store, definition = self._open(study)
+        self._check_reader(definition, reader)
+        done, total = store.progress(reader)
+        row = store.next_assignment(reader)
+        if row is None:
+            return {"finished": True, "done": done, "total": total}
+        volumes = {"A": f"/study/{study}/volumes/{row['left_volume']}"}
+        if row["right_volume"]:
+            volumes["B"] = f"/study/{study}/volumes/{row['right_volume']}"
+        return {"finished": False, "item": row["token"], "number": done + 1, "done": done,
+                "total": total, "volumes": volumes}
+
+    def volume_file(self, study: str, token: str) -> Path:
+        store, _ = self._open(study, allow_closed=True)
+        path = store.volume_path(token)
+        if path is None:
+            raise StudyError(404, "no such volume in this study")
+        return Path(path)
+
+    def submit(self, study: str, reader: str, item: str, body: dict[str, Any]
+               ) -> dict[str, Any]:
+        """Store a reader's scores once; the same submission again is acknowledged again."""
+        store, definition = self._open(study)
+        self._check_reader(definition, reader)
+        row = store.assignment(item)
+        if row is None or row["reader"] != reader:
+            raise StudyError(404, f"reader {reader} has no item {item} in this study")
+        sides = ["A", "B"] if row["right_volume"] else ["A"]
+        payload, choice, seconds, submission_id = _validate(body, sides, definition)
+        if seconds is None and row["served_at"] is not None:
+            seconds = time.time() - row["served_at"]
+        stored, earlier = store.submit(item, reader, submission_id, payload, choice, seconds)
+        if not stored and (earlier["payload"], earlier["choice"]) != (payload, choice):
+            raise StudyError(409, "this item was scored already with other values; scores are "
+                                  "final once acknowledged")
+        done, total = store.progress(reader)
+        return {"acknowledged": True, "duplicate": not stored, "done": done, "total": total}
+
+    # -- coordinator ----------------------------------------------------------------------
+    def status(self, study: str, token: str) -> dict[str, Any]:
+        store = self._coordinator(study, token)
+        meta = store.meta()
+        return {"study": study, "name": meta["name"], "state": meta["state"],
+                "created": meta.get("created", 0), "total_volumes": meta.get("total", 0),
+                "error": meta.get("error", ""), "readers": store.readers_progress()}
+
+    def close(self, study: str, token: str) -> dict[str, Any]:
+        store = self._coordinator(study, token)
+        store.set_meta(state="closed")
+        return self.status(study, token)
+
+    def export_rows(self, study: str, token: str) -> list[dict[str, Any]]:
+        """Unblinded scores, one row per (reader, item side, criterion)."""
+        store = self._coordinator(study, token)
+        definition = parse(store.meta()["definition"])
+        rows = []
+        for r in store.scored_rows():
+            payload = json.loads(r["payload"])
+            sides = {"A": r["left_condition"], "B": r["right_condition"]}
+            for side, scores in payload.items():
+                other = sides["B" if side == "A" else "A"] or ""
+                for criterion, score in scores.items():
+                    rows.append({"reader": r["reader"], "case": r["case_id"],
+                                 "position": r["position"] + 1,
+                                 "presentation": definition.presentation,
+                                 "reference": definition.reference.name,
+                                 "condition": sides[side], "compared_with": other,
+                                 "side": side, "criterion": criterion, "score": score,
+                                 "chosen": "" if r["choice"] is None
+                                 else int(r["choice"] == side),
+                                 "reading_seconds": round(r["reading_seconds"] or 0.0, 2)})
+        return rows
+
+    # -- helpers --------------------------------------------------------------------------
+    def _store(self, study: str) -> StudyStore:
+        path = self.root / study / "study.sqlite"
+        if "/" in study or not path.exists():
+            raise StudyError(404, f"no study '{study}'")
+        return StudyStore(path)
+
+    def _open(self, study: str, allow_closed: bool = False
+              ) -> tuple[StudyStore, StudyDefinition]:
+        store = self._store(study)
+        meta = store.meta()
+        state = meta.get("state")
+        if state == "creating":
+            raise StudyError(409, f"study '{study}' is still being prepared; try again shortly")
+        if state == "closed" and not allow_closed:
+            raise StudyError(409, f"study '{study}' is closed")
+        if state not in ("open", "closed"):
+            raise StudyError(409, f"study '{study}' is not available ({state})")
+        return store, parse(meta["definition"])
+
+    @staticmethod
+    def _check_reader(definition: StudyDefinition, reader: str) -> None:
+        if reader not in definition.readers:
+            raise StudyError(403, f"'{reader}' is not a reader of this study; check the reader "
+                                  "id the coordinator gave you")
+
+    def _coordinator(self, study: str, token: str) -> StudyStore:
+        store = self._store(study)
+        expected = store.meta().get("coordinator_token", "")
+        if not token or not hmac.compare_digest(token, expected):
+            raise StudyError(403, "coordinator token missing or wrong")
+        return store
+
+
+def _validate(body: dict[str, Any], sides: list[str], definition: StudyDefinition
+              ) -> tuple[dict, str | None, float | None, str]:
+    """The submission's scores, choice, reading time and id, or a 422 saying what is wrong."""
+    if not isinstance(body, dict):
+        raise StudyError(422, "the submission must be a JSON object")
+    submission_id = body.get("submission_id")
+    if not isinstance(submission_id, str) or not submission_id:
+        raise StudyError(422, "submission_id (a string the client makes once per "
+                              "submission) is required")
+    scores = body.get("scores")
+    if not isinstance(scores, dict) or sorted(scores) != sides:
+        raise StudyError(422, f"scores must hold exactly the sides {sides}")
+    names = [c.name for c in definition.criteria]
+    payload = {}
+    for side in sides:
+        given = scores[side]
+        if not isinstance(given, dict) or sorted(given) != sorted(names):
+            raise StudyError(422, f"scores[{side}] must score every criterion: {names}")
+        if any(not isinstance(v, int) or isinstance(v, bool) or v not in LIKERT
+               for v in given.values()):
+            raise StudyError(422, f"scores[{side}]: each score is an integer 1-5")
+        payload[side] = {k: int(v) for k, v in given.items()}
+    choice = body.get("choice")
+    if len(sides) == 2 and choice not in CHOICES:
+        raise StudyError(422, "choice must be 'A' or 'B' (forced choice: which is better)")
+    if len(sides) == 1 and choice is not None:
+        raise StudyError(422, "choice is only for pairs")
+    seconds = body.get("reading_seconds")
+    if seconds is not None and (not isinstance(seconds, (int, float)) or seconds < 0):
+        raise StudyError(422, "reading_seconds must be a non-negative number")
+    return payload, choice, seconds, submission_id
+
+
+def _as_yaml_data(definition: StudyDefinition) -> dict[str, Any]:
+    """The definition as the YAML mapping it came from (stored with the study)."""
+    return {"name": definition.name, "seed": definition.seed,
+            "presentation": definition.presentation,
+            "window": {"width": definition.window[0], "level": definition.window[1]},
+            "readers": list(definition.readers),
+            "cases": [{"id": c.id, **({"image": str(_absolute(definition, c.image))}
+                                      if c.image else {}),
+                       **({"datastore": c.datastore} if c.datastore else {}),
+                       **({"dicomweb": c.dicomweb} if c.dicomweb else {})}
+                      for c in definition.cases],
+            "conditions": [{"name": c.name, **({"model": c.model, "strength": c.strength}
+                                               if c.model else {})}
+                           for c in definition.conditions],
+            "criteria": [{"name": c.name, "question": c.question, "anchors": c.anchors}
+                         for c in definition.criteria]}
+
+
+def _absolute(definition: StudyDefinition, image: str) -> Path:
+    path = Path(image)
+    return path if path.is_absolute() else (definition.base_dir / path).resolve()
+
+
+def _dicomweb_volume(ref: dict[str, str]) -> CTVolume:
+    """Download a DICOMweb series (WADO-RS) and read it."""
+    from dicomweb_client.api import DICOMwebClient
+
+    instances = DICOMwebClient(ref["url"]).retrieve_series(ref["study"], ref["series"])
+    with tempfile.TemporaryDirectory(prefix="ldct-study-") as folder:
+        for k, ds in enumerate(instances):
+            ds.save_as(Path(folder) / f"{k:05d}.dcm", write_like_original=False)
+        return read_volume(folder)

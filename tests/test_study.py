@@ -1,0 +1,220 @@
+"""Reader studies: definition, randomization, blinding, durability, idempotence, analysis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+import yaml
+from conftest import free_port, running, serve_command
+
+from ldct.io import write_volume
+from ldct.phantom import make_phantom
+from ldct.study.analysis import analyse, krippendorff_alpha_ordinal, read_scores
+from ldct.study.definition import StudyDefinitionError, load, parse
+from ldct.study.report import write_report
+from ldct.study.service import StudyError, StudyService, reader_plan
+from ldct.study.synthetic import synthetic_scores
+
+HIDDEN = ("original", "smooth", "ldct-gauss", "gauss")  # condition and model names
+
+
+def _definition(folder, name="Liver study", presentation="pairs") -> dict:
+    for k in range(2):
+        path = folder / f"case{k}.nrrd"
+        if not path.exists():
+            write_volume(make_phantom(size=128, slices=2, seed=k).volume, path, dtype="int16")
+    return {"name": name, "seed": 7, "presentation": presentation,
+            "window": {"width": 400, "level": 40}, "readers": ["r1", "r2"],
+            "cases": [{"id": "c1", "image": "case0.nrrd"}, {"id": "c2", "image": "case1.nrrd"}],
+            "conditions": [{"name": "original"},
+                           {"name": "smooth", "model": "ldct-gauss", "strength": 1.0},
+                           {"name": "half", "model": "ldct-gauss", "strength": 0.5}],
+            "criteria": [{"name": "noise", "question": "Image noise",
+                          "anchors": {1: "severe", 5: "none"}},
+                         {"name": "confidence", "question": "Diagnostic confidence",
+                          "anchors": {1: "no", 3: "fair", 5: "full"}}]}
+
+
+def _answer(item: dict, value: int = 4, choice: str = "A") -> dict:
+    sides = sorted(item["volumes"])
+    return {"submission_id": uuid.uuid4().hex, "reading_seconds": 12.5,
+            "scores": {s: {"noise": value, "confidence": value} for s in sides},
+            "choice": choice if len(sides) == 2 else None}
+
+
+def test_definition_errors_name_the_field(tmp_path):
+    good = _definition(tmp_path)
+    for change, message in [({"readers": []}, "readers"),
+                            ({"presentation": "grid"}, "presentation"),
+                            ({"conditions": [{"name": "a"}, {"name": "b"}]}, "exactly one"),
+                            ({"criteria": [{"name": "x", "anchors": {0: "bad"}}]}, "anchors"),
+                            ({"cases": [{"id": "c"}]}, "exactly one of image")]:
+        with pytest.raises(StudyDefinitionError, match=message):
+            parse({**good, **change})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(good))
+    definition = load(tmp_path / "s.yaml")
+    assert definition.study_id == "liver-study" and len(definition.items()) == 4
+
+
+def test_randomization_is_reproducible_per_seed_and_differs_across_readers():
+    first = reader_plan(7, "r1", 30, pairs=True)
+    assert first == reader_plan(7, "r1", 30, pairs=True)
+    assert first != reader_plan(7, "r2", 30, pairs=True)
+    assert first != reader_plan(8, "r1", 30, pairs=True)
+    assert sorted(i for i, _ in first) == list(range(30))
+    assert 5 < sum(swap for _, swap in first) < 25  # both placements occur
+
+
+def test_service_sessions_submissions_and_coordinator(tmp_path):
+    service = StudyService(tmp_path / "studies")
+    seen = []
+    created = service.create(parse(_definition(tmp_path), tmp_path),
+                             progress=lambda done, total, what: seen.append((done, total)))
+    study, token = created["study"], created["coordinator_token"]
+    assert seen[-1] == (6, 6)  # 2 cases x 3 conditions, each computed once
+    session = service.session(study, "r1")
+    assert session["total"] == 4 and session["done"] == 0 and session["forced_choice"]
+    item = service.next_item(study, "r1")
+    assert service.next_item(study, "r1")["item"] == item["item"]  # until scored
+    body = _answer(item)
+    first = service.submit(study, "r1", item["item"], body)
+    again = service.submit(study, "r1", item["item"], body)
+    assert first["acknowledged"] and not first["duplicate"] and again["duplicate"]
+    assert again["done"] == 1
+    with pytest.raises(StudyError, match="scored already") as err:
+        service.submit(study, "r1", item["item"], _answer(item, value=2))
+    assert err.value.status == 409
+    with pytest.raises(StudyError, match="no item") as err:  # r2 cannot touch r1's item
+        service.submit(study, "r2", item["item"], _answer(item))
+    with pytest.raises(StudyError, match="not a reader"):
+        service.session(study, "intruder")
+    with pytest.raises(StudyError, match="every criterion"):
+        service.submit(study, "r1", service.next_item(study, "r1")["item"],
+                       {"submission_id": "x", "scores": {"A": {"noise": 3}, "B": {}},
+                        "choice": "A"})
+    with pytest.raises(StudyError, match="coordinator token"):
+        service.status(study, "guess")
+    assert service.status(study, token)["readers"]["r1"] == {"done": 1, "total": 4}
+    rows = service.export_rows(study, token)
+    assert {r["condition"] for r in rows} <= {"original", "smooth", "half"}
+    assert len(rows) == 4 and all(r["reading_seconds"] == 12.5 for r in rows)
+    chosen = [r for r in rows if r["chosen"] == 1]
+    assert len(chosen) == 2 and all(r["side"] == "A" for r in chosen)
+
+
+@pytest.fixture(scope="module")
+def study_server(tmp_path_factory):
+    """A server with its own study root; yields (url, start) so a test can restart it."""
+    root = tmp_path_factory.mktemp("study-root")
+    folder = tmp_path_factory.mktemp("study-data")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+
+    def start(log_name: str):
+        return running(serve_command(str(folder), port, "--models", "ldct-gauss",
+                                     "--study-root", str(root)),
+                       f"{url}/info/", folder / log_name)
+
+    return url, start, folder
+
+
+def _reader_texts(url: str, study: str, reader: str, answers: int, texts: list[str]) -> int:
+    """Play a reader for ``answers`` items over HTTP, keeping every response text."""
+    answer = requests.post(f"{url}/study/{study}/readers/{reader}/session", timeout=30)
+    texts.append(answer.text)
+    acknowledged = 0
+    for _ in range(answers):
+        answer = requests.get(f"{url}/study/{study}/readers/{reader}/next", timeout=30)
+        texts.append(answer.text)
+        item = answer.json()
+        if item["finished"]:
+            break
+        for label, path in item["volumes"].items():
+            volume = requests.get(url + path, timeout=30)
+            assert volume.status_code == 200 and len(volume.content) > 1000
+            texts.append(str(dict(volume.headers)) + volume.content[:2000].decode("latin-1"))
+        answer = requests.post(f"{url}/study/{study}/readers/{reader}/items/{item['item']}",
+                               json=_answer(item), timeout=30)
+        texts.append(answer.text)
+        assert answer.status_code == 200, answer.text
+        acknowledged += 1
+    return acknowledged
+
+
+def test_blinded_study_over_http_survives_sigkill(study_server):
+    url, start, folder = study_server
+    definition = _definition(folder, name="Durable study")
+    for case in definition["cases"]:
+        case["image"] = str(folder / case["image"])
+    with start("first.log") as server:
+        created = requests.post(f"{url}/study/", data=yaml.safe_dump(definition),
+                                headers={"Content-Type": "text/plain"}, timeout=30).json()
+        study, token = created["study"], created["coordinator_token"]
+        auth = {"Authorization": f"Bearer {token}"}
+        deadline = time.monotonic() + 120
+        while requests.get(f"{url}/study/{study}/status", headers=auth,
+                           timeout=30).json()["state"] != "open":
+            assert time.monotonic() < deadline, "study not ready in 120 s"
+            time.sleep(0.2)  # polling the preparation, not synchronization
+        texts = [json.dumps(requests.get(f"{url}/study/", timeout=30).json())]
+        with ThreadPoolExecutor(2) as pool:  # two readers at once
+            done = list(pool.map(lambda r: _reader_texts(url, study, r, 2, texts), ["r1", "r2"]))
+        assert done == [2, 2]
+        for text in texts:  # nothing a reader can reach names a condition or model
+            assert not any(name in text for name in HIDDEN), text[:300]
+        assert requests.get(f"{url}/study/{study}/status", timeout=30).status_code == 403
+        os.kill(server.pid, signal.SIGKILL)  # no shutdown, no flush
+        server.wait()
+    with start("second.log"):
+        auth = {"Authorization": f"Bearer {token}"}
+        status = requests.get(f"{url}/study/{study}/status", headers=auth, timeout=30).json()
+        assert status["readers"] == {"r1": {"done": 2, "total": 4}, "r2": {"done": 2, "total": 4}}
+        session = requests.post(f"{url}/study/{study}/readers/r1/session", timeout=30).json()
+        assert (session["done"], session["total"]) == (2, 4)  # resumes where it stopped
+        assert _reader_texts(url, study, "r1", 5, []) == 2
+        closed = requests.post(f"{url}/study/{study}/close", headers=auth, timeout=30).json()
+        assert closed["state"] == "closed"
+        export = requests.get(f"{url}/study/{study}/export", headers=auth, timeout=30)
+        assert export.status_code == 200
+        (folder / "export.csv").write_text(export.text)
+        rows = read_scores(folder / "export.csv")
+        assert len({(r["reader"], r["position"]) for r in rows}) == 6
+        assert requests.get(f"{url}/study/{study}/readers/r2/next", timeout=30).status_code == 409
+
+
+def test_analysis_finds_a_known_effect_and_no_effect_where_there_is_none(tmp_path):
+    result = write_report(synthetic_scores({"better": 1.0, "same": 0.0}, seed=3), tmp_path)
+    found = {(t["condition"], t["criterion"]): t for t in result.tests}
+    assert all(found[("better", c)]["significant"] and found[("better", c)]["mean_diff"] > 0.5
+               for c in result.criteria)
+    assert not any(found[("same", c)]["significant"] for c in result.criteria)
+    preference = {p["condition"]: p for p in result.preferences}
+    assert preference["better"]["ci_low"] > 0.5
+    assert preference["same"]["ci_low"] < 0.5 < preference["same"]["ci_high"]
+    for name in ("report.md", "report.html", "scores.csv", "scores.png", "readers.png",
+                 "preference.png"):
+        assert (tmp_path / name).stat().st_size > 500, name
+    assert "significantly higher" in (tmp_path / "report.md").read_text()
+    again = analyse(read_scores(tmp_path / "scores.csv"))  # the raw CSV reproduces it
+    assert [t["p"] for t in again.tests] == pytest.approx([t["p"] for t in result.tests])
+
+
+def test_agreement_statistics():
+    # Krippendorff (2011), "Computing Krippendorff's alpha-reliability", 4 observers, 12 units
+    observers = [[1, 2, 3, 3, 2, 1, 4, 1, 2, None, None, None],
+                 [1, 2, 3, 3, 2, 2, 4, 1, 2, 5, None, 3],
+                 [None, 3, 3, 3, 2, 3, 4, 2, 2, 5, 1, None],
+                 [1, 2, 3, 3, 2, 4, 4, 1, 2, 5, 1, None]]
+    units = [[v for v in unit if v is not None] for unit in zip(*observers)]
+    assert krippendorff_alpha_ordinal(units) == pytest.approx(0.815, abs=1e-3)
+    assert krippendorff_alpha_ordinal([[3, 3, 3], [1, 1, 1], [5, 5, 5]]) == 1.0
+    two = analyse(synthetic_scores({"m": 0.5}, readers=2, cases=15, seed=1))
+    assert all(a["statistic"].startswith("weighted kappa") and 0 < a["value"] <= 1
+               for a in two.agreement)
