@@ -23,6 +23,7 @@ from LowDoseCTDenoiseLib import (
 LEFT, RIGHT = "Red", "Yellow"  # the two views of Slicer's side-by-side layout
 GEOMETRY_TOLERANCE_MM = 1e-3  # NRRD text round trip; anything larger is a real mismatch
 DIFFERENCE_SAMPLES = 200_000
+STUDY_ATTRIBUTE = "LowDoseCTDenoise.studyItem"
 
 
 class GeometryMismatch(RuntimeError):
@@ -92,15 +93,7 @@ class LowDoseCTDenoiseLogic:
 
     def load_result(self, path: str | Path, input_node, model: str):
         """A new volume node named ``<input> denoised (<model>)`` with the input's geometry."""
-        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-        self.scene.AddNode(storage)
-        storage.SetFileName(str(path))
-        if not storage.ReadData(node):
-            self.scene.RemoveNode(storage)
-            self.scene.RemoveNode(node)
-            raise RuntimeError(f"Could not read the server's result {path}.")
-        self.scene.RemoveNode(storage)  # the result lives in the scene, not in a temp file
+        node = self._read(path)
         expected, got = _matrix(input_node), _matrix(node)
         same_size = (node.GetImageData().GetDimensions()
                      == input_node.GetImageData().GetDimensions())
@@ -114,6 +107,37 @@ class LowDoseCTDenoiseLogic:
         node.SetAttribute("LowDoseCTDenoise.source", input_node.GetID())
         node.CreateDefaultDisplayNodes()
         return node
+
+    def show_study_item(self, files: dict[str, Path], window: tuple[float, float]) -> list:
+        """A reader-study item, blinded: volumes named only "A" (and "B") replace the previous
+        item's, shown side by side (or A alone) in the study's window, views linked."""
+        self.clear_study_item()
+        nodes = []
+        for label in sorted(files):
+            node = self._read(files[label])
+            node.SetName(label)
+            node.SetAttribute(STUDY_ATTRIBUTE, "1")
+            node.CreateDefaultDisplayNodes()
+            nodes.append(node)
+        if len(nodes) == 2:
+            self.show_side_by_side(nodes[0], nodes[1], window)
+        else:
+            self._layout_node().SetViewArrangement(
+                slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView)
+            self.composite_node(LEFT).SetBackgroundVolumeID(nodes[0].GetID())
+            self._set_window(nodes[0].GetDisplayNode(), *window)
+        return nodes
+
+    def clear_study_item(self) -> None:
+        """Remove the volumes of the previous study item (they are the server's copies)."""
+        self.cleanup()
+        self.pair = None
+        kind = "vtkMRMLScalarVolumeNode"
+        nodes = [self.scene.GetNthNodeByClass(k, kind)
+                 for k in range(self.scene.GetNumberOfNodesByClass(kind))]
+        for node in nodes:
+            if node.GetAttribute(STUDY_ATTRIBUTE):
+                self.scene.RemoveNode(node)
 
     def difference(self, original, denoised):
         """``denoised - original`` as a float volume with a symmetric grey window around 0."""
@@ -135,7 +159,8 @@ class LowDoseCTDenoiseLogic:
         return node
 
     # -- views --------------------------------------------------------------------------
-    def show_side_by_side(self, original, denoised, preset: str = "Liver") -> None:
+    def show_side_by_side(self, original, denoised,
+                          preset: str | tuple[float, float] = "Liver") -> None:
         """Original left, denoised right, hot-linked axial views, one window on both."""
         layout = self._layout_node()
         layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
@@ -153,10 +178,13 @@ class LowDoseCTDenoiseLogic:
         self.apply_window(preset)
         self._sync_windows(original.GetDisplayNode(), denoised.GetDisplayNode())
 
-    def apply_window(self, preset: str) -> None:
-        """A preset (Liver W400/L40, Abdomen W350/L40) or the original volume's own window."""
+    def apply_window(self, preset: str | tuple[float, float]) -> None:
+        """A preset (Liver W400/L40, Abdomen W350/L40), the original volume's own window, or
+        an explicit (width, level)."""
         original, denoised = self._require_pair()
-        if preset == VOLUME_PRESET:
+        if isinstance(preset, tuple):
+            width, level = preset
+        elif preset == VOLUME_PRESET:
             width, level = self.own_windows[original.GetID()]
         elif preset in WINDOW_PRESETS:
             width, level = WINDOW_PRESETS[preset]
@@ -211,6 +239,18 @@ class LowDoseCTDenoiseLogic:
         self._synced = []
 
     # -- helpers ------------------------------------------------------------------------
+    def _read(self, path: str | Path):
+        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        self.scene.AddNode(storage)
+        storage.SetFileName(str(path))
+        read = storage.ReadData(node)
+        self.scene.RemoveNode(storage)  # the volume lives in the scene, not in a temp file
+        if not read:
+            self.scene.RemoveNode(node)
+            raise RuntimeError(f"Could not read the volume {path}.")
+        return node
+
     def _layout_node(self):
         layout = self.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
         if layout is None or self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode") == 0:

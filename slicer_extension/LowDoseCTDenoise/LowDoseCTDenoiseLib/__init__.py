@@ -1,7 +1,8 @@
 """Pure-Python logic of the LowDoseCTDenoise module: no Slicer imports, standard library only
 (Python 3.9+), so it runs and is tested outside Slicer."""
 
-from .client import CancelToken, DenoiseClient, ModelEntry
+from .client import DenoiseClient, ModelEntry
+from .connection import CancelToken
 from .display import (
     VOLUME_PRESET,
     WINDOW_PRESETS,
@@ -22,8 +23,10 @@ from .errors import (
     ServerUnreachable,
 )
 from .job import DenoiseJob
+from .study import ReaderSession, StudyClient
 
 __all__ = ["AuthenticationFailed", "CancelToken", "Cancelled", "DenoiseClient", "DenoiseJob",
-           "ModelEntry", "ModelMissing", "NotMonaiLabel", "RequestRejected", "ServerError",
+           "ModelEntry", "ModelMissing", "NotMonaiLabel", "ReaderSession", "RequestRejected",
+           "ServerError", "StudyClient",
            "ServerFailure", "ServerTimeout", "ServerUnreachable", "UrlHistory", "VOLUME_PRESET",
            "WINDOW_PRESETS", "difference_name", "result_name", "symmetric_window"]

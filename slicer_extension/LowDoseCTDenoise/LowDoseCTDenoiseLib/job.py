@@ -6,7 +6,8 @@ import threading
 from pathlib import Path
 from typing import Any, Optional
 
-from .client import CancelToken, DenoiseClient, Progress
+from .client import DenoiseClient
+from .connection import CancelToken, Progress
 from .errors import ServerError
 
 

@@ -1,0 +1,91 @@
+"""The Slicer reader-study panel's logic: the pure-Python session against a real server, the
+blinded A/B views on real MRML."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import slicer
+from conftest import free_port, running, serve_command
+from LowDoseCTDenoiseLib import AuthenticationFailed, ReaderSession, StudyClient
+from LowDoseCTDenoiseLogic import LEFT, RIGHT, LowDoseCTDenoiseLogic
+
+from ldct.io import write_volume
+from ldct.phantom import make_phantom
+from ldct.simulate import LowDoseParams, simulate_low_dose
+from ldct.study.definition import parse
+from ldct.study.service import StudyService
+
+
+@pytest.fixture(scope="module")
+def study_url(tmp_path_factory):
+    """A server whose study root holds a prepared pairs study for readers r1 and r2."""
+    folder = tmp_path_factory.mktemp("slicer-study")
+    root = folder / "studies"
+    noisy = simulate_low_dose(make_phantom(size=256, slices=2, pixel_mm=0.78).volume,
+                              LowDoseParams(dose=0.1),
+                              seed=3, progress=False)
+    write_volume(noisy, folder / "c.nrrd", dtype="int16")
+    definition = parse({
+        "name": "Panel study", "seed": 1, "presentation": "pairs", "readers": ["r1", "r2"],
+        "window": {"width": 350, "level": 50},
+        "cases": [{"id": "c", "image": str(folder / "c.nrrd")}],
+        "conditions": [{"name": "original"}, {"name": "smooth", "model": "ldct-gauss"},
+                       {"name": "half", "model": "ldct-gauss", "strength": 0.5}],
+        "criteria": [{"name": "noise", "question": "Noise", "anchors": {1: "bad", 5: "good"}}]})
+    StudyService(root).create(definition)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with running(serve_command(str(folder), port, "--models", "ldct-gauss", "--study-root",
+                               str(root)), f"{url}/info/", folder / "server.log"):
+        yield url
+
+
+@pytest.fixture()
+def scene():
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    yield scene
+    scene.Clear(1)
+
+
+def test_reader_panel_scores_blinded_items_and_resumes(study_url, scene, tmp_path):
+    client = StudyClient(study_url)
+    assert [s["study"] for s in client.studies()] == ["panel-study"]
+    session = ReaderSession(client, "panel-study", "r1")
+    assert session.progress_text() == "Item 1 of 2" and session.forced_choice
+    assert session.window == (350.0, 50.0)
+    logic = LowDoseCTDenoiseLogic(scene)
+    files = session.load_next(tmp_path)
+    a, b = logic.show_study_item(files, session.window)
+    assert (a.GetName(), b.GetName()) == ("A", "B")
+    assert logic.composite_node(LEFT).GetBackgroundVolumeID() == a.GetID()
+    assert logic.composite_node(RIGHT).GetBackgroundVolumeID() == b.GetID()
+    assert all(logic.composite_node(v).GetHotLinkedControl() for v in (LEFT, RIGHT))
+    for node in (a, b):
+        assert (node.GetDisplayNode().GetWindow(), node.GetDisplayNode().GetLevel()) == (350, 50)
+    with pytest.raises(ValueError, match="Choose which image"):
+        session.answer({"A": {"noise": 4}, "B": {"noise": 2}})
+    with pytest.raises(ValueError, match="missing B: noise"):
+        session.answer({"A": {"noise": 4}}, "A")
+    ack = session.answer({"A": {"noise": 4}, "B": {"noise": 2}}, "A")
+    assert ack["acknowledged"] and session.progress_text() == "Item 2 of 2"
+
+    resumed = ReaderSession(StudyClient(study_url), "panel-study", "r1")  # after a break
+    assert (resumed.done, resumed.total) == (1, 2)
+    files = resumed.load_next(tmp_path)
+    nodes = logic.show_study_item(files, resumed.window)
+    assert [n.GetName() for n in nodes] == ["A", "B"]
+    volumes = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    assert volumes == 2  # the previous item's volumes are gone
+    assert not np.array_equal(slicer.util.arrayFromVolume(nodes[0]),
+                              slicer.util.arrayFromVolume(nodes[1]))
+    resumed.answer({"A": {"noise": 3}, "B": {"noise": 3}}, "B")
+    assert resumed.finished and resumed.load_next(tmp_path) == {}
+
+
+def test_unknown_reader_gets_the_reason(study_url):
+    with pytest.raises(AuthenticationFailed, match="HTTP 403.*not a reader of this study"):
+        ReaderSession(StudyClient(study_url), "panel-study", "someone")
+    with pytest.raises(ValueError, match="reader id"):
+        ReaderSession(StudyClient(study_url), "panel-study", "  ")
