@@ -20,9 +20,12 @@ import slicer
 from LowDoseCTDenoiseLib import (
     VOLUME_PRESET,
     WINDOW_PRESETS,
+    BackgroundCall,
     DenoiseClient,
     DenoiseJob,
+    ReaderSession,
     ServerError,
+    StudyClient,
     UrlHistory,
 )
 from LowDoseCTDenoiseLogic import LowDoseCTDenoiseLogic
@@ -85,11 +88,25 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.ui.autoFlickerCheckBox.connect("toggled(bool)", self.on_auto_flicker)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.update_buttons)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.update_buttons)
+        self.ui.refreshStudiesButton.connect("clicked()", self.on_refresh_studies)
+        self.ui.startStudyButton.connect("clicked()", self.on_start_study)
+        self.ui.submitButton.connect("clicked()", self.on_submit)
+        self.ui.readerIdLineEdit.text = self._setting("reader", "") or ""
+        self.reader = None  # the ReaderSession
+        self.study_call = None
+        self.score_groups = {}
+        self.choice_group = None
+        self.study_dir = Path(tempfile.mkdtemp(prefix="ldct-study-"))
+        self.study_timer = qt.QTimer()
+        self.study_timer.setInterval(POLL_MS)
+        self.study_timer.connect("timeout()", self.on_study_poll)
         self.update_buttons()
 
     def cleanup(self):
         self.poll_timer.stop()
         self.flicker_timer.stop()
+        self.study_timer.stop()
+        shutil.rmtree(self.study_dir, ignore_errors=True)
         if self.job is not None:
             self.job.cancel()
         self.logic.cleanup()
@@ -177,6 +194,114 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
             self.flicker_timer.start()
         else:
             self.flicker_timer.stop()
+
+    # -- reader study (blinded: only "A"/"B", tokens and scores pass through here) --------
+    def study_client(self) -> StudyClient:
+        return StudyClient(self.ui.serverUrlComboBox.currentText,
+                           token=self.ui.tokenLineEdit.text)
+
+    def on_refresh_studies(self):
+        self.ui.studyComboBox.clear()
+        try:
+            with slicer.util.WaitCursor():
+                studies = self.study_client().studies()
+        except ServerError as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        for study in studies:
+            self.ui.studyComboBox.addItem(study["name"], study["study"])
+
+    def on_start_study(self):
+        study = self.ui.studyComboBox.currentData
+        if not study:
+            slicer.util.errorDisplay("Refresh the studies and pick one first.")
+            return
+        try:
+            with slicer.util.WaitCursor():
+                self.reader = ReaderSession(self.study_client(), study,
+                                            self.ui.readerIdLineEdit.text)
+        except (ServerError, ValueError) as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        self._set_setting("reader", self.reader.reader)
+        self._build_score_widgets()
+        self.load_next_item()
+
+    def load_next_item(self):
+        self.ui.submitButton.enabled = False
+        self.ui.studyProgressLabel.text = f"{self.reader.progress_text()}: loading..."
+        self.study_call = BackgroundCall(self.reader.load_next, self.study_dir).start()
+        self.study_timer.start()
+
+    def on_study_poll(self):
+        if not self.study_call.done:
+            return
+        self.study_timer.stop()
+        call, self.study_call = self.study_call, None
+        if call.error is not None:
+            slicer.util.errorDisplay(str(call.error))
+            return
+        if not call.result:
+            self.logic.clear_study_item()
+            self.ui.studyProgressLabel.text = self.reader.progress_text()
+            return
+        self.logic.show_study_item(call.result, self.reader.window)
+        slicer.util.resetSliceViews()
+        for group in [*self.score_groups.values(), self.choice_group]:
+            if group is not None:
+                group.setExclusive(False)
+                for button in group.buttons():
+                    button.checked = False
+                group.setExclusive(True)
+        self.ui.studyProgressLabel.text = self.reader.progress_text()
+        self.ui.submitButton.enabled = True
+
+    def on_submit(self):
+        scores = {}
+        for (side, criterion), group in self.score_groups.items():
+            if group.checkedId() > 0:
+                scores.setdefault(side, {})[criterion] = group.checkedId()
+        choice = None
+        if self.choice_group is not None and self.choice_group.checkedButton() is not None:
+            choice = self.choice_group.checkedButton().text
+        try:
+            with slicer.util.WaitCursor():
+                self.reader.answer(scores, choice)
+        except (ServerError, ValueError) as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
+        self.load_next_item()
+
+    def _build_score_widgets(self):
+        frame = self.ui.criteriaFrame
+        if frame.layout() is not None:
+            qt.QWidget().setLayout(frame.layout())  # re-parent the old layout to drop it
+        form = qt.QFormLayout(frame)
+        sides = ["A", "B"] if self.reader.forced_choice else ["A"]
+        self.score_groups = {}
+        for criterion in self.reader.criteria:
+            anchors = ", ".join(f"{k} = {v}" for k, v in criterion["anchors"].items())
+            for side in sides:
+                row = qt.QHBoxLayout()
+                group = qt.QButtonGroup(frame)
+                for value in range(1, 6):
+                    button = qt.QRadioButton(str(value))
+                    button.toolTip = criterion["anchors"].get(str(value), "")
+                    group.addButton(button, value)
+                    row.addWidget(button)
+                label = qt.QLabel(f"{criterion['question']} ({side})")
+                label.toolTip = anchors
+                form.addRow(label, row)
+                self.score_groups[(side, criterion["name"])] = group
+        self.choice_group = None
+        if self.reader.forced_choice:
+            row = qt.QHBoxLayout()
+            self.choice_group = qt.QButtonGroup(frame)
+            for side in sides:
+                button = qt.QRadioButton(side)
+                self.choice_group.addButton(button)
+                row.addWidget(button)
+            form.addRow(qt.QLabel("Better image:"), row)
 
     # -- helpers --------------------------------------------------------------------------
     def update_buttons(self, *_):

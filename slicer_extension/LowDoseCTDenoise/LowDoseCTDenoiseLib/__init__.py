@@ -22,11 +22,11 @@ from .errors import (
     ServerTimeout,
     ServerUnreachable,
 )
-from .job import DenoiseJob
+from .job import BackgroundCall, DenoiseJob
 from .study import ReaderSession, StudyClient
 
-__all__ = ["AuthenticationFailed", "CancelToken", "Cancelled", "DenoiseClient", "DenoiseJob",
-           "ModelEntry", "ModelMissing", "NotMonaiLabel", "ReaderSession", "RequestRejected",
-           "ServerError", "StudyClient",
-           "ServerFailure", "ServerTimeout", "ServerUnreachable", "UrlHistory", "VOLUME_PRESET",
-           "WINDOW_PRESETS", "difference_name", "result_name", "symmetric_window"]
+__all__ = ["AuthenticationFailed", "BackgroundCall", "CancelToken", "Cancelled",
+           "DenoiseClient", "DenoiseJob", "ModelEntry", "ModelMissing", "NotMonaiLabel",
+           "ReaderSession", "RequestRejected", "ServerError", "StudyClient", "ServerFailure",
+           "ServerTimeout", "ServerUnreachable", "UrlHistory", "VOLUME_PRESET", "WINDOW_PRESETS",
+           "difference_name", "result_name", "symmetric_window"]

@@ -1,17 +1,49 @@
-"""A denoise request on a worker thread, polled by the UI (a QTimer in Slicer), cancellable."""
+"""Server calls on a worker thread, polled by the UI (a QTimer in Slicer), so it never freezes."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .client import DenoiseClient
 from .connection import CancelToken, Progress
 from .errors import ServerError
 
 
-class DenoiseJob:
+class BackgroundCall:
+    """``function(*args)`` on a worker thread; the UI polls ``done``, then reads ``result`` or
+    ``error`` (a readable :class:`ServerError`)."""
+
+    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
+        self.function, self.args = function, args
+        self.result: Any = None
+        self.error: Optional[ServerError] = None
+        self._thread = threading.Thread(target=self._run, name="ldct-call", daemon=True)
+
+    def start(self) -> BackgroundCall:
+        self._thread.start()
+        return self
+
+    @property
+    def done(self) -> bool:
+        return self._thread.ident is not None and not self._thread.is_alive()
+
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """Block until finished (tests and Slicer's self-test; the UI polls instead)."""
+        self._thread.join(timeout)
+        return self.done
+
+    def _run(self) -> None:
+        try:
+            self.result = self.function(*self.args)
+        except ServerError as exc:
+            self.error = exc
+        except Exception as exc:  # noqa: BLE001 - a worker must report, never die silently
+            self.error = ServerError(f"Unexpected error: {exc!r}")
+
+
+class DenoiseJob(BackgroundCall):
     """Runs :meth:`DenoiseClient.denoise` off the UI thread; the UI reads ``phase``/``fraction``.
 
     The UI never blocks: it starts the job, polls ``done`` from a timer, and on completion
@@ -26,25 +58,10 @@ class DenoiseJob:
         self.on_progress = on_progress  # called on the worker thread; the UI polls instead
         self.token = CancelToken()
         self.phase, self.fraction = "queued", 0.0
-        self.result: Optional[Path] = None
-        self.error: Optional[ServerError] = None
-        self._thread = threading.Thread(target=self._run, name="ldct-denoise", daemon=True)
-
-    def start(self) -> DenoiseJob:
-        self._thread.start()
-        return self
+        super().__init__(self._denoise)
 
     def cancel(self) -> None:
         self.token.cancel()
-
-    @property
-    def done(self) -> bool:
-        return self._thread.ident is not None and not self._thread.is_alive()
-
-    def wait(self, timeout: Optional[float] = None) -> bool:
-        """Block until finished (tests and Slicer's self-test; the UI polls instead)."""
-        self._thread.join(timeout)
-        return self.done
 
     def status_text(self) -> str:
         """One line for the progress label."""
@@ -59,11 +76,6 @@ class DenoiseJob:
         if self.on_progress is not None:
             self.on_progress(phase, fraction)
 
-    def _run(self) -> None:
-        try:
-            self.result = self.client.denoise(self.model, self.volume, self.output, self.params,
-                                              cancel=self.token, progress=self._progress)
-        except ServerError as exc:
-            self.error = exc
-        except Exception as exc:  # noqa: BLE001 - a worker must report, never die silently
-            self.error = ServerError(f"Unexpected error: {exc!r}")
+    def _denoise(self) -> Path:
+        return self.client.denoise(self.model, self.volume, self.output, self.params,
+                                   cancel=self.token, progress=self._progress)
