@@ -112,15 +112,15 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.logic.cleanup()
 
     # -- server ---------------------------------------------------------------------------
-    def client(self) -> DenoiseClient:
-        return DenoiseClient(self.ui.serverUrlComboBox.currentText,
-                             token=self.ui.tokenLineEdit.text)
+    def server(self, kind):
+        """A DenoiseClient or StudyClient for the URL and token in the panel."""
+        return kind(self.ui.serverUrlComboBox.currentText, token=self.ui.tokenLineEdit.text)
 
     def on_test_connection(self):
         self.ui.modelComboBox.clear()
         try:
             with slicer.util.WaitCursor():  # a short call: /info/ with a 5 s connect timeout
-                client = self.client()
+                client = self.server(DenoiseClient)
                 models = client.models()
         except ServerError as exc:
             self.ui.connectionStatusLabel.text = str(exc)
@@ -147,7 +147,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
             return
         params = {"strength": self.ui.strengthSliderWidget.value,
                   "device": self.ui.deviceComboBox.currentText, "result_dtype": "int16"}
-        self.job = DenoiseJob(self.client(), self.ui.modelComboBox.currentText, upload,
+        self.job = DenoiseJob(self.server(DenoiseClient), self.ui.modelComboBox.currentText, upload,
                               self.workdir / "result.nrrd", params).start()
         self.job_input = node
         self.poll_timer.start()
@@ -196,15 +196,11 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
             self.flicker_timer.stop()
 
     # -- reader study (blinded: only "A"/"B", tokens and scores pass through here) --------
-    def study_client(self) -> StudyClient:
-        return StudyClient(self.ui.serverUrlComboBox.currentText,
-                           token=self.ui.tokenLineEdit.text)
-
     def on_refresh_studies(self):
         self.ui.studyComboBox.clear()
         try:
             with slicer.util.WaitCursor():
-                studies = self.study_client().studies()
+                studies = self.server(StudyClient).studies()
         except ServerError as exc:
             slicer.util.errorDisplay(str(exc))
             return
@@ -218,7 +214,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
             return
         try:
             with slicer.util.WaitCursor():
-                self.reader = ReaderSession(self.study_client(), study,
+                self.reader = ReaderSession(self.server(StudyClient), study,
                                             self.ui.readerIdLineEdit.text)
         except (ServerError, ValueError) as exc:
             slicer.util.errorDisplay(str(exc))
