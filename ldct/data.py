@@ -232,7 +232,10 @@ class PatchSampler:
     Each sample draws a case, a dose from ``doses`` (a range, so one model serves them all),
     a slice and a location inside the body. ``paired`` gives the normal-dose patch at the same
     place; unpaired gives a normal-dose patch from the disjoint normal-dose slab set of any
-    training case. ``context`` adjacent slices are stacked as channels (centre in the middle).
+    training case, plus ``nd_sim``: the simulated low dose of that normal-dose patch (what a
+    site can always make from its normal-dose scans with the physics simulator; no low-dose
+    scan is paired with its normal dose). ``context`` adjacent slices are stacked as channels
+    (centre in the middle).
     """
 
     def __init__(self, data: PreparedData, doses: Sequence[float], patch: int = 64,
@@ -275,8 +278,9 @@ class PatchSampler:
         return tuple(int(v) for v in centres[self.rng.integers(len(centres))])
 
     def sample(self) -> dict[str, np.ndarray]:
-        """A batch: 'ld' and 'nd' (B, context, P, P) HU float32 and 'dose' (B,)."""
-        low, normal, doses = [], [], []
+        """A batch: 'ld' and 'nd' (B, context, P, P) HU float32 and 'dose' (B,); unpaired
+        batches also hold 'nd_sim'."""
+        low, normal, simulated, doses = [], [], [], []
         for _ in range(self.batch):
             case = self.cases[self.rng.integers(len(self.cases))]
             dose = self.doses[self.rng.integers(len(self.doses))]
@@ -290,9 +294,15 @@ class PatchSampler:
                 ld = augment([self._crop(self.low[(case, dose)], k, i, j)], self.rng)[0]
                 other = self.cases[self.rng.integers(len(self.cases))]
                 k, i, j = self._position(other, "normal")
-                nd = augment([self._crop(self.normal[other], k, i, j)], self.rng)[0]
+                nd, nd_sim = augment([self._crop(self.normal[other], k, i, j),
+                                      self._crop(self.low[(other, dose)], k, i, j)], self.rng)
+                simulated.append(nd_sim)
             low.append(ld)
             normal.append(nd)
             doses.append(dose)
-        return {"ld": np.stack(low).astype(np.float32), "nd": np.stack(normal).astype(np.float32),
-                "dose": np.asarray(doses, dtype=np.float32)}
+        batch = {"ld": np.stack(low).astype(np.float32),
+                 "nd": np.stack(normal).astype(np.float32),
+                 "dose": np.asarray(doses, dtype=np.float32)}
+        if simulated:
+            batch["nd_sim"] = np.stack(simulated).astype(np.float32)
+        return batch

@@ -15,8 +15,8 @@ from ldct.train.loop import build_method, train
 
 TINY = {"patch": 32, "batch": 4, "log_every": 1, "ckpt_every": 5, "lr": 1e-3, "base": 8}
 # the term each method is mainly judged by in the first steps (group/term in log.csv)
-MAIN_TERM = {"encoder": "encoder/nce", "pan": "warmup/n2n", "pdml": "warmup/n2n",
-             "alden": "warmup/n2n", "n2n25d": "teacher/n2n", "vagan": "pretrain/multiscale"}
+MAIN_TERM = {"encoder": "encoder/nce", "pan": "warmup/simulated", "pdml": "warmup/simulated",
+             "alden": "warmup/simulated", "n2n25d": "teacher/n2n", "vagan": "pretrain/multiscale"}
 # terms of the second phase, which must be logged and finite
 LATER_TERM = {"pan": "g/cycle", "pdml": "g/metric", "alden": "g/contrast",
               "n2n25d": "student/distill", "vagan": "g/perc"}
