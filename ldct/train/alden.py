@@ -19,7 +19,7 @@ from ldct.train.method import WarmStartedGAN, image_l1
 class ALDENMethod(WarmStartedGAN):
     name = "alden"
     needs_pvm = True
-    presets = {"cpu": {"steps": 5000}, "paper": {"steps": 100000}}
+    presets = {"cpu": {"steps": 12000, "warmup_fraction": 0.75}, "paper": {"steps": 100000}}
     gan_groups = {"d": ["d"], "g": ["g"]}
     defaults = {**WarmStartedGAN.defaults, "contrast": 0.5, "identity": 1.0,
                 "grid": 4}

@@ -13,7 +13,7 @@ from ldct.train.method import WarmStartedGAN, image_l1
 
 class PDMLMethod(WarmStartedGAN):
     name = "pdml"
-    presets = {"cpu": {"steps": 6000}, "paper": {"steps": 100000}}
+    presets = {"cpu": {"steps": 12000, "warmup_fraction": 0.75}, "paper": {"steps": 100000}}
     gan_groups = {"d": ["d"], "g": ["g", "proj"]}
     defaults = {**WarmStartedGAN.defaults, "patches": 64, "nce": 0.5,
                 "identity": 1.0}
