@@ -14,7 +14,7 @@ from ldct.train.method import WarmStartedGAN, image_l1
 class PANMethod(WarmStartedGAN):
     name = "pan"
     needs_pvm = True
-    presets = {"cpu": {"steps": 8000, "warmup_fraction": 0.75},
+    presets = {"cpu": {"steps": 7000, "warmup_fraction": 0.85},
                "paper": {"steps": 100000, "batch": 16}}
     gan_groups = {"d": ["d_nd", "d_ld"], "g": ["g", "f"]}
     defaults = {**WarmStartedGAN.defaults, "cycle": 10.0, "identity": 1.0,
