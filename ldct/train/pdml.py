@@ -13,7 +13,9 @@ from ldct.train.method import WarmStartedGAN, image_l1
 
 class PDMLMethod(WarmStartedGAN):
     name = "pdml"
-    presets = {"cpu": {"steps": 12000, "warmup_fraction": 0.75}, "paper": {"steps": 100000}}
+    # anchor 10: with 1 the metric/identity terms pulled the generator back towards the input
+    presets = {"cpu": {"steps": 12000, "warmup_fraction": 0.75, "anchor": 10.0},
+               "paper": {"steps": 100000, "anchor": 10.0}}
     gan_groups = {"d": ["d"], "g": ["g", "proj"]}
     defaults = {**WarmStartedGAN.defaults, "patches": 64, "nce": 0.5,
                 "identity": 1.0}
