@@ -63,8 +63,11 @@ class ModelInfo:
 
     def version(self) -> str:
         """``shipped`` or the name of the fine-tuned version in use."""
-        versions = self.versions()
-        return versions[-1].name if versions else "shipped"
+        return self.version_of(self.weights)
+
+    def version_of(self, weights: Path) -> str:
+        """The version a weights file is: ``shipped`` or its fine-tuned version's name."""
+        return "shipped" if weights == self.shipped_weights else weights.parent.name
 
     def card(self) -> dict[str, Any]:
         """The machine-readable model card (empty until the model is trained and evaluated)."""

@@ -67,25 +67,28 @@ class StudyService:
     def create(self, definition: StudyDefinition, progress: Progress | None = None,
                device: str = "auto") -> dict[str, Any]:
         """Denoise every (case, condition) once, store the volumes and every reader's plan."""
-        folder, store = self._new_study(definition)
-        token = secrets.token_urlsafe(24)
-        store.set_meta(name=definition.name, state="creating", coordinator_token=token,
-                       definition=_as_yaml_data(definition), created=0, total=0)
-        self._build(definition, folder, store, progress, device)
-        return {"study": definition.study_id, "coordinator_token": token,
-                "readers": list(definition.readers), "items": len(definition.items())}
+        folder, store, created = self._register(definition)
+        self._build_logged(definition, folder, store, device, progress, reraise=True)
+        return created
 
     def create_in_background(self, definition: StudyDefinition,
                              device: str = "auto") -> dict[str, Any]:
         """As :meth:`create`, returning at once; ``status`` shows the progress."""
+        folder, store, created = self._register(definition)
+        threading.Thread(target=self._build_logged, name=f"study-{definition.study_id}",
+                         args=(definition, folder, store, device), daemon=True).start()
+        return created
+
+    def _register(self, definition: StudyDefinition
+                  ) -> tuple[Path, StudyStore, dict[str, Any]]:
+        """The study's folder and store in state 'creating', and what the coordinator gets."""
         folder, store = self._new_study(definition)
         token = secrets.token_urlsafe(24)
         store.set_meta(name=definition.name, state="creating", coordinator_token=token,
                        definition=_as_yaml_data(definition), created=0, total=0)
-        threading.Thread(target=self._build_logged, name=f"study-{definition.study_id}",
-                         args=(definition, folder, store, device), daemon=True).start()
-        return {"study": definition.study_id, "coordinator_token": token,
-                "readers": list(definition.readers), "items": len(definition.items())}
+        return folder, store, {"study": definition.study_id, "coordinator_token": token,
+                               "readers": list(definition.readers),
+                               "items": len(definition.items())}
 
     def _new_study(self, definition: StudyDefinition) -> tuple[Path, StudyStore]:
         with self._lock:
@@ -96,11 +99,15 @@ class StudyService:
             (folder / "volumes").mkdir(parents=True)
         return folder, StudyStore(folder / "study.sqlite")
 
-    def _build_logged(self, definition, folder, store, device) -> None:
+    def _build_logged(self, definition, folder, store, device, progress=None,
+                      reraise: bool = False) -> None:
+        """Build the study; a failure is recorded for the coordinator's status."""
         try:
-            self._build(definition, folder, store, None, device)
+            self._build(definition, folder, store, progress, device)
         except Exception as exc:  # noqa: BLE001 - the coordinator reads it in status
             store.set_meta(state="failed", error=str(exc))
+            if reraise:
+                raise
 
     def _build(self, definition: StudyDefinition, folder: Path, store: StudyStore,
                progress: Progress | None, device: str) -> None:

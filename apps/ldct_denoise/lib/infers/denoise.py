@@ -49,8 +49,7 @@ class DenoiseInfer(InferTask):
         start = time.perf_counter()
         info = registry.get(self.model)
         weights = info.weights if info.kind == "network" else None  # fixed for this request
-        version = "" if weights is None else (
-            "shipped" if weights == info.shipped_weights else weights.parent.name)
+        version = "" if weights is None else info.version_of(weights)
         try:
             volume = read_volume(request["image"])
             model_start = time.perf_counter()
