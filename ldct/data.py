@@ -235,12 +235,13 @@ class PatchSampler:
     training case, plus ``nd_sim``: the simulated low dose of that normal-dose patch (what a
     site can always make from its normal-dose scans with the physics simulator; no low-dose
     scan is paired with its normal dose). ``context`` adjacent slices are stacked as channels
-    (centre in the middle).
+    (centre in the middle). ``noise`` adds 'noise': an independent noise image with the
+    low-dose centre slice's statistics at the same place (see :mod:`ldct.noise_bank`).
     """
 
     def __init__(self, data: PreparedData, doses: Sequence[float], patch: int = 64,
                  batch: int = 16, context: int = 1, paired: bool = True, seed: int = 0,
-                 cases: Sequence[str] | None = None) -> None:
+                 cases: Sequence[str] | None = None, noise: bool = False) -> None:
         self.patch, self.batch, self.context, self.paired = patch, batch, context, paired
         self.rng = np.random.default_rng(seed)
         self.doses = list(doses)
@@ -258,6 +259,14 @@ class PatchSampler:
             self.centres[(case, "all")] = everywhere
             self.centres[(case, "low")] = everywhere[np.isin(everywhere[:, 0], low)]
             self.centres[(case, "normal")] = everywhere[np.isin(everywhere[:, 0], normal)]
+        self.noise: dict[tuple[str, float], np.ndarray] = {}
+        if noise:
+            from ldct.noise_bank import noise_images  # it builds on this module
+
+            for case in names:
+                used = np.unique(self.centres[(case, "all" if paired else "low")][:, 0])
+                for dose in self.doses:
+                    self.noise[(case, dose)] = noise_images(data, case, dose, used.tolist())
 
     def _body_centres(self, volume: np.ndarray) -> np.ndarray:
         """(slice, row, col) positions inside the body where a patch fits."""
@@ -277,21 +286,29 @@ class PatchSampler:
         centres = self.centres[(case, subset)]
         return tuple(int(v) for v in centres[self.rng.integers(len(centres))])
 
+    def _crops(self, case: str, dose: float, subset: str, normal: bool) -> list[np.ndarray]:
+        """Unaugmented crops at a random place: low dose, then the normal dose if ``normal``,
+        then the noise image if the sampler has them."""
+        k, i, j = self._position(case, subset)
+        crops = [self._crop(self.low[(case, dose)], k, i, j)]
+        if normal:
+            crops.append(self._crop(self.normal[case], k, i, j))
+        if self.noise:
+            h = self.patch // 2
+            crops.append(self.noise[(case, dose)][k:k + 1, i - h:i + h, j - h:j + h])
+        return crops
+
     def sample(self) -> dict[str, np.ndarray]:
         """A batch: 'ld' and 'nd' (B, context, P, P) HU float32 and 'dose' (B,); unpaired
-        batches also hold 'nd_sim'."""
-        low, normal, simulated, doses = [], [], [], []
+        batches also hold 'nd_sim', and samplers with ``noise`` 'noise' (B, 1, P, P)."""
+        low, normal, simulated, noises, doses = [], [], [], [], []
         for _ in range(self.batch):
             case = self.cases[self.rng.integers(len(self.cases))]
             dose = self.doses[self.rng.integers(len(self.doses))]
             if self.paired:
-                k, i, j = self._position(case, "all")
-                ld = self._crop(self.low[(case, dose)], k, i, j)
-                nd = self._crop(self.normal[case], k, i, j)
-                ld, nd = augment([ld, nd], self.rng)
+                ld, nd, *noise = augment(self._crops(case, dose, "all", True), self.rng)
             else:
-                k, i, j = self._position(case, "low")
-                ld = augment([self._crop(self.low[(case, dose)], k, i, j)], self.rng)[0]
+                ld, *noise = augment(self._crops(case, dose, "low", False), self.rng)
                 other = self.cases[self.rng.integers(len(self.cases))]
                 k, i, j = self._position(other, "normal")
                 nd, nd_sim = augment([self._crop(self.normal[other], k, i, j),
@@ -299,10 +316,13 @@ class PatchSampler:
                 simulated.append(nd_sim)
             low.append(ld)
             normal.append(nd)
+            noises.extend(noise)
             doses.append(dose)
         batch = {"ld": np.stack(low).astype(np.float32),
                  "nd": np.stack(normal).astype(np.float32),
                  "dose": np.asarray(doses, dtype=np.float32)}
         if simulated:
             batch["nd_sim"] = np.stack(simulated).astype(np.float32)
+        if noises:
+            batch["noise"] = np.stack(noises).astype(np.float32)
         return batch

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from ldct.data import PatchSampler, PreparedData, prepare, summarize, unpaired_split
+from ldct.noise_bank import noise_images
 
 
 def test_unpaired_split_is_disjoint_and_covers_all_slices():
@@ -93,3 +94,21 @@ def test_patch_sampler_pairs_and_unpairs(prepared):
     assert np.abs(unpaired["ld"] - unpaired["nd"]).mean() > np.abs(noise).mean()
     again = PatchSampler(data, [0.25, 0.5], patch=32, batch=6, context=3, seed=1).sample()
     np.testing.assert_array_equal(again["ld"], batch["ld"])  # reproducible per seed
+
+
+def test_noise_images_have_the_scans_statistics_and_are_independent(prepared):
+    data = PreparedData(prepared)
+    case = data.cases("train")[0]
+    nd, ld = data.volume(case).hu, data.volume(case, 0.25).hu
+    own = ld - nd
+    drawn = noise_images(data, case, 0.25, [2, 3, 4])
+    soft = (nd > -100) & (nd < 200)
+    soft[[0, 1, 5, 6, 7]] = False  # only the requested slices are drawn
+    assert 0.8 < drawn[soft].std() / own[soft].std() < 1.25
+    assert abs(np.corrcoef(drawn[soft], own[soft])[0, 1]) < 0.1  # not the scan's own noise
+    assert not drawn[[0, 1, 5, 6, 7]].any()
+    np.testing.assert_array_equal(noise_images(data, case, 0.25, [3]), drawn)  # cached
+    sampler = PatchSampler(data, [0.25], patch=32, batch=4, context=3, paired=True, seed=2,
+                           noise=True)
+    batch = sampler.sample()
+    assert batch["noise"].shape == (4, 1, 32, 32) and batch["noise"].std() > 1.0

@@ -17,7 +17,7 @@ TINY = {"patch": 32, "batch": 4, "log_every": 1, "ckpt_every": 5, "lr": 1e-3, "b
         "warmup_fraction": 0.5}  # both phases of the GANs in a few steps, whatever the preset
 # the term each method is mainly judged by in the first steps (group/term in log.csv)
 MAIN_TERM = {"encoder": "encoder/nce", "pan": "warmup/simulated", "pdml": "warmup/simulated",
-             "alden": "warmup/simulated", "n2n25d": "teacher/n2n", "vagan": "pretrain/multiscale"}
+             "alden": "warmup/simulated", "n2n25d": "teacher/r2r", "vagan": "pretrain/multiscale"}
 # terms of the second phase, which must be logged and finite
 LATER_TERM = {"pan": "g/cycle", "pdml": "g/metric", "alden": "g/contrast",
               "n2n25d": "student/distill", "vagan": "g/perc"}

@@ -1,9 +1,9 @@
 """N2N-2.5D (msr2au-fluoroscopy-unsupervised): self-supervised across adjacent slices.
 
-A multi-scale recurrent attention U-Net (MSR2AU) predicts the centre slice from its
-neighbours only (the centre is blinded: its noise is independent of theirs, so the best
-prediction is the clean centre - Noise2Noise); a lean single-pass student is then distilled
-from it and is what ships.
+A multi-scale recurrent attention U-Net (MSR2AU) teacher estimates the centre slice from its
+neighbours and a recorrupted copy of the centre, trained against a target whose noise is
+independent of all its inputs (see :mod:`ldct.train.n2n25d`); a lean single-pass student is
+then distilled from it and is what ships.
 """
 
 from __future__ import annotations
@@ -36,18 +36,18 @@ class RecurrentResidualBlock(nn.Module):
 class MSR2AUNet(nn.Module):
     """Multi-scale (image pyramid fed to every level) recurrent residual attention U-Net.
 
-    Input: the neighbour slices (B, n, H, W) in network units; output: the centre slice.
+    Input: a stack of slices (B, n, H, W) in network units; output: the centre slice.
     Runs at 1/factor resolution after a lossless pixel-unshuffle, like the students.
     """
 
-    def __init__(self, neighbours: int = 4, base: int = 16, levels: int = 3,
+    def __init__(self, slices: int = 5, base: int = 16, levels: int = 3,
                  factor: int = 2) -> None:
         super().__init__()
         self.factor = factor
         widths = [base * 2**k for k in range(levels)]
         self.down, c = nn.ModuleList(), 0
         for w in widths:
-            self.down.append(RecurrentResidualBlock(c + neighbours * factor**2, w))
+            self.down.append(RecurrentResidualBlock(c + slices * factor**2, w))
             c = w
         self.gates, self.up = nn.ModuleList(), nn.ModuleList()
         for w in reversed(widths[:-1]):
@@ -69,12 +69,6 @@ class MSR2AUNet(nn.Module):
             y = F.interpolate(y, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             y = block(torch.cat([y, fused], 1))
         return x.mean(1, keepdim=True) + F.pixel_shuffle(self.head(y), self.factor)
-
-
-def neighbours_of(stack: torch.Tensor) -> torch.Tensor:
-    """The slices of a (B, context, H, W) stack without its centre."""
-    c = stack.shape[1] // 2
-    return torch.cat([stack[:, :c], stack[:, c + 1:]], 1)
 
 
 def n2n25d_student(context: int = 3, base: int = 16, levels: int = 3,

@@ -27,6 +27,7 @@ class Method:
     context = 1  # adjacent slices stacked as the network's input channels
     sample_context: int | None = None  # slices per training sample, when more than context
     needs_pvm = False
+    needs_noise = False  # batches with 'noise': fresh noise of the low dose's statistics
     defaults: dict[str, Any] = {}
     presets: dict[str, dict[str, Any]] = {}  # per-preset values that override the loop's
     finetune: dict[str, Any] = {}  # overrides when starting from trained weights

@@ -1,0 +1,92 @@
+"""Model selection on a TRAINING case, never on the held-out ircadb17.
+
+Takes a few slices of a training case's normal dose, inserts round hypodense lesions into
+homogeneous soft tissue (a lesion-insertion proxy: the training cases have no tumour masks),
+simulates the low dose with the same physics as `ldct prepare`, and scores each model:
+PSNR (liver window), soft-tissue bias and error SD against the low dose, and lesion CNR
+against a ring of background around each lesion.
+
+    python benchmarks/validate_training_case.py --data ~/.cache/ldct/prepared \
+        ld ldct-nlm vagan pdml=path/to/model.pt ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+import numpy as np
+from scipy import ndimage
+
+from ldct import metrics
+from ldct.data import PreparedData
+from ldct.infer import denoise
+from ldct.simulate import LowDoseParams, ParallelBeam, simulate_slice_noise
+
+
+def insert_lesions(hu: np.ndarray, pixel_mm: float, contrast: float, radius_mm: float,
+                   count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lesion and background-ring masks (per slice) and the volume with lesions added."""
+    rng = np.random.default_rng(seed)
+    radius = radius_mm / pixel_mm
+    yy, xx = np.mgrid[: hu.shape[1], : hu.shape[2]]
+    lesion = np.zeros(hu.shape, bool)
+    ring = np.zeros(hu.shape, bool)
+    for k in range(hu.shape[0]):
+        smooth = ndimage.uniform_filter(hu[k].astype(np.float32), round(2 * radius))
+        tissue = (smooth > 30) & (smooth < 120) & (np.abs(hu[k] - smooth) < 60)
+        room = ndimage.binary_erosion(tissue, iterations=round(2.5 * radius))
+        for _ in range(count):
+            ys, xs = np.nonzero(room)
+            if ys.size == 0:
+                break
+            i = rng.integers(ys.size)
+            dist = np.hypot(yy - ys[i], xx - xs[i])
+            lesion[k] |= dist <= radius
+            ring[k] |= (dist > radius + 2 / pixel_mm) & (dist <= 2 * radius + 2 / pixel_mm)
+            room &= dist > 5 * radius
+    ring &= ~lesion
+    return lesion, ring, np.where(lesion, hu + contrast, hu).astype(np.float32)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="a folder made by `ldct prepare`")
+    ap.add_argument("--case", default="tcia_pancreas001")
+    ap.add_argument("--slices", default="60:66", help="first:stop")
+    ap.add_argument("--dose", type=float, default=0.25)
+    ap.add_argument("--contrast", type=float, default=-30.0, help="lesion contrast in HU")
+    ap.add_argument("--radius-mm", type=float, default=6.0)
+    ap.add_argument("models", nargs="+", help="ld, a registry name, or NAME=weights.pt")
+    args = ap.parse_args()
+    data = PreparedData(args.data)
+    if data.manifest["cases"][args.case]["role"] != "train":
+        raise SystemExit(f"{args.case} is not a training case: select models on training data")
+    first, stop = (int(v) for v in args.slices.split(":"))
+    nd = data.volume(args.case)
+    nd = dataclasses.replace(nd, hu=nd.hu[first:stop])
+    lesion, ring, nd_hu = insert_lesions(nd.hu, nd.spacing[0], args.contrast, args.radius_mm,
+                                         count=3, seed=0)
+    nd = nd.with_hu(nd_hu)
+    params = LowDoseParams(**{**data.manifest["settings"]["params"], "dose": args.dose})
+    beam = ParallelBeam(nd.hu.shape[1], nd.hu.shape[2], (nd.spacing[0], nd.spacing[1]),
+                        params.views, params.kernel)
+    ld = nd.with_hu(np.stack([s + simulate_slice_noise(s, beam, params,
+                                                         np.random.default_rng([7, k]))
+                              for k, s in enumerate(nd.hu)]))
+    soft = (nd.hu > -100) & (nd.hu < 200)
+    base_sd = (ld.hu - nd.hu)[soft].std()
+    print(f"{args.case} slices {args.slices}, dose {args.dose:g}, {lesion.any((1, 2)).sum()} "
+          f"slices with lesions ({args.contrast:+g} HU, r {args.radius_mm:g} mm)")
+    print(f"{'model':32s} {'psnr':>6s} {'bias':>6s} {'err_sd':>6s} {'cnr':>5s}")
+    for row, image in [("normal dose", nd.hu)] + [
+            (spec, ld.hu if spec == "ld" else
+             denoise(ld, spec.partition("=")[0], weights=spec.partition("=")[2] or None,
+                     device="cpu").hu) for spec in args.models]:
+        err = (image - nd.hu)[soft]
+        print(f"{row[-32:]:32s} {metrics.psnr(image, nd.hu):6.2f} {err.mean():+6.2f} "
+              f"{err.std() / base_sd:6.3f} {metrics.cnr(image, lesion, ring):5.2f}")
+
+
+if __name__ == "__main__":
+    main()
