@@ -58,6 +58,9 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
              "| metric | low-dose input | this model |", "|---|---|---|"]
     for key in METRIC_KEYS:
         lines.append(f"| {key} | {baseline[key]:.4g} | {metrics[key]:.4g} |")
+    note = info.folder / "training_note.md"  # how this particular run went, kept across rewrites
+    if note.exists():
+        lines += ["", "## Training note", "", note.read_text().strip()]
     (info.folder / "card.md").write_text("\n".join(lines) + "\n")
     return info.folder / "card.md"
 

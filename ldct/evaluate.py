@@ -110,14 +110,15 @@ def evaluate(data_dir: str | Path, out_dir: str | Path, dose: float = 0.25,
         outputs[name] = result
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_tables(rows, out_dir, case, dose, normal.shape)
+    reference_cnr = metrics.cnr(normal, regions.tumour, regions.liver)
+    _write_tables(rows, out_dir, case, dose, normal.shape, reference_cnr)
     _montage(outputs, masks, regions, out_dir / "montage.png", case, dose)
     _nps_plot(rows, out_dir / "nps.png")
     return rows
 
 
 def _write_tables(rows: list[dict], out_dir: Path, case: str, dose: float,
-                  shape: tuple[int, ...]) -> None:
+                  shape: tuple[int, ...], reference_cnr: float) -> None:
     with open(out_dir / "quality.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
@@ -127,7 +128,8 @@ def _write_tables(rows: list[dict], out_dir: Path, case: str, dose: float,
              f"Volume {shape[2]}x{shape[1]}x{shape[0]}; PSNR/SSIM on the liver window "
              "[-160, 240] HU; RMSE in the body; bias = mean(denoised - normal dose) in the "
              "eroded liver (tumours excluded) and in fat; noise = SD of (denoised - normal "
-             "dose) in the liver; NPS peak of that difference; tumour CNR against the liver.",
+             "dose) in the liver; NPS peak of that difference; tumour CNR against the liver "
+             f"(the normal-dose reference itself: {reference_cnr:.2f}).",
              "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(row[c] if c == "method" else format(row[c], FORMATS[c])

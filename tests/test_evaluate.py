@@ -18,5 +18,6 @@ def test_evaluate_writes_table_csv_and_figures(prepared, tmp_path):
     assert tuple(table[0]) == COLUMNS and len(table) == 3
     report = (tmp_path / "quality.md").read_text()
     assert "| ldct-gauss |" in report and "montage.png" in report
+    assert "the normal-dose reference itself: " in report
     for figure in ("montage.png", "nps.png"):
         assert (tmp_path / figure).stat().st_size > 5_000
