@@ -33,9 +33,11 @@ def insert_lesions(hu: np.ndarray, pixel_mm: float, contrast: float, radius_mm: 
     lesion = np.zeros(hu.shape, bool)
     ring = np.zeros(hu.shape, bool)
     for k in range(hu.shape[0]):
-        smooth = ndimage.uniform_filter(hu[k].astype(np.float32), round(2 * radius))
-        tissue = (smooth > 30) & (smooth < 120) & (np.abs(hu[k] - smooth) < 60)
-        room = ndimage.binary_erosion(tissue, iterations=round(2.5 * radius))
+        image = hu[k].astype(np.float32)
+        smooth = ndimage.gaussian_filter(image, radius / 2)
+        local_sd = np.sqrt(np.maximum(ndimage.gaussian_filter(image**2, radius / 2) - smooth**2, 0))
+        tissue = (smooth > 30) & (smooth < 150) & (local_sd < 50)
+        room = ndimage.distance_transform_edt(tissue) > 2 * radius
         for _ in range(count):
             ys, xs = np.nonzero(room)
             if ys.size == 0:
@@ -67,6 +69,9 @@ def main() -> None:
     nd = dataclasses.replace(nd, hu=nd.hu[first:stop])
     lesion, ring, nd_hu = insert_lesions(nd.hu, nd.spacing[0], args.contrast, args.radius_mm,
                                          count=3, seed=0)
+    if not lesion.any():
+        raise SystemExit(f"no homogeneous soft tissue for a {args.radius_mm:g} mm lesion in "
+                         f"{args.case} slices {args.slices}: pick other slices or a smaller radius")
     nd = nd.with_hu(nd_hu)
     params = LowDoseParams(**{**data.manifest["settings"]["params"], "dose": args.dose})
     beam = ParallelBeam(nd.hu.shape[1], nd.hu.shape[2], (nd.spacing[0], nd.spacing[1]),
