@@ -23,30 +23,38 @@ from ldct.data import PreparedData
 from ldct.infer import denoise
 from ldct.simulate import LowDoseParams, ParallelBeam, simulate_slice_noise
 
+MARGIN = 2  # slices at each end of the slab that serve only as context
 
-def insert_lesions(hu: np.ndarray, pixel_mm: float, contrast: float, radius_mm: float,
-                   count: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Lesion and background-ring masks (per slice) and the volume with lesions added."""
+
+def insert_lesions(hu: np.ndarray, spacing: tuple[float, float, float], contrast: float,
+                   radius_mm: float, count: int, seed: int
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spherical lesions centred in the middle slice (real lesions span several slices, which
+    2.5D models rely on), their background rings per slice, and the volume with them added."""
     rng = np.random.default_rng(seed)
-    radius = radius_mm / pixel_mm
+    dx, dz = spacing[0], spacing[2]
+    radius = radius_mm / dx
+    mid = hu.shape[0] // 2
+    image = hu[mid].astype(np.float32)
+    smooth = ndimage.gaussian_filter(image, radius / 2)
+    local_sd = np.sqrt(np.maximum(ndimage.gaussian_filter(image**2, radius / 2) - smooth**2, 0))
+    tissue = (smooth > 30) & (smooth < 150) & (local_sd < 50)
+    room = ndimage.distance_transform_edt(tissue) > 2 * radius
     yy, xx = np.mgrid[: hu.shape[1], : hu.shape[2]]
     lesion = np.zeros(hu.shape, bool)
     ring = np.zeros(hu.shape, bool)
-    for k in range(hu.shape[0]):
-        image = hu[k].astype(np.float32)
-        smooth = ndimage.gaussian_filter(image, radius / 2)
-        local_sd = np.sqrt(np.maximum(ndimage.gaussian_filter(image**2, radius / 2) - smooth**2, 0))
-        tissue = (smooth > 30) & (smooth < 150) & (local_sd < 50)
-        room = ndimage.distance_transform_edt(tissue) > 2 * radius
-        for _ in range(count):
-            ys, xs = np.nonzero(room)
-            if ys.size == 0:
-                break
-            i = rng.integers(ys.size)
-            dist = np.hypot(yy - ys[i], xx - xs[i])
-            lesion[k] |= dist <= radius
-            ring[k] |= (dist > radius + 2 / pixel_mm) & (dist <= 2 * radius + 2 / pixel_mm)
-            room &= dist > 5 * radius
+    for _ in range(count):
+        ys, xs = np.nonzero(room)
+        if ys.size == 0:
+            break
+        i = rng.integers(ys.size)
+        dist = np.hypot(yy - ys[i], xx - xs[i])
+        for k in range(hu.shape[0]):
+            r_k = np.sqrt(max(radius_mm**2 - ((k - mid) * dz) ** 2, 0.0)) / dx
+            if r_k >= 1:
+                lesion[k] |= dist <= r_k
+                ring[k] |= (dist > r_k + 2 / dx) & (dist <= 2 * r_k + 2 / dx)
+        room &= dist > 5 * radius
     ring &= ~lesion
     return lesion, ring, np.where(lesion, hu + contrast, hu).astype(np.float32)
 
@@ -55,7 +63,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="a folder made by `ldct prepare`")
     ap.add_argument("--case", default="tcia_pancreas001")
-    ap.add_argument("--slices", default="60:66", help="first:stop")
+    ap.add_argument("--slices", default="58:68", help="first:stop; the 2 slices at each end are "
+                    "only context (scores count the inner ones, which have real neighbours)")
     ap.add_argument("--dose", type=float, default=0.25)
     ap.add_argument("--contrast", type=float, default=-30.0, help="lesion contrast in HU")
     ap.add_argument("--radius-mm", type=float, default=6.0)
@@ -67,7 +76,7 @@ def main() -> None:
     first, stop = (int(v) for v in args.slices.split(":"))
     nd = data.volume(args.case)
     nd = dataclasses.replace(nd, hu=nd.hu[first:stop])
-    lesion, ring, nd_hu = insert_lesions(nd.hu, nd.spacing[0], args.contrast, args.radius_mm,
+    lesion, ring, nd_hu = insert_lesions(nd.hu, nd.spacing, args.contrast, args.radius_mm,
                                          count=3, seed=0)
     if not lesion.any():
         raise SystemExit(f"no homogeneous soft tissue for a {args.radius_mm:g} mm lesion in "
@@ -79,8 +88,10 @@ def main() -> None:
     ld = nd.with_hu(np.stack([s + simulate_slice_noise(s, beam, params,
                                                          np.random.default_rng([7, k]))
                               for k, s in enumerate(nd.hu)]))
-    soft = (nd.hu > -100) & (nd.hu < 200)
-    base_sd = (ld.hu - nd.hu)[soft].std()
+    inner = slice(MARGIN, nd.hu.shape[0] - MARGIN)
+    reference, lesion, ring = nd.hu[inner], lesion[inner], ring[inner]
+    soft = (reference > -100) & (reference < 200)
+    base_sd = (ld.hu[inner] - reference)[soft].std()
     print(f"{args.case} slices {args.slices}, dose {args.dose:g}, {lesion.any((1, 2)).sum()} "
           f"slices with lesions ({args.contrast:+g} HU, r {args.radius_mm:g} mm)")
     print(f"{'model':32s} {'psnr':>6s} {'bias':>6s} {'err_sd':>6s} {'cnr':>5s}")
@@ -88,8 +99,9 @@ def main() -> None:
             (spec, ld.hu if spec == "ld" else
              denoise(ld, spec.partition("=")[0], weights=spec.partition("=")[2] or None,
                      device="cpu").hu) for spec in args.models]:
-        err = (image - nd.hu)[soft]
-        print(f"{row[-32:]:32s} {metrics.psnr(image, nd.hu):6.2f} {err.mean():+6.2f} "
+        image = image[inner]
+        err = (image - reference)[soft]
+        print(f"{row[-32:]:32s} {metrics.psnr(image, reference):6.2f} {err.mean():+6.2f} "
               f"{err.std() / base_sd:6.3f} {metrics.cnr(image, lesion, ring):5.2f}")
 
 

@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from ldct.io import CTVolume, read_mask, read_volume, write_volume
 from ldct.metrics import body_mask, noise_sd
@@ -227,28 +226,6 @@ def augment(patches: list[np.ndarray], rng: np.random.Generator) -> list[np.ndar
     return out
 
 
-def own_noise_share(normal: np.ndarray, low: np.ndarray) -> float:
-    """Variance of the normal dose's own noise over that of the simulated added noise.
-
-    A simulated pair is ``low = normal + m`` and ``normal = clean + n``: the normal dose is
-    noisy too. Measured in the fine (high-pass) band of flat soft tissue, where anatomy adds
-    little, so it over- rather than under-states the share. Used to build a target whose
-    expectation is the clean image (see :class:`PatchSampler`). 0 where there is too little
-    flat soft tissue to measure (the target is then the normal dose itself).
-    """
-    normal = np.asarray(normal, np.float32)
-    smooth = ndimage.gaussian_filter(normal, (0, 4, 4))
-    slope = np.hypot(*np.gradient(smooth, axis=(1, 2)))
-    flat = (smooth > -20) & (smooth < 180) & (slope < 2.0) & body_mask(normal)
-    if flat.sum() < 1000:
-        return 0.0
-
-    def fine(x: np.ndarray) -> np.ndarray:
-        return x - ndimage.gaussian_filter(x, (0, 2, 2))
-
-    return float(fine(normal)[flat].var() / fine(np.asarray(low, np.float32) - normal)[flat].var())
-
-
 class PatchSampler:
     """Random training patches from the prepared training cases, held in memory.
 
@@ -260,16 +237,11 @@ class PatchSampler:
     scan is paired with its normal dose). ``context`` adjacent slices are stacked as channels
     (centre in the middle). ``noise`` adds 'noise': an independent noise image with the
     low-dose centre slice's statistics at the same place (see :mod:`ldct.noise_bank`).
-    ``clean`` (paired only) adds 'clean' = nd - s (ld - nd), s the pair's
-    :func:`own_noise_share`: with noise of proportional spectra, its expectation given the low
-    dose is the clean image, so a denoiser trained on it removes the normal dose's own noise
-    too instead of reproducing it (Noisier2Noise, Moran et al. 2020).
     """
 
     def __init__(self, data: PreparedData, doses: Sequence[float], patch: int = 64,
                  batch: int = 16, context: int = 1, paired: bool = True, seed: int = 0,
-                 cases: Sequence[str] | None = None, noise: bool = False,
-                 clean: bool = False) -> None:
+                 cases: Sequence[str] | None = None, noise: bool = False) -> None:
         self.patch, self.batch, self.context, self.paired = patch, batch, context, paired
         self.rng = np.random.default_rng(seed)
         self.doses = list(doses)
@@ -287,8 +259,6 @@ class PatchSampler:
             self.centres[(case, "all")] = everywhere
             self.centres[(case, "low")] = everywhere[np.isin(everywhere[:, 0], low)]
             self.centres[(case, "normal")] = everywhere[np.isin(everywhere[:, 0], normal)]
-        self.share = {(c, d): own_noise_share(self.normal[c], self.low[(c, d)])
-                      for c in names for d in self.doses} if clean and paired else {}
         self.noise: dict[tuple[str, float], np.ndarray] = {}
         if noise:
             from ldct.noise_bank import noise_images  # it builds on this module
@@ -330,9 +300,8 @@ class PatchSampler:
 
     def sample(self) -> dict[str, np.ndarray]:
         """A batch: 'ld' and 'nd' (B, context, P, P) HU float32 and 'dose' (B,); unpaired
-        batches also hold 'nd_sim', samplers with ``noise`` 'noise' (B, 1, P, P), and those
-        with ``clean`` 'clean' (B, context, P, P)."""
-        low, normal, simulated, noises, doses, shares = [], [], [], [], [], []
+        batches also hold 'nd_sim', and samplers with ``noise`` 'noise' (B, 1, P, P)."""
+        low, normal, simulated, noises, doses = [], [], [], [], []
         for _ in range(self.batch):
             case = self.cases[self.rng.integers(len(self.cases))]
             dose = self.doses[self.rng.integers(len(self.doses))]
@@ -349,7 +318,6 @@ class PatchSampler:
             normal.append(nd)
             noises.extend(noise)
             doses.append(dose)
-            shares.append(self.share.get((case, dose), 0.0))
         batch = {"ld": np.stack(low).astype(np.float32),
                  "nd": np.stack(normal).astype(np.float32),
                  "dose": np.asarray(doses, dtype=np.float32)}
@@ -357,7 +325,4 @@ class PatchSampler:
             batch["nd_sim"] = np.stack(simulated).astype(np.float32)
         if noises:
             batch["noise"] = np.stack(noises).astype(np.float32)
-        if self.share:
-            s = np.asarray(shares, np.float32)[:, None, None, None]
-            batch["clean"] = batch["nd"] - s * (batch["ld"] - batch["nd"])
         return batch

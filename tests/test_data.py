@@ -8,11 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from ldct.data import (PatchSampler, PreparedData, own_noise_share, prepare, summarize,
-                       unpaired_split)
+from ldct.data import PatchSampler, PreparedData, prepare, summarize, unpaired_split
 from ldct.noise_bank import noise_images
-from ldct.phantom import make_phantom
-from ldct.simulate import LowDoseParams, ParallelBeam, simulate_slice_noise
 
 
 def test_unpaired_split_is_disjoint_and_covers_all_slices():
@@ -115,41 +112,3 @@ def test_noise_images_have_the_scans_statistics_and_are_independent(prepared):
                            noise=True)
     batch = sampler.sample()
     assert batch["noise"].shape == (4, 1, 32, 32) and batch["noise"].std() > 1.0
-
-
-def test_clean_target_noise_is_uncorrelated_with_the_inputs():
-    """Normal dose at 0.5 and low dose at 0.25 of a noiseless phantom, both simulated: the
-    normal dose's own noise is 1/3 of the added noise's variance, and the 'clean' target's
-    error is uncorrelated with the low dose's noise (the normal dose's own error is not)."""
-    phantom = make_phantom(size=192, slices=4, pixel_mm=0.78)
-    clean = phantom.volume.hu.astype(np.float32)
-    beam = ParallelBeam(192, 192, (0.78, 0.78), 360, "hann")
-
-    def noise(dose: float, seed: int) -> np.ndarray:
-        params = LowDoseParams(dose=dose, views=360)
-        return np.stack([simulate_slice_noise(s, beam, params, np.random.default_rng([seed, k]))
-                         for k, s in enumerate(clean)])
-
-    nd = clean + noise(0.5, 1)
-    ld = nd + noise(0.25, 2)
-    share = own_noise_share(nd, ld)
-    assert 0.27 < share < 0.42
-    liver = phantom.masks["liver"]
-    target = nd - share * (ld - nd)
-    r_clean = np.corrcoef((target - clean)[liver], (ld - clean)[liver])[0, 1]
-    r_normal = np.corrcoef((nd - clean)[liver], (ld - clean)[liver])[0, 1]
-    assert abs(r_clean) < 0.1 < 0.3 < r_normal
-    assert own_noise_share(clean, ld) < 0.01  # a noiseless normal dose: plain target
-
-
-def test_patch_sampler_gives_the_clean_target(prepared):
-    data = PreparedData(prepared)
-    case = data.cases("train")[0]
-    sampler = PatchSampler(data, [0.25], patch=32, batch=4, context=3, paired=True, seed=3,
-                           cases=[case], clean=True)
-    share = own_noise_share(data.volume(case).hu, data.volume(case, 0.25).hu)
-    assert sampler.share == {(case, 0.25): share}
-    batch = sampler.sample()
-    np.testing.assert_allclose(batch["clean"], batch["nd"] - share * (batch["ld"] - batch["nd"]),
-                               atol=1e-3)
-    assert "clean" not in PatchSampler(data, [0.25], patch=32, batch=4, seed=3).sample()

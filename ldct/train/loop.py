@@ -103,7 +103,7 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     hp["doses"] = hp["doses"] or data.manifest["doses"]  # default: every prepared dose
     sampler = PatchSampler(data, hp["doses"], hp["patch"], hp["batch"],
                            method.sample_context or method.context, method.paired,
-                           seed=hp["seed"], noise=method.needs_noise, clean=method.needs_clean)
+                           seed=hp["seed"], noise=method.needs_noise)
     ckpt_path = out_dir / "checkpoint.pt"
     step, wall = 0, 0.0
     if resume and ckpt_path.exists():

@@ -28,7 +28,6 @@ class Method:
     sample_context: int | None = None  # slices per training sample, when more than context
     needs_pvm = False
     needs_noise = False  # batches with 'noise': fresh noise of the low dose's statistics
-    needs_clean = False  # paired batches with 'clean': a target whose mean is the clean image
     defaults: dict[str, Any] = {}
     presets: dict[str, dict[str, Any]] = {}  # per-preset values that override the loop's
     finetune: dict[str, Any] = {}  # overrides when starting from trained weights

@@ -4,11 +4,6 @@ Stage 1 (PSNR-oriented): attention + multi-scale loss. Stage 2 (GAN, fresh optim
 lower rate): 0.005 GAN + attention + 0.01 multi-scale + 0.5 perceptual (feature MSE) for the
 generator; the attentive discriminator adds its attention loss with weight 0.05 (the map of a
 denoised image must match the generator's, that of a normal-dose image must be zero).
-
-``target: clean`` (default) takes the attention and multi-scale targets from the sampler's
-'clean' image, whose expectation is the clean image rather than the noisy normal dose, so the
-generator also removes the normal dose's own noise; perceptual and adversarial terms still
-compare with the normal dose (natural texture). ``target: normal`` is the paper's.
 """
 
 from __future__ import annotations
@@ -32,15 +27,10 @@ class VAGANMethod(Method):
     needs_pvm = True
     presets = {"cpu": {"steps": 8000}, "paper": {"steps": 120000}}
     finetune = {"pretrain_fraction": 0.0}  # a trained generator goes straight to its GAN stage
-    defaults = {"width": 8, "base": 32, "upsample": "bilinear", "target": "clean",
-                "gan": 0.005, "multiscale": 0.01,
+    defaults = {"width": 8, "base": 32, "upsample": "bilinear", "gan": 0.005, "multiscale": 0.01,
                 "perceptual": 0.5,
                 "d_attention": 0.05, "pretrain_fraction": 0.5,
                 "lr_g": 1e-4, "lr_d": 1e-4}
-
-    @property
-    def needs_clean(self) -> bool:
-        return self.hp["target"] == "clean"
 
     def factory_kwargs(self):
         return {"width": self.hp["width"], "base": self.hp["base"],
@@ -65,8 +55,7 @@ class VAGANMethod(Method):
         with torch.set_grad_enabled(group != "d"):
             maps, noises = g.core.forward_all(hu_to_net(ld))
             fake = g.remove(ld, noises[-1])
-        ref = batch["clean"] if self.needs_clean else nd
-        target = noise_mask(ld, ref)
+        target = noise_mask(ld, nd)
         if group == "d":
             logits_fake, map_fake = self.nets["d"](win(fake.detach()))
             logits_real, map_real = self.nets["d"](win(nd))
@@ -75,7 +64,7 @@ class VAGANMethod(Method):
             loss = lsgan(logits_real, True) + lsgan(logits_fake, False)
             return {"total": loss + self.hp["d_attention"] * att, "d_att": att}
         attention = sum(w * F.mse_loss(m, target) for w, m in zip(ATTENTION_WEIGHTS, maps))
-        multiscale = sum(w * image_mse(downsample(ld, f) - n * HU_SCALE, downsample(ref, f))
+        multiscale = sum(w * image_mse(downsample(ld, f) - n * HU_SCALE, downsample(nd, f))
                          for (f, w), n in zip(SCALES, noises))
         if group == "pretrain":
             return {"total": attention + multiscale, "attention": attention,
