@@ -25,10 +25,12 @@ from ldct.data import PreparedData  # noqa: E402
 from ldct.infer import denoise  # noqa: E402
 
 COLUMNS = ("method", "psnr_db", "ssim", "rmse_hu", "liver_bias_hu", "fat_bias_hu",
-           "liver_noise_sd", "noise_vs_ld", "nps_peak_cpmm", "tumour_cnr", "s_per_slice")
+           "liver_noise_sd", "noise_vs_ld", "nps_peak_cpmm", "tumour_cnr", "liver_sd_hu",
+           "s_per_slice")
 FORMATS = {"psnr_db": ".2f", "ssim": ".4f", "rmse_hu": ".1f", "liver_bias_hu": "+.2f",
            "fat_bias_hu": "+.2f", "liver_noise_sd": ".1f", "noise_vs_ld": ".2f",
-           "nps_peak_cpmm": ".3f", "tumour_cnr": ".2f", "s_per_slice": ".3f"}
+           "nps_peak_cpmm": ".3f", "tumour_cnr": ".2f", "liver_sd_hu": ".1f",
+           "s_per_slice": ".3f"}
 
 
 @dataclass
@@ -74,6 +76,7 @@ def score(name: str, image: np.ndarray, normal: np.ndarray, regions: Regions,
             "liver_noise_sd": noise, "noise_vs_ld": noise / ld_noise if ld_noise else 1.0,
             "nps_peak_cpmm": spectrum.peak_frequency,
             "tumour_cnr": metrics.cnr(image, regions.tumour, regions.liver),
+            "liver_sd_hu": metrics.noise_sd(image, regions.liver),
             "s_per_slice": seconds, "_nps": spectrum}
 
 
@@ -110,15 +113,16 @@ def evaluate(data_dir: str | Path, out_dir: str | Path, dose: float = 0.25,
         outputs[name] = result
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    reference_cnr = metrics.cnr(normal, regions.tumour, regions.liver)
-    _write_tables(rows, out_dir, case, dose, normal.shape, reference_cnr)
+    reference = {"tumour_cnr": metrics.cnr(normal, regions.tumour, regions.liver),
+                 "liver_sd_hu": metrics.noise_sd(normal, regions.liver)}
+    _write_tables(rows, out_dir, case, dose, normal.shape, reference)
     _montage(outputs, masks, regions, out_dir / "montage.png", case, dose)
     _nps_plot(rows, out_dir / "nps.png")
     return rows
 
 
 def _write_tables(rows: list[dict], out_dir: Path, case: str, dose: float,
-                  shape: tuple[int, ...], reference_cnr: float) -> None:
+                  shape: tuple[int, ...], reference: dict[str, float]) -> None:
     with open(out_dir / "quality.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
@@ -128,8 +132,11 @@ def _write_tables(rows: list[dict], out_dir: Path, case: str, dose: float,
              f"Volume {shape[2]}x{shape[1]}x{shape[0]}; PSNR/SSIM on the liver window "
              "[-160, 240] HU; RMSE in the body; bias = mean(denoised - normal dose) in the "
              "eroded liver (tumours excluded) and in fat; noise = SD of (denoised - normal "
-             "dose) in the liver; NPS peak of that difference; tumour CNR against the liver "
-             f"(the normal-dose reference itself: {reference_cnr:.2f}).",
+             "dose) in the liver; NPS peak of that difference; tumour CNR against the liver, "
+             "whose SD (liver_sd_hu: anatomy and noise) is its denominator (the normal-dose "
+             f"reference itself: CNR {reference['tumour_cnr']:.2f}, liver SD "
+             f"{reference['liver_sd_hu']:.1f} HU: a lower SD removes more than the noise that "
+             "the low dose added).",
              "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(row[c] if c == "method" else format(row[c], FORMATS[c])

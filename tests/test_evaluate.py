@@ -13,11 +13,12 @@ def test_evaluate_writes_table_csv_and_figures(prepared, tmp_path):
     low, gauss = rows
     assert gauss["liver_noise_sd"] < low["liver_noise_sd"] and gauss["noise_vs_ld"] < 1.0
     assert abs(gauss["liver_bias_hu"]) < 3.0
+    assert gauss["liver_sd_hu"] < low["liver_sd_hu"]  # the image's own SD in the liver
     with open(tmp_path / "quality.csv") as handle:
         table = list(csv.reader(handle))
     assert tuple(table[0]) == COLUMNS and len(table) == 3
     report = (tmp_path / "quality.md").read_text()
     assert "| ldct-gauss |" in report and "montage.png" in report
-    assert "the normal-dose reference itself: " in report
+    assert "the normal-dose reference itself: CNR " in report and "liver SD " in report
     for figure in ("montage.png", "nps.png"):
         assert (tmp_path / figure).stat().st_size > 5_000
