@@ -135,8 +135,8 @@ def _write_tables(rows: list[dict], out_dir: Path, case: str, dose: float,
              "dose) in the liver; NPS peak of that difference; tumour CNR against the liver, "
              "whose SD (liver_sd_hu: anatomy and noise) is its denominator (the normal-dose "
              f"reference itself: CNR {reference['tumour_cnr']:.2f}, liver SD "
-             f"{reference['liver_sd_hu']:.1f} HU: a lower SD removes more than the noise that "
-             "the low dose added).",
+             f"{reference['liver_sd_hu']:.1f} HU; a liver SD below the reference's means the method "
+             "also smoothed away the reference's own noise or texture).",
              "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(row[c] if c == "method" else format(row[c], FORMATS[c])

@@ -23,11 +23,8 @@ class N2N25DMethod(Method):
     name = "n2n25d"
     needs_noise = True
     # cpu: 6000 teacher steps, then 10000 for the student (after 4000 it was still ~1 dB below
-    # the teacher on training-case slices); doses down to 0.7, as a student distilled on 0.1-0.5
-    # alone removed only ~5 % of the noise of a less noisy scan (the quarter-dose phantom)
-    presets = {"cpu": {"steps": 16000, "teacher_fraction": 0.375,
-                       "doses": [0.7, 0.5, 0.35, 0.25, 0.15, 0.1]},
-               "paper": {"steps": 150000}}
+    # the teacher on training-case slices)
+    presets = {"cpu": {"steps": 16000, "teacher_fraction": 0.375}, "paper": {"steps": 150000}}
     defaults = {"context": 5, "base": 16, "levels": 3, "student_base": 16, "student_res_blocks": 1,
                 "teacher_fraction": 0.6, "recorrupt": 0.5}
 
