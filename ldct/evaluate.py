@@ -62,6 +62,12 @@ class Regions:
         return cls(body=body, liver=liver, fat=fat, tumour=tumour)
 
 
+def liver_contrast(image: np.ndarray, regions: Regions) -> dict[str, float]:
+    """Tumour CNR against the liver and the liver's own SD (its denominator)."""
+    return {"tumour_cnr": metrics.cnr(image, regions.tumour, regions.liver),
+            "liver_sd_hu": metrics.noise_sd(image, regions.liver)}
+
+
 def score(name: str, image: np.ndarray, normal: np.ndarray, regions: Regions,
           pixel_mm: tuple[float, float], seconds: float, ld_noise: float | None,
           nps_roi: int = 32) -> dict:
@@ -75,9 +81,7 @@ def score(name: str, image: np.ndarray, normal: np.ndarray, regions: Regions,
             "fat_bias_hu": metrics.hu_bias(image, normal, regions.fat),
             "liver_noise_sd": noise, "noise_vs_ld": noise / ld_noise if ld_noise else 1.0,
             "nps_peak_cpmm": spectrum.peak_frequency,
-            "tumour_cnr": metrics.cnr(image, regions.tumour, regions.liver),
-            "liver_sd_hu": metrics.noise_sd(image, regions.liver),
-            "s_per_slice": seconds, "_nps": spectrum}
+            **liver_contrast(image, regions), "s_per_slice": seconds, "_nps": spectrum}
 
 
 def evaluate(data_dir: str | Path, out_dir: str | Path, dose: float = 0.25,
@@ -113,9 +117,7 @@ def evaluate(data_dir: str | Path, out_dir: str | Path, dose: float = 0.25,
         outputs[name] = result
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    reference = {"tumour_cnr": metrics.cnr(normal, regions.tumour, regions.liver),
-                 "liver_sd_hu": metrics.noise_sd(normal, regions.liver)}
-    _write_tables(rows, out_dir, case, dose, normal.shape, reference)
+    _write_tables(rows, out_dir, case, dose, normal.shape, liver_contrast(normal, regions))
     _montage(outputs, masks, regions, out_dir / "montage.png", case, dose)
     _nps_plot(rows, out_dir / "nps.png")
     return rows

@@ -46,8 +46,7 @@ def finetune(name: str, images: Sequence[str | Path], steps: int = 200,
         work = Path(work)
         prepare(Path("/"), work / "data", doses=doses, max_slices=max_slices,
                 progress=progress, catalogue=catalogue)
-        result = train(name, work / "data", work / "run",
-                       overrides={"steps": steps, "doses": list(doses)},
+        result = train(name, work / "data", work / "run", overrides={"steps": steps},
                        device=device, progress=progress, init_weights=base)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         staged = work / stamp

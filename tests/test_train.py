@@ -15,7 +15,7 @@ from ldct.train.loop import build_method, train
 
 # both phases of every method in a few steps, whatever the preset
 TINY = {"patch": 32, "batch": 4, "log_every": 1, "ckpt_every": 5, "lr": 1e-3, "base": 8,
-        "warmup_fraction": 0.5, "teacher_fraction": 0.5, "doses": None}
+        "warmup_fraction": 0.5, "teacher_fraction": 0.5}
 # the term each method is mainly judged by in the first steps (group/term in log.csv)
 MAIN_TERM = {"encoder": "encoder/nce", "pan": "warmup/simulated", "pdml": "warmup/simulated",
              "alden": "warmup/simulated", "n2n25d": "teacher/r2r", "vagan": "pretrain/multiscale"}
