@@ -1,5 +1,6 @@
 """N2N-2.5D trainer: a teacher denoises the centre slice from its neighbours and a recorrupted
-copy of itself (noisy data only), then a single-pass student is distilled from the frozen teacher.
+copy of itself (noisy data only), then a single-pass student is distilled from the frozen teacher
+on low-dose and normal-dose stacks (the normal doses serve as unlabelled inputs, never as targets).
 
 The paper's teacher sees only the neighbours (Noise2Noise across slices); its best guess then
 carries the anatomy that changes between slices, which capped it at ~+2 dB on 1.6 mm slices
@@ -28,7 +29,7 @@ class N2N25DMethod(Method):
     presets = {"cpu": {"steps": 26000, "teacher_fraction": 16000 / 26000},
                "paper": {"steps": 150000}}
     defaults = {"context": 5, "base": 16, "levels": 3, "student_base": 16, "student_res_blocks": 1,
-                "teacher_fraction": 0.6, "recorrupt": 0.5, "distill_normal": True}
+                "teacher_fraction": 0.6, "recorrupt": 0.5}
 
     @property
     def context(self) -> int:
@@ -78,7 +79,7 @@ class N2N25DMethod(Method):
         # from single recorrupted-input estimates instead, it ended ~1 dB below the teacher on
         # training-case slices. It also mimics it on normal-dose stacks: taught on the low doses
         # alone it left scans quieter than its training doses almost as noisy as they came.
-        stack = torch.cat([batch["ld"], batch["nd"]]) if self.hp["distill_normal"] else batch["ld"]
+        stack = torch.cat([batch["ld"], batch["nd"]])
         with torch.no_grad():
             target = self.teacher_estimate(stack)
         loss = image_mse(self.nets["student"](stack), target)
