@@ -48,6 +48,11 @@ class Method:
         """The groups updated at ``step`` (all by default; two-phase methods override)."""
         return list(self.optim_groups())
 
+    def first_phase_steps(self, fraction: str) -> int:
+        """Steps of a two-phase method's first phase, from the fraction of all steps in
+        ``hp[fraction]`` (rounded up, so that a fraction > 0 always gives a step)."""
+        return math.ceil(self.hp[fraction] * self.hp["steps"])
+
     def losses(self, group: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Named loss terms for ``group``; the key 'total' is what is minimized."""
         raise NotImplementedError
@@ -99,9 +104,6 @@ class WarmStartedGAN(Method):
         if self.hp["anchor"]:
             self.nets["anchor"] = copy.deepcopy(self.nets["g"]).requires_grad_(False)
 
-    def _warmup_steps(self) -> int:
-        return math.ceil(self.hp["warmup_fraction"] * self.hp["steps"])
-
     def factory_kwargs(self):
         """The shared attention U-Net generator's size."""
         return {k: self.hp[k] for k in ("base", "levels", "res_blocks")}
@@ -110,9 +112,9 @@ class WarmStartedGAN(Method):
         return {"warmup": ["g"], **self.gan_groups}
 
     def schedule(self, step):
-        if step < self._warmup_steps():
+        if step < self.first_phase_steps("warmup_fraction"):
             return ["warmup"]
-        if step == self._warmup_steps() and self.hp["anchor"]:
+        if step == self.first_phase_steps("warmup_fraction") and self.hp["anchor"]:
             self.nets["anchor"].load_state_dict(self.nets["g"].state_dict())
         return list(self.gan_groups)
 

@@ -48,8 +48,8 @@ class N2N25DMethod(Method):
         return {"teacher": ["teacher"], "student": ["student"]}
 
     def schedule(self, step):
-        teacher_steps = round(self.hp["teacher_fraction"] * self.hp["steps"])
-        return ["teacher"] if step < teacher_steps else ["student"]
+        teacher = step < self.first_phase_steps("teacher_fraction")
+        return ["teacher"] if teacher else ["student"]
 
     def deployable(self):
         return self.nets["student"]

@@ -43,7 +43,7 @@ class VAGANMethod(Method):
         return {"pretrain": ["g"], "d": ["d"], "g": ["g"]}
 
     def schedule(self, step):
-        pretraining = step < self.hp["pretrain_fraction"] * self.hp["steps"]
+        pretraining = step < self.first_phase_steps("pretrain_fraction")
         return ["pretrain"] if pretraining else ["d", "g"]
 
     def deployable(self):
