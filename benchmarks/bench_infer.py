@@ -3,7 +3,9 @@ every denoiser network, through the same `ldct.infer` path the CLI and server us
 
 Run: `make bench` (or `python benchmarks/bench_infer.py --out benchmarks/infer_speed.md`).
 Speed does not depend on the trained weights, so freshly built networks are timed when a
-model has no weights yet (marked in the table).
+model has no weights yet (marked in the table). Each network is timed in one pass and with the
+default self-ensemble (`ldct.infer.DEFAULT_ENSEMBLE` views per slice), which is what
+`ldct denoise` and the server run unless told otherwise.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ldct import registry
-from ldct.infer import _run_network
+from ldct.infer import DEFAULT_ENSEMBLE, _run_network
 
 SLICES = 8
 
@@ -35,14 +37,16 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/infer_speed.md")
     args = parser.parse_args()
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    runs = (1, DEFAULT_ENSEMBLE)
     hu = np.random.default_rng(0).normal(40, 50, (SLICES, 512, 512)).astype(np.float32)
     lines = ["# Inference speed per 512x512 slice", "",
              f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch "
              f"{torch.__version__}; {SLICES} slices, batch 4, after one warm-up batch.", "",
              "Command: `make bench` (`python benchmarks/bench_infer.py`).", "",
-             "| model | weights | parameters | GFLOP/slice | " +
-             " | ".join(f"{d.type} s/slice" for d in devices) + " |",
-             "|---|---|---|---|" + "---|" * len(devices)]
+             "| model | weights | parameters | GFLOP/slice (one pass) | " +
+             " | ".join(f"{d.type} s/slice, {views} view{'s' * (views > 1)}"
+                        for d in devices for views in runs) + " |",
+             "|---|---|---|---|" + "---|" * len(devices) * len(runs)]
     for name in registry.names():
         info = registry.get(name)
         if info.kind != "network":
@@ -56,10 +60,11 @@ def main() -> None:
         cells = []
         for device in devices:
             net.to(device)
-            _run_network(net, hu[:4], 1.0, device, 4, False)  # warm-up
-            start = time.perf_counter()
-            _run_network(net, hu, 1.0, device, 4, False)
-            cells.append(f"{(time.perf_counter() - start) / SLICES:.3f}")
+            _run_network(net, hu[:4], 1.0, device, 4, 1, False)  # warm-up
+            for views in runs:
+                start = time.perf_counter()
+                _run_network(net, hu, 1.0, device, 4, views, False)
+                cells.append(f"{(time.perf_counter() - start) / SLICES:.3f}")
         net.cpu()
         params = sum(p.numel() for p in net.parameters())
         lines.append(f"| {name} | {'trained' if trained else 'untrained'} | {params:,} | "

@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from ldct import metrics
 from ldct.data import PreparedData
-from ldct.infer import denoise
+from ldct.infer import DEFAULT_ENSEMBLE, denoise
 from ldct.simulate import LowDoseParams, ParallelBeam, simulate_slice_noise
 
 MARGIN = 2  # slices at each end of the slab that serve only as context
@@ -68,6 +68,8 @@ def main() -> None:
     ap.add_argument("--dose", type=float, default=0.25)
     ap.add_argument("--contrast", type=float, default=-30.0, help="lesion contrast in HU")
     ap.add_argument("--radius-mm", type=float, default=6.0)
+    ap.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE,
+                    help="flipped/rotated views each network averages (1: one pass)")
     ap.add_argument("models", nargs="+", help="ld, a registry name, or NAME=weights.pt")
     args = ap.parse_args()
     data = PreparedData(args.data)
@@ -92,13 +94,14 @@ def main() -> None:
     reference, lesion, ring = nd.hu[inner], lesion[inner], ring[inner]
     soft = (reference > -100) & (reference < 200)
     base_sd = (ld.hu[inner] - reference)[soft].std()
-    print(f"{args.case} slices {args.slices}, dose {args.dose:g}, {lesion.any((1, 2)).sum()} "
+    print(f"{args.case} slices {args.slices}, dose {args.dose:g}, networks average "
+          f"{args.ensemble} view(s), {lesion.any((1, 2)).sum()} "
           f"slices with lesions ({args.contrast:+g} HU, r {args.radius_mm:g} mm)")
     print(f"{'model':32s} {'psnr':>6s} {'bias':>6s} {'err_sd':>6s} {'cnr':>5s}")
     for row, image in [("normal dose", nd.hu)] + [
             (spec, ld.hu if spec == "ld" else
              denoise(ld, spec.partition("=")[0], weights=spec.partition("=")[2] or None,
-                     device="cpu").hu) for spec in args.models]:
+                     device="cpu", ensemble=args.ensemble).hu) for spec in args.models]:
         image = image[inner]
         err = (image - reference)[soft]
         print(f"{row[-32:]:32s} {metrics.psnr(image, reference):6.2f} {err.mean():+6.2f} "

@@ -100,21 +100,23 @@ def _output_path(source: Path, out: Path, many: bool, fmt: str) -> Path:
 
 
 def cmd_denoise(args: argparse.Namespace) -> None:
-    from ldct.infer import denoise
+    from ldct.infer import DEFAULT_ENSEMBLE, denoise
     from ldct.io import read_volume, write_volume
 
     inputs = [Path(p) for p in args.inputs]
     out = Path(args.output)
+    views = DEFAULT_ENSEMBLE if args.ensemble is None else args.ensemble
     many = len(inputs) > 1
     if many:
         out.mkdir(parents=True, exist_ok=True)
     for source in inputs:
         volume = read_volume(source)
         result = denoise(volume, args.model, strength=args.strength, device=args.device,
-                         progress=True)
+                         progress=True, ensemble=views)
         target = _output_path(source, out, many, args.format)
         write_volume(result, target, description=f"denoised ({args.model})",
-                     derivation=f"ldct denoise --model {args.model} --strength {args.strength:g}")
+                     derivation=f"ldct denoise --model {args.model} --strength {args.strength:g} "
+                                f"--ensemble {views}")
         console.print(f"{source} -> {target}")
 
 
@@ -237,6 +239,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file (format by extension) or, with several inputs, a folder")
     p.add_argument("--model", required=True, help="a name from `ldct models`")
     p.add_argument("--strength", type=float, default=1.0, help="0 (input) .. 1 (full)")
+    p.add_argument("--ensemble", type=int,
+                   help="flipped/rotated views a network averages per slice, 1 (fastest) .. 8 "
+                        "(default: ldct.infer.DEFAULT_ENSEMBLE, what the server runs)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "mha", "dicom"],
                    help="output format with several inputs")

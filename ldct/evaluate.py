@@ -22,7 +22,7 @@ from scipy import ndimage  # noqa: E402
 
 from ldct import metrics, registry  # noqa: E402
 from ldct.data import PreparedData  # noqa: E402
-from ldct.infer import denoise  # noqa: E402
+from ldct.infer import DEFAULT_ENSEMBLE, denoise  # noqa: E402
 
 COLUMNS = ("method", "psnr_db", "ssim", "rmse_hu", "liver_bias_hu", "fat_bias_hu",
            "liver_noise_sd", "noise_vs_ld", "nps_peak_cpmm", "tumour_cnr", "liver_sd_hu",
@@ -138,7 +138,9 @@ def _write_tables(rows: list[dict], out_dir: Path, case: str, dose: float,
              "whose SD (liver_sd_hu: anatomy and noise) is its denominator (the normal-dose "
              f"reference itself: CNR {reference['tumour_cnr']:.2f}, liver SD "
              f"{reference['liver_sd_hu']:.1f} HU; a liver SD below the reference's means the method "
-             "also smoothed away the reference's own noise or texture).",
+             "also smoothed away the reference's own noise or texture). Networks run as "
+             f"`ldct denoise` does, averaging {DEFAULT_ENSEMBLE} flipped/rotated views per slice "
+             "(s_per_slice includes them).",
              "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
         lines.append("| " + " | ".join(row[c] if c == "method" else format(row[c], FORMATS[c])

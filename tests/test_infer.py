@@ -4,6 +4,7 @@ models load once, every format in and out."""
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -56,6 +57,29 @@ def test_network_keeps_geometry_and_strength_blends(phantom, student_weights):
     assert infer._load_weights.cache_info().hits > before  # loaded once, reused
     with pytest.raises(ValueError, match="strength must be in"):
         denoise(volume, "n2n25d", strength=1.5, weights=student_weights)
+
+
+def test_self_ensemble_averages_views_turned_back_onto_the_input_grid(phantom, student_weights):
+    """Each view's output is turned back before averaging: the ensemble equals the mean of
+    one-pass results on flipped/rotated copies of the volume (done here with numpy), also on a
+    non-square slice whose views swap height and width."""
+    volume = replace(phantom.volume, hu=phantom.volume.hu[:, :, 8:-16].copy())  # H != W
+    one = denoise(volume, "n2n25d", weights=student_weights, device="cpu", ensemble=1)
+    four = denoise(volume, "n2n25d", weights=student_weights, device="cpu", ensemble=4)
+    expected = []
+    for turns, mirror in infer.DIHEDRAL_VIEWS[:4]:
+        view = np.rot90(volume.hu, turns, axes=(1, 2))
+        view = np.ascontiguousarray(view[:, :, ::-1] if mirror else view)
+        out = denoise(replace(volume, hu=view), "n2n25d", weights=student_weights, device="cpu",
+                      ensemble=1).hu
+        expected.append(np.rot90(out[:, :, ::-1] if mirror else out, -turns, axes=(1, 2)))
+    assert four.same_geometry(volume) and four.hu.shape == volume.hu.shape
+    np.testing.assert_allclose(four.hu, np.mean(expected, axis=0), atol=1e-3)
+    np.testing.assert_allclose(expected[0], one.hu, atol=1e-4)
+    assert np.abs(four.hu - one.hu).max() > 1.0  # an untrained net is not symmetric: views differ
+    for bad in (0, 9):
+        with pytest.raises(ValueError, match="ensemble must be a whole number of views"):
+            denoise(volume, "n2n25d", weights=student_weights, ensemble=bad)
 
 
 class _ShiftingCore(torch.nn.Module):
@@ -123,3 +147,7 @@ def test_denoise_cli_many_inputs_and_formats(tmp_path, phantom, ldct_command):
     run = subprocess.run([*ldct_command, "denoise", "--model", "nope", str(nrrd), "-o",
                           str(tmp_path / "x.nrrd")], capture_output=True, text=True)
     assert run.returncode == 2 and "unknown model" in run.stdout
+    run = subprocess.run([*ldct_command, "denoise", "--model", "ldct-gauss", "--ensemble", "0",
+                          str(nrrd), "-o", str(tmp_path / "x.nrrd")], capture_output=True, text=True)
+    assert run.returncode == 2 and "ensemble must be" in run.stdout
+    assert not (tmp_path / "x.nrrd").exists()

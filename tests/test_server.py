@@ -13,6 +13,7 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from ldct import registry
+from ldct.infer import DEFAULT_ENSEMBLE
 from ldct.io import read_volume, write_volume
 from ldct.phantom import make_phantom
 from ldct.simulate import LowDoseParams, simulate_low_dose
@@ -44,7 +45,7 @@ def test_info_lists_every_available_model_with_its_options(server):
     assert sorted(info["models"]) == sorted(_served_models())
     for name, model in info["models"].items():
         assert model["type"] == "others"
-        assert set(model["config"]) >= {"strength", "device", "result_dtype"}
+        assert set(model["config"]) >= {"strength", "ensemble", "device", "result_dtype"}
         assert model["ldct"]["name"] == name
 
 
@@ -59,6 +60,7 @@ def test_each_model_keeps_geometry_exactly_and_reduces_noise(server, noisy_case,
     assert result.GetOrigin() == source.GetOrigin()
     assert result.GetDirection() == source.GetDirection()
     assert params["model"] == model and params["result_dtype"] == "float32"
+    assert params["ensemble"] == DEFAULT_ENSEMBLE
     liver = phantom.masks["liver"]
     before = read_volume(path).hu - phantom.volume.hu
     after = sitk.GetArrayFromImage(result) - phantom.volume.hu
@@ -96,6 +98,8 @@ def test_bad_input_gets_the_reason(server, tmp_path):
     client = MONAILabelClient(server, tmpdir=str(tmp_path))
     with pytest.raises(MONAILabelClientException, match="not a CT volume"):
         client.infer("vagan", "", {}, file=str(bad))
+    with pytest.raises(MONAILabelClientException, match="ensemble must be a whole number"):
+        client.infer("ldct-gauss", "phantom", {"ensemble": 12})
 
 
 def test_a_datastore_image_is_denoised_by_id(server, tmp_path):

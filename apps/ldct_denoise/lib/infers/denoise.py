@@ -15,7 +15,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ldct import registry
-from ldct.infer import denoise
+from ldct.infer import DEFAULT_ENSEMBLE, denoise
 from ldct.io import CTInputError, read_volume, write_volume
 
 DTYPES = ("float32", "int16")
@@ -28,7 +28,8 @@ class DenoiseInfer(InferTask):
         info = registry.get(model)
         super().__init__(type=InferType.OTHERS, labels=None, dimension=3,
                          description=f"{info.title} - {info.paper}, {info.supervision}",
-                         config={"strength": 1.0, "device": ["auto", "cuda", "cpu"],
+                         config={"strength": 1.0, "ensemble": DEFAULT_ENSEMBLE,
+                                 "device": ["auto", "cuda", "cpu"],
                                  "result_dtype": list(DTYPES), "write_back": False})
         self.model = model
 
@@ -51,17 +52,18 @@ class DenoiseInfer(InferTask):
         weights = info.weights if info.kind == "network" else None  # fixed for this request
         version = "" if weights is None else info.version_of(weights)
         try:
+            ensemble = int(request.get("ensemble", DEFAULT_ENSEMBLE))
             volume = read_volume(request["image"])
             model_start = time.perf_counter()
             result = denoise(volume, self.model, strength=strength, device=device,
-                             weights=weights)
+                             weights=weights, ensemble=ensemble)
         except (CTInputError, ValueError) as exc:  # the client gets the reason, not a 500
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         model_s = time.perf_counter() - model_start
         out = tempfile.NamedTemporaryFile(suffix=".nrrd", delete=False).name
         write_volume(result, out, dtype=dtype)
         return out, {"model": self.model, "version": version, "strength": strength,
-                     "device": device,
+                     "ensemble": ensemble, "device": device,
                      "result_dtype": dtype, "shape": list(volume.hu.shape),
                      "model_seconds": round(model_s, 3),
                      "total_seconds": round(time.perf_counter() - start, 3)}
