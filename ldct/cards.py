@@ -54,7 +54,9 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
              f"- Network: {train['parameters']:,} parameters, {train['context']} slice(s) in, "
              f"normalization {train['normalization']}, low-frequency band of the input kept",
              f"- Held-out evaluation: {evaluation['case']}, simulated dose {evaluation['dose']:g}, "
-             f"command `{evaluation['command']}`", "",
+             f"command `{evaluation['command']}`, networks averaging "
+             f"{evaluation['views_per_slice']} flipped/rotated view(s) per slice (`--ensemble`)",
+             "",
              "| metric | low-dose input | this model |", "|---|---|---|"]
     for key in METRIC_KEYS:
         lines.append(f"| {key} | {baseline[key]:.4g} | {metrics[key]:.4g} |")

@@ -99,13 +99,26 @@ def _output_path(source: Path, out: Path, many: bool, fmt: str) -> Path:
     return out / (stem if fmt == "dicom" else f"{stem}.{fmt}")
 
 
+def _add_ensemble_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ensemble", type=int,
+                   help="flipped/rotated views a network averages per slice, 1 (fastest) .. 8 "
+                        "(default: ldct.infer.DEFAULT_ENSEMBLE, what the server runs)")
+
+
+def _views(args: argparse.Namespace) -> int:
+    """The self-ensemble size asked for, else the inference default."""
+    from ldct.infer import DEFAULT_ENSEMBLE
+
+    return DEFAULT_ENSEMBLE if args.ensemble is None else args.ensemble
+
+
 def cmd_denoise(args: argparse.Namespace) -> None:
-    from ldct.infer import DEFAULT_ENSEMBLE, denoise
+    from ldct.infer import denoise
     from ldct.io import read_volume, write_volume
 
     inputs = [Path(p) for p in args.inputs]
     out = Path(args.output)
-    views = DEFAULT_ENSEMBLE if args.ensemble is None else args.ensemble
+    views = _views(args)
     many = len(inputs) > 1
     if many:
         out.mkdir(parents=True, exist_ok=True)
@@ -124,13 +137,14 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from ldct.evaluate import COLUMNS, FORMATS, evaluate
 
     rows = evaluate(args.data, args.out, dose=args.dose, models=args.models, device=args.device,
-                    max_slices=args.max_slices)
+                    max_slices=args.max_slices, ensemble=_views(args))
     if args.write_cards:
         from ldct import registry
         from ldct.cards import write_card
 
         command = f"ldct evaluate --data DIR --dose {args.dose:g} --out {args.out}"
-        evaluation = {"case": "ircadb17", "dose": args.dose, "command": command}
+        evaluation = {"case": "ircadb17", "dose": args.dose, "command": command,
+                      "views_per_slice": _views(args)}
         for row in rows[1:]:
             if registry.get(row["method"]).kind == "network":
                 console.print(f"card: {write_card(row['method'], row, rows[0], evaluation)}")
@@ -239,9 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file (format by extension) or, with several inputs, a folder")
     p.add_argument("--model", required=True, help="a name from `ldct models`")
     p.add_argument("--strength", type=float, default=1.0, help="0 (input) .. 1 (full)")
-    p.add_argument("--ensemble", type=int,
-                   help="flipped/rotated views a network averages per slice, 1 (fastest) .. 8 "
-                        "(default: ldct.infer.DEFAULT_ENSEMBLE, what the server runs)")
+    _add_ensemble_option(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "mha", "dicom"],
                    help="output format with several inputs")
@@ -253,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/quality")
     p.add_argument("--models", nargs="+", help="default: every available model and baseline")
     p.add_argument("--max-slices", type=int, help="only the slices with the most liver (quick)")
+    _add_ensemble_option(p)
     p.add_argument("--device", default="auto")
     p.add_argument("--write-cards", action="store_true",
                    help="write models/<name>/card.{json,md} with these held-out metrics")

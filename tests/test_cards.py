@@ -23,7 +23,8 @@ def test_card_round_trip(tmp_path, monkeypatch):
                 "state_dict": net.state_dict()}, folder / "model.pt")
     metrics = {k: float(i) for i, k in enumerate(METRIC_KEYS)}
     baseline = {k: 10.0 + i for i, k in enumerate(METRIC_KEYS)}
-    evaluation = {"case": "ircadb17", "dose": 0.25, "command": "ldct evaluate ..."}
+    evaluation = {"case": "ircadb17", "dose": 0.25, "command": "ldct evaluate ...",
+                  "views_per_slice": 4}
     (folder / "training_note.md").write_text("Restarted once from step 100.\n")
     md = write_card("n2n25d", metrics, baseline, evaluation)
     card = registry.get("n2n25d").card()
@@ -32,6 +33,7 @@ def test_card_round_trip(tmp_path, monkeypatch):
     assert card["training"]["doses"] == [0.5, 0.1]
     assert card["training"]["parameters"] == sum(p.numel() for p in net.state_dict().values())
     assert "ldct train n2n25d --data DIR --preset cpu" in md.read_text()
+    assert "averaging 4 flipped/rotated view(s) per slice" in md.read_text()
     assert md.read_text().endswith("## Training note\n\nRestarted once from step 100.\n")
     summary = registry.get("n2n25d").summary()
     assert summary["available"] and json.dumps(summary)  # serializable for /info/

@@ -148,6 +148,7 @@ def test_denoise_cli_many_inputs_and_formats(tmp_path, phantom, ldct_command):
                           str(tmp_path / "x.nrrd")], capture_output=True, text=True)
     assert run.returncode == 2 and "unknown model" in run.stdout
     run = subprocess.run([*ldct_command, "denoise", "--model", "ldct-gauss", "--ensemble", "0",
-                          str(nrrd), "-o", str(tmp_path / "x.nrrd")], capture_output=True, text=True)
+                          str(nrrd), "-o", str(tmp_path / "x.nrrd")],
+                         capture_output=True, text=True)
     assert run.returncode == 2 and "ensemble must be" in run.stdout
     assert not (tmp_path / "x.nrrd").exists()
