@@ -136,15 +136,16 @@ def cmd_denoise(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from ldct.evaluate import COLUMNS, FORMATS, evaluate
 
+    views = _views(args)
     rows = evaluate(args.data, args.out, dose=args.dose, models=args.models, device=args.device,
-                    max_slices=args.max_slices, ensemble=_views(args))
+                    max_slices=args.max_slices, ensemble=views)
     if args.write_cards:
         from ldct import registry
         from ldct.cards import write_card
 
         command = f"ldct evaluate --data DIR --dose {args.dose:g} --out {args.out}"
         evaluation = {"case": "ircadb17", "dose": args.dose, "command": command,
-                      "views_per_slice": _views(args)}
+                      "views_per_slice": views}
         for row in rows[1:]:
             if registry.get(row["method"]).kind == "network":
                 console.print(f"card: {write_card(row['method'], row, rows[0], evaluation)}")

@@ -25,10 +25,9 @@ from ldct.nets.blocks import HUPreservingDenoiser
 # them: its first 2 or 4 already pair each view with a differently oriented one.
 DIHEDRAL_VIEWS = ((0, False), (2, True), (1, False), (3, True),
                   (2, False), (0, True), (3, False), (1, True))
-# Views averaged per slice by default: 4 costs 4 passes (every network stays under 1 s per
-# 512x512 slice on a 2-core CPU, benchmarks/infer_speed.md) and gained 0.14-1.08 dB PSNR over
-# one pass on two training slabs, 0.46 or more for all but alden
-# (benchmarks/validate_training_case.py --ensemble 1 / --ensemble 4, README).
+# Views averaged per slice by default: chosen on training slabs, and 4 passes keep every
+# network under 1 s per 512x512 slice on a 2-core CPU (README "Held-out results",
+# benchmarks/infer_speed.md).
 DEFAULT_ENSEMBLE = 4
 
 
@@ -86,11 +85,8 @@ def self_ensemble(net: HUPreservingDenoiser, x: torch.Tensor, strength: float,
     each turned back: the part of its error that is not tied to the anatomy's orientation
     (texture it invents, noise it takes for structure) averages out; HU and geometry are kept
     because every view is an exact pixel permutation."""
-    total = None
-    for turns, mirror in DIHEDRAL_VIEWS[:views]:
-        y = _unview(net(_view(x, turns, mirror), strength), turns, mirror).float()
-        total = y if total is None else total + y
-    return total / views
+    return torch.stack([_unview(net(_view(x, turns, mirror), strength), turns, mirror).float()
+                        for turns, mirror in DIHEDRAL_VIEWS[:views]]).mean(0)
 
 
 def _run_network(net: HUPreservingDenoiser, hu: np.ndarray, strength: float,
