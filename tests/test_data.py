@@ -7,9 +7,11 @@ import subprocess
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
+from ldct import metrics
 from ldct.data import PatchSampler, PreparedData, prepare, summarize, unpaired_split
-from ldct.noise_bank import noise_images
+from ldct.noise_bank import noise_images, scan_noise_kernel, textured_noise
 
 
 def test_unpaired_split_is_disjoint_and_covers_all_slices():
@@ -112,3 +114,27 @@ def test_noise_images_have_the_scans_statistics_and_are_independent(prepared):
                            noise=True)
     batch = sampler.sample()
     assert batch["noise"].shape == (4, 1, 32, 32) and batch["noise"].std() > 1.0
+
+
+def test_scan_noise_kernel_recovers_the_scans_own_noise_texture():
+    """Flat tissue with slice-independent, correlated noise: the drawn noise matches its level
+    and its spectrum, and is a fresh draw, not the scan's own."""
+    rng = np.random.default_rng(1)
+    own = np.stack([ndimage.gaussian_filter(rng.standard_normal((128, 128)), 1.2) * 40
+                    for _ in range(10)])
+    kernel = scan_noise_kernel(50.0 + own + np.linspace(0, 5, 128)[None, None, :])
+    drawn = np.stack([textured_noise(kernel, (128, 128), np.random.default_rng(k))
+                      for k in range(10)])
+    assert 0.85 < drawn.std() / own.std() < 1.15
+    truth, fresh = metrics.nps(own, (1.0, 1.0), roi=32), metrics.nps(drawn, (1.0, 1.0), roi=32)
+    assert abs(fresh.peak_frequency - truth.peak_frequency) <= 1 / 32
+    high = truth.frequency > 0.2  # the fine-grain part, where kernels differ most
+    assert 0.7 < fresh.power[high].sum() / truth.power[high].sum() < 1.3
+    assert abs(np.corrcoef(drawn.ravel(), own.ravel())[0, 1]) < 0.05
+
+
+def test_scan_noise_kernel_needs_slices_and_flat_tissue():
+    flat = np.full((5, 64, 64), 50.0)
+    assert scan_noise_kernel(flat[:2]) is None  # no neighbours on both sides
+    assert scan_noise_kernel(flat - 1050.0) is None  # air only: no soft tissue to measure
+    assert not scan_noise_kernel(flat).any()  # a noiseless scan has no noise to add

@@ -71,7 +71,11 @@ class MSR2AUNet(nn.Module):
         return x.mean(1, keepdim=True) + F.pixel_shuffle(self.head(y), self.factor)
 
 
-def n2n25d_student(context: int = 3, base: int = 16, levels: int = 3,
-                   res_blocks: int = 1) -> HUPreservingDenoiser:
-    """The distilled single-pass student that ships (sees the centre and its neighbours)."""
-    return HUPreservingDenoiser(shuffled_unet(context, 1, base, levels, res_blocks), context)
+def n2n25d_student(context: int = 3, base: int = 16, levels: int = 3, res_blocks: int = 1,
+                   keep_sigma: float = 2.0) -> HUPreservingDenoiser:
+    """The distilled single-pass student that ships (sees the centre and its neighbours).
+
+    ``keep_sigma``: the Gaussian (pixels) whose low band of the input is kept exactly.
+    """
+    return HUPreservingDenoiser(shuffled_unet(context, 1, base, levels, res_blocks), context,
+                                keep_sigma)

@@ -5,10 +5,12 @@ on low-dose and normal-dose stacks (the normal doses serve as unlabelled inputs,
 The paper's teacher sees only the neighbours (Noise2Noise across slices); its best guess then
 carries the anatomy that changes between slices, which capped it at ~+2 dB on 1.6 mm slices
 and made it worse than the input on 3 mm slices. Here the teacher also sees the centre slice,
-recorrupted (R2R, Pang et al. 2021): with fresh noise m of the scan's own statistics (drawn by
-the physics simulator from the low-dose slice itself, see :mod:`ldct.noise_bank`), the input
-y + a m and the target y - m / a have independent noise, so the target's expectation is still
-the clean centre while the teacher may use the centre's exact anatomy.
+recorrupted (R2R, Pang et al. 2021): with fresh noise m of the scan's own statistics (the
+noise the physics simulator draws from the low-dose slice itself, plus the normal dose's own
+texture measured from the scan, see :mod:`ldct.noise_bank`), the input y + a m and the target
+y - m / a have independent noise, so the target's expectation is the clean centre while the
+teacher may use the centre's exact anatomy. Recorrupted with the simulated part alone, the
+teacher learnt to keep the normal dose's own noise.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ class N2N25DMethod(Method):
     # teacher too; after 4000 it was still ~1 dB below the teacher)
     presets = {"cpu": {"steps": 26000, "teacher_fraction": 16000 / 26000},
                "paper": {"steps": 150000}}
+    # student_keep_sigma: the student keeps the input's band below a 4-pixel Gaussian exactly;
+    # the wrapper's default of 2 pixels keeps a band holding a fifth of the simulated noise SD,
+    # noise that no student could then remove (measured in models/n2n25d/training_note.md)
     defaults = {"context": 5, "base": 16, "levels": 3, "student_base": 16, "student_res_blocks": 1,
-                "teacher_fraction": 0.6, "recorrupt": 0.5}
+                "student_keep_sigma": 4.0, "teacher_fraction": 0.6, "recorrupt": 0.5}
 
     @property
     def context(self) -> int:
@@ -38,7 +43,8 @@ class N2N25DMethod(Method):
 
     def factory_kwargs(self):
         return {"context": self.context, "base": self.hp["student_base"],
-                "res_blocks": self.hp["student_res_blocks"]}
+                "res_blocks": self.hp["student_res_blocks"],
+                "keep_sigma": self.hp["student_keep_sigma"]}
 
     def build(self):
         return {"teacher": MSR2AUNet(self.context, self.hp["base"], self.hp["levels"]),
