@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ldct import registry
+from ldct.nets.blocks import KEEP_SIGMA
 
 METRIC_KEYS = ("psnr_db", "ssim", "rmse_hu", "liver_bias_hu", "fat_bias_hu", "liver_noise_sd",
                "noise_vs_ld", "nps_peak_cpmm", "tumour_cnr", "s_per_slice")
@@ -52,7 +53,8 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
              f"{train['wall_minutes']} min wall time, batch {train['batch']} of "
              f"{train['patch']}x{train['patch']} patches)",
              f"- Network: {train['parameters']:,} parameters, {train['context']} slice(s) in, "
-             f"normalization {train['normalization']}, low-frequency band of the input kept",
+             f"normalization {train['normalization']}, the input's band below a "
+             f"{train['architecture'].get('keep_sigma', KEEP_SIGMA):g}-pixel Gaussian kept exactly",
              f"- Held-out evaluation: {evaluation['case']}, simulated dose {evaluation['dose']:g}, "
              f"command `{evaluation['command']}`, networks averaging "
              f"{evaluation['views_per_slice']} flipped/rotated view(s) per slice (`--ensemble`)",

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 HU_OFFSET, HU_SCALE = 1000.0, 2000.0  # network units: (HU + 1000) / 2000, the same everywhere
+KEEP_SIGMA = 2.0  # pixels: the input band below this Gaussian passes a denoiser untouched
 
 
 def hu_to_net(hu: torch.Tensor) -> torch.Tensor:
@@ -192,7 +193,7 @@ class HUPreservingDenoiser(nn.Module):
     denoiser cannot shift mean CT numbers, only remove high-frequency content.
     """
 
-    def __init__(self, core: nn.Module, context: int = 1, keep_sigma: float = 2.0) -> None:
+    def __init__(self, core: nn.Module, context: int = 1, keep_sigma: float = KEEP_SIGMA) -> None:
         super().__init__()
         self.core, self.context, self.keep_sigma = core, context, keep_sigma
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ldct.nets.blocks import AttentionGate, HUPreservingDenoiser, shuffled_unet
+from ldct.nets.blocks import KEEP_SIGMA, AttentionGate, HUPreservingDenoiser, shuffled_unet
 
 
 class RecurrentResidualBlock(nn.Module):
@@ -72,7 +72,7 @@ class MSR2AUNet(nn.Module):
 
 
 def n2n25d_student(context: int = 3, base: int = 16, levels: int = 3, res_blocks: int = 1,
-                   keep_sigma: float = 2.0) -> HUPreservingDenoiser:
+                   keep_sigma: float = KEEP_SIGMA) -> HUPreservingDenoiser:
     """The distilled single-pass student that ships (sees the centre and its neighbours).
 
     ``keep_sigma``: the Gaussian (pixels) whose low band of the input is kept exactly.
