@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ldct import registry
-from ldct.nets.blocks import KEEP_SIGMA
+from ldct.infer import load_network
 
 METRIC_KEYS = ("psnr_db", "ssim", "rmse_hu", "liver_bias_hu", "fat_bias_hu", "liver_noise_sd",
                "noise_vs_ld", "nps_peak_cpmm", "tumour_cnr", "s_per_slice")
@@ -37,6 +37,7 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
     """Write models/<name>/card.json and card.md from the training metadata and the metrics."""
     info = registry.get(name)
     train = training_metadata(info.weights)
+    keep_sigma = load_network(name, "cpu", str(info.weights)).keep_sigma
     card = {"name": name, "title": info.title, "paper": f"../shared/papers/{info.paper}",
             "supervision": info.supervision,
             "training_data": "ircadb01 + tcia_pancreas001 (ldct prepare), simulated doses "
@@ -54,7 +55,7 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
              f"{train['patch']}x{train['patch']} patches)",
              f"- Network: {train['parameters']:,} parameters, {train['context']} slice(s) in, "
              f"normalization {train['normalization']}, the input's band below a "
-             f"{train['architecture'].get('keep_sigma', KEEP_SIGMA):g}-pixel Gaussian kept exactly",
+             f"{keep_sigma:g}-pixel Gaussian kept exactly",
              f"- Held-out evaluation: {evaluation['case']}, simulated dose {evaluation['dose']:g}, "
              f"command `{evaluation['command']}`, networks averaging "
              f"{evaluation['views_per_slice']} flipped/rotated view(s) per slice (`--ensemble`)",

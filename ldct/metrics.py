@@ -117,6 +117,15 @@ def noise_rois(noise: np.ndarray, roi: int = 64, mask: np.ndarray | None = None,
     return np.stack(patches)
 
 
+def power_spectrum_2d(noise: np.ndarray, roi: int = 64,
+                      mask: np.ndarray | None = None) -> np.ndarray:
+    """|DFT(roi - mean)|^2 / (Nx Ny) averaged over ROIs half overlapping inside ``mask``, in
+    pixel units (its mean over the frequency plane is the noise variance)."""
+    patches = noise_rois(noise, roi, mask, stride=max(1, roi // 2))  # 50 % overlap
+    patches = patches - patches.mean(axis=(1, 2), keepdims=True)
+    return np.mean(np.abs(np.fft.fft2(patches)) ** 2, axis=0) / (roi * roi)
+
+
 def nps(noise: np.ndarray, pixel_mm: tuple[float, float], roi: int = 64,
         mask: np.ndarray | None = None, bins: int | None = None) -> NPS:
     """Radially averaged NPS of noise-only images (e.g. low dose - normal dose).
@@ -124,10 +133,8 @@ def nps(noise: np.ndarray, pixel_mm: tuple[float, float], roi: int = 64,
     NPS(f) = dx dy / (Nx Ny) |DFT(roi - mean)|^2 averaged over ROIs (ICRU 87 convention), so
     that its integral over the frequency plane is the noise variance.
     """
-    patches = noise_rois(noise, roi, mask, stride=max(1, roi // 2))  # 50 % overlap
-    patches = patches - patches.mean(axis=(1, 2), keepdims=True)
     dx, dy = pixel_mm
-    power2d = np.mean(np.abs(np.fft.fft2(patches)) ** 2, axis=0) * (dx * dy) / (roi * roi)
+    power2d = power_spectrum_2d(noise, roi, mask) * (dx * dy)
     fy = np.fft.fftfreq(roi, d=dy)
     fx = np.fft.fftfreq(roi, d=dx)
     radius = np.hypot(*np.meshgrid(fy, fx, indexing="ij"))

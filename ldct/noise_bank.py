@@ -21,6 +21,7 @@ from scipy import ndimage, signal
 from tqdm import tqdm
 
 from ldct.data import PreparedData, dose_key
+from ldct.metrics import power_spectrum_2d
 from ldct.simulate import LowDoseParams, ParallelBeam, simulate_slice_noise
 
 SEED = 1234  # differs from `ldct prepare`'s, so the drawn noise is not the scan's own
@@ -42,17 +43,11 @@ def scan_noise_kernel(hu: np.ndarray, roi: int = 32) -> np.ndarray | None:
     second = (hu[1:-1] - 0.5 * (hu[:-2] + hu[2:])) / np.sqrt(1.5)
     local = ndimage.uniform_filter(hu[1:-1], size=(1, 9, 9))
     flat = (local > FLAT_HU[0]) & (local < FLAT_HU[1])
-    power, count = np.zeros((roi, roi)), 0
-    for k in range(second.shape[0]):
-        for y in range(0, second.shape[1] - roi + 1, roi // 2):
-            for x in range(0, second.shape[2] - roi + 1, roi // 2):
-                if flat[k, y:y + roi, x:x + roi].all():
-                    patch = second[k, y:y + roi, x:x + roi]
-                    power += np.abs(np.fft.fft2(patch - patch.mean())) ** 2
-                    count += 1
-    if count == 0:
+    try:
+        power = power_spectrum_2d(second, roi, flat)
+    except ValueError:  # no ROI of flat tissue
         return None
-    return np.fft.fftshift(np.fft.ifft2(np.sqrt(power / count)).real) / roi
+    return np.fft.fftshift(np.fft.ifft2(np.sqrt(power)).real)
 
 
 def textured_noise(kernel: np.ndarray, shape: tuple[int, int],
