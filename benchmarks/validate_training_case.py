@@ -21,7 +21,7 @@ from scipy import ndimage
 from ldct import metrics
 from ldct.data import PreparedData
 from ldct.infer import DEFAULT_ENSEMBLE, denoise
-from ldct.simulate import LowDoseParams, ParallelBeam, simulate_slice_noise
+from ldct.simulate import KERNELS, LowDoseParams, ParallelBeam, simulate_slice_noise
 
 MARGIN = 2  # slices at each end of the slab that serve only as context
 
@@ -66,6 +66,9 @@ def main() -> None:
     ap.add_argument("--slices", default="58:68", help="first:stop; the 2 slices at each end are "
                     "only context (scores count the inner ones, which have real neighbours)")
     ap.add_argument("--dose", type=float, default=0.25)
+    ap.add_argument("--kernel", choices=KERNELS, help="reconstruction kernel of the simulated "
+                    "low dose (default: the one the data was prepared with); another kernel "
+                    "gives a noise texture the models were not trained on")
     ap.add_argument("--contrast", type=float, default=-30.0, help="lesion contrast in HU")
     ap.add_argument("--radius-mm", type=float, default=6.0)
     ap.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE,
@@ -84,7 +87,8 @@ def main() -> None:
         raise SystemExit(f"no homogeneous soft tissue for a {args.radius_mm:g} mm lesion in "
                          f"{args.case} slices {args.slices}: pick other slices or a smaller radius")
     nd = nd.with_hu(nd_hu)
-    params = LowDoseParams(**{**data.manifest["settings"]["params"], "dose": args.dose})
+    params = LowDoseParams(**{**data.manifest["settings"]["params"], "dose": args.dose,
+                              **({"kernel": args.kernel} if args.kernel else {})})
     beam = ParallelBeam(nd.hu.shape[1], nd.hu.shape[2], (nd.spacing[0], nd.spacing[1]),
                         params.views, params.kernel)
     ld = nd.with_hu(np.stack([s + simulate_slice_noise(s, beam, params,
@@ -94,7 +98,8 @@ def main() -> None:
     reference, lesion, ring = nd.hu[inner], lesion[inner], ring[inner]
     soft = (reference > -100) & (reference < 200)
     base_sd = (ld.hu[inner] - reference)[soft].std()
-    print(f"{args.case} slices {args.slices}, dose {args.dose:g}, networks average "
+    print(f"{args.case} slices {args.slices}, dose {args.dose:g}, kernel {params.kernel}, "
+          f"networks average "
           f"{args.ensemble} view(s), {lesion.any((1, 2)).sum()} "
           f"slices with lesions ({args.contrast:+g} HU, r {args.radius_mm:g} mm)")
     print(f"{'model':32s} {'psnr':>6s} {'bias':>6s} {'err_sd':>6s} {'cnr':>5s}")

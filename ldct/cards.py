@@ -29,6 +29,7 @@ def training_metadata(weights: Path) -> dict[str, Any]:
             "normalization": blob.get("normalization"), "architecture": blob.get("kwargs"),
             "patch": hp.get("patch"), "batch": hp.get("batch"),
             "doses": hp.get("doses") or "all prepared (0.5, 0.35, 0.25, 0.15, 0.1)",
+            "texture": hp.get("texture", 0.0),  # models trained before it existed: none
             "parameters": sum(v.numel() for v in blob["state_dict"].values())}
 
 
@@ -41,7 +42,9 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
     card = {"name": name, "title": info.title, "paper": f"../shared/papers/{info.paper}",
             "supervision": info.supervision,
             "training_data": "ircadb01 + tcia_pancreas001 (ldct prepare), simulated doses "
-                             f"{train['doses']}",
+                             f"{train['doses']} with the Hann kernel's noise"
+                             + (f", {train['texture']:.0%} of patches retextured to a random "
+                                "sharper kernel's" if train["texture"] else " only"),
             "training_command": f"ldct train {name} --data DIR --preset {train['preset']}",
             "training": train, "evaluation": evaluation,
             "held_out": {k: round(float(metrics[k]), 4) for k in METRIC_KEYS},

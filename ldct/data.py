@@ -19,7 +19,7 @@ import numpy as np
 from ldct.io import CTVolume, read_mask, read_volume, write_volume
 from ldct.metrics import body_mask, noise_sd
 from ldct.phantom import make_phantom
-from ldct.simulate import LowDoseParams, simulate_low_dose
+from ldct.simulate import LowDoseParams, retexture, simulate_low_dose
 
 DEFAULT_DOSES = (0.5, 0.25, 0.10)
 UNPAIRED_SLAB = 8  # slices per slab when alternating low-dose and normal-dose slabs
@@ -237,12 +237,19 @@ class PatchSampler:
     scan is paired with its normal dose). ``context`` adjacent slices are stacked as channels
     (centre in the middle). ``noise`` adds 'noise': an independent noise image with the
     low-dose centre slice's statistics at the same place (see :mod:`ldct.noise_bank`).
+    ``texture`` is the share of low-dose patches whose simulated noise gets a random sharper
+    kernel's texture (:func:`ldct.simulate.retexture`): real scans come from many kernels.
     """
 
     def __init__(self, data: PreparedData, doses: Sequence[float], patch: int = 64,
                  batch: int = 16, context: int = 1, paired: bool = True, seed: int = 0,
-                 cases: Sequence[str] | None = None, noise: bool = False) -> None:
+                 cases: Sequence[str] | None = None, noise: bool = False,
+                 texture: float = 0.0) -> None:
+        if noise and texture:
+            raise ValueError("texture augmentation would leave the noise images with the "
+                             "simulation's texture, unlike the low doses: use texture=0 with noise")
         self.patch, self.batch, self.context, self.paired = patch, batch, context, paired
+        self.texture = texture
         self.rng = np.random.default_rng(seed)
         self.doses = list(doses)
         names = list(cases) if cases else data.cases("train")
@@ -298,6 +305,16 @@ class PatchSampler:
             crops.append(self.noise[(case, dose)][k:k + 1, i - h:i + h, j - h:j + h])
         return crops
 
+    def _textured(self, low: np.ndarray, normal: np.ndarray) -> np.ndarray:
+        """``low`` itself, or (with probability ``texture``) with its simulated noise
+        (low - normal) given the texture of a random sharper kernel at 0.75-1.5 times its SD."""
+        if not (self.texture and self.rng.random() < self.texture):
+            return low
+        noise = low - normal
+        sharper = retexture(noise, self.rng.uniform(0.0, 1.0))
+        scale = self.rng.uniform(0.75, 1.5) * noise.std() / max(float(sharper.std()), 1e-6)
+        return normal + sharper * scale
+
     def sample(self) -> dict[str, np.ndarray]:
         """A batch: 'ld' and 'nd' (B, context, P, P) HU float32 and 'dose' (B,); unpaired
         batches also hold 'nd_sim', and samplers with ``noise`` 'noise' (B, 1, P, P)."""
@@ -307,13 +324,16 @@ class PatchSampler:
             dose = self.doses[self.rng.integers(len(self.doses))]
             if self.paired:
                 ld, nd, *noise = augment(self._crops(case, dose, "all", True), self.rng)
+                ld = self._textured(ld, nd)
             else:
-                ld, *noise = augment(self._crops(case, dose, "low", False), self.rng)
+                # the low dose's own normal dose only serves to retexture its noise
+                ld, own_nd, *noise = augment(self._crops(case, dose, "low", True), self.rng)
+                ld = self._textured(ld, own_nd)
                 other = self.cases[self.rng.integers(len(self.cases))]
                 k, i, j = self._position(other, "normal")
                 nd, nd_sim = augment([self._crop(self.normal[other], k, i, j),
                                       self._crop(self.low[(other, dose)], k, i, j)], self.rng)
-                simulated.append(nd_sim)
+                simulated.append(self._textured(nd_sim, nd))
             low.append(ld)
             normal.append(nd)
             noises.extend(noise)

@@ -98,6 +98,27 @@ def test_patch_sampler_pairs_and_unpairs(prepared):
     np.testing.assert_array_equal(again["ld"], batch["ld"])  # reproducible per seed
 
 
+def _lag1_correlation(noise: np.ndarray) -> float:
+    """Correlation of horizontally adjacent noise pixels: lower for a sharper kernel."""
+    return float(np.corrcoef(noise[..., 1:].ravel(), noise[..., :-1].ravel())[0, 1])
+
+
+def test_patch_sampler_gives_some_low_doses_a_sharper_kernels_texture(prepared):
+    data = PreparedData(prepared)
+    plain = PatchSampler(data, [0.25], patch=32, batch=24, paired=True, seed=3).sample()
+    sharp = PatchSampler(data, [0.25], patch=32, batch=24, paired=True, seed=3,
+                         texture=1.0).sample()
+    plain_noise, sharp_noise = plain["ld"] - plain["nd"], sharp["ld"] - sharp["nd"]
+    assert _lag1_correlation(sharp_noise) < _lag1_correlation(plain_noise) - 0.2
+    assert 0.5 < sharp_noise.std() / plain_noise.std() < 2.0  # the doses' range of levels
+    unpaired = PatchSampler(data, [0.25], patch=32, batch=24, paired=False, seed=3,
+                            texture=1.0).sample()
+    assert _lag1_correlation(unpaired["nd_sim"] - unpaired["nd"]) < \
+        _lag1_correlation(plain_noise) - 0.2
+    with pytest.raises(ValueError, match="texture=0 with noise"):
+        PatchSampler(data, [0.25], paired=True, noise=True, texture=0.5)
+
+
 def test_noise_images_have_the_scans_statistics_and_are_independent(prepared):
     data = PreparedData(prepared)
     case = data.cases("train")[0]

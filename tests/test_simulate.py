@@ -7,7 +7,7 @@ import pytest
 
 from ldct.metrics import noise_rois, nps
 from ldct.phantom import water_cylinder
-from ldct.simulate import LowDoseParams, ParallelBeam, simulate_low_dose
+from ldct.simulate import LowDoseParams, ParallelBeam, retexture, simulate_low_dose
 
 SIZE, PIXEL = 192, 1.5  # a 288 mm field of view, a 240 mm water cylinder
 
@@ -24,9 +24,9 @@ def radius_map():
     return np.broadcast_to(np.hypot(xx, yy), (2, SIZE, SIZE))
 
 
-def _added(volume, dose, seed=0):
-    return simulate_low_dose(volume, LowDoseParams(dose=dose), seed=seed, progress=False).hu \
-        - volume.hu
+def _added(volume, dose, seed=0, kernel="hann"):
+    return simulate_low_dose(volume, LowDoseParams(dose=dose, kernel=kernel), seed=seed,
+                             progress=False).hu - volume.hu
 
 
 def test_fbp_reconstructs_a_projected_disc():
@@ -66,6 +66,29 @@ def test_noise_is_correlated_with_a_mid_frequency_nps_peak(cylinder, radius_map)
     assert spectrum.power[-1] < 0.5 * spectrum.power.max()  # the kernel rolls off
     rois = noise_rois(added, 64, radius_map < 118.0, stride=32)  # as nps() takes them
     assert spectrum.variance == pytest.approx(rois.var(axis=(1, 2)).mean(), rel=0.01)
+
+
+def test_retexture_turns_hann_noise_into_the_sharper_kernels_noise(cylinder, radius_map):
+    """The same projection noise (same seed) reconstructed with Hann and with ram-lak: the
+    retextured Hann noise follows the ram-lak noise and its NPS, and shifts no HU."""
+    hann, ramlak = _added(cylinder, 0.25, seed=6), _added(cylinder, 0.25, 6, "ram-lak")
+    inside = radius_map < 110.0
+    np.testing.assert_allclose(retexture(hann, 0.0), hann, atol=1e-4)  # Hann stays Hann
+    sharp = retexture(hann, 1.0)
+    assert np.corrcoef(sharp[inside], ramlak[inside])[0, 1] > 0.8  # the gain cap
+    assert np.corrcoef(sharp[inside], ramlak[inside])[0, 1] > \
+        np.corrcoef(hann[inside], ramlak[inside])[0, 1] + 0.15
+    assert sharp[inside].std() > 2 * hann[inside].std()
+    peaks = [nps(n, (PIXEL, PIXEL), roi=64, mask=inside).peak_frequency
+             for n in (hann, sharp, ramlak)]
+    # the peak moves most of the way to ram-lak's (which sits at Nyquist, beyond the gain cap)
+    assert peaks[0] + 0.5 * (peaks[2] - peaks[0]) < peaks[1] <= peaks[2]
+    offset = np.full((32, 32), 40.0, np.float32)
+    np.testing.assert_allclose(retexture(offset, 1.0), offset, rtol=1e-5)  # DC gain 1
+    intermediate = retexture(hann, 0.5)[inside].std()
+    assert hann[inside].std() < intermediate < sharp[inside].std()
+    with pytest.raises(ValueError, match="sharpness"):
+        retexture(hann, 1.5)
 
 
 def test_centre_of_a_water_cylinder_is_noisier_than_its_rim(cylinder, radius_map):
