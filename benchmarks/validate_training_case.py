@@ -87,8 +87,9 @@ def main() -> None:
         raise SystemExit(f"no homogeneous soft tissue for a {args.radius_mm:g} mm lesion in "
                          f"{args.case} slices {args.slices}: pick other slices or a smaller radius")
     nd = nd.with_hu(nd_hu)
-    params = LowDoseParams(**{**data.manifest["settings"]["params"], "dose": args.dose,
-                              **({"kernel": args.kernel} if args.kernel else {})})
+    prepared = data.manifest["settings"]["params"]
+    params = LowDoseParams(**{**prepared, "dose": args.dose,
+                              "kernel": args.kernel or prepared["kernel"]})
     beam = ParallelBeam(nd.hu.shape[1], nd.hu.shape[2], (nd.spacing[0], nd.spacing[1]),
                         params.views, params.kernel)
     ld = nd.with_hu(np.stack([s + simulate_slice_noise(s, beam, params,

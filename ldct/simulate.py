@@ -55,6 +55,12 @@ def added_variance(p: np.ndarray, params: LowDoseParams) -> np.ndarray:
     return ((1 - a) / a) * t * (1 + ((1 + a) / a) * params.electronic_noise * t)
 
 
+def cosine_window(f: np.ndarray, c: float) -> np.ndarray:
+    """Generalized cosine apodization c + (1 - c) cos(2 pi f), f in cycles per sample:
+    c = 0.5 is the Hann window, c = 1 none (the ram-lak kernel's plain ramp)."""
+    return c + (1 - c) * np.cos(2 * math.pi * f)
+
+
 class ParallelBeam:
     """Parallel-beam projector and FBP for one slice geometry.
 
@@ -90,7 +96,7 @@ class ParallelBeam:
         if kernel == "shepp-logan":
             ramp = ramp * np.sinc(f)
         elif kernel == "hann":
-            ramp = ramp * 0.5 * (1 + np.cos(2 * math.pi * f))
+            ramp = ramp * cosine_window(f, 0.5)
         return ramp
 
     def project(self, image: np.ndarray, step: int = 1) -> np.ndarray:
@@ -181,18 +187,16 @@ def retexture(noise: np.ndarray, sharpness: float, max_gain: float = 8.0) -> np.
 
     FBP noise is projection noise through the ramp times the kernel's window W, so a noise image
     made with the Hann window becomes another kernel's by the radial filter W(f) / W_hann(f).
-    W is the generalized cosine window c + (1 - c) cos(2 pi f), f in cycles per pixel, with
-    c = 0.5 + sharpness / 2: 0 keeps Hann, 1 is the unapodized ramp (ram-lak); the gain is
-    capped at ``max_gain`` near the Nyquist frequency, where the Hann window vanishes. The gain
-    at f = 0 is 1, so a mean (an HU offset) passes unchanged. Filters the last two axes.
+    W is :func:`cosine_window` with c = 0.5 + sharpness / 2, f in cycles per pixel: sharpness 0
+    keeps Hann, 1 is the unapodized ramp (ram-lak); the gain is capped at ``max_gain`` near the
+    Nyquist frequency, where the Hann window vanishes. The gain at f = 0 is 1, so a mean (an HU
+    offset) passes unchanged. Filters the last two axes.
     """
     if not 0.0 <= sharpness <= 1.0:
         raise ValueError(f"sharpness must lie in [0, 1], got {sharpness}")
     rows, cols = noise.shape[-2:]
     f = np.minimum(np.hypot(np.fft.fftfreq(rows)[:, None], np.fft.rfftfreq(cols)[None, :]), 0.5)
-    c = 0.5 + 0.5 * sharpness
-    hann = 0.5 * (1 + np.cos(2 * math.pi * f))
-    target = c + (1 - c) * np.cos(2 * math.pi * f)
+    hann, target = cosine_window(f, 0.5), cosine_window(f, 0.5 + 0.5 * sharpness)
     gain = np.minimum((target + 1e-12) / (hann + 1e-12), max_gain)  # 0/0 (Hann's own zero): 1
     spectrum = np.fft.rfft2(noise, axes=(-2, -1)) * gain
     return np.fft.irfft2(spectrum, s=(rows, cols), axes=(-2, -1)).astype(noise.dtype)
