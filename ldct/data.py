@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from ldct.io import CTVolume, read_mask, read_volume, write_volume
 from ldct.metrics import body_mask, noise_sd
 from ldct.phantom import make_phantom
 from ldct.simulate import LowDoseParams, retexture, simulate_low_dose
+
+if TYPE_CHECKING:
+    from ldct.noise_bank import NoiseImages
 
 DEFAULT_DOSES = (0.5, 0.25, 0.10)
 UNPAIRED_SLAB = 8  # slices per slab when alternating low-dose and normal-dose slabs
@@ -239,15 +243,13 @@ class PatchSampler:
     low-dose centre slice's statistics at the same place (see :mod:`ldct.noise_bank`).
     ``texture`` is the share of low-dose patches whose simulated noise gets a random sharper
     kernel's texture (:func:`ldct.simulate.retexture`): real scans come from many kernels.
+    The noise image's added part gets the same texture, so it keeps the low dose's statistics.
     """
 
     def __init__(self, data: PreparedData, doses: Sequence[float], patch: int = 64,
                  batch: int = 16, context: int = 1, paired: bool = True, seed: int = 0,
                  cases: Sequence[str] | None = None, noise: bool = False,
                  texture: float = 0.0) -> None:
-        if noise and texture:
-            raise ValueError("texture augmentation would leave the noise images with the "
-                             "simulation's texture, unlike the low doses: use texture=0 with noise")
         self.patch, self.batch, self.context, self.paired = patch, batch, context, paired
         self.texture = texture
         self.rng = np.random.default_rng(seed)
@@ -266,7 +268,7 @@ class PatchSampler:
             self.centres[(case, "all")] = everywhere
             self.centres[(case, "low")] = everywhere[np.isin(everywhere[:, 0], low)]
             self.centres[(case, "normal")] = everywhere[np.isin(everywhere[:, 0], normal)]
-        self.noise: dict[tuple[str, float], np.ndarray] = {}
+        self.noise: dict[tuple[str, float], NoiseImages] = {}
         if noise:
             from ldct.noise_bank import noise_images  # it builds on this module
 
@@ -295,25 +297,38 @@ class PatchSampler:
 
     def _crops(self, case: str, dose: float, subset: str, normal: bool) -> list[np.ndarray]:
         """Unaugmented crops at a random place: low dose, then the normal dose if ``normal``,
-        then the noise image if the sampler has them."""
+        then the noise image's added and scan parts if the sampler has them."""
         k, i, j = self._position(case, subset)
         crops = [self._crop(self.low[(case, dose)], k, i, j)]
         if normal:
             crops.append(self._crop(self.normal[case], k, i, j))
         if self.noise:
             h = self.patch // 2
-            crops.append(self.noise[(case, dose)][k:k + 1, i - h:i + h, j - h:j + h])
+            crops.extend(part[k:k + 1, i - h:i + h, j - h:j + h]
+                         for part in self.noise[(case, dose)])
         return crops
 
-    def _textured(self, low: np.ndarray, normal: np.ndarray) -> np.ndarray:
+    def _textured(self, low: np.ndarray, normal: np.ndarray,
+                  added: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """``low`` itself, or (with probability ``texture``) with its simulated noise
-        (low - normal) given the texture of a random sharper kernel at 0.75-1.5 times its SD."""
+        (low - normal) given the texture of a random sharper kernel at 0.75-1.5 times its SD;
+        ``added`` (a noise image's added part) gets the very same filter and scale."""
         if not (self.texture and self.rng.random() < self.texture):
-            return low
+            return low, added
         noise = low - normal
-        sharper = retexture(noise, self.rng.uniform(0.0, 1.0))
+        sharpness = self.rng.uniform(0.0, 1.0)
+        sharper = retexture(noise, sharpness)
         scale = self.rng.uniform(0.75, 1.5) * noise.std() / max(float(sharper.std()), 1e-6)
-        return normal + sharper * scale
+        return (normal + sharper * scale,
+                None if added is None else retexture(added, sharpness) * scale)
+
+    def _low_and_noise(self, crops: list[np.ndarray]
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """(low dose, its normal dose, the noise image or None), augmented and textured alike."""
+        ld, nd, *parts = augment(crops, self.rng)
+        added, scan = parts or (None, None)
+        ld, added = self._textured(ld, nd, added)
+        return ld, nd, None if added is None else added + scan
 
     def sample(self) -> dict[str, np.ndarray]:
         """A batch: 'ld' and 'nd' (B, context, P, P) HU float32 and 'dose' (B,); unpaired
@@ -323,20 +338,19 @@ class PatchSampler:
             case = self.cases[self.rng.integers(len(self.cases))]
             dose = self.doses[self.rng.integers(len(self.doses))]
             if self.paired:
-                ld, nd, *noise = augment(self._crops(case, dose, "all", True), self.rng)
-                ld = self._textured(ld, nd)
+                ld, nd, noise = self._low_and_noise(self._crops(case, dose, "all", True))
             else:
                 # the low dose's own normal dose only serves to retexture its noise
-                ld, own_nd, *noise = augment(self._crops(case, dose, "low", True), self.rng)
-                ld = self._textured(ld, own_nd)
+                ld, _, noise = self._low_and_noise(self._crops(case, dose, "low", True))
                 other = self.cases[self.rng.integers(len(self.cases))]
                 k, i, j = self._position(other, "normal")
                 nd, nd_sim = augment([self._crop(self.normal[other], k, i, j),
                                       self._crop(self.low[(other, dose)], k, i, j)], self.rng)
-                simulated.append(self._textured(nd_sim, nd))
+                simulated.append(self._textured(nd_sim, nd)[0])
             low.append(ld)
             normal.append(nd)
-            noises.extend(noise)
+            if noise is not None:
+                noises.append(noise)
             doses.append(dose)
         batch = {"ld": np.stack(low).astype(np.float32),
                  "nd": np.stack(normal).astype(np.float32),

@@ -7,6 +7,8 @@ independent of it. The scan's noise also holds what the normal dose itself carri
 scanner's kernel, often finer-grained than the simulation's): recorrupting with the added part
 alone teaches the network to keep that part, so a second, independent term with the normal
 dose's own texture and level is added, measured from the scan (see :func:`scan_noise_kernel`).
+The two parts are kept apart, so that a sampler that gives a low dose's added noise another
+kernel's texture can give the added part of its noise image the same one.
 Drawn once per (case, dose, slice) and cached beside the prepared data.
 """
 
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from scipy import ndimage, signal
@@ -25,8 +27,15 @@ from ldct.metrics import power_spectrum_2d
 from ldct.simulate import LowDoseParams, ParallelBeam, simulate_slice_noise
 
 SEED = 1234  # differs from `ldct prepare`'s, so the drawn noise is not the scan's own
-KIND = "added + normal-dose texture"  # what the cached images hold (older caches: added only)
+KIND = "added, normal-dose texture"  # what the cached images hold (older caches: other parts)
 FLAT_HU = (20.0, 90.0)  # soft tissue whose 9x9 local mean lies here counts as flat
+
+
+class NoiseImages(NamedTuple):
+    """The two independent parts of the recorruption noise images, (slices, H, W) HU each."""
+
+    added: np.ndarray  # what the lower dose adds: the simulation's kernel texture
+    scan: np.ndarray  # the normal dose's own noise texture (zero where it cannot be measured)
 
 
 def scan_noise_kernel(hu: np.ndarray, roi: int = 32) -> np.ndarray | None:
@@ -63,8 +72,8 @@ def _cache_path(data: PreparedData, case: str, dose: float) -> Path:
 
 
 def noise_images(data: PreparedData, case: str, dose: float,
-                 slices: Sequence[int]) -> np.ndarray:
-    """(slices, H, W) noise images of ``case`` at ``dose``; zero outside ``slices``."""
+                 slices: Sequence[int]) -> NoiseImages:
+    """The noise images of ``case`` at ``dose``; zero outside ``slices``."""
     path = _cache_path(data, case, dose)
     settings = json.dumps(data.manifest["settings"], sort_keys=True)
     low = data.volume(case, dose)
@@ -72,21 +81,21 @@ def noise_images(data: PreparedData, case: str, dose: float,
         cached = np.load(path)
         if (str(cached["settings"]) == settings and str(cached.get("kind", "")) == KIND
                 and set(slices) <= set(cached["slices"].tolist())):
-            return cached["noise"]
+            return NoiseImages(cached["added"], cached["scan"])
     params = LowDoseParams(**{**data.manifest["settings"]["params"], "dose": dose})
     beam = ParallelBeam(low.hu.shape[1], low.hu.shape[2], (low.spacing[0], low.spacing[1]),
                         params.views, params.kernel)
     kernel = scan_noise_kernel(data.volume(case).hu)
-    noise = np.zeros(low.hu.shape, np.float32)
+    noise = NoiseImages(np.zeros(low.hu.shape, np.float32), np.zeros(low.hu.shape, np.float32))
     for k in tqdm(sorted(set(slices)), desc=f"noise {case} dose {dose:g}", unit="slice",
                   leave=False):
         rng = np.random.default_rng([SEED, k])
-        noise[k] = simulate_slice_noise(low.hu[k].astype(np.float32), beam, params, rng)
+        noise.added[k] = simulate_slice_noise(low.hu[k].astype(np.float32), beam, params, rng)
         if kernel is not None:
-            noise[k] += textured_noise(kernel, noise.shape[1:], rng)
+            noise.scan[k] = textured_noise(kernel, low.hu.shape[1:], rng)
     path.parent.mkdir(exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, noise=noise, slices=np.asarray(sorted(set(slices))), settings=settings,
-             kind=KIND)
+    np.savez(tmp, added=noise.added, scan=noise.scan, slices=np.asarray(sorted(set(slices))),
+             settings=settings, kind=KIND)
     tmp.replace(path)
     return noise

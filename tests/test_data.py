@@ -115,8 +115,21 @@ def test_patch_sampler_gives_some_low_doses_a_sharper_kernels_texture(prepared):
                             texture=1.0).sample()
     assert _lag1_correlation(unpaired["nd_sim"] - unpaired["nd"]) < \
         _lag1_correlation(plain_noise) - 0.2
-    with pytest.raises(ValueError, match="texture=0 with noise"):
-        PatchSampler(data, [0.25], paired=True, noise=True, texture=0.5)
+
+
+def test_patch_sampler_gives_the_noise_image_the_low_doses_texture(prepared):
+    """Recorruption noise must have the statistics of the low dose's noise, texture included."""
+    data = PreparedData(prepared)
+    # dose 0.5: the noise images test below draws dose 0.25's itself
+    plain = PatchSampler(data, [0.5], patch=32, batch=24, context=3, seed=3, noise=True)
+    sharp = PatchSampler(data, [0.5], patch=32, batch=24, context=3, seed=3, noise=True,
+                         texture=1.0)
+    plain_noise, sharp_batch = plain.sample()["noise"], sharp.sample()
+    sharp_noise = sharp_batch["noise"]
+    own = (sharp_batch["ld"] - sharp_batch["nd"])[:, 1:2]  # the centre slice's added noise
+    assert _lag1_correlation(sharp_noise) < _lag1_correlation(plain_noise) - 0.2
+    assert abs(_lag1_correlation(sharp_noise) - _lag1_correlation(own)) < 0.1
+    assert 0.7 < sharp_noise.std() / own.std() < 1.4
 
 
 def test_noise_images_have_the_scans_statistics_and_are_independent(prepared):
@@ -124,13 +137,14 @@ def test_noise_images_have_the_scans_statistics_and_are_independent(prepared):
     case = data.cases("train")[0]
     nd, ld = data.volume(case).hu, data.volume(case, 0.25).hu
     own = ld - nd
-    drawn = noise_images(data, case, 0.25, [2, 3, 4])
+    added, scan = noise_images(data, case, 0.25, [2, 3, 4])
+    drawn = added + scan
     soft = (nd > -100) & (nd < 200)
     soft[[0, 1, 5, 6, 7]] = False  # only the requested slices are drawn
     assert 0.8 < drawn[soft].std() / own[soft].std() < 1.25
     assert abs(np.corrcoef(drawn[soft], own[soft])[0, 1]) < 0.1  # not the scan's own noise
     assert not drawn[[0, 1, 5, 6, 7]].any()
-    np.testing.assert_array_equal(noise_images(data, case, 0.25, [3]), drawn)  # cached
+    np.testing.assert_array_equal(sum(noise_images(data, case, 0.25, [3])), drawn)  # cached
     sampler = PatchSampler(data, [0.25], patch=32, batch=4, context=3, paired=True, seed=2,
                            noise=True)
     batch = sampler.sample()
