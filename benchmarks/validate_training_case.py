@@ -1,4 +1,4 @@
-"""Model selection on a TRAINING case, never on the held-out ircadb17.
+"""Model selection on a TRAINING case (or a volume no model saw), never on the held-out ircadb17.
 
 Takes a few slices of a training case's normal dose, inserts round hypodense lesions into
 homogeneous soft tissue (a lesion-insertion proxy: the training cases have no tumour masks),
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -21,6 +22,7 @@ from scipy import ndimage
 from ldct import metrics
 from ldct.data import PreparedData
 from ldct.infer import DEFAULT_ENSEMBLE, denoise
+from ldct.io import read_volume
 from ldct.simulate import KERNELS, LowDoseParams, ParallelBeam, simulate_slice_noise
 
 MARGIN = 2  # slices at each end of the slab that serve only as context
@@ -63,6 +65,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="a folder made by `ldct prepare`")
     ap.add_argument("--case", default="tcia_pancreas001")
+    ap.add_argument("--volume", help="instead of a training case: a normal-dose volume no model "
+                    "was trained on, e.g. ../shared/data/ct/totalseg_j2k/dicom (another scanner "
+                    "and kernel); never the held-out ircadb17")
     ap.add_argument("--slices", default="58:68", help="first:stop; the 2 slices at each end are "
                     "only context (scores count the inner ones, which have real neighbours)")
     ap.add_argument("--dose", type=float, default=0.25)
@@ -76,16 +81,21 @@ def main() -> None:
     ap.add_argument("models", nargs="+", help="ld, a registry name, or NAME=weights.pt")
     args = ap.parse_args()
     data = PreparedData(args.data)
-    if data.manifest["cases"][args.case]["role"] != "train":
+    if args.volume:
+        nd, name = read_volume(args.volume), args.volume
+        if "ircadb17" in str(Path(args.volume).resolve()):
+            raise SystemExit("ircadb17 is the held-out test case: select models on other data")
+    elif data.manifest["cases"][args.case]["role"] != "train":
         raise SystemExit(f"{args.case} is not a training case: select models on training data")
+    else:
+        nd, name = data.volume(args.case), args.case
     first, stop = (int(v) for v in args.slices.split(":"))
-    nd = data.volume(args.case)
     nd = dataclasses.replace(nd, hu=nd.hu[first:stop])
     lesion, ring, nd_hu = insert_lesions(nd.hu, nd.spacing, args.contrast, args.radius_mm,
                                          count=3, seed=0)
     if not lesion.any():
         raise SystemExit(f"no homogeneous soft tissue for a {args.radius_mm:g} mm lesion in "
-                         f"{args.case} slices {args.slices}: pick other slices or a smaller radius")
+                         f"{name} slices {args.slices}: pick other slices or a smaller radius")
     nd = nd.with_hu(nd_hu)
     prepared = data.manifest["settings"]["params"]
     params = LowDoseParams(**{**prepared, "dose": args.dose,
@@ -99,7 +109,7 @@ def main() -> None:
     reference, lesion, ring = nd.hu[inner], lesion[inner], ring[inner]
     soft = (reference > -100) & (reference < 200)
     base_sd = (ld.hu[inner] - reference)[soft].std()
-    print(f"{args.case} slices {args.slices}, dose {args.dose:g}, kernel {params.kernel}, "
+    print(f"{name} slices {args.slices}, dose {args.dose:g}, kernel {params.kernel}, "
           f"networks average "
           f"{args.ensemble} view(s), {lesion.any((1, 2)).sum()} "
           f"slices with lesions ({args.contrast:+g} HU, r {args.radius_mm:g} mm)")
