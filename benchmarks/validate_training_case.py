@@ -83,8 +83,10 @@ def main() -> None:
     data = PreparedData(args.data)
     if args.volume:
         nd, name = read_volume(args.volume), args.volume
-        if "ircadb17" in str(Path(args.volume).resolve()):
-            raise SystemExit("ircadb17 is the held-out test case: select models on other data")
+        held_out = [c for c in data.cases("test") if c in str(Path(args.volume).resolve())]
+        if held_out:
+            raise SystemExit(f"{held_out[0]} is the held-out test case: select models on "
+                             "other data")
     elif data.manifest["cases"][args.case]["role"] != "train":
         raise SystemExit(f"{args.case} is not a training case: select models on training data")
     else:
