@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from ldct.infer import load_network
+from ldct.nets.blocks import gaussian_lowpass
 from ldct.nets.encoder import load_pvm
-from ldct.train.loop import build_method, train
+from ldct.nets.n2n25d import CentreNoise
+from ldct.train.loop import PRESETS, build_method, train
 
 # both phases of every method in a few steps, whatever the preset
 TINY = {"patch": 32, "batch": 4, "log_every": 1, "ckpt_every": 5, "lr": 1e-3, "base": 8,
@@ -98,3 +100,34 @@ def test_torchvision_vgg19_and_resnet_state_dicts_work_as_pvm(tmp_path):
     torch.save({"weird": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="neither a CT encoder"):
         load_pvm(tmp_path / "bad.pth")
+
+
+def test_n2n25d_msr2au_student_is_the_teacher_with_the_low_band_kept(prepared, tmp_path):
+    """With student_arch msr2au the student is the teacher's network: when the teacher's phase
+    ends it takes the teacher's weights, and so starts as the teacher with the input's low band
+    kept; with no distillation steps (the cpu preset) that is what ships."""
+    hp = {**TINY, "steps": 10, "student_arch": "msr2au"}
+    method = build_method("n2n25d", {**PRESETS["cpu"], **hp}, None)
+    switch = method.first_phase_steps("teacher_fraction")
+    student = method.nets["student"].eval()
+    x = torch.from_numpy(np.random.default_rng(1).normal(40, 30, (2, 5, 48, 48))
+                         .astype(np.float32))
+
+    def teacher_with_low_band(m):
+        estimate = m.teacher_estimate(x)
+        return estimate + gaussian_lowpass(x[:, 2:3] - estimate, 4.0)
+
+    with torch.no_grad():
+        method.at_step(switch - 1)
+        assert not torch.allclose(student(x), teacher_with_low_band(method), atol=0.1)
+        method.at_step(switch)
+        assert torch.allclose(student(x), teacher_with_low_band(method), atol=1e-3)
+    train("n2n25d", prepared, tmp_path, overrides={**hp, "teacher_fraction": 1.0},
+          progress=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    trained = build_method("n2n25d", ckpt["hp"], None)
+    trained.nets.load_state_dict(ckpt["nets"])
+    shipped = load_network("n2n25d", "cpu", str(tmp_path / "model.pt"))
+    assert isinstance(shipped.core, CentreNoise)
+    with torch.no_grad():
+        assert torch.allclose(shipped(x), teacher_with_low_band(trained), atol=1e-3)

@@ -17,7 +17,7 @@ register("alden", "Anatomy-aware discriminator + semantic contrastive learning",
          "alden-anatomy-aware.txt",
          "unpaired low/normal dose reference; generator warmed up on simulated low dose"
          )(alden_generator)
-register("n2n25d", "Adjacent-slice Noise2Noise (MSR2AU teacher, distilled student)",
+register("n2n25d", "Adjacent-slice Noise2Noise (MSR2AU, recorrupted centre)",
          "msr2au-fluoroscopy-unsupervised.txt", "none (noisy scans only)")(n2n25d_student)
 register("vagan", "Visual-attention GAN", "vagan-visual-attention-gan.txt",
          "paired (simulated low dose)")(vagan_generator)

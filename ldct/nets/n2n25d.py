@@ -71,11 +71,31 @@ class MSR2AUNet(nn.Module):
         return x.mean(1, keepdim=True) + F.pixel_shuffle(self.head(y), self.factor)
 
 
+class CentreNoise(nn.Module):
+    """Turns a network that estimates the clean centre slice into one that predicts its noise
+    (what :class:`HUPreservingDenoiser` subtracts), both in network units."""
+
+    def __init__(self, estimator: nn.Module) -> None:
+        super().__init__()
+        self.estimator = estimator
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[1] // 2
+        return x[:, c:c + 1] - self.estimator(x)
+
+
 def n2n25d_student(context: int = 3, base: int = 16, levels: int = 3, res_blocks: int = 1,
-                   keep_sigma: float = KEEP_SIGMA) -> HUPreservingDenoiser:
+                   keep_sigma: float = KEEP_SIGMA, arch: str = "unet") -> HUPreservingDenoiser:
     """The distilled single-pass student that ships (sees the centre and its neighbours).
 
     ``keep_sigma``: the Gaussian (pixels) whose low band of the input is kept exactly.
+    ``arch``: "unet", a lean pixel-shuffled U-Net, or "msr2au", the teacher's own network
+    (then it can start from the teacher's weights; ``res_blocks`` is unused).
     """
-    return HUPreservingDenoiser(shuffled_unet(context, 1, base, levels, res_blocks), context,
-                                keep_sigma)
+    if arch == "msr2au":
+        core: nn.Module = CentreNoise(MSR2AUNet(context, base, levels))
+    elif arch == "unet":
+        core = shuffled_unet(context, 1, base, levels, res_blocks)
+    else:
+        raise ValueError(f"unknown n2n25d student arch {arch!r}: use 'unet' or 'msr2au'")
+    return HUPreservingDenoiser(core, context, keep_sigma)

@@ -135,6 +135,7 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
         while step < hp["steps"]:
             start = time.perf_counter()
             batch = {k: to_device(v, dev) for k, v in sampler.sample().items()}
+            method.at_step(step)
             for group in method.schedule(step):
                 optims[group].zero_grad(set_to_none=True)
                 with autocast(dev):
@@ -157,6 +158,7 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     finally:
         bar.close()
         log_file.close()
+    method.at_step(step)
     export(method, method_name, hp, preset, step, wall, out_dir)
     return TrainResult(out_dir, step, wall, last)
 

@@ -48,6 +48,10 @@ class Method:
         """The groups updated at ``step`` (all by default; two-phase methods override)."""
         return list(self.optim_groups())
 
+    def at_step(self, step: int) -> None:
+        """Called at every step boundary: before each step's updates and once after the last
+        (a two-phase method hands weights from one phase to the next here)."""
+
     def first_phase_steps(self, fraction: str) -> int:
         """Steps of a two-phase method's first phase, from the fraction of all steps in
         ``hp[fraction]`` (rounded up, so that a fraction > 0 always gives a step)."""
