@@ -2,8 +2,9 @@
 
 A multi-scale recurrent attention U-Net (MSR2AU) teacher estimates the centre slice from its
 neighbours and a recorrupted copy of the centre, trained against a target whose noise is
-independent of all its inputs (see :mod:`ldct.train.n2n25d`); a lean single-pass student is
-then distilled from it and is what ships.
+independent of all its inputs (see :mod:`ldct.train.n2n25d`). What ships is a "student"
+(:func:`n2n25d_student`): the paper's lean single-pass network distilled from the teacher, or
+the teacher's own network with the input's low band kept (the cpu preset's choice).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """N2N-2.5D trainer: a teacher denoises the centre slice from its neighbours and a recorrupted
 copy of itself (noisy data only), then a single-pass student is distilled from the frozen teacher
-on low-dose and normal-dose stacks (the normal doses serve as unlabelled inputs, never as targets).
+on low-dose and normal-dose stacks (the normal doses serve as unlabelled inputs, never as targets)
+for as many steps as the preset gives it (none in the cpu preset, which ships the teacher).
 
 The paper's teacher sees only the neighbours (Noise2Noise across slices); its best guess then
 carries the anatomy that changes between slices, which capped it at ~+2 dB on 1.6 mm slices
