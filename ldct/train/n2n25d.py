@@ -26,15 +26,16 @@ from ldct.train.method import Method, image_mse
 class N2N25DMethod(Method):
     name = "n2n25d"
     needs_noise = True
-    # cpu: 40000 teacher steps (~33 a second), then no distillation: the teacher's own network
-    # ships, keeping the input's low band. Every student distilled from such a teacher ended
-    # below it on training-case slabs (a lean U-Net, a wider one, the teacher's network
-    # started from its weights and taught a 4-view average: models/n2n25d/training_note.md);
-    # the paper preset keeps the paper's distilled lean student
+    # cpu: 60000 teacher steps (~30 a second), then no distillation: the teacher's own network
+    # ships, keeping the input's low band. On training-case slabs 40000 teacher steps beat the
+    # former 16000 plus a distilled student by 0.2-1.3 dB, and 60000 beat 40000 by up to 0.9;
+    # every student distilled from such a teacher ended below it (a lean U-Net, a wider one,
+    # the teacher's network started from its weights and taught a 4-view average); see
+    # models/n2n25d/training_note.md. The paper preset keeps the paper's distilled student.
     # texture 0: trained with 0.5 (the sampler retextures the recorruption noise's added part
     # alike), the student gained ~2 dB on sharper kernels' noise but in one pass (--ensemble 1)
     # left the Hann texture's noise in: ircadb01 68:78 25.25 dB against 27.09 without it
-    presets = {"cpu": {"steps": 40000, "teacher_fraction": 1.0, "student_arch": "msr2au",
+    presets = {"cpu": {"steps": 60000, "teacher_fraction": 1.0, "student_arch": "msr2au",
                        "texture": 0.0},
                "paper": {"steps": 150000, "texture": 0.0}}
     # student_keep_sigma: the student keeps the input's band below a 4-pixel Gaussian exactly;
