@@ -17,7 +17,7 @@ from ldct import metrics
 from ldct.data import PreparedData
 from ldct.evaluate import Regions, liver_contrast
 from ldct.infer import denoise
-from ldct.simulate import LowDoseParams, simulate_low_dose
+from ldct.simulate import simulate_low_dose
 
 
 def main() -> None:
@@ -34,17 +34,15 @@ def main() -> None:
     case = data.cases("test")[0]
     normal = data.volume(case)
     regions = Regions.from_case(normal.hu, data.masks(case), min(normal.spacing[:2]))
-    params = LowDoseParams(**{**data.manifest["settings"]["params"], "dose": args.dose})
-    draws = [("prepared", data.volume(case, args.dose))] + [
-        (f"seed {seed}", None) for seed in args.seeds]
     lines = [f"# Held-out scores across noise draws: {case}, simulated dose {args.dose:g}", "",
              f"Command: `python benchmarks/heldout_noise_draws.py --data DIR --dose {args.dose:g} "
              f"--seeds {' '.join(map(str, args.seeds))} --models {' '.join(args.models)}`; "
              "networks average the default views, as `ldct evaluate` runs them.", "",
              "| draw | model | psnr_db | tumour_cnr | liver_sd_hu |", "|---|---|---|---|---|"]
-    for (label, low), seed in zip(draws, [None, *args.seeds]):
-        if low is None:
-            low = simulate_low_dose(normal, params, seed=seed)
+    for seed in [None, *args.seeds]:  # None: the prepared draw the report scores
+        low = (data.volume(case, args.dose) if seed is None
+               else simulate_low_dose(normal, data.simulation(args.dose), seed=seed))
+        label = "prepared" if seed is None else f"seed {seed}"
         for name in args.models:
             out = denoise(low, name, device="cpu").hu
             contrast = liver_contrast(out, regions)

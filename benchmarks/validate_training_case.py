@@ -23,7 +23,7 @@ from ldct import metrics
 from ldct.data import PreparedData
 from ldct.infer import DEFAULT_ENSEMBLE, denoise
 from ldct.io import read_volume
-from ldct.simulate import KERNELS, LowDoseParams, ParallelBeam, simulate_slice_noise
+from ldct.simulate import KERNELS, ParallelBeam, simulate_slice_noise
 
 MARGIN = 2  # slices at each end of the slab that serve only as context
 
@@ -99,9 +99,7 @@ def main() -> None:
         raise SystemExit(f"no homogeneous soft tissue for a {args.radius_mm:g} mm lesion in "
                          f"{name} slices {args.slices}: pick other slices or a smaller radius")
     nd = nd.with_hu(nd_hu)
-    prepared = data.manifest["settings"]["params"]
-    params = LowDoseParams(**{**prepared, "dose": args.dose,
-                              "kernel": args.kernel or prepared["kernel"]})
+    params = data.simulation(args.dose, args.kernel)
     beam = ParallelBeam(nd.hu.shape[1], nd.hu.shape[2], (nd.spacing[0], nd.spacing[1]),
                         params.views, params.kernel)
     ld = nd.with_hu(np.stack([s + simulate_slice_noise(s, beam, params,

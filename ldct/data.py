@@ -180,6 +180,12 @@ class PreparedData:
                            f"`ldct prepare --doses ...` with it.")
         return read_volume(self.root / files[key])
 
+    def simulation(self, dose: float, kernel: str | None = None) -> LowDoseParams:
+        """The low-dose physics this folder was prepared with, at ``dose`` (and optionally
+        another reconstruction ``kernel``): what simulates more draws like its own."""
+        prepared = self.manifest["settings"]["params"]
+        return LowDoseParams(**{**prepared, "dose": dose, "kernel": kernel or prepared["kernel"]})
+
     def masks(self, case: str) -> dict[str, np.ndarray]:
         """The case's label masks as booleans (empty for cases without masks)."""
         return {name: read_mask(self.root / rel)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ldct.data import PreparedData, dose_key
 from ldct.metrics import power_spectrum_2d
-from ldct.simulate import LowDoseParams, ParallelBeam, simulate_slice_noise
+from ldct.simulate import ParallelBeam, simulate_slice_noise
 
 SEED = 1234  # differs from `ldct prepare`'s, so the drawn noise is not the scan's own
 KIND = "added, normal-dose texture"  # what the cached images hold (older caches: other parts)
@@ -82,7 +82,7 @@ def noise_images(data: PreparedData, case: str, dose: float,
         if (str(cached["settings"]) == settings and str(cached.get("kind", "")) == KIND
                 and set(slices) <= set(cached["slices"].tolist())):
             return NoiseImages(cached["added"], cached["scan"])
-    params = LowDoseParams(**{**data.manifest["settings"]["params"], "dose": dose})
+    params = data.simulation(dose)
     beam = ParallelBeam(low.hu.shape[1], low.hu.shape[2], (low.spacing[0], low.spacing[1]),
                         params.views, params.kernel)
     kernel = scan_noise_kernel(data.volume(case).hu)
