@@ -54,7 +54,7 @@ def main() -> None:
         trained = info.weights.exists()
         net = info.build().eval()
         if trained:
-            blob = torch.load(info.weights, map_location="cpu", weights_only=False)
+            blob = torch.load(info.weights, map_location="cpu", weights_only=True)
             net = info.build(**blob["kwargs"]).eval()
             net.load_state_dict(blob["state_dict"])
         cells = []

@@ -22,7 +22,7 @@ METRIC_KEYS = ("psnr_db", "ssim", "rmse_hu", "liver_bias_hu", "fat_bias_hu", "li
 
 def training_metadata(weights: Path) -> dict[str, Any]:
     """What `ldct train` stored beside the weights (method, preset, steps, time, settings)."""
-    blob = torch.load(weights, map_location="cpu", weights_only=False)
+    blob = torch.load(weights, map_location="cpu", weights_only=True)
     hp = blob.get("hp", {})
     return {"method": blob.get("method"), "preset": blob.get("preset"), "steps": blob.get("steps"),
             "wall_minutes": round(blob.get("wall_s", 0.0) / 60, 1), "context": blob.get("context"),
@@ -84,7 +84,7 @@ def encoder_retrieval(data_dir: str | Path, weights: Path, patches: int = 256,
     sampler = PatchSampler(data, [dose], patch=64, batch=patches, paired=True, seed=123,
                            cases=data.cases("test"))
     batch = {k: torch.from_numpy(v) for k, v in sampler.sample().items()}
-    blob = torch.load(weights, map_location="cpu", weights_only=False)
+    blob = torch.load(weights, map_location="cpu", weights_only=True)
     method = EncoderMethod({"widths": blob["config"]["widths"]})
     method.nets["encoder"].load_state_dict(blob["state_dict"])
     method.nets["head"].load_state_dict(blob["head"])
@@ -96,7 +96,7 @@ def encoder_retrieval(data_dir: str | Path, weights: Path, patches: int = 256,
 def write_encoder_card(data_dir: str | Path) -> Path:
     """models/ct_encoder/card.{json,md}: training metadata and held-out retrieval accuracy."""
     weights = registry.ENCODER_DIR / "encoder.pt"
-    blob = torch.load(weights, map_location="cpu", weights_only=False)
+    blob = torch.load(weights, map_location="cpu", weights_only=True)
     accuracy = encoder_retrieval(data_dir, weights)
     card = {"name": "ct_encoder", "kind": "pvm",
             "purpose": "feature extractor for perceptual (pan, vagan) and semantic (alden) losses",

@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from ldct.auth import AuthError
 from ldct.io import CTInputError
 from ldct.study.service import StudyError
 
@@ -79,12 +80,47 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_models(args: argparse.Namespace) -> None:
     from ldct import registry
 
+    if args.models_action == "versions":
+        info = registry.get(args.name)
+        manifest = info.manifest()
+        rows = [{"version": "shipped", "in_use": manifest["in_use"] == "shipped",
+                 "sha256": registry.file_sha256(info.shipped_weights)[:16]}]
+        rows += [{"version": name, "in_use": manifest["in_use"] == name,
+                  "sha256": record["sha256"][:16]}
+                 for name, record in manifest["versions"].items()]
+        console.print(_table(f"{args.name} versions ({info.manifest_path})", rows,
+                             ["version", "in_use", "sha256"], {}))
+        return
+    if args.models_action == "use":
+        registry.get(args.name).use(args.version)
+        console.print(f"{args.name}: version {args.version} is in use from the next request on")
+        return
     for name in registry.names():
         console.print(name, highlight=False)
     if args.verbose:
         rows = [registry.get(n).summary() for n in registry.names()]
         console.print(_table("models", rows, ["name", "kind", "available", "supervision",
                                               "paper", "title"], {}))
+
+
+def cmd_token(args: argparse.Namespace) -> None:
+    from ldct.auth import TokenStore, public
+
+    store = TokenStore()
+    if args.token_action == "add":
+        token = store.add(args.name, args.role)
+        console.print(f"token '{args.name}' (role {args.role}) added to {store.path}; it is "
+                      "shown only now:", highlight=False)
+        print(token, flush=True)  # the last line of stdout, unwrapped, for scripts
+    elif args.token_action == "revoke":
+        store.revoke(args.name)
+        console.print(f"revoked '{args.name}': the server refuses it from its next request on",
+                      highlight=False)
+    else:
+        rows = [{"name": "", "role": "", "study": "", "reader": "", **public(i)}
+                for i in store.identities()]
+        console.print(_table(f"tokens in {store.path}", rows,
+                             ["name", "role", "study", "reader"], {}))
 
 
 def _output_path(source: Path, out: Path, many: bool, fmt: str) -> Path:
@@ -156,7 +192,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     from ldct.serve import serve
 
-    serve(args.studies, args.host, args.port, args.models, args.preload, args.study_root)
+    serve(args.studies, args.host, args.port, args.models, args.preload, args.study_root,
+          insecure_no_auth=args.insecure_no_auth, cors_origins=args.cors_origin)
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -181,9 +218,19 @@ def cmd_study(args: argparse.Namespace) -> None:
             created = service.create(definition, device=args.device,
                                      progress=lambda done, total, what: bar.update(1))
         console.print(f"study [bold]{created['study']}[/] in {service.root}: "
-                      f"{created['items']} items per reader; readers: "
-                      f"{', '.join(created['readers'])}\ncoordinator token (keep it): "
-                      f"{created['coordinator_token']}", highlight=False)
+                      f"{created['items']} items per reader\ncoordinator token (keep it): "
+                      f"{created['coordinator_token']}\nreader tokens (give each reader their "
+                      "own; they are shown only now):", highlight=False)
+        for reader, token in created["reader_tokens"].items():
+            print(f"{reader} {token}", flush=True)
+        return
+    if args.action == "add-reader":
+        if not args.reader:
+            raise ValueError("add-reader needs --reader ID")
+        added = service.add_reader(args.target, args.reader)
+        console.print(f"reader {added['reader']} of {added['study']}: their token (any earlier "
+                      "one is revoked):", highlight=False)
+        print(added["reader_token"], flush=True)
         return
     token = args.token or ""
     if args.action == "status":
@@ -244,9 +291,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("models", help="list the denoisers (names first; details with -v)")
+    p = sub.add_parser("models", help="list the denoisers (names first; details with -v); "
+                                      "their fine-tuned versions; roll back")
     p.add_argument("-v", "--verbose", action="store_true")
+    actions = p.add_subparsers(dest="models_action")
+    q = actions.add_parser("versions", help="a network's versions and the one in use")
+    q.add_argument("name")
+    q = actions.add_parser("use", help="serve another recorded version (or 'shipped')")
+    q.add_argument("name")
+    q.add_argument("version")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("token", help="the server's bearer tokens ($LDCT_AUTH_FILE, default "
+                                     "~/.config/ldct/tokens.json)")
+    actions = p.add_subparsers(dest="token_action", required=True)
+    q = actions.add_parser("add", help="make a token; it is printed as the last line")
+    q.add_argument("name", help="who holds it (letters, digits, . _ @ -)")
+    q.add_argument("--role", required=True, choices=["radiologist", "coordinator", "admin"],
+                   help="reader tokens come from `ldct study create` / `ldct study add-reader`")
+    actions.add_parser("list", help="names and roles (tokens are stored only as hashes)")
+    q = actions.add_parser("revoke", help="remove a token")
+    q.add_argument("name")
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("denoise", help="denoise CT volumes with a model")
     p.add_argument("inputs", nargs="+", help="DICOM folders/files, zips, NRRD, NIfTI")
@@ -279,15 +345,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="all", help="all, or name,name")
     p.add_argument("--preload", action="store_true", help="load every network at start-up")
     p.add_argument("--study-root", help="folder of the reader studies served under /study/")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="no tokens (loopback addresses only; development only)")
+    p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
+                   help="a web viewer's origin allowed to call the server (repeatable; "
+                        "default: none)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("study", help="reader studies: create, status, close, export, report")
-    p.add_argument("action", choices=["create", "status", "close", "export", "report"])
+    p = sub.add_parser("study", help="reader studies: create, add-reader, status, close, "
+                                     "export, report")
+    p.add_argument("action", choices=["create", "add-reader", "status", "close", "export",
+                                       "report"])
     p.add_argument("target", help="create: the study YAML; report: an exported CSV; "
                                   "otherwise: the study id")
     p.add_argument("--root", help="folder of the studies (default $LDCT_STUDY_ROOT or "
                                   "~/.cache/ldct/reader_studies)")
     p.add_argument("--token", help="the coordinator token printed by create")
+    p.add_argument("--reader", help="add-reader: the reader id to add (or to give a new token)")
     p.add_argument("--out", help="export: the CSV to write; report: the output folder")
     p.add_argument("--device", default="auto", help="create: where the models run")
     p.set_defaults(func=cmd_study)
@@ -301,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CTInputError, FileNotFoundError, FileExistsError, ValueError, KeyError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
-    except StudyError as exc:
+    except (StudyError, AuthError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
     except OSError as exc:  # a full disk, a read-only folder: say where, keep the input

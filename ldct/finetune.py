@@ -5,7 +5,8 @@ used as the normal-dose side and lower doses are simulated from them in the proj
 (the same simulation as the shipped training), so every method - paired, unpaired or
 self-supervised - trains on that site's data starting from the weights in use. The new
 version lands in ``registry.site_models_dir()/<name>/versions/<timestamp>/`` with a
-``finetune.json`` saying what made it; inference picks it up at its next request.
+``finetune.json`` saying what made it, is recorded with its SHA-256 in the model's version
+manifest and used from the next request on (`ldct models use NAME shipped` rolls back).
 """
 
 from __future__ import annotations
@@ -24,6 +25,33 @@ from ldct.data import Case, prepare
 from ldct.train.loop import train
 
 FINETUNE_DOSES = (0.5, 0.25, 0.1)  # the range the shipped models are trained for
+DEFAULTS = {"steps": 200, "max_images": 20, "max_slices": 32, "doses": list(FINETUNE_DOSES),
+            "device": "auto"}
+LIMITS = {"steps": 5000, "max_images": 100, "max_slices": 256}  # a fine-tune, not a training
+
+
+def check_settings(raw: dict[str, Any] | None) -> dict[str, Any]:
+    """A fine-tuning request's settings over `DEFAULTS`, each checked (never coerced)."""
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ValueError("the fine-tuning settings must be a JSON object")
+    unknown = sorted(set(raw) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(unknown)}; fine-tuning takes "
+                         f"{', '.join(DEFAULTS)}")
+    settings = {**DEFAULTS, **raw}
+    for key, limit in LIMITS.items():
+        value = settings[key]
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+            raise ValueError(f"{key} must be a whole number from 1 to {limit}, got {value!r}")
+    doses = settings["doses"]
+    if (not isinstance(doses, list) or not doses
+            or not all(isinstance(d, (int, float)) and not isinstance(d, bool) and 0 < d < 1
+                       for d in doses)):
+        raise ValueError(f"doses must be a list of dose fractions between 0 and 1, got {doses!r}")
+    if settings["device"] not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {settings['device']!r}")
+    return settings
 
 
 def finetune(name: str, images: Sequence[str | Path], steps: int = 200,
@@ -59,4 +87,5 @@ def finetune(name: str, images: Sequence[str | Path], steps: int = 200,
             "max_slices": max_slices, "wall_s": round(result.wall_s, 1)}
         (staged / "finetune.json").write_text(json.dumps(record, indent=1))
         os.replace(staged, info.versions_dir / stamp)  # complete or absent, never half-written
+    info.record_version(info.versions_dir / stamp, record)
     return info.versions_dir / stamp

@@ -51,7 +51,7 @@ def _load_weights(name: str, device: str, weights: str) -> HUPreservingDenoiser:
     if not path.exists():
         raise FileNotFoundError(f"model {name!r} has no trained weights at {path}; train it "
                                 f"with `ldct train {name} --data DIR` and copy model.pt there.")
-    blob = torch.load(path, map_location="cpu", weights_only=False)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
     net = info.build(**blob["kwargs"])
     net.load_state_dict(blob["state_dict"])
     return net.to(device).eval()

@@ -276,9 +276,10 @@ def read_mask(path: str | Path, like: CTVolume | None = None) -> np.ndarray:
 
 
 def write_volume(volume: CTVolume, path: str | Path, dtype: str = "float32",
-                 **dicom_options) -> Path:
+                 compress: bool = True, **dicom_options) -> Path:
     """Write by extension: .nrrd/.nii/.nii.gz/.mha as HU (float32, or int16 rounded to whole
-    HU), a folder (no suffix) as a DICOM series (always int16 + rescale)."""
+    HU; ``compress`` False writes the raw voxels, whose size depends only on the shape), a
+    folder (no suffix) as a DICOM series (always int16 + rescale)."""
     path = Path(path)
     name = path.name.lower()
     if name.endswith(ITK_FORMATS):
@@ -287,7 +288,8 @@ def write_volume(volume: CTVolume, path: str | Path, dtype: str = "float32",
             volume = volume.with_hu(np.clip(np.rint(volume.hu), -32768, 32767))
         elif dtype != "float32":
             raise ValueError(f"dtype must be float32 or int16, got {dtype!r}")
-        sitk.WriteImage(to_sitk(volume, np.dtype(dtype).type), str(path), useCompression=True)
+        sitk.WriteImage(to_sitk(volume, np.dtype(dtype).type), str(path),
+                        useCompression=compress)
         return path
     if path.suffix in ("", ".dcm", ".dicom"):
         write_dicom_series(volume, path, **dicom_options)

@@ -6,18 +6,23 @@ module in ldct/nets/, one registration and one folder models/<name>/ holding ``m
 
 A site can fine-tune a shipped network (`ldct.finetune`): each run adds a version
 ``<site models>/<name>/versions/<timestamp>/model.pt`` (site models: ``$LDCT_SITE_MODELS``,
-default ``models/``), and the newest version is the one inference uses.
+default ``models/``) and records it, with its SHA-256, in ``<site models>/<name>/versions.json``.
+That manifest alone says which version is in use (`ldct models use` rolls back): a folder
+nobody recorded, or weights whose hash changed, are never loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 ENCODER_DIR = MODELS_DIR / "ct_encoder"  # the shipped PVM (encoder.pt + card)
 SITE_MODELS_ENV = "LDCT_SITE_MODELS"
@@ -51,15 +56,64 @@ class ModelInfo:
     def versions_dir(self) -> Path:
         return site_models_dir() / self.name / "versions"
 
+    @property
+    def manifest_path(self) -> Path:
+        return site_models_dir() / self.name / "versions.json"
+
+    def manifest(self) -> dict[str, Any]:
+        """``{"in_use": name or "shipped", "versions": {name: record}}`` (records hold sha256)."""
+        path = self.manifest_path
+        data = json.loads(path.read_text()) if path.exists() else {}
+        return {"in_use": data.get("in_use", "shipped"), "versions": data.get("versions", {})}
+
+    def _write_manifest(self, manifest: dict[str, Any]) -> None:
+        path = self.manifest_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(manifest, indent=1))
+        os.replace(partial, path)  # complete or absent
+
     def versions(self) -> list[Path]:
-        """Fine-tuned versions, oldest first (each a folder holding model.pt)."""
-        return sorted(p.parent for p in self.versions_dir.glob("*/model.pt"))
+        """Recorded fine-tuned versions, oldest first (each a folder holding model.pt)."""
+        recorded = self.manifest()["versions"]
+        for planted in sorted(self.versions_dir.glob("*/model.pt")):
+            if planted.parent.name not in recorded:
+                logger.warning("ignored %s: not a recorded version of %s (versions.json)",
+                               planted, self.name)
+        return [self.versions_dir / name for name in recorded]
+
+    def record_version(self, folder: Path, record: dict[str, Any]) -> None:
+        """Add the fine-tuned ``folder`` (under versions/) to the manifest and use it."""
+        manifest = self.manifest()
+        manifest["versions"][folder.name] = {**record,
+                                             "sha256": file_sha256(folder / "model.pt")}
+        manifest["in_use"] = folder.name
+        self._write_manifest(manifest)
+
+    def use(self, version: str) -> None:
+        """Serve ``version`` (a recorded one, or ``shipped``) from the next request on."""
+        manifest = self.manifest()
+        if version != "shipped" and version not in manifest["versions"]:
+            known = ", ".join(["shipped", *manifest["versions"]])
+            raise ValueError(f"{self.name} has no version {version!r}; known: {known}")
+        manifest["in_use"] = version
+        self._write_manifest(manifest)
 
     @property
     def weights(self) -> Path:
-        """The weights in use: the newest fine-tuned version, else the shipped ones."""
-        versions = self.versions()
-        return versions[-1] / "model.pt" if versions else self.shipped_weights
+        """The weights in use: the manifest's version if its file still has the recorded
+        SHA-256, else (with an error in the log) the shipped ones."""
+        manifest = self.manifest()
+        version = manifest["in_use"]
+        if version == "shipped":
+            return self.shipped_weights
+        path = self.versions_dir / version / "model.pt"
+        expected = manifest["versions"].get(version, {}).get("sha256")
+        if path.exists() and expected and file_sha256(path) == expected:
+            return path
+        logger.error("%s version %s: %s is missing or changed since it was recorded; serving "
+                     "the shipped weights", self.name, version, path)
+        return self.shipped_weights
 
     def version(self) -> str:
         """``shipped`` or the name of the fine-tuned version in use."""
@@ -84,6 +138,14 @@ class ModelInfo:
                 "available": self.available(),
                 "version": self.version() if self.kind == "network" else "",
                 "card": self.card()}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 REGISTRY: dict[str, ModelInfo] = {}

@@ -1,22 +1,60 @@
-"""`ldct serve`: start the MONAI Label server with the ldct_denoise app.
+"""`ldct serve`: start the MONAI Label server with the ldct_denoise app, secure by default.
 
 Without ``--studies`` the server gets a local datastore folder holding one demo study (a
 central slab of ircadb17 as NRRD when ../shared/data is present, else the phantom), so a new
-user has something to denoise at once.
+user has something to denoise at once. Every route but /health needs a token of the token file
+(`ldct.auth`); when the file holds none, the first start makes an admin token and prints it,
+ready to paste into Slicer. ``--insecure-no-auth`` exists for loopback only.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from pathlib import Path
 
+from rich.console import Console
+
+from ldct.auth import AUTH_FILE_ENV, TokenStore
 from ldct.data import demo_case
 from ldct.io import write_volume
 from ldct.study.service import STUDY_ROOT_ENV
 
 APP_DIR = Path(__file__).resolve().parents[1] / "apps" / "ldct_denoise"
 DEMO_STUDIES = Path.home() / ".cache" / "ldct" / "demo_studies"
+INSECURE_ENV = "LDCT_INSECURE_NO_AUTH"
+CORS_ENV = "LDCT_CORS_ORIGINS"
+console = Console(stderr=False, highlight=False)
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and localhost: addresses no other machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def server_security() -> tuple[TokenStore | None, list[str]]:
+    """For the server process: the token store (None under --insecure-no-auth) and the CORS
+    origins allowed (none unless listed)."""
+    store = None if os.environ.get(INSECURE_ENV) == "1" else TokenStore()
+    origins = [o.strip() for o in os.environ.get(CORS_ENV, "").split(",") if o.strip()]
+    return store, origins
+
+
+def first_token(store: TokenStore, url: str) -> None:
+    """On a token file without tokens, make an admin token and print it for Slicer."""
+    if store.identities():
+        console.print(f"tokens: {store.path} ({len(store.identities())}; `ldct token list`)")
+        return
+    token = store.add("admin", "admin")
+    console.print(f"tokens: no token in {store.path}; made the admin token 'admin' (it is shown "
+                  "only now; `ldct token add NAME --role radiologist` makes more).\n"
+                  f"In 3D Slicer (Low-dose CT denoising), server {url} token:\n{token}")
 
 
 def demo_studies(data_dir: Path = Path("../shared/data"), folder: Path = DEMO_STUDIES) -> Path:
@@ -38,7 +76,7 @@ def server_command(studies: str, host: str, port: int, models: str,
 
 def server_environment() -> dict[str, str]:
     """Settings for a denoising server: fine-tuning tasks on, no sessions, no auto reload."""
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in (INSECURE_ENV, CORS_ENV)}
     env.update({"MONAI_LABEL_SESSIONS": "false",
                 "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
                 "MONAI_LABEL_TASKS_STRATEGY": "false", "MONAI_LABEL_TASKS_SCORING": "false",
@@ -47,16 +85,34 @@ def server_environment() -> dict[str, str]:
 
 
 def serve(studies: str | None, host: str, port: int, models: str, preload: bool,
-          study_root: str | None = None) -> None:
+          study_root: str | None = None, insecure_no_auth: bool = False,
+          cors_origins: list[str] | None = None) -> None:
     """Become the server process (exec), so that signals such as SIGTERM reach it directly.
 
     ``study_root``: the folder of the reader studies served under /study/ (default
-    ``$LDCT_STUDY_ROOT`` or ~/.cache/ldct/reader_studies)."""
-    studies = studies or str(demo_studies())
-    print(f"MONAI Label server for 3D Slicer: http://{'127.0.0.1' if host == '0.0.0.0' else host}"
-          f":{port}  (studies: {studies})", flush=True)
-    command = server_command(studies, host, port, models, preload)
+    ``$LDCT_STUDY_ROOT`` or ~/.cache/ldct/reader_studies). ``insecure_no_auth``: no tokens,
+    refused unless ``host`` is a loopback address. ``cors_origins``: web origins allowed."""
+    url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
     env = server_environment()
+    if insecure_no_auth:
+        if not is_loopback(host):
+            raise ValueError(f"--insecure-no-auth is for a loopback address only, not {host}: "
+                             "any machine that reaches the server would have admin rights. "
+                             "Drop the option and use tokens (`ldct token add`).")
+        console.print("[bold red]WARNING: --insecure-no-auth: every local process and every web "
+                      "page open in a browser on this machine can use this server as admin. "
+                      "For development only.[/]")
+        env[INSECURE_ENV] = "1"
+    else:
+        store = TokenStore()
+        env[AUTH_FILE_ENV] = str(store.path.resolve())
+        first_token(store, url)
+    if cors_origins:
+        env[CORS_ENV] = ",".join(cors_origins)
+    studies = studies or str(demo_studies())
+    console.print(f"MONAI Label server for 3D Slicer: {url}  (studies: {studies})")
+    command = server_command(studies, host, port, models, preload)
     if study_root:
         env[STUDY_ROOT_ENV] = str(Path(study_root).resolve())
+    sys.stdout.flush()  # exec discards Python's buffers
     os.execve(command[0], command, env)

@@ -4,6 +4,7 @@ conf: ``models`` = ``all`` or ``name,name`` (default all); ``preload`` = ``true`
 network at start-up. Models without trained weights are left out with a log line.
 With ``--studies http(s)://.../dicom-web`` the datastore is the PACS, and an infer request with
 ``write_back: true`` stores the denoised volume in the same study as a derived series.
+At start-up the server is reduced to the app's routes behind the token guard (lib/security.py).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
-import os
 import pkgutil
 
 import lib.configs
 from fastapi import HTTPException
 from lib.configs.denoiser import DenoiserConfig
 from lib.datastores.pacs import PacsDatastore
+from lib.routes import app_router, datastore_id
+from lib.security import secure
 from lib.study_api import study_router
 from lib.trainers.finetune import FineTuneTask
 from monailabel.interfaces.app import MONAILabelApp
@@ -25,6 +27,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from ldct import __version__, registry
 from ldct.infer import load_network
 from ldct.pacs import PacsError
+from ldct.serve import server_security
 from ldct.study.service import StudyService, study_root
 
 logger = logging.getLogger(__name__)
@@ -67,15 +70,20 @@ class LowDoseCTDenoiseApp(MONAILabelApp):
         return {name: config.infer() for name, config in self.configs.items()}
 
     def on_init_complete(self):
-        """Serve the reader studies under /study/ on this server (not in training workers)."""
+        """Lock the server down to the app's routes (and the reader studies under /study/)
+        behind the token guard; runs before the server accepts a request, not in training
+        workers."""
         super().on_init_complete()
         from monailabel.app import app as server
 
         service = StudyService(study_root(), resolve_datastore=self._image_path)
-        server.include_router(study_router(service))
+        store, origins = server_security()
+        secure(server, [app_router(self), study_router(service)], store, origins,
+               health=lambda: {"status": "ok"})
 
     def _image_path(self, image_id: str) -> str:
-        return self.datastore().get_image_uri(image_id)
+        """A datastore image's file; ids the datastore does not list are refused (404)."""
+        return self.datastore().get_image_uri(datastore_id(self, image_id))
 
     def init_trainers(self):
         """A fine-tuning task for every served network (baselines have nothing to train)."""
@@ -87,28 +95,22 @@ class LowDoseCTDenoiseApp(MONAILabelApp):
 
     def infer(self, request, datastore=None):
         """The stock infer, then (``write_back: true``) the result stored back in the PACS."""
-        if not _truthy(request.get("write_back", False)):
+        if not request.get("write_back"):
             return super().infer(request, datastore)
         store = datastore or self.datastore()
-        image = request.get("image")
-        from_pacs = isinstance(image, str) and not os.path.exists(image)  # an id, not an upload
-        if not isinstance(store, PacsDatastore) or not from_pacs:
+        if not isinstance(store, PacsDatastore) or not request.get("image_id"):
             raise HTTPException(status_code=422, detail=(
                 "write_back needs a series from a PACS: start the server with "
                 "--studies http://HOST:PORT/dicom-web and send a datastore image id."))
         result = super().infer(request, datastore)
         strength = float(result["params"].get("strength", 1.0))
         try:
-            series = store.write_back(request["image"], result["file"], request["model"],
+            series = store.write_back(request["image_id"], result["file"], request["model"],
                                       strength)
         except PacsError as exc:
             raise HTTPException(status_code=502, detail=str(exc)) from exc
         result["params"]["written_back_series"] = series
         return result
-
-
-def _truthy(value) -> bool:
-    return value is True or str(value).lower() in ("true", "1", "yes")
 
 
 def _cuda() -> bool:

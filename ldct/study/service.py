@@ -1,10 +1,14 @@
 """Running reader studies: creation, blinded reader sessions, coordinator actions.
 
-Blinding: readers see items, volumes and placements only through random tokens; no response
+Blinding: readers see items, volumes and placements only through random tokens; every (item,
+side) has a volume token of its own, and every volume is written in the same uncompressed int16
+encoding, so neither a token nor a size tells the original from a denoised volume; no response
 to a reader names a condition, a model or a case source. Randomization: each reader's item
 order and left/right placement come from ``random.Random(f"{seed}/{reader}")``, so they are
-reproducible from the study's seed and differ between readers. The coordinator (holder of the
-token printed at creation) sees progress, closes the study and exports the unblinded scores.
+reproducible from the study's seed and differ between readers. Each reader gets a bearer token
+of role ``reader`` bound to the study and reader id (`ldct.auth`). The coordinator sees
+progress, closes the study and exports the unblinded scores: on the server any token of role
+coordinator or admin, on the command line the study's coordinator token printed at creation.
 """
 
 from __future__ import annotations
@@ -21,6 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ldct import registry
+from ldct.access import reader_refusal
+from ldct.auth import TokenStore
 from ldct.infer import denoise
 from ldct.io import CTVolume, read_volume, write_volume
 from ldct.study.definition import LIKERT, StudyDefinition, parse
@@ -57,10 +64,14 @@ class StudyService:
     """All studies under one folder (one sub-folder with its SQLite file and volumes each)."""
 
     def __init__(self, root: str | Path,
-                 resolve_datastore: Callable[[str], str] | None = None) -> None:
+                 resolve_datastore: Callable[[str], str] | None = None,
+                 tokens: TokenStore | None = None) -> None:
+        """``resolve_datastore``: a datastore id -> its file (raising for an unknown id);
+        ``tokens``: where reader tokens go (default: the server's token file)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.resolve_datastore = resolve_datastore
+        self.tokens = tokens or TokenStore()
         self._lock = threading.Lock()
 
     # -- creation -------------------------------------------------------------------------
@@ -73,7 +84,15 @@ class StudyService:
 
     def create_in_background(self, definition: StudyDefinition,
                              device: str = "auto") -> dict[str, Any]:
-        """As :meth:`create`, returning at once; ``status`` shows the progress."""
+        """As :meth:`create` for a definition a client sent: its cases may name datastore
+        images only (no server path, no URL of the client's choice); returns at once, and
+        ``status`` shows the progress."""
+        for case in definition.cases:
+            if not case.datastore:
+                raise StudyError(422, f"case {case.id}: a study created through the server names "
+                                      "its cases by datastore id (`datastore: ID`, as GET "
+                                      "/datastore/?output=all lists them); server paths and "
+                                      "URLs are not accepted")
         folder, store, created = self._register(definition)
         threading.Thread(target=self._build_logged, name=f"study-{definition.study_id}",
                          args=(definition, folder, store, device), daemon=True).start()
@@ -81,14 +100,44 @@ class StudyService:
 
     def _register(self, definition: StudyDefinition
                   ) -> tuple[Path, StudyStore, dict[str, Any]]:
-        """The study's folder and store in state 'creating', and what the coordinator gets."""
+        """The study's folder and store in state 'creating', and what the coordinator gets
+        (the coordinator token and every reader's token)."""
+        self._check_sources(definition)
         folder, store = self._new_study(definition)
         token = secrets.token_urlsafe(24)
         store.set_meta(name=definition.name, state="creating", coordinator_token=token,
                        definition=_as_yaml_data(definition), created=0, total=0)
+        readers = {reader: self.reader_token(definition.study_id, reader)
+                   for reader in definition.readers}
         return folder, store, {"study": definition.study_id, "coordinator_token": token,
-                               "readers": list(definition.readers),
+                               "readers": list(definition.readers), "reader_tokens": readers,
                                "items": len(definition.items())}
+
+    def _check_sources(self, definition: StudyDefinition) -> None:
+        """Refuse, before anything is stored, models that cannot run and unknown images."""
+        for condition in definition.conditions:
+            if condition.model and (condition.model not in registry.names()
+                                    or not registry.get(condition.model).available()):
+                raise StudyError(422, f"condition {condition.name}: no model "
+                                      f"'{condition.model}' with weights; `ldct models` lists "
+                                      "them")
+        for case in definition.cases:
+            if case.datastore:
+                if self.resolve_datastore is None:
+                    raise StudyError(422, f"case {case.id}: datastore ids need the server's "
+                                          "datastore; create the study through the server")
+                try:
+                    self.resolve_datastore(case.datastore)
+                except Exception as exc:  # noqa: BLE001 - any lookup failure: say which case
+                    raise StudyError(422, f"case {case.id}: no image '{case.datastore}' in the "
+                                          "server's datastore") from exc
+
+    def reader_token(self, study: str, reader: str) -> str:
+        """A new bearer token for ``reader`` of ``study`` (an earlier one is revoked)."""
+        name = f"{study}.{reader}"
+        if any(i.name == name for i in self.tokens.identities()):
+            self.tokens.revoke(name)
+        return self.tokens.add(name, "reader", study=study, reader=reader)
 
     def _new_study(self, definition: StudyDefinition) -> tuple[Path, StudyStore]:
         with self._lock:
@@ -114,35 +163,68 @@ class StudyService:
         total = len(definition.cases) * len(definition.conditions)
         store.set_meta(total=total)
         done = 0
+        files: dict[tuple[str, str], str] = {}
         for case in definition.cases:
             volume = self._case_volume(definition, case)
             for condition in definition.conditions:
                 shown = (volume if not condition.model else
                          denoise(volume, condition.model, condition.strength, device=device))
-                token = secrets.token_urlsafe(16)
-                path = write_volume(shown, folder / "volumes" / f"{token}.nrrd", dtype="int16")
-                store.add_volume(token, case.id, condition.name, str(path))
+                path = write_volume(shown, folder / "volumes" /
+                                    f"{secrets.token_urlsafe(16)}.nrrd", dtype="int16",
+                                    compress=False)  # one size for every condition
+                files[(case.id, condition.name)] = str(path)
                 done += 1
                 store.set_meta(created=done)
                 if progress:
                     progress(done, total, f"{case.id} / {condition.name}")
-        tokens = store.volume_tokens()
-        items = definition.items()
-        rows = []
-        for reader in definition.readers:
-            plan = reader_plan(definition.seed, reader, len(items),
-                               definition.presentation == "pairs")
-            for position, (index, swap) in enumerate(plan):
-                item = items[index]
-                names = list(reversed(item["conditions"])) if swap else item["conditions"]
-                right = names[1] if len(names) > 1 else None
-                rows.append({"token": secrets.token_urlsafe(12), "reader": reader,
-                             "position": position, "case_id": item["case"],
-                             "left_condition": names[0], "right_condition": right,
-                             "left_volume": tokens[(item["case"], names[0])],
-                             "right_volume": tokens[(item["case"], right)] if right else None})
+        store.set_meta(files={f"{case}/{condition}": path
+                              for (case, condition), path in files.items()})
+        rows = [row for reader in definition.readers
+                for row in self._reader_rows(definition, store, reader, files)]
         store.add_assignments(rows)
         store.set_meta(state="open")
+
+    @staticmethod
+    def _reader_rows(definition: StudyDefinition, store: StudyStore, reader: str,
+                     files: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+        """A reader's items in their order and placement, each side with its own volume token
+        (registered in ``store``)."""
+        items = definition.items()
+        rows = []
+        plan = reader_plan(definition.seed, reader, len(items), definition.presentation == "pairs")
+        for position, (index, swap) in enumerate(plan):
+            item = items[index]
+            names = list(reversed(item["conditions"])) if swap else item["conditions"]
+            right = names[1] if len(names) > 1 else None
+            volumes = {}
+            for side, condition in (("left", names[0]), ("right", right)):
+                volumes[side] = None
+                if condition:
+                    volumes[side] = secrets.token_urlsafe(16)
+                    store.add_volume(volumes[side], item["case"], condition,
+                                     files[(item["case"], condition)])
+            rows.append({"token": secrets.token_urlsafe(12), "reader": reader,
+                         "position": position, "case_id": item["case"],
+                         "left_condition": names[0], "right_condition": right,
+                         "left_volume": volumes["left"], "right_volume": volumes["right"]})
+        return rows
+
+    def add_reader(self, study: str, reader: str) -> dict[str, Any]:
+        """Add ``reader`` to an open study (their own order and placement), or give an existing
+        reader a new token (the old one is revoked); returns the token."""
+        store = self._store(study)
+        meta = store.meta()
+        if meta.get("state") != "open":
+            raise StudyError(409, f"study '{study}' is {meta.get('state')}; readers are added to "
+                                  "open studies")
+        data = meta["definition"]
+        if reader not in data["readers"]:
+            data["readers"].append(reader)
+            definition = parse(data)
+            files = {tuple(key.split("/", 1)): path for key, path in meta["files"].items()}
+            store.add_assignments(self._reader_rows(definition, store, reader, files))
+            store.set_meta(definition=data)
+        return {"study": study, "reader": reader, "reader_token": self.reader_token(study, reader)}
 
     def _case_volume(self, definition: StudyDefinition, case) -> CTVolume:
         if case.image:
@@ -187,10 +269,11 @@ class StudyService:
         return {"finished": False, "item": row["token"], "number": done + 1, "done": done,
                 "total": total, "volumes": volumes}
 
-    def volume_file(self, study: str, token: str) -> Path:
+    def volume_file(self, study: str, token: str, reader: str | None = None) -> Path:
+        """A volume's file; with ``reader``, only a volume of that reader's items."""
         store, _ = self._open(study, allow_closed=True)
         path = store.volume_path(token)
-        if path is None:
+        if path is None or (reader is not None and store.volume_reader(token) != reader):
             raise StudyError(404, "no such volume in this study")
         return Path(path)
 
@@ -214,19 +297,19 @@ class StudyService:
         return {"acknowledged": True, "duplicate": not stored, "done": done, "total": total}
 
     # -- coordinator ----------------------------------------------------------------------
-    def status(self, study: str, token: str) -> dict[str, Any]:
+    def status(self, study: str, token: str | None) -> dict[str, Any]:
         store = self._coordinator(study, token)
         meta = store.meta()
         return {"study": study, "name": meta["name"], "state": meta["state"],
                 "created": meta.get("created", 0), "total_volumes": meta.get("total", 0),
                 "error": meta.get("error", ""), "readers": store.readers_progress()}
 
-    def close(self, study: str, token: str) -> dict[str, Any]:
+    def close(self, study: str, token: str | None) -> dict[str, Any]:
         store = self._coordinator(study, token)
         store.set_meta(state="closed")
         return self.status(study, token)
 
-    def export_rows(self, study: str, token: str) -> list[dict[str, Any]]:
+    def export_rows(self, study: str, token: str | None) -> list[dict[str, Any]]:
         """Unblinded scores, one row per (reader, item side, criterion)."""
         store = self._coordinator(study, token)
         definition = parse(store.meta()["definition"])
@@ -271,13 +354,14 @@ class StudyService:
     @staticmethod
     def _check_reader(definition: StudyDefinition, reader: str) -> None:
         if reader not in definition.readers:
-            raise StudyError(403, f"'{reader}' is not a reader of this study; check the reader "
-                                  "id the coordinator gave you")
+            raise StudyError(403, reader_refusal(definition.study_id, reader))
 
-    def _coordinator(self, study: str, token: str) -> StudyStore:
+    def _coordinator(self, study: str, token: str | None) -> StudyStore:
+        """The study's store for its coordinator: ``token`` is the study's coordinator token
+        (command line), or None where the server's access guard checked the caller's role."""
         store = self._store(study)
         expected = store.meta().get("coordinator_token", "")
-        if not token or not hmac.compare_digest(token, expected):
+        if token is not None and (not token or not hmac.compare_digest(token, expected)):
             raise StudyError(403, "coordinator token missing or wrong")
         return store
 

@@ -81,10 +81,12 @@ class StudyStore:
             row = db.execute("SELECT path FROM volumes WHERE token = ?", (token,)).fetchone()
         return row["path"] if row else None
 
-    def volume_tokens(self) -> dict[tuple[str, str], str]:
+    def volume_reader(self, token: str) -> str | None:
+        """The reader whose item shows this volume token (each token shows on one item)."""
         with self.connect() as db:
-            return {(r["case_id"], r["condition"]): r["token"]
-                    for r in db.execute("SELECT * FROM volumes")}
+            row = db.execute("SELECT reader FROM assignments WHERE left_volume = ? OR "
+                             "right_volume = ?", (token, token)).fetchone()
+        return row["reader"] if row else None
 
     def add_assignments(self, rows: list[dict[str, Any]]) -> None:
         with self.connect() as db:

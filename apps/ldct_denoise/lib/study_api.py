@@ -1,7 +1,9 @@
 """`/study/...`: the reader-study service (`ldct.study.service`) on the app's own server.
 
-Reader routes answer only with opaque tokens (blinded); coordinator routes need the
-coordinator token as ``Authorization: Bearer <token>``.
+Reader routes answer only with opaque tokens (blinded). Who may call which route is decided
+before a route runs (`ldct.access`: a reader token reaches only its own study and reader id;
+coordinator routes need the role coordinator or admin); the routes read the caller's identity
+to narrow what a reader sees to their own study and volumes.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ import io
 from typing import Any
 
 import yaml
-from fastapi import APIRouter, Body, Header, HTTPException
+from fastapi import APIRouter, Body, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
+from ldct.access import IDENTITY_KEY
+from ldct.auth import Identity
 from ldct.study.analysis import write_scores
 from ldct.study.definition import StudyDefinitionError, parse
 from ldct.study.service import StudyError, StudyService
 
 
-def _bearer(authorization: str) -> str:
-    return authorization.removeprefix("Bearer ").strip()
+def _reader(request: Request) -> Identity | None:
+    """The caller when it is a reader (bound to one study and reader id), else None."""
+    identity = request.scope.get(IDENTITY_KEY)
+    return identity if identity is not None and identity.role == "reader" else None
 
 
 def study_router(service: StudyService) -> APIRouter:
@@ -34,9 +40,10 @@ def study_router(service: StudyService) -> APIRouter:
         except StudyDefinitionError as exc:
             raise HTTPException(status_code=422, detail=str(exc)) from exc
 
-    @router.get("/", summary="Open studies")
-    def studies() -> list[dict[str, Any]]:
-        return service.studies()
+    @router.get("/", summary="Open studies (a reader sees their own)")
+    def studies(request: Request) -> list[dict[str, Any]]:
+        reader = _reader(request)
+        return [s for s in service.studies() if reader is None or s["study"] == reader.study]
 
     @router.post("/", summary="Create a study from its YAML (volumes are denoised up front)")
     def create(definition: str = Body(..., media_type="text/plain")) -> dict[str, Any]:
@@ -60,22 +67,23 @@ def study_router(service: StudyService) -> APIRouter:
         return call(service.submit, study, reader, item, body)
 
     @router.get("/{study}/volumes/{token}", summary="A study volume (NRRD)")
-    def volume(study: str, token: str) -> FileResponse:
-        path = call(service.volume_file, study, token)
+    def volume(request: Request, study: str, token: str) -> FileResponse:
+        reader = _reader(request)
+        path = call(service.volume_file, study, token, reader.reader if reader else None)
         return FileResponse(path, media_type="application/octet-stream",
                             filename="volume.nrrd")
 
     @router.get("/{study}/status", summary="Coordinator: progress of every reader")
-    def status(study: str, authorization: str = Header("")) -> dict[str, Any]:
-        return call(service.status, study, _bearer(authorization))
+    def status(study: str) -> dict[str, Any]:
+        return call(service.status, study, None)
 
     @router.post("/{study}/close", summary="Coordinator: close the study")
-    def close(study: str, authorization: str = Header("")) -> dict[str, Any]:
-        return call(service.close, study, _bearer(authorization))
+    def close(study: str) -> dict[str, Any]:
+        return call(service.close, study, None)
 
     @router.get("/{study}/export", summary="Coordinator: unblinded scores as CSV")
-    def export(study: str, authorization: str = Header("")) -> Response:
-        rows = call(service.export_rows, study, _bearer(authorization))
+    def export(study: str) -> Response:
+        rows = call(service.export_rows, study, None)
         buffer = io.StringIO()
         write_scores(rows, buffer)
         return Response(buffer.getvalue(), media_type="text/csv")

@@ -16,9 +16,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ldct import registry
 from ldct.infer import DEFAULT_ENSEMBLE, denoise
+from ldct.infer_params import DEVICES, RESULT_DTYPES, DenoiseParams, parse_params
 from ldct.io import CTInputError, read_volume, write_volume
-
-DTYPES = ("float32", "int16")
 
 
 class DenoiseInfer(InferTask):
@@ -29,8 +28,8 @@ class DenoiseInfer(InferTask):
         super().__init__(type=InferType.OTHERS, labels=None, dimension=3,
                          description=f"{info.title} - {info.paper}, {info.supervision}",
                          config={"strength": 1.0, "ensemble": DEFAULT_ENSEMBLE,
-                                 "device": ["auto", "cuda", "cpu"],
-                                 "result_dtype": list(DTYPES), "write_back": False})
+                                 "device": list(DEVICES),
+                                 "result_dtype": list(RESULT_DTYPES), "write_back": False})
         self.model = model
 
     def info(self) -> dict[str, Any]:
@@ -42,28 +41,26 @@ class DenoiseInfer(InferTask):
         return registry.get(self.model).available()
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-        strength = float(request.get("strength", 1.0))
-        device = request.get("device", "auto")
-        device = device if isinstance(device, str) else "auto"
-        dtype = request.get("result_dtype", "float32")
-        dtype = dtype if dtype in DTYPES else "float32"
+        """``request`` holds the image's file and the parameters the route checked
+        (`ldct.infer_params`)."""
+        params = parse_params({k: request[k] for k in DenoiseParams.__dataclass_fields__
+                               if k in request})
         start = time.perf_counter()
         info = registry.get(self.model)
         weights = info.weights if info.kind == "network" else None  # fixed for this request
         version = "" if weights is None else info.version_of(weights)
         try:
-            ensemble = int(request.get("ensemble", DEFAULT_ENSEMBLE))
             volume = read_volume(request["image"])
             model_start = time.perf_counter()
-            result = denoise(volume, self.model, strength=strength, device=device,
-                             weights=weights, ensemble=ensemble)
+            result = denoise(volume, self.model, strength=params.strength, device=params.device,
+                             weights=weights, ensemble=params.ensemble)
         except (CTInputError, ValueError) as exc:  # the client gets the reason, not a 500
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         model_s = time.perf_counter() - model_start
         out = tempfile.NamedTemporaryFile(suffix=".nrrd", delete=False).name
-        write_volume(result, out, dtype=dtype)
-        return out, {"model": self.model, "version": version, "strength": strength,
-                     "ensemble": ensemble, "device": device,
-                     "result_dtype": dtype, "shape": list(volume.hu.shape),
+        write_volume(result, out, dtype=params.result_dtype)
+        return out, {"model": self.model, "version": version, "strength": params.strength,
+                     "ensemble": params.ensemble, "device": params.device,
+                     "result_dtype": params.result_dtype, "shape": list(volume.hu.shape),
                      "model_seconds": round(model_s, 3),
                      "total_seconds": round(time.perf_counter() - start, 3)}

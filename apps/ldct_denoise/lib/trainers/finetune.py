@@ -1,7 +1,8 @@
 """`POST /train/{model}`: fine-tune a network on the datastore's scans (`ldct.finetune`).
 
-MONAI Label runs it in a subprocess; the new version is written next to the shipped weights
-(or under ``$LDCT_SITE_MODELS``) and the server's next infer request uses it.
+The app's /train route runs it in a worker thread (lib/routes.py); the new version is written
+under ``$LDCT_SITE_MODELS`` (default: beside the shipped weights), recorded in the model's
+version manifest, and the server's next infer request uses it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
 from ldct import registry
-from ldct.finetune import FINETUNE_DOSES, finetune
+from ldct.finetune import DEFAULTS, check_settings, finetune
 
 
 class FineTuneTask(TrainTask):
@@ -23,19 +24,17 @@ class FineTuneTask(TrainTask):
         self.model = model
 
     def config(self) -> dict[str, Any]:
-        return {"steps": 200, "max_images": 20, "max_slices": 32,
-                "doses": list(FINETUNE_DOSES), "device": ["auto", "cuda", "cpu"]}
+        return {**DEFAULTS, "device": ["auto", "cuda", "cpu"]}
 
     def stats(self) -> dict[str, Any]:
         info = registry.get(self.model)
         return {"version": info.version(), "versions": [p.name for p in info.versions()]}
 
     def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict[str, Any]:
-        settings = {**self.config(), **request}
-        ids = datastore.list_images()[: int(settings["max_images"])]
+        settings = check_settings(request)
+        ids = datastore.list_images()[: settings["max_images"]]
         images = [datastore.get_image_uri(image_id) for image_id in ids]
-        device = settings["device"] if isinstance(settings["device"], str) else "auto"
-        version = finetune(self.model, images, steps=int(settings["steps"]),
+        version = finetune(self.model, images, steps=settings["steps"],
                            doses=[float(d) for d in settings["doses"]],
-                           max_slices=int(settings["max_slices"]), device=device)
+                           max_slices=settings["max_slices"], device=settings["device"])
         return {"model": self.model, "version": version.name, "images": ids}

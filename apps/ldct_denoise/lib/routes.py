@@ -1,0 +1,192 @@
+"""The app's own /info/, /datastore/, /infer/{model} and /train/, in place of MONAI Label's.
+
+MONAI Label's versions are ``async def`` routes that run blocking work on the event loop (one
+inference froze every route), take a server path or any id as the image, and leave the upload
+behind when they fail. These keep its request/response contract (MONAI Label's own client
+works unchanged) but run the work in a worker thread behind a bounded queue, accept only ids
+the datastore lists, check every parameter first and remove what they wrote on every path.
+Fine-tuning runs one job at a time in a worker thread, with checked, bounded settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import threading
+import time
+
+from fastapi import APIRouter, BackgroundTasks, Body, File, Form, HTTPException, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from monailabel.endpoints.infer import ResultType, send_response
+from monailabel.interfaces.app import MONAILabelApp
+
+from ldct.finetune import check_settings
+from ldct.infer_params import ParamError, parse_params
+
+QUEUE_LIMIT = 8  # inference requests waiting or running; more get 503 + Retry-After
+RETRY_AFTER_S = 30
+
+
+class InferenceQueue:
+    """One inference at a time (it uses every core or the GPU), at most ``limit`` admitted."""
+
+    def __init__(self, limit: int = QUEUE_LIMIT) -> None:
+        self.limit = limit
+        self.admitted = 0
+        self._device = asyncio.Semaphore(1)
+
+    def admit(self) -> None:
+        if self.admitted >= self.limit:
+            raise HTTPException(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
+                                detail=f"the server is busy ({self.admitted} denoising requests "
+                                       f"queued or running); try again in {RETRY_AFTER_S} s")
+        self.admitted += 1
+
+    async def run(self, function, *args):
+        """Run ``function(*args)`` in a worker thread when the device is free (admitted first)."""
+        try:
+            async with self._device:
+                return await run_in_threadpool(function, *args)
+        finally:
+            self.admitted -= 1
+
+
+def upload_suffix(filename: str | None) -> str:
+    """The upload's format suffix (``.nii.gz``, ``.nrrd``, ...): the only part of the client's
+    file name that is used, and only when it is plain letters and digits."""
+    suffix = "".join(PurePosixPath((filename or "").replace("\\", "/")).suffixes[-2:]).lower()
+    return suffix if re.fullmatch(r"(\.[a-z0-9]{1,8}){1,2}", suffix) else ""
+
+
+def datastore_id(app: MONAILabelApp, image: str) -> str:
+    """``image`` if the datastore lists it, else 404: no client string reaches a path."""
+    if image not in app.datastore().list_images():
+        raise HTTPException(status_code=404, detail=(
+            f"no image '{image}' in this server's datastore; GET /datastore/ lists the ids, or "
+            "upload the volume as the 'file' field"))
+    return image
+
+
+class TrainingJob:
+    """One fine-tuning run in a worker thread: its state, result or error."""
+
+    def __init__(self, model: str, function, *args) -> None:
+        self.model, self.state, self.result, self.error = model, "running", None, ""
+        self.started = time.time()
+        self.done = threading.Event()
+        threading.Thread(target=self._run, args=(function, *args), daemon=True,
+                         name=f"finetune-{model}").start()
+
+    def _run(self, function, *args) -> None:
+        try:
+            self.result, self.state = function(*args), "done"
+        except Exception as exc:  # noqa: BLE001 - reported in the job's status
+            self.error, self.state = str(exc), "failed"
+        finally:
+            self.done.set()
+
+    def status(self) -> dict[str, Any]:
+        return {"model": self.model, "state": self.state, "result": self.result,
+                "error": self.error, "seconds": round(time.time() - self.started, 1)}
+
+
+def app_router(app: MONAILabelApp, queue: InferenceQueue | None = None) -> APIRouter:
+    """/info/, /datastore/, /infer/{model} and /train/ for ``app``."""
+    router = APIRouter()
+    queue = queue or InferenceQueue()
+    training: dict[str, TrainingJob] = {}
+
+    @router.get("/train/", summary="Admin: the fine-tuning job and each network's versions")
+    def train_status() -> dict[str, Any]:
+        job = training.get("job")
+        return {"job": job.status() if job else None,
+                "models": {name: task.stats() for name, task in app._trainers.items()}}
+
+    @router.post("/train/{model}", summary="Admin: fine-tune a network on the datastore's scans")
+    async def train(model: str, run_sync: bool = False,
+                    params: dict[str, Any] | None = Body(None)) -> dict[str, Any]:
+        task = app._trainers.get(model)
+        if task is None:
+            raise HTTPException(status_code=404, detail=(
+                f"no network '{model}' to fine-tune; these can be: "
+                f"{', '.join(sorted(app._trainers)) or 'none'}"))
+        try:
+            settings = check_settings(params)
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from exc
+        job = training.get("job")
+        if job is not None and job.state == "running":
+            raise HTTPException(status_code=409, detail=(
+                f"a fine-tuning of {job.model} is running; GET /train/ shows it"))
+        job = training["job"] = TrainingJob(model, task, settings, app.datastore())
+        if run_sync:
+            await run_in_threadpool(job.done.wait)
+            if job.state == "failed":
+                raise HTTPException(status_code=500, detail=f"fine-tuning failed: {job.error}")
+        return job.status()
+
+    @router.get("/info/", summary="The app: its denoisers, their options and model cards")
+    def info() -> dict[str, Any]:
+        return app.info()
+
+    @router.get("/datastore/", summary="The images (ids) this server can denoise by id")
+    def datastore(output: str = "stats") -> dict[str, Any]:
+        store = app.datastore()
+        return store.json() if output == "all" else store.status()
+
+    @router.post("/infer/{model}", summary="Denoise an uploaded volume or a datastore image")
+    async def infer(background: BackgroundTasks, model: str, image: str = "",
+                    output: ResultType | None = None, params: str = Form("{}"),
+                    file: UploadFile | None = File(None)):
+        if model not in app.info()["models"]:
+            raise HTTPException(status_code=404, detail=(
+                f"no model '{model}' on this server; it serves "
+                f"{', '.join(sorted(app.info()['models']))}"))
+        try:
+            checked = parse_params(params)
+        except ParamError as exc:
+            raise HTTPException(status_code=422, detail=str(exc)) from exc
+        if file is None and not image:
+            raise HTTPException(status_code=422, detail=(
+                "nothing to denoise: upload the volume as the 'file' form field, or name a "
+                "datastore image with ?image=ID"))
+        queue.admit()
+        folder = Path(tempfile.mkdtemp(prefix="ldct-upload-"))
+        shown = "the upload" if file is None else f"'{file.filename}'"
+        try:
+            request: dict[str, Any] = {"model": model, **checked.as_dict()}
+            if file is not None:
+                request["image"] = str(folder / f"upload{upload_suffix(file.filename)}")
+                await run_in_threadpool(_save, file, request["image"])
+                request["image_id"] = ""
+            else:
+                request["image_id"] = await run_in_threadpool(datastore_id, app, image)
+                request["image"] = await run_in_threadpool(app.datastore().get_image_uri,
+                                                           request["image_id"])
+            result = await queue.run(app.infer, request)
+        except HTTPException as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            if isinstance(exc.detail, str):
+                exc.detail = exc.detail.replace(str(folder / "upload"), shown)
+            raise
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        background.add_task(shutil.rmtree, folder, True)
+        return send_response(app.datastore(), result, output, background)
+
+    return router
+
+
+def _save(upload: UploadFile, path: str) -> None:
+    with open(path, "wb") as sink:
+        shutil.copyfileobj(upload.file, sink)
+    if Path(path).stat().st_size == 0:
+        raise HTTPException(status_code=422, detail=(
+            f"the file {upload.filename!r} is empty: nothing was uploaded; send the CT volume "
+            "(NRRD, NIfTI, MHA, a DICOM file or a zipped DICOM series)"))

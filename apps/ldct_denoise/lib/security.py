@@ -1,0 +1,38 @@
+"""MONAI Label's server reduced to this app's routes, behind the access guard (`ldct.access`).
+
+MONAI Label serves some 45 routes without credentials (datastore writes that take paths,
+a DICOMweb proxy, reload, logs, sessions, ...) and a CORS policy that reflects any origin with
+credentials. Called once from the app's start-up, before the server accepts a request, this
+keeps none of MONAI Label's routes but its OpenAPI schema, adds the app's own routers, drops
+its CORS policy (an allow-list replaces it when origins are configured) and puts the guard in
+front.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from fastapi import APIRouter, FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from ldct.access import AccessGuard
+from ldct.auth import TokenStore
+
+OPENAPI_PATH = "/openapi.json"
+
+
+def secure(server: FastAPI, routers: Iterable[APIRouter], store: TokenStore | None,
+           cors_origins: list[str], health: Callable[[], dict]) -> None:
+    """Serve only the kept routes and ``routers``, each request through the guard first."""
+    server.router.routes = [route for route in server.router.routes
+                            if getattr(route, "path", None) == OPENAPI_PATH]
+    for router in routers:
+        server.include_router(router)
+    server.openapi_schema = None  # regenerated from the routes left
+    server.user_middleware = []  # MONAI Label's CORS policy reflects any origin
+    app = AccessGuard(server.build_middleware_stack(), store, health)
+    if cors_origins:  # a web viewer's origins, outside the guard so preflights are answered
+        app = CORSMiddleware(app, allow_origins=cors_origins, allow_credentials=False,
+                             allow_methods=["GET", "POST", "DELETE"],
+                             allow_headers=["Authorization", "Content-Type"])
+    server.middleware_stack = app
