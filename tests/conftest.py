@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from ldct import registry
+from ldct.auth import AUTH_FILE_ENV, TokenStore
 from ldct.data import CASES, prepare
 from ldct.io import write_dicom_series, write_volume
 from ldct.phantom import Phantom, make_phantom
@@ -27,6 +28,32 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 SLICER_MODULE = ROOT / "slicer_extension" / "LowDoseCTDenoise"
 sys.path.insert(0, str(SLICER_MODULE))  # the module's Logic and pure library, as Slicer loads them
+
+
+TEST_ROLES = ("admin", "radiologist", "coordinator")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tokens(tmp_path_factory) -> dict[str, str]:
+    """A token file for the whole session, one token per role: every server a test starts
+    reads it, and reader tokens made by studies go there (never to ~/.config)."""
+    path = tmp_path_factory.mktemp("auth") / "tokens.json"
+    os.environ[AUTH_FILE_ENV] = str(path)
+    store = TokenStore(path)
+    return {role: store.add(f"test-{role}", role) for role in TEST_ROLES}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def monai_client(url: str, tmpdir, token: str):
+    """MONAI Label's own client, sending ``token``."""
+    from monailabel.client import MONAILabelClient
+
+    client = MONAILabelClient(url, tmpdir=str(tmpdir))
+    client.update_auth({"token_type": "Bearer", "access_token": token})
+    return client
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +146,7 @@ def ldct_server(tmp_path_factory) -> Iterator[str]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     site_models = tmp_path_factory.mktemp("site-models")  # never the repository's models/
-    with running(serve_command(str(studies), port), f"{url}/info/",
+    with running(serve_command(str(studies), port), f"{url}/health",
                  tmp_path_factory.mktemp("log") / "server.log",
                  env={registry.SITE_MODELS_ENV: str(site_models)}):
         yield url

@@ -7,8 +7,7 @@ import json
 import numpy as np
 import pytest
 import requests
-from conftest import free_port, running, serve_command
-from monailabel.client import MONAILabelClient
+from conftest import bearer, free_port, monai_client, running, serve_command
 
 from ldct import registry
 from ldct.finetune import finetune
@@ -57,7 +56,7 @@ def test_finetune_refuses_what_it_cannot_do(site_models, site_scan):
         finetune("vagan", [])
 
 
-def test_train_endpoint_finetunes_and_the_next_infer_uses_it(tmp_path, site_scan):
+def test_train_endpoint_finetunes_and_the_next_infer_uses_it(tmp_path, site_scan, tokens):
     studies = tmp_path / "studies"
     studies.mkdir()
     write_volume(read_volume(site_scan), studies / "site.nrrd", dtype="int16")
@@ -65,13 +64,14 @@ def test_train_endpoint_finetunes_and_the_next_infer_uses_it(tmp_path, site_scan
     url = f"http://127.0.0.1:{port}"
     site_models = tmp_path / "site-models"
     with running(serve_command(str(studies), port, "--models", "vagan,ldct-gauss"),
-                 f"{url}/info/", tmp_path / "server.log",
+                 f"{url}/health", tmp_path / "server.log",
                  env={registry.SITE_MODELS_ENV: str(site_models)}):
-        client = MONAILabelClient(url, tmpdir=str(tmp_path))
+        client = monai_client(url, tmp_path, tokens["admin"])
         assert sorted(client.info()["trainers"]) == ["vagan"]  # baselines have nothing to train
         _, before = client.infer("vagan", "site", {})
         assert before["version"] == "shipped"
         answer = requests.post(f"{url}/train/vagan", params={"run_sync": "true"},
+                               headers=bearer(tokens["admin"]),
                                json={"steps": 2, "max_slices": 4, "device": "cpu"}, timeout=600)
         assert answer.status_code == 200, answer.text
         versions = sorted(p.name for p in (site_models / "vagan" / "versions").iterdir())

@@ -6,9 +6,8 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from conftest import free_port, running, serve_command
+from conftest import free_port, monai_client, running, serve_command
 from dicomweb_client.api import DICOMwebClient
-from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 from ldct.io import read_volume, write_dicom_series, write_volume
@@ -35,7 +34,7 @@ def pacs_server(orthanc, uploaded, tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     cache = tmp_path_factory.mktemp("dicomweb-cache")
     with running(serve_command(f"{orthanc}/dicom-web", port, "--models", "vagan,ldct-gauss"),
-                 f"{url}/info/", cache / "server.log",
+                 f"{url}/health", cache / "server.log",
                  env={"MONAI_LABEL_DATASTORE_CACHE_PATH": str(cache)}):
         yield url
 
@@ -44,9 +43,9 @@ def _series_of_study(orthanc: str, study_uid: str) -> list[dict]:
     return DICOMwebClient(f"{orthanc}/dicom-web").search_for_series(study_uid)
 
 
-def test_the_pacs_series_is_listed_and_denoised_by_id(pacs_server, uploaded, tmp_path):
+def test_the_pacs_series_is_listed_and_denoised_by_id(pacs_server, uploaded, tmp_path, tokens):
     series_uid, source, phantom = uploaded
-    client = MONAILabelClient(pacs_server, tmpdir=str(tmp_path))
+    client = monai_client(pacs_server, tmp_path, tokens["radiologist"])
     assert series_uid in client.datastore()["objects"]
     result_file, params = client.infer("vagan", series_uid, {})
     result = read_volume(result_file)
@@ -58,9 +57,9 @@ def test_the_pacs_series_is_listed_and_denoised_by_id(pacs_server, uploaded, tmp
 
 
 def test_write_back_stores_a_derived_series_in_the_same_study(pacs_server, orthanc, uploaded,
-                                                               tmp_path):
+                                                               tmp_path, tokens):
     series_uid, source, _ = uploaded
-    client = MONAILabelClient(pacs_server, tmpdir=str(tmp_path))
+    client = monai_client(pacs_server, tmp_path, tokens["radiologist"])
     result_file, params = client.infer("vagan", series_uid,
                                        {"write_back": True, "strength": 0.8})
     new_uid = params["written_back_series"]
@@ -85,10 +84,11 @@ def test_write_back_stores_a_derived_series_in_the_same_study(pacs_server, ortha
     assert len(web.retrieve_series(study_uid, series_uid)) == source.hu.shape[0]  # untouched
 
 
-def test_write_back_of_an_upload_is_refused_with_the_reason(pacs_server, tmp_path, uploaded):
+def test_write_back_of_an_upload_is_refused_with_the_reason(pacs_server, tmp_path, uploaded,
+                                                            tokens):
     _, source, _ = uploaded
     path = write_volume(source, tmp_path / "upload.nrrd")
-    client = MONAILabelClient(pacs_server, tmpdir=str(tmp_path))
+    client = monai_client(pacs_server, tmp_path, tokens["radiologist"])
     with pytest.raises(MONAILabelClientException, match="write_back needs a series from a PACS"):
         client.infer("ldct-gauss", "", {"write_back": True}, file=str(path))
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
-from conftest import free_port, running, serve_command
-from monailabel.client import MONAILabelClient
+from conftest import free_port, monai_client, running, serve_command
 from monailabel.client.client import MONAILabelClientException
 
 from ldct import registry
@@ -40,8 +39,8 @@ def _served_models() -> list[str]:
     return [n for n in registry.names() if registry.get(n).available()]
 
 
-def test_info_lists_every_available_model_with_its_options(server):
-    info = MONAILabelClient(server).info()
+def test_info_lists_every_available_model_with_its_options(server, tokens):
+    info = monai_client(server, None, tokens["radiologist"]).info()
     assert sorted(info["models"]) == sorted(_served_models())
     for name, model in info["models"].items():
         assert model["type"] == "others"
@@ -50,9 +49,10 @@ def test_info_lists_every_available_model_with_its_options(server):
 
 
 @pytest.mark.parametrize("model", _served_models())
-def test_each_model_keeps_geometry_exactly_and_reduces_noise(server, noisy_case, model, tmp_path):
+def test_each_model_keeps_geometry_exactly_and_reduces_noise(server, noisy_case, model, tmp_path,
+                                                             tokens):
     path, phantom = noisy_case
-    client = MONAILabelClient(server, tmpdir=str(tmp_path))
+    client = monai_client(server, tmp_path, tokens["radiologist"])
     result_file, params = client.infer(model, "", {"strength": 1.0}, file=str(path))
     source, result = sitk.ReadImage(str(path)), sitk.ReadImage(result_file)
     assert result.GetSize() == source.GetSize()
@@ -68,9 +68,10 @@ def test_each_model_keeps_geometry_exactly_and_reduces_noise(server, noisy_case,
     assert abs(after[liver].mean()) < 3.0
 
 
-def test_strength_zero_returns_the_input_and_int16_is_available(server, noisy_case, tmp_path):
+def test_strength_zero_returns_the_input_and_int16_is_available(server, noisy_case, tmp_path,
+                                                                tokens):
     path, _ = noisy_case
-    client = MONAILabelClient(server, tmpdir=str(tmp_path))
+    client = monai_client(server, tmp_path, tokens["radiologist"])
     result_file, _ = client.infer("vagan", "", {"strength": 0.0}, file=str(path))
     np.testing.assert_array_equal(read_volume(result_file).hu, read_volume(path).hu)
     result_file, params = client.infer("vagan", "", {"result_dtype": "int16"}, file=str(path))
@@ -78,11 +79,11 @@ def test_strength_zero_returns_the_input_and_int16_is_available(server, noisy_ca
     assert params["result_dtype"] == "int16"
 
 
-def test_four_concurrent_requests_all_succeed(server, noisy_case, tmp_path):
+def test_four_concurrent_requests_all_succeed(server, noisy_case, tmp_path, tokens):
     path, _ = noisy_case
 
     def one(k: int):
-        client = MONAILabelClient(server, tmpdir=str(tmp_path / str(k)))
+        client = monai_client(server, tmp_path / str(k), tokens["radiologist"])
         return client.infer("ldct-gauss", "", {"strength": 1.0}, file=str(path))
 
     for k in range(4):
@@ -92,25 +93,25 @@ def test_four_concurrent_requests_all_succeed(server, noisy_case, tmp_path):
     assert all(read_volume(f).hu.shape == read_volume(path).hu.shape for f, _ in results)
 
 
-def test_bad_input_gets_the_reason(server, tmp_path):
+def test_bad_input_gets_the_reason(server, tmp_path, tokens):
     bad = tmp_path / "notct.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(np.full((2, 32, 32), 500.0, np.float32)), str(bad))
-    client = MONAILabelClient(server, tmpdir=str(tmp_path))
+    client = monai_client(server, tmp_path, tokens["radiologist"])
     with pytest.raises(MONAILabelClientException, match="not a CT volume"):
         client.infer("vagan", "", {}, file=str(bad))
     with pytest.raises(MONAILabelClientException, match="ensemble must be a whole number"):
         client.infer("ldct-gauss", "phantom", {"ensemble": 12})
 
 
-def test_a_datastore_image_is_denoised_by_id(server, tmp_path):
-    client = MONAILabelClient(server, tmpdir=str(tmp_path))
+def test_a_datastore_image_is_denoised_by_id(server, tmp_path, tokens):
+    client = monai_client(server, tmp_path, tokens["radiologist"])
     assert "phantom" in client.datastore()["objects"]
     result_file, params = client.infer("ldct-gauss", "phantom", {})
     assert params["shape"] == [3, 128, 128]
     assert read_volume(result_file).hu.shape == (3, 128, 128)
 
 
-def test_a_zipped_dicom_series_is_accepted(server, tmp_path):
+def test_a_zipped_dicom_series_is_accepted(server, tmp_path, tokens):
     import zipfile
 
     from ldct.io import write_dicom_series
@@ -121,7 +122,7 @@ def test_a_zipped_dicom_series_is_accepted(server, tmp_path):
     with zipfile.ZipFile(archive, "w") as z:
         for f in files:
             z.write(f, f.name)
-    client = MONAILabelClient(server, tmpdir=str(tmp_path))
+    client = monai_client(server, tmp_path, tokens["radiologist"])
     result_file, _ = client.infer("ldct-gauss", "", {}, file=str(archive))
     assert read_volume(result_file).same_geometry(volume, atol=1e-9)
 
@@ -129,7 +130,7 @@ def test_a_zipped_dicom_series_is_accepted(server, tmp_path):
 def test_stopping_ldct_serve_stops_the_server(tmp_path):
     """`ldct serve` becomes the server: terminating it frees the port (no orphan server)."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}/info/"
+    url = f"http://127.0.0.1:{port}/health"
     with running(serve_command(str(tmp_path), port, "--models", "ldct-gauss"), url,
                  tmp_path / "server.log"):
         pass

@@ -78,17 +78,18 @@ def fake_server():
     _Handler.routes, _Handler.release = {}, threading.Event()
 
 
-def test_models_come_with_their_cards(ldct_server):
-    models = {m.name: m for m in DenoiseClient(ldct_server).models()}
+def test_models_come_with_their_cards(ldct_server, tokens):
+    models = {m.name: m for m in DenoiseClient(ldct_server, token=tokens["radiologist"]).models()}
     assert {"vagan", "ldct-gauss", "ldct-nlm"} <= set(models)
     tip = models["vagan"].tooltip()
     assert "Visual-attention GAN" in tip and "Held-out" in tip and "psnr_db" in tip
 
 
-def test_denoise_streams_the_result_with_the_input_geometry(ldct_server, noisy_nrrd, tmp_path):
+def test_denoise_streams_the_result_with_the_input_geometry(ldct_server, noisy_nrrd, tmp_path,
+                                                            tokens):
     path, phantom = noisy_nrrd
     phases = []
-    out = DenoiseClient(ldct_server).denoise(
+    out = DenoiseClient(ldct_server, token=tokens["radiologist"]).denoise(
         "vagan", path, tmp_path / "out.nrrd", {"result_dtype": "int16"},
         progress=lambda phase, fraction: phases.append(phase))
     result, source = read_volume(out), read_volume(path)
@@ -100,9 +101,10 @@ def test_denoise_streams_the_result_with_the_input_geometry(ldct_server, noisy_n
     assert not list(tmp_path.glob("*.part"))
 
 
-def test_a_job_runs_off_the_calling_thread_and_reports(ldct_server, noisy_nrrd, tmp_path):
+def test_a_job_runs_off_the_calling_thread_and_reports(ldct_server, noisy_nrrd, tmp_path, tokens):
     path, _ = noisy_nrrd
-    job = DenoiseJob(DenoiseClient(ldct_server), "ldct-gauss", path, tmp_path / "o.nrrd")
+    client = DenoiseClient(ldct_server, token=tokens["radiologist"])
+    job = DenoiseJob(client, "ldct-gauss", path, tmp_path / "o.nrrd")
     assert not job.done
     job.start()
     assert job.wait(300) and job.error is None
@@ -140,8 +142,8 @@ def test_5xx_is_retried_then_reported(fake_server):
         DenoiseClient(url, retries=1).info()
 
 
-def test_missing_model_and_rejected_input(ldct_server, tmp_path):
-    client = DenoiseClient(ldct_server)
+def test_missing_model_and_rejected_input(ldct_server, tmp_path, tokens):
+    client = DenoiseClient(ldct_server, token=tokens["radiologist"])
     picture = tmp_path / "picture.nrrd"
     import SimpleITK as sitk
     sitk.WriteImage(sitk.GetImageFromArray(np.full((2, 64, 64), 500.0, np.float32)),

@@ -73,19 +73,23 @@ def dicom_node(scene, low_dose_case):
     return node
 
 
-def _denoise(logic, node, server, folder: Path, model="vagan"):
+@pytest.fixture()
+def client(ldct_server, tokens):
+    return DenoiseClient(ldct_server, token=tokens["radiologist"])
+
+
+def _denoise(logic, node, client, folder: Path, model="vagan"):
     upload = logic.export_input(node, folder / "input.nrrd")
-    result = DenoiseClient(server).denoise(model, upload, folder / "result.nrrd",
-                                           {"result_dtype": "int16"})
+    result = client.denoise(model, upload, folder / "result.nrrd", {"result_dtype": "int16"})
     return logic.load_result(result, node, model)
 
 
-def test_denoise_shows_original_and_result_side_by_side(scene, dicom_node, ldct_server,
+def test_denoise_shows_original_and_result_side_by_side(scene, dicom_node, client,
                                                         tmp_path):
     logic = LowDoseCTDenoiseLogic(scene)
     before = slicer.util.arrayFromVolume(dicom_node).copy()
     matrix_before = _matrix(dicom_node)
-    result = _denoise(logic, dicom_node, ldct_server, tmp_path)
+    result = _denoise(logic, dicom_node, client, tmp_path)
     logic.show_side_by_side(dicom_node, result, "Liver")
 
     assert result.GetName() == f"{dicom_node.GetName()} denoised (vagan)"
@@ -111,10 +115,10 @@ def test_denoise_shows_original_and_result_side_by_side(scene, dicom_node, ldct_
     _render(logic, DOCS_PNG if os.environ.get("LDCT_WRITE_DOCS") else tmp_path / "sbs.png")
 
 
-def test_windows_stay_in_sync_and_presets_apply_to_both(scene, dicom_node, ldct_server,
+def test_windows_stay_in_sync_and_presets_apply_to_both(scene, dicom_node, client,
                                                         tmp_path):
     logic = LowDoseCTDenoiseLogic(scene)
-    result = _denoise(logic, dicom_node, ldct_server, tmp_path, model="ldct-gauss")
+    result = _denoise(logic, dicom_node, client, tmp_path, model="ldct-gauss")
     logic.show_side_by_side(dicom_node, result, "Abdomen")
     assert result.GetDisplayNode().GetWindow() == 350.0
     dicom_node.GetDisplayNode().SetWindowLevel(150.0, 60.0)  # the user drags the left window
@@ -130,9 +134,9 @@ def test_windows_stay_in_sync_and_presets_apply_to_both(scene, dicom_node, ldct_
     assert result.GetDisplayNode().GetWindow() == DICOM_WINDOW[0]  # no longer linked
 
 
-def test_difference_view_and_flicker(scene, dicom_node, ldct_server, tmp_path):
+def test_difference_view_and_flicker(scene, dicom_node, client, tmp_path):
     logic = LowDoseCTDenoiseLogic(scene)
-    result = _denoise(logic, dicom_node, ldct_server, tmp_path, model="ldct-gauss")
+    result = _denoise(logic, dicom_node, client, tmp_path, model="ldct-gauss")
     logic.show_side_by_side(dicom_node, result)
     diff = logic.show_difference(True)
     assert logic.composite_node(RIGHT).GetBackgroundVolumeID() == diff.GetID()

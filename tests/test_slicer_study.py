@@ -33,12 +33,12 @@ def study_url(tmp_path_factory):
         "conditions": [{"name": "original"}, {"name": "smooth", "model": "ldct-gauss"},
                        {"name": "half", "model": "ldct-gauss", "strength": 0.5}],
         "criteria": [{"name": "noise", "question": "Noise", "anchors": {1: "bad", 5: "good"}}]})
-    StudyService(root).create(definition)
+    readers = StudyService(root).create(definition)["reader_tokens"]
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with running(serve_command(str(folder), port, "--models", "ldct-gauss", "--study-root",
-                               str(root)), f"{url}/info/", folder / "server.log"):
-        yield url
+                               str(root)), f"{url}/health", folder / "server.log"):
+        yield url, readers
 
 
 @pytest.fixture()
@@ -50,7 +50,8 @@ def scene():
 
 
 def test_reader_panel_scores_blinded_items_and_resumes(study_url, scene, tmp_path):
-    client = StudyClient(study_url)
+    url, readers = study_url
+    client = StudyClient(url, token=readers["r1"])
     assert [s["study"] for s in client.studies()] == ["panel-study"]
     session = ReaderSession(client, "panel-study", "r1")
     assert session.progress_text() == "Item 1 of 2" and session.forced_choice
@@ -71,7 +72,7 @@ def test_reader_panel_scores_blinded_items_and_resumes(study_url, scene, tmp_pat
     ack = session.answer({"A": {"noise": 4}, "B": {"noise": 2}}, "A")
     assert ack["acknowledged"] and session.progress_text() == "Item 2 of 2"
 
-    resumed = ReaderSession(StudyClient(study_url), "panel-study", "r1")  # after a break
+    resumed = ReaderSession(StudyClient(url, token=readers["r1"]), "panel-study", "r1")  # a break
     assert (resumed.done, resumed.total) == (1, 2)
     files = resumed.load_next(tmp_path)
     nodes = logic.show_study_item(files, resumed.window)
@@ -85,7 +86,10 @@ def test_reader_panel_scores_blinded_items_and_resumes(study_url, scene, tmp_pat
 
 
 def test_unknown_reader_gets_the_reason(study_url):
-    with pytest.raises(AuthenticationFailed, match="HTTP 403.*not a reader of this study"):
-        ReaderSession(StudyClient(study_url), "panel-study", "someone")
+    url, readers = study_url
+    with pytest.raises(AuthenticationFailed, match="HTTP 403.*not reader 'someone'"):
+        ReaderSession(StudyClient(url, token=readers["r1"]), "panel-study", "someone")
+    with pytest.raises(AuthenticationFailed, match="HTTP 401.*needs a token"):
+        ReaderSession(StudyClient(url), "panel-study", "r1")
     with pytest.raises(ValueError, match="reader id"):
-        ReaderSession(StudyClient(study_url), "panel-study", "  ")
+        ReaderSession(StudyClient(url, token=readers["r1"]), "panel-study", "  ")

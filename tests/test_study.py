@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 import yaml
-from conftest import free_port, running, serve_command
+from conftest import bearer, free_port, running, serve_command
 
 from ldct.io import write_volume
 from ldct.phantom import make_phantom
@@ -93,7 +93,7 @@ def test_service_sessions_submissions_and_coordinator(tmp_path):
     assert err.value.status == 409
     with pytest.raises(StudyError, match="no item") as err:  # r2 cannot touch r1's item
         service.submit(study, "r2", item["item"], _answer(item))
-    with pytest.raises(StudyError, match="not a reader"):
+    with pytest.raises(StudyError, match="not reader 'intruder'"):
         service.session(study, "intruder")
     with pytest.raises(StudyError, match="every criterion"):
         service.submit(study, "r1", service.next_item(study, "r1")["item"],
@@ -120,65 +120,75 @@ def study_server(tmp_path_factory):
     def start(log_name: str):
         return running(serve_command(str(folder), port, "--models", "ldct-gauss",
                                      "--study-root", str(root)),
-                       f"{url}/info/", folder / log_name)
+                       f"{url}/health", folder / log_name)
 
     return url, start, folder
 
 
-def _reader_texts(url: str, study: str, reader: str, answers: int, texts: list[str]) -> int:
-    """Play a reader for ``answers`` items over HTTP, keeping every response text."""
-    answer = requests.post(f"{url}/study/{study}/readers/{reader}/session", timeout=30)
+def _reader_texts(url: str, study: str, reader: str, token: str, answers: int,
+                  texts: list[str]) -> int:
+    """Play a reader for ``answers`` items over HTTP with their token, keeping every
+    response text."""
+    auth = bearer(token)
+    answer = requests.post(f"{url}/study/{study}/readers/{reader}/session", headers=auth,
+                           timeout=30)
     texts.append(answer.text)
     acknowledged = 0
     for _ in range(answers):
-        answer = requests.get(f"{url}/study/{study}/readers/{reader}/next", timeout=30)
+        answer = requests.get(f"{url}/study/{study}/readers/{reader}/next", headers=auth,
+                              timeout=30)
         texts.append(answer.text)
         item = answer.json()
         if item["finished"]:
             break
         for label, path in item["volumes"].items():
-            volume = requests.get(url + path, timeout=30)
+            volume = requests.get(url + path, headers=auth, timeout=30)
             assert volume.status_code == 200 and len(volume.content) > 1000
             texts.append(str(dict(volume.headers)) + volume.content[:2000].decode("latin-1"))
         answer = requests.post(f"{url}/study/{study}/readers/{reader}/items/{item['item']}",
-                               json=_answer(item), timeout=30)
+                               json=_answer(item), headers=auth, timeout=30)
         texts.append(answer.text)
         assert answer.status_code == 200, answer.text
         acknowledged += 1
     return acknowledged
 
 
-def test_blinded_study_over_http_survives_sigkill(study_server):
+def test_blinded_study_over_http_survives_sigkill(study_server, tokens):
     url, start, folder = study_server
     definition = _definition(folder, name="Durable study")
-    for case in definition["cases"]:
-        case["image"] = str(folder / case["image"])
+    for case in definition["cases"]:  # on the server, cases are datastore images
+        case["datastore"] = case.pop("image").removesuffix(".nrrd")
+    auth = bearer(tokens["coordinator"])
     with start("first.log") as server:
         created = requests.post(f"{url}/study/", data=yaml.safe_dump(definition),
-                                headers={"Content-Type": "text/plain"}, timeout=30).json()
-        study, token = created["study"], created["coordinator_token"]
-        auth = {"Authorization": f"Bearer {token}"}
+                                headers={"Content-Type": "text/plain", **auth},
+                                timeout=30).json()
+        study, readers = created["study"], created["reader_tokens"]
         deadline = time.monotonic() + 120
         while requests.get(f"{url}/study/{study}/status", headers=auth,
                            timeout=30).json()["state"] != "open":
             assert time.monotonic() < deadline, "study not ready in 120 s"
             time.sleep(0.2)  # polling the preparation, not synchronization
-        texts = [json.dumps(requests.get(f"{url}/study/", timeout=30).json())]
+        texts = [json.dumps(requests.get(f"{url}/study/", headers=bearer(readers["r1"]),
+                                         timeout=30).json())]
         with ThreadPoolExecutor(2) as pool:  # two readers at once
-            done = list(pool.map(lambda r: _reader_texts(url, study, r, 2, texts), ["r1", "r2"]))
+            done = list(pool.map(lambda r: _reader_texts(url, study, r, readers[r], 2, texts),
+                                 ["r1", "r2"]))
         assert done == [2, 2]
         for text in texts:  # nothing a reader can reach names a condition or model
             assert not any(name in text for name in HIDDEN), text[:300]
-        assert requests.get(f"{url}/study/{study}/status", timeout=30).status_code == 403
+        assert requests.get(f"{url}/study/{study}/status", timeout=30).status_code == 401
+        assert requests.get(f"{url}/study/{study}/status", headers=bearer(readers["r1"]),
+                            timeout=30).status_code == 403
         os.kill(server.pid, signal.SIGKILL)  # no shutdown, no flush
         server.wait()
     with start("second.log"):
-        auth = {"Authorization": f"Bearer {token}"}
         status = requests.get(f"{url}/study/{study}/status", headers=auth, timeout=30).json()
         assert status["readers"] == {"r1": {"done": 2, "total": 4}, "r2": {"done": 2, "total": 4}}
-        session = requests.post(f"{url}/study/{study}/readers/r1/session", timeout=30).json()
+        session = requests.post(f"{url}/study/{study}/readers/r1/session",
+                                headers=bearer(readers["r1"]), timeout=30).json()
         assert (session["done"], session["total"]) == (2, 4)  # resumes where it stopped
-        assert _reader_texts(url, study, "r1", 5, []) == 2
+        assert _reader_texts(url, study, "r1", readers["r1"], 5, []) == 2
         closed = requests.post(f"{url}/study/{study}/close", headers=auth, timeout=30).json()
         assert closed["state"] == "closed"
         export = requests.get(f"{url}/study/{study}/export", headers=auth, timeout=30)
@@ -186,7 +196,8 @@ def test_blinded_study_over_http_survives_sigkill(study_server):
         (folder / "export.csv").write_text(export.text)
         rows = read_scores(folder / "export.csv")
         assert len({(r["reader"], r["position"]) for r in rows}) == 6
-        assert requests.get(f"{url}/study/{study}/readers/r2/next", timeout=30).status_code == 409
+        assert requests.get(f"{url}/study/{study}/readers/r2/next", headers=bearer(readers["r2"]),
+                            timeout=30).status_code == 409
 
 
 def test_analysis_finds_a_known_effect_and_no_effect_where_there_is_none(tmp_path):

@@ -14,11 +14,10 @@ import asyncio
 import re
 import shutil
 import tempfile
-from pathlib import Path, PurePosixPath
-from typing import Any
-
 import threading
 import time
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 from fastapi import APIRouter, BackgroundTasks, Body, File, Form, HTTPException, UploadFile
 from fastapi.concurrency import run_in_threadpool
