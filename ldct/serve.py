@@ -52,9 +52,10 @@ def first_token(store: TokenStore, url: str) -> None:
         console.print(f"tokens: {store.path} ({len(store.identities())}; `ldct token list`)")
         return
     token = store.add("admin", "admin")
-    console.print(f"tokens: no token in {store.path}; made the admin token 'admin' (it is shown "
-                  "only now; `ldct token add NAME --role radiologist` makes more).\n"
-                  f"In 3D Slicer (Low-dose CT denoising), server {url} token:\n{token}")
+    console.print(f"tokens: no token in {store.path}; made the admin token 'admin' (shown only "
+                  "now; `ldct token add NAME --role radiologist` makes more). In 3D Slicer's "
+                  f"Low-dose CT denoising module, enter server {url} and the token:")
+    print(token, flush=True)  # a line of its own, never wrapped
 
 
 def demo_studies(data_dir: Path = Path("../shared/data"), folder: Path = DEMO_STUDIES) -> Path:
