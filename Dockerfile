@@ -1,6 +1,9 @@
 # CUDA image serving the MONAI Label app (`ldct serve`); the models in models/ are baked in.
 # Build: docker build -t ldct .
-# Run:   docker run --gpus all -p 8000:8000 -v STUDIES:/data/studies -v SITE:/data/site-models ldct
+# Run:   docker run --gpus all -p 8000:8000 -v STUDIES:/data/studies -v SITE:/data/site-models \
+#          -v AUTH:/data/auth ldct
+# Every route but /health needs a token; the first start prints the admin token (docker logs).
+# More: docker exec CONTAINER ldct token add NAME --role radiologist. Put TLS in front (README).
 # torch's CUDA 13 wheels bring their own CUDA libraries: the base image only provides the
 # driver plumbing of the NVIDIA container runtime.
 FROM nvidia/cuda:13.0.0-base-ubuntu24.04
@@ -33,15 +36,17 @@ COPY apps ./apps
 COPY models ./models
 RUN "$VENV/bin/pip" install --no-deps --no-build-isolation -e . \
     && useradd --create-home --uid 10001 ldct \
-    && mkdir -p /data/studies /data/site-models apps/ldct_denoise/logs \
+    && mkdir -p /data/studies /data/site-models /data/auth apps/ldct_denoise/logs \
     && chown -R 10001:10001 /data apps/ldct_denoise/logs
 
 USER 10001
-# fine-tuned versions (POST /train/{model}) go to a writable volume, the shipped ones stay
+# fine-tuned versions (POST /train/{model}) and the token file go to writable volumes, the
+# shipped models stay; binding 0.0.0.0 is refused without tokens
 ENV PATH="/opt/ldct/venv/bin:$PATH" \
-    LDCT_SITE_MODELS=/data/site-models
+    LDCT_SITE_MODELS=/data/site-models \
+    LDCT_AUTH_FILE=/data/auth/tokens.json
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
-    CMD ["curl", "-fsS", "http://127.0.0.1:8000/info/"]
+    CMD ["curl", "-fsS", "http://127.0.0.1:8000/health"]
 ENTRYPOINT ["ldct", "serve", "--host", "0.0.0.0", "--port", "8000"]
 CMD ["--studies", "/data/studies", "--preload"]

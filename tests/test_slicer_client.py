@@ -183,6 +183,13 @@ def test_url_history_and_difference_window():
     history.add("http://c:3")
     history.add("http://d:4")
     assert history.urls == ["http://d:4", "http://c:3", "http://b:2"]
+    tokens = UrlHistory(["http://a:1", "http://b:2"],
+                        tokens={"http://a:1": "ta", "http://b:2": "tb"})
+    tokens.add("http://b:2/", "tb2")  # a new token for a server replaces the old one
+    assert (tokens.token("http://a:1/"), tokens.token("http://b:2")) == ("ta", "tb2")
+    assert tokens.token("http://other:1") == ""
+    kept = UrlHistory(tokens.urls, size=1, tokens=tokens.tokens)  # the settings round trip
+    assert kept.urls == ["http://b:2"] and kept.tokens == {"http://b:2": "tb2"}
     width, level = symmetric_window([-30.0, 10.0, 5.0, -2.0], percentile=100)
     assert (width, level) == (60.0, 0.0)
     assert symmetric_window([0.1, -0.2])[0] == 20.0  # never a window narrower than 20 HU

@@ -68,8 +68,11 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.job = None
         self.job_input = None
         self.workdir = None
-        self.history = UrlHistory(self._setting("history", []) or [])
+        self.history = UrlHistory(self._setting("history", []) or [],
+                                  tokens=self._setting("tokens", {}) or {})
         self.ui.serverUrlComboBox.addItems(self.history.urls or [DEFAULT_URL])
+        self.ui.tokenLineEdit.text = self.history.token(self.ui.serverUrlComboBox.currentText)
+        self.ui.serverUrlComboBox.connect("currentTextChanged(QString)", self.on_server_changed)
         self.ui.deviceComboBox.addItems(["auto", "cuda", "cpu"])
         self.ui.windowPresetComboBox.addItems([*WINDOW_PRESETS, VOLUME_PRESET])
         self.poll_timer = qt.QTimer()
@@ -116,6 +119,10 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         """A DenoiseClient or StudyClient for the URL and token in the panel."""
         return kind(self.ui.serverUrlComboBox.currentText, token=self.ui.tokenLineEdit.text)
 
+    def on_server_changed(self, url):
+        """Each server's own token (readers paste their reader token once)."""
+        self.ui.tokenLineEdit.text = self.history.token(url)
+
     def on_test_connection(self):
         self.ui.modelComboBox.clear()
         try:
@@ -127,8 +134,9 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
             slicer.util.errorDisplay(str(exc))
             self.update_buttons()
             return
-        self.history.add(client.url)
+        self.history.add(client.url, self.ui.tokenLineEdit.text)
         self._set_setting("history", self.history.urls)
+        self._set_setting("tokens", self.history.tokens)
         for k, model in enumerate(models):
             self.ui.modelComboBox.addItem(model.name)
             self.ui.modelComboBox.setItemData(k, model.tooltip(), qt.Qt.ToolTipRole)

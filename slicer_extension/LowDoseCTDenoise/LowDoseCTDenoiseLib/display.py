@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 # (window width, level) in HU
 WINDOW_PRESETS = {"Liver": (400.0, 40.0), "Abdomen": (350.0, 40.0)}
@@ -29,17 +29,32 @@ def symmetric_window(differences: Iterable[float], percentile: float = 99.0) -> 
 
 
 class UrlHistory:
-    """Recently used server URLs, newest first, without duplicates (kept in Slicer settings)."""
+    """Recently used server URLs, newest first, without duplicates, each with the token last
+    used for it (both kept in Slicer settings, so a reader or radiologist pastes a token once
+    per server)."""
 
-    def __init__(self, urls: Iterable[str] = (), size: int = 10) -> None:
+    def __init__(self, urls: Iterable[str] = (), size: int = 10,
+                 tokens: Optional[dict] = None) -> None:
         self.size = size
         self.urls: list[str] = []
+        self.tokens: dict[str, str] = {}
         for url in reversed(list(urls)):
-            self.add(url)
+            self.add(url, (tokens or {}).get(self._key(url), ""))
 
-    def add(self, url: str) -> None:
-        url = url.strip().rstrip("/")
+    @staticmethod
+    def _key(url: str) -> str:
+        return url.strip().rstrip("/")
+
+    def add(self, url: str, token: str = "") -> None:
+        url = self._key(url)
         if not url:
             return
         self.urls = [url] + [u for u in self.urls if u != url]
         del self.urls[self.size:]
+        if token:
+            self.tokens[url] = token
+        self.tokens = {u: t for u, t in self.tokens.items() if u in self.urls}
+
+    def token(self, url: str) -> str:
+        """The token last used with ``url`` ('' if none)."""
+        return self.tokens.get(self._key(url), "")
