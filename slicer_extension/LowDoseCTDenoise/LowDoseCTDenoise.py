@@ -334,7 +334,8 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
 
 class LowDoseCTDenoiseTest(ScriptedLoadableModuleTest):
     """Inside Slicer: the pytest scenario against a running server ($LDCT_SERVER_URL or
-    http://127.0.0.1:8000, e.g. started with `make demo`)."""
+    http://127.0.0.1:8000, e.g. started with `make demo`; $LDCT_SERVER_TOKEN: a radiologist
+    or admin token of it)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear(0)
@@ -357,7 +358,8 @@ class LowDoseCTDenoiseTest(ScriptedLoadableModuleTest):
         folder = Path(tempfile.mkdtemp())
         try:
             upload = logic.export_input(node, folder / "in.nrrd")
-            job = DenoiseJob(DenoiseClient(url), "ldct-gauss", upload, folder / "out.nrrd")
+            job = DenoiseJob(DenoiseClient(url, token=os.environ.get("LDCT_SERVER_TOKEN", "")),
+                             "ldct-gauss", upload, folder / "out.nrrd")
             job.start()
             while not job.done:
                 slicer.app.processEvents()  # keep the UI alive while the worker runs
