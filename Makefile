@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ldct serve
 
 test: $(STAMP)
+	bash scripts/test-servers.sh
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

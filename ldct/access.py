@@ -49,6 +49,8 @@ ROUTES = (
     Route(("GET",), "/openapi.json", ("radiologist", "coordinator", "admin", "reader")),
     Route(("GET",), "/info", STAFF),
     Route(("POST",), "/infer/{model}", ("radiologist", "admin")),
+    Route(("GET",), "/jobs", ("radiologist", "admin")),
+    Route(("GET", "DELETE"), "/jobs/{job}", ("radiologist", "admin")),
     Route(("GET",), "/datastore", STAFF),
     Route(("GET",), "/train", ("admin",)),
     Route(("POST",), "/train/{model}", ("admin",)),

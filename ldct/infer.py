@@ -10,6 +10,7 @@ per process and device.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,13 @@ from ldct import registry
 from ldct.device import autocast, pick_device, to_device
 from ldct.io import CTVolume
 from ldct.nets.blocks import HUPreservingDenoiser
+
+StopCheck = Callable[[], bool]  # True once the caller wants the work stopped
+BatchDone = Callable[[int, int], None]  # (slices done, slices in all)
+
+
+class DenoiseCancelled(RuntimeError):
+    """The caller stopped the denoising (``stop`` answered True); nothing was returned."""
 
 # Views of a slice as (quarter turns, mirror left-right), in the order the self-ensemble uses
 # them: its first 2 or 4 already pair each view with a differently oriented one.
@@ -80,39 +88,48 @@ def _unview(y: torch.Tensor, turns: int, mirror: bool) -> torch.Tensor:
 
 
 def self_ensemble(net: HUPreservingDenoiser, x: torch.Tensor, strength: float,
-                  views: int) -> torch.Tensor:
+                  views: int, stop: StopCheck | None = None) -> torch.Tensor:
     """The mean of the network's outputs over ``views`` flipped/rotated copies of the batch,
     each turned back: the part of its error that is not tied to the anatomy's orientation
     (texture it invents, noise it takes for structure) averages out; HU and geometry are kept
-    because every view is an exact pixel permutation."""
-    return torch.stack([_unview(net(_view(x, turns, mirror), strength), turns, mirror).float()
-                        for turns, mirror in DIHEDRAL_VIEWS[:views]]).mean(0)
+    because every view is an exact pixel permutation. ``stop`` is asked before each view."""
+    outputs = []
+    for turns, mirror in DIHEDRAL_VIEWS[:views]:
+        if stop is not None and stop():
+            raise DenoiseCancelled("denoising was cancelled")
+        outputs.append(_unview(net(_view(x, turns, mirror), strength), turns, mirror).float())
+    return torch.stack(outputs).mean(0)
 
 
 def _run_network(net: HUPreservingDenoiser, hu: np.ndarray, strength: float,
                  device: torch.device, batch_size: int, ensemble: int,
-                 progress: bool) -> np.ndarray:
+                 progress: bool, stop: StopCheck | None = None,
+                 batch_done: BatchDone | None = None) -> np.ndarray:
     out = np.empty_like(hu, dtype=np.float32)
     starts = range(0, hu.shape[0], batch_size)
     with torch.inference_mode():
         for start in tqdm(starts, desc="denoise", unit="batch", disable=not progress):
-            stop = min(start + batch_size, hu.shape[0])
-            stack = np.stack([context_stack(hu, k, net.context) for k in range(start, stop)])
+            end = min(start + batch_size, hu.shape[0])
+            stack = np.stack([context_stack(hu, k, net.context) for k in range(start, end)])
             x = to_device(stack.astype(np.float32), device)
             with autocast(device):
-                y = self_ensemble(net, x, strength, ensemble)
-            out[start:stop] = y[:, 0].cpu().numpy()
+                y = self_ensemble(net, x, strength, ensemble, stop)
+            out[start:end] = y[:, 0].cpu().numpy()
+            if batch_done is not None:
+                batch_done(end, hu.shape[0])
     return out
 
 
 def denoise(volume: CTVolume, model: str, strength: float = 1.0, device: str = "auto",
             batch_size: int = 8, weights: str | Path | None = None,
-            progress: bool = False, ensemble: int = DEFAULT_ENSEMBLE) -> CTVolume:
+            progress: bool = False, ensemble: int = DEFAULT_ENSEMBLE,
+            stop: StopCheck | None = None, batch_done: BatchDone | None = None) -> CTVolume:
     """Denoise a CT volume with a registered model; HU and geometry of the input are kept.
 
     ``strength`` blends between the input (0) and the full result (1); a network averages
     ``ensemble`` (1-8) flipped/rotated views of each slice (baselines need none: they are
-    symmetric already).
+    symmetric already). ``stop`` is asked between network passes (a server's cancel: it then
+    raises `DenoiseCancelled` within one pass); ``batch_done`` hears the slices done.
     """
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"strength must be in [0, 1], got {strength}")
@@ -128,4 +145,4 @@ def denoise(volume: CTVolume, model: str, strength: float = 1.0, device: str = "
     dev = pick_device(device)
     net = load_network(model, str(dev), str(weights) if weights else None)
     return volume.with_hu(_run_network(net, volume.hu, strength, dev, batch_size, ensemble,
-                                          progress))
+                                       progress, stop, batch_done))

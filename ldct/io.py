@@ -9,6 +9,7 @@ original: it is carried through unchanged and checked by the round-trip tests.
 from __future__ import annotations
 
 import datetime
+import math
 import tempfile
 import zipfile
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 ITK_FORMATS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 PICTURE_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 MAX_VOXELS = 1024 * 1024 * 2048  # 8 GiB as float32: beyond this a volume must be split first
+MAX_ZIP_MEMBERS = 20000  # files in a zipped series (a CT series has hundreds to a few thousand)
+MAX_ZIP_RATIO = 100  # unpacked bytes per packed byte: DICOM packs 2-5x, a zip bomb 1000x
 MIN_INPLANE = 16
 
 # DICOM tags of the patient, study, frame-of-reference and equipment modules that a derived
@@ -80,6 +83,14 @@ class CTVolume:
 # ----------------------------------------------------------------------------- validation
 
 
+def check_voxels(shape: Sequence[int], source: str, max_voxels: int = MAX_VOXELS) -> None:
+    """Refuse a volume larger than the limit; called on the header, before any pixel is read."""
+    count = math.prod(int(n) for n in shape)
+    if count > max_voxels:
+        raise CTInputError(f"{source}: {count:,} voxels ({tuple(shape)}) exceed the limit of "
+                           f"{max_voxels:,}. Crop the volume or split it into slabs first.")
+
+
 def validate_ct(hu: np.ndarray, source: str = "input", max_voxels: int = MAX_VOXELS) -> None:
     """Refuse arrays that cannot be a CT volume in HU, saying what is wrong and what to do."""
     if hu.ndim != 3:
@@ -88,9 +99,7 @@ def validate_ct(hu: np.ndarray, source: str = "input", max_voxels: int = MAX_VOX
     if min(hu.shape[1:]) < MIN_INPLANE:
         raise CTInputError(f"{source}: slices of {hu.shape[1]}x{hu.shape[2]} pixels are too small "
                            f"to be CT images (need at least {MIN_INPLANE}x{MIN_INPLANE}).")
-    if hu.size > max_voxels:
-        raise CTInputError(f"{source}: {hu.size:,} voxels ({hu.shape}) exceed the limit of "
-                           f"{max_voxels:,}. Crop the volume or split it into slabs first.")
+    check_voxels(hu.shape, source, max_voxels)
     finite = np.isfinite(hu)
     if not finite.all():
         bad = int(hu.size - np.count_nonzero(finite))
@@ -127,12 +136,30 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> CTVolume:
     if zipfile.is_zipfile(path):
         with tempfile.TemporaryDirectory(prefix="ldct-zip-") as tmp:
             with zipfile.ZipFile(path) as archive:
+                _check_zip(archive, path)
                 _safe_extract(archive, Path(tmp))
             return read_dicom_series(Path(tmp), series_uid)
     if _is_dicom_file(path):
         return read_dicom_series([path], series_uid)
     raise CTInputError(f"{path}: unrecognised file type. Supported: a DICOM series folder, a DICOM "
                        "file, a .zip of a DICOM series, .nrrd, .nii/.nii.gz, .mha.")
+
+
+def _check_zip(archive: zipfile.ZipFile, path: Path) -> None:
+    """Refuse, from the archive's directory and before extracting anything, a zip with too many
+    members, more bytes than the largest volume allowed, or a zip-bomb expansion ratio."""
+    members = archive.infolist()
+    if len(members) > MAX_ZIP_MEMBERS:
+        raise CTInputError(f"{path}: {len(members):,} files in the zip (at most "
+                           f"{MAX_ZIP_MEMBERS:,}); send one series.")
+    unpacked = sum(m.file_size for m in members)
+    if unpacked > 2 * MAX_VOXELS + MAX_ZIP_MEMBERS * 65536:  # int16 pixels plus headers
+        raise CTInputError(f"{path}: unpacks to {unpacked:,} bytes, more than any volume within "
+                           f"the limit of {MAX_VOXELS:,} voxels.")
+    packed = max(path.stat().st_size, 1)
+    if unpacked > MAX_ZIP_RATIO * packed:
+        raise CTInputError(f"{path}: would unpack {unpacked // packed:,} times its size (a zip "
+                           f"bomb?); a DICOM series packs at most a few times. Refused unread.")
 
 
 def _safe_extract(archive: zipfile.ZipFile, dest: Path) -> None:
@@ -158,18 +185,25 @@ def _is_dicom_file(path: Path) -> bool:
 
 
 def _read_itk(path: Path) -> CTVolume:
+    """NRRD, NIfTI, MHA: the header is checked (components, dimension, voxel count) before a
+    single voxel is decoded, so a small file claiming a huge volume costs nothing."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        components, dimension = reader.GetNumberOfComponents(), reader.GetDimension()
+        if components != 1:
+            raise CTInputError(f"{path}: has {components} components per voxel (colour?); a CT "
+                               "volume has one value per voxel.")
+        if dimension not in (2, 3):
+            raise CTInputError(f"{path}: a {dimension}D image; expected a 3D CT volume.")
+        check_voxels(reader.GetSize(), str(path))
+        image = reader.Execute()
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1]
         raise CTInputError(f"{path}: cannot be read ({reason}).") from exc
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise CTInputError(f"{path}: has {image.GetNumberOfComponentsPerPixel()} components per "
-                           "voxel (colour?); a CT volume has one value per voxel.")
     if image.GetDimension() == 2:
         image = sitk.JoinSeries(image)
-    if image.GetDimension() != 3:
-        raise CTInputError(f"{path}: a {image.GetDimension()}D image; expected a 3D CT volume.")
     hu = sitk.GetArrayFromImage(image).astype(np.float32)
     validate_ct(hu, str(path))
     return CTVolume(hu=hu, spacing=tuple(image.GetSpacing()), origin=tuple(image.GetOrigin()),
@@ -213,12 +247,22 @@ def read_dicom_series(source: Path | Sequence[Path], series_uid: str | None = No
     if enhanced or int(first.get("NumberOfFrames", 1)) > 1:
         raise CTInputError(f"{where}: a multi-frame (enhanced) CT object; convert it to a classic "
                            "single-frame CT series first.")
+    check_voxels((len(chosen), int(first.get("Rows", 0)), int(first.get("Columns", 0))),
+                 str(where))
     return _stack_slices(chosen, str(where))
 
 
 def _stack_slices(items: list[tuple[Path, Dataset]], where: str) -> CTVolume:
     first = items[0][1]
     iop = np.array(first.get("ImageOrientationPatient", [1, 0, 0, 0, 1, 0]), dtype=np.float64)
+    other = [path.name for path, ds in items
+             if not np.allclose(np.array(ds.get("ImageOrientationPatient", iop), np.float64),
+                                iop, atol=1e-4)]
+    if other:
+        raise CTInputError(f"{where}: slices in more than one orientation: "
+                           f"{', '.join(other[:5])}{' ...' if len(other) > 5 else ''} differ from "
+                           f"{items[0][0].name} ({' '.join(f'{v:g}' for v in iop)}). Give one "
+                           "series acquired in one orientation.")
     row_dir, col_dir = iop[:3], iop[3:]
     normal = np.cross(row_dir, col_dir)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -22,9 +23,14 @@ from ldct.io import write_volume
 from ldct.study.service import STUDY_ROOT_ENV
 
 APP_DIR = Path(__file__).resolve().parents[1] / "apps" / "ldct_denoise"
+LOG_CONFIG = APP_DIR / "logging.json"  # console logging (the service manager keeps it)
 DEMO_STUDIES = Path.home() / ".cache" / "ldct" / "demo_studies"
 INSECURE_ENV = "LDCT_INSECURE_NO_AUTH"
 CORS_ENV = "LDCT_CORS_ORIGINS"
+MAX_UPLOAD_ENV = "LDCT_MAX_UPLOAD_BYTES"
+DEFAULT_MAX_UPLOAD_BYTES = 4 << 30  # an uncompressed int16 volume of 2 G voxels
+QUEUE_LIMIT_ENV = "LDCT_QUEUE_LIMIT"
+DEFAULT_QUEUE_LIMIT = 8
 console = Console(stderr=False, highlight=False)
 
 
@@ -38,12 +44,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def server_security() -> tuple[TokenStore | None, list[str]]:
-    """For the server process: the token store (None under --insecure-no-auth) and the CORS
-    origins allowed (none unless listed)."""
-    store = None if os.environ.get(INSECURE_ENV) == "1" else TokenStore()
-    origins = [o.strip() for o in os.environ.get(CORS_ENV, "").split(",") if o.strip()]
-    return store, origins
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the server process enforces, from the environment `serve` gives it."""
+
+    store: TokenStore | None  # None under --insecure-no-auth (loopback only)
+    cors_origins: list[str]  # web origins allowed (none unless listed)
+    max_upload_bytes: int  # larger request bodies are refused (413) while they arrive
+    queue_limit: int  # denoising requests queued or running; more are answered 503
+
+
+def server_settings() -> ServerSettings:
+    """The server process's settings (``$LDCT_MAX_UPLOAD_BYTES``, default 4 GiB;
+    ``$LDCT_QUEUE_LIMIT``, default 8)."""
+    return ServerSettings(
+        store=None if os.environ.get(INSECURE_ENV) == "1" else TokenStore(),
+        cors_origins=[o.strip() for o in os.environ.get(CORS_ENV, "").split(",") if o.strip()],
+        max_upload_bytes=int(os.environ.get(MAX_UPLOAD_ENV) or DEFAULT_MAX_UPLOAD_BYTES),
+        queue_limit=int(os.environ.get(QUEUE_LIMIT_ENV) or DEFAULT_QUEUE_LIMIT))
 
 
 def first_token(store: TokenStore, url: str) -> None:
@@ -72,6 +90,7 @@ def server_command(studies: str, host: str, port: int, models: str,
     """The monailabel start_server command line for the app."""
     return [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR),
             "--studies", studies, "--host", host, "--port", str(port),
+            "--log_config", str(LOG_CONFIG),  # else MONAI Label leaves a copy in /tmp per start
             "--conf", "models", models, "--conf", "preload", str(preload).lower()]
 
 

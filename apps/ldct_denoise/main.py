@@ -18,7 +18,7 @@ import lib.configs
 from fastapi import HTTPException
 from lib.configs.denoiser import DenoiserConfig
 from lib.datastores.pacs import PacsDatastore
-from lib.routes import app_router, datastore_id
+from lib.routes import InferenceQueue, app_router, datastore_id
 from lib.security import secure
 from lib.study_api import study_router
 from lib.trainers.finetune import FineTuneTask
@@ -27,7 +27,7 @@ from monailabel.interfaces.app import MONAILabelApp
 from ldct import __version__, registry
 from ldct.infer import load_network
 from ldct.pacs import PacsError
-from ldct.serve import server_security
+from ldct.serve import server_settings
 from ldct.study.service import StudyService, study_root
 
 logger = logging.getLogger(__name__)
@@ -77,9 +77,11 @@ class LowDoseCTDenoiseApp(MONAILabelApp):
         from monailabel.app import app as server
 
         service = StudyService(study_root(), resolve_datastore=self._image_path)
-        store, origins = server_security()
-        secure(server, [app_router(self), study_router(service)], store, origins,
-               health=lambda: {"status": "ok"})
+        for study in service.resume_unfinished():
+            logger.warning("study %s was being created when the server stopped; resuming", study)
+        settings = server_settings()
+        secure(server, [app_router(self, InferenceQueue(settings.queue_limit)),
+                        study_router(service)], settings, health=lambda: {"status": "ok"})
 
     def _image_path(self, image_id: str) -> str:
         """A datastore image's file; ids the datastore does not list are refused (404)."""

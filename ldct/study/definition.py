@@ -155,11 +155,13 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
         where = f"conditions[{k}]"
         if not isinstance(entry, dict):
             raise StudyDefinitionError(f"{where} must be a mapping with a name")
-        strength = float(entry.get("strength", 1.0))
-        if not 0.0 <= strength <= 1.0:
-            raise StudyDefinitionError(f"{where}: strength must be in [0, 1]")
+        strength = entry.get("strength", 1.0)
+        if (not isinstance(strength, (int, float)) or isinstance(strength, bool)
+                or not 0.0 <= strength <= 1.0):
+            raise StudyDefinitionError(f"{where}: strength must be a number in [0, 1], got "
+                                       f"{strength!r}")
         conditions.append(Condition(str(_need(entry, "name", where)), str(entry.get("model", "")),
-                                    strength))
+                                    float(strength)))
     _unique([c.name for c in conditions], "condition names")
     if sum(1 for c in conditions if not c.model) != 1:
         raise StudyDefinitionError("conditions need exactly one reference without a model "
@@ -183,7 +185,10 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
     if not criteria:
         raise StudyDefinitionError("criteria must list at least one criterion")
     _unique([c.name for c in criteria], "criterion names")
-    return StudyDefinition(str(_need(data, "name", "study")), int(data.get("seed", 0)),
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise StudyDefinitionError(f"study: seed must be a whole number, got {seed!r}")
+    return StudyDefinition(str(_need(data, "name", "study")), seed,
                            presentation, (width, level), tuple(readers), tuple(cases),
                            tuple(conditions), tuple(criteria), base_dir)
 

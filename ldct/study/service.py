@@ -18,10 +18,11 @@ import json
 import os
 import random
 import secrets
+import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,8 @@ class StudyService:
     def _new_study(self, definition: StudyDefinition) -> tuple[Path, StudyStore]:
         with self._lock:
             folder = self.root / definition.study_id
+            if folder.exists() and _failed(folder):
+                shutil.rmtree(folder)  # a failed creation does not block its name
             if folder.exists():
                 raise StudyError(409, f"a study '{definition.study_id}' exists already; "
                                       "give the new one another name")
@@ -158,8 +161,29 @@ class StudyService:
             if reraise:
                 raise
 
+    def resume_unfinished(self, device: str = "auto") -> list[str]:
+        """Studies whose creation a stopped server left unfinished are built again, in the
+        background, from their stored definition (their reader tokens stay valid)."""
+        resumed = []
+        for folder in sorted(self.root.iterdir()):
+            if not (folder / "study.sqlite").exists():
+                continue
+            store = StudyStore(folder / "study.sqlite")
+            meta = store.meta()
+            if meta.get("state") != "creating":
+                continue
+            for partial in (folder / "volumes").glob("*"):
+                partial.unlink()
+            definition = parse(meta["definition"])
+            threading.Thread(target=self._build_logged, name=f"study-{folder.name}",
+                             args=(definition, folder, store, device), daemon=True).start()
+            resumed.append(folder.name)
+        return resumed
+
     def _build(self, definition: StudyDefinition, folder: Path, store: StudyStore,
                progress: Progress | None, device: str) -> None:
+        """Denoise and write every (case, condition), then every reader's plan in one
+        transaction: a crash before that leaves no item behind, only files to redo."""
         total = len(definition.cases) * len(definition.conditions)
         store.set_meta(total=total)
         done = 0
@@ -179,35 +203,35 @@ class StudyService:
                     progress(done, total, f"{case.id} / {condition.name}")
         store.set_meta(files={f"{case}/{condition}": path
                               for (case, condition), path in files.items()})
-        rows = [row for reader in definition.readers
-                for row in self._reader_rows(definition, store, reader, files)]
-        store.add_assignments(rows)
+        store.add_assignments(*self._reader_rows(definition, definition.readers, files))
         store.set_meta(state="open")
 
     @staticmethod
-    def _reader_rows(definition: StudyDefinition, store: StudyStore, reader: str,
-                     files: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
-        """A reader's items in their order and placement, each side with its own volume token
-        (registered in ``store``)."""
+    def _reader_rows(definition: StudyDefinition, readers: Sequence[str],
+                     files: dict[tuple[str, str], str]
+                     ) -> tuple[list[dict[str, Any]], list[tuple[str, str, str, str]]]:
+        """The readers' items in their order and placement, each side with a volume token of
+        its own: (assignment rows, volume rows (token, case, condition, file))."""
         items = definition.items()
-        rows = []
-        plan = reader_plan(definition.seed, reader, len(items), definition.presentation == "pairs")
-        for position, (index, swap) in enumerate(plan):
-            item = items[index]
-            names = list(reversed(item["conditions"])) if swap else item["conditions"]
-            right = names[1] if len(names) > 1 else None
-            volumes = {}
-            for side, condition in (("left", names[0]), ("right", right)):
-                volumes[side] = None
-                if condition:
-                    volumes[side] = secrets.token_urlsafe(16)
-                    store.add_volume(volumes[side], item["case"], condition,
-                                     files[(item["case"], condition)])
-            rows.append({"token": secrets.token_urlsafe(12), "reader": reader,
-                         "position": position, "case_id": item["case"],
-                         "left_condition": names[0], "right_condition": right,
-                         "left_volume": volumes["left"], "right_volume": volumes["right"]})
-        return rows
+        rows, volumes = [], []
+        for reader in readers:
+            plan = reader_plan(definition.seed, reader, len(items),
+                               definition.presentation == "pairs")
+            for position, (index, swap) in enumerate(plan):
+                item = items[index]
+                names = list(reversed(item["conditions"])) if swap else item["conditions"]
+                right = names[1] if len(names) > 1 else None
+                tokens = {}
+                for side, condition in (("left", names[0]), ("right", right)):
+                    tokens[side] = secrets.token_urlsafe(16) if condition else None
+                    if condition:
+                        volumes.append((tokens[side], item["case"], condition,
+                                        files[(item["case"], condition)]))
+                rows.append({"token": secrets.token_urlsafe(12), "reader": reader,
+                             "position": position, "case_id": item["case"],
+                             "left_condition": names[0], "right_condition": right,
+                             "left_volume": tokens["left"], "right_volume": tokens["right"]})
+        return rows, volumes
 
     def add_reader(self, study: str, reader: str) -> dict[str, Any]:
         """Add ``reader`` to an open study (their own order and placement), or give an existing
@@ -222,7 +246,7 @@ class StudyService:
             data["readers"].append(reader)
             definition = parse(data)
             files = {tuple(key.split("/", 1)): path for key, path in meta["files"].items()}
-            store.add_assignments(self._reader_rows(definition, store, reader, files))
+            store.add_assignments(*self._reader_rows(definition, [reader], files))
             store.set_meta(definition=data)
         return {"study": study, "reader": reader, "reader_token": self.reader_token(study, reader)}
 
@@ -364,6 +388,11 @@ class StudyService:
         if token is not None and (not token or not hmac.compare_digest(token, expected)):
             raise StudyError(403, "coordinator token missing or wrong")
         return store
+
+
+def _failed(folder: Path) -> bool:
+    database = folder / "study.sqlite"
+    return database.exists() and StudyStore(database).meta().get("state") == "failed"
 
 
 def _validate(body: dict[str, Any], sides: list[str], definition: StudyDefinition

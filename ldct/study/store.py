@@ -71,11 +71,6 @@ class StudyStore:
             return {r["key"]: json.loads(r["value"]) for r in db.execute("SELECT * FROM meta")}
 
     # -- creation -------------------------------------------------------------------------
-    def add_volume(self, token: str, case_id: str, condition: str, path: str) -> None:
-        with self.connect() as db:
-            db.execute("INSERT OR REPLACE INTO volumes VALUES (?, ?, ?, ?)",
-                       (token, case_id, condition, path))
-
     def volume_path(self, token: str) -> str | None:
         with self.connect() as db:
             row = db.execute("SELECT path FROM volumes WHERE token = ?", (token,)).fetchone()
@@ -88,8 +83,11 @@ class StudyStore:
                              "right_volume = ?", (token, token)).fetchone()
         return row["reader"] if row else None
 
-    def add_assignments(self, rows: list[dict[str, Any]]) -> None:
+    def add_assignments(self, rows: list[dict[str, Any]],
+                        volumes: list[tuple[str, str, str, str]]) -> None:
+        """Readers' items and their volume tokens (token, case, condition, file), together."""
         with self.connect() as db:
+            db.executemany("INSERT INTO volumes VALUES (?, ?, ?, ?)", volumes)
             db.executemany(
                 "INSERT INTO assignments (token, reader, position, case_id, left_condition, "
                 "right_condition, left_volume, right_volume) VALUES (:token, :reader, "

@@ -1,11 +1,14 @@
-"""The app's own /info/, /datastore/, /infer/{model} and /train/, in place of MONAI Label's.
+"""The app's own /info/, /datastore/, /infer/{model}, /jobs/ and /train/, in place of MONAI
+Label's.
 
 MONAI Label's versions are ``async def`` routes that run blocking work on the event loop (one
 inference froze every route), take a server path or any id as the image, and leave the upload
 behind when they fail. These keep its request/response contract (MONAI Label's own client
 works unchanged) but run the work in a worker thread behind a bounded queue, accept only ids
 the datastore lists, check every parameter first and remove what they wrote on every path.
-Fine-tuning runs one job at a time in a worker thread, with checked, bounded settings.
+Each denoising request is a job (`ldct.jobs`): its progress can be read and it can be
+cancelled, and a client that goes away cancels it, so the worker stops too. Fine-tuning runs
+one at a time in a worker thread, with checked, bounded settings.
 """
 
 from __future__ import annotations
@@ -16,25 +19,37 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Body, File, Form, HTTPException, UploadFile
+from fastapi import (
+    APIRouter,
+    BackgroundTasks,
+    Body,
+    File,
+    Form,
+    HTTPException,
+    Request,
+    UploadFile,
+)
 from fastapi.concurrency import run_in_threadpool
 from monailabel.endpoints.infer import ResultType, send_response
 from monailabel.interfaces.app import MONAILabelApp
 
+from ldct.access import IDENTITY_KEY
 from ldct.finetune import check_settings
 from ldct.infer_params import ParamError, parse_params
+from ldct.jobs import JOBS, Job, JobError
 
-QUEUE_LIMIT = 8  # inference requests waiting or running; more get 503 + Retry-After
 RETRY_AFTER_S = 30
+DISCONNECT_CHECK_S = 0.5  # how often a waiting request checks that its client is still there
 
 
 class InferenceQueue:
     """One inference at a time (it uses every core or the GPU), at most ``limit`` admitted."""
 
-    def __init__(self, limit: int = QUEUE_LIMIT) -> None:
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self.admitted = 0
         self._device = asyncio.Semaphore(1)
@@ -94,10 +109,10 @@ class TrainingJob:
                 "error": self.error, "seconds": round(time.time() - self.started, 1)}
 
 
-def app_router(app: MONAILabelApp, queue: InferenceQueue | None = None) -> APIRouter:
-    """/info/, /datastore/, /infer/{model} and /train/ for ``app``."""
+def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
+    """/info/, /datastore/, /jobs/, /infer/{model} and /train/ for ``app``; denoising
+    requests go through ``queue``."""
     router = APIRouter()
-    queue = queue or InferenceQueue()
     training: dict[str, TrainingJob] = {}
 
     @router.get("/train/", summary="Admin: the fine-tuning job and each network's versions")
@@ -138,10 +153,25 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue | None = None) -> APIRo
         store = app.datastore()
         return store.json() if output == "all" else store.status()
 
+    @router.get("/jobs/", summary="Your denoising jobs (all of them for an admin)")
+    def jobs(http: Request) -> list[dict[str, Any]]:
+        owner, admin = _caller(http)
+        return JOBS.list(owner, admin)
+
+    @router.get("/jobs/{job}", summary="A denoising job's state and progress")
+    def job_status(http: Request, job: str) -> dict[str, Any]:
+        return _job(http, job).status()
+
+    @router.delete("/jobs/{job}", summary="Cancel a denoising job (its worker stops)")
+    def cancel(http: Request, job: str) -> dict[str, Any]:
+        found = _job(http, job)
+        found.cancel_requested.set()
+        return found.status()
+
     @router.post("/infer/{model}", summary="Denoise an uploaded volume or a datastore image")
-    async def infer(background: BackgroundTasks, model: str, image: str = "",
-                    output: ResultType | None = None, params: str = Form("{}"),
-                    file: UploadFile | None = File(None)):
+    async def infer(http: Request, background: BackgroundTasks, model: str, image: str = "",
+                    output: ResultType | None = None, job: str = "",
+                    params: str = Form("{}"), file: UploadFile | None = File(None)):
         if model not in app.info()["models"]:
             raise HTTPException(status_code=404, detail=(
                 f"no model '{model}' on this server; it serves "
@@ -155,10 +185,15 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue | None = None) -> APIRo
                 "nothing to denoise: upload the volume as the 'file' form field, or name a "
                 "datastore image with ?image=ID"))
         queue.admit()
+        try:
+            work = JOBS.start(_caller(http)[0], model, job)
+        except JobError as exc:
+            queue.admitted -= 1
+            raise HTTPException(status_code=exc.status, detail=str(exc)) from exc
         folder = Path(tempfile.mkdtemp(prefix="ldct-upload-"))
         shown = "the upload" if file is None else f"'{file.filename}'"
         try:
-            request: dict[str, Any] = {"model": model, **checked.as_dict()}
+            request: dict[str, Any] = {"model": model, "job": work.id, **checked.as_dict()}
             if file is not None:
                 request["image"] = str(folder / f"upload{upload_suffix(file.filename)}")
                 await run_in_threadpool(_save, file, request["image"])
@@ -167,19 +202,48 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue | None = None) -> APIRo
                 request["image_id"] = await run_in_threadpool(datastore_id, app, image)
                 request["image"] = await run_in_threadpool(app.datastore().get_image_uri,
                                                            request["image_id"])
-            result = await queue.run(app.infer, request)
+            result = await _while_connected(http, work, queue.run(app.infer, request))
         except HTTPException as exc:
             shutil.rmtree(folder, ignore_errors=True)
+            JOBS.finish(work, "cancelled" if work.stop_requested() else "failed")
             if isinstance(exc.detail, str):
                 exc.detail = exc.detail.replace(str(folder / "upload"), shown)
             raise
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
+            JOBS.finish(work, "cancelled" if work.stop_requested() else "failed")
             raise
+        JOBS.finish(work, "done")
         background.add_task(shutil.rmtree, folder, True)
         return send_response(app.datastore(), result, output, background)
 
     return router
+
+
+def _caller(http: Request) -> tuple[str, bool]:
+    """(the caller's token name, whether it is an admin) as the access guard found them."""
+    identity = http.scope.get(IDENTITY_KEY)
+    return (identity.name, identity.role == "admin") if identity else ("", False)
+
+
+def _job(http: Request, job: str) -> Job:
+    owner, admin = _caller(http)
+    try:
+        return JOBS.get(job, owner, admin)
+    except JobError as exc:
+        raise HTTPException(status_code=exc.status, detail=str(exc)) from exc
+
+
+async def _while_connected(http: Request, job: Job, work: Awaitable[Any]) -> Any:
+    """Await ``work``; if the client goes away meanwhile (Slicer's Cancel closes the
+    connection), cancel its job so that the worker stops too."""
+    task = asyncio.ensure_future(work)
+    while True:
+        done, _ = await asyncio.wait({task}, timeout=DISCONNECT_CHECK_S)
+        if done:
+            return task.result()
+        if not job.stop_requested() and await http.is_disconnected():
+            job.cancel_requested.set()
 
 
 def _save(upload: UploadFile, path: str) -> None:

@@ -16,23 +16,25 @@ from fastapi import APIRouter, FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from ldct.access import AccessGuard
-from ldct.auth import TokenStore
+from ldct.serve import ServerSettings
 
 OPENAPI_PATH = "/openapi.json"
 
 
-def secure(server: FastAPI, routers: Iterable[APIRouter], store: TokenStore | None,
-           cors_origins: list[str], health: Callable[[], dict]) -> None:
-    """Serve only the kept routes and ``routers``, each request through the guard first."""
+def secure(server: FastAPI, routers: Iterable[APIRouter], settings: ServerSettings,
+           health: Callable[[], dict]) -> None:
+    """Serve only the OpenAPI schema and ``routers``, each request through the guard first,
+    request bodies capped at ``settings.max_upload_bytes``."""
     server.router.routes = [route for route in server.router.routes
                             if getattr(route, "path", None) == OPENAPI_PATH]
     for router in routers:
         server.include_router(router)
     server.openapi_schema = None  # regenerated from the routes left
     server.user_middleware = []  # MONAI Label's CORS policy reflects any origin
-    app = AccessGuard(server.build_middleware_stack(), store, health)
-    if cors_origins:  # a web viewer's origins, outside the guard so preflights are answered
-        app = CORSMiddleware(app, allow_origins=cors_origins, allow_credentials=False,
+    server.max_body_size = settings.max_upload_bytes
+    app = AccessGuard(server.build_middleware_stack(), settings.store, health)
+    if settings.cors_origins:  # outside the guard, so that preflights are answered
+        app = CORSMiddleware(app, allow_origins=settings.cors_origins, allow_credentials=False,
                              allow_methods=["GET", "POST", "DELETE"],
                              allow_headers=["Authorization", "Content-Type"])
     server.middleware_stack = app

@@ -15,9 +15,10 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ldct import registry
-from ldct.infer import DEFAULT_ENSEMBLE, denoise
+from ldct.infer import DEFAULT_ENSEMBLE, DenoiseCancelled, denoise
 from ldct.infer_params import DEVICES, RESULT_DTYPES, DenoiseParams, parse_params
 from ldct.io import CTInputError, read_volume, write_volume
+from ldct.jobs import JOBS
 
 
 class DenoiseInfer(InferTask):
@@ -42,18 +43,27 @@ class DenoiseInfer(InferTask):
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """``request`` holds the image's file and the parameters the route checked
-        (`ldct.infer_params`)."""
+        (`ldct.infer_params`) and its job's id (progress and cancel, `ldct.jobs`)."""
         params = parse_params({k: request[k] for k in DenoiseParams.__dataclass_fields__
                                if k in request})
         start = time.perf_counter()
         info = registry.get(self.model)
         weights = info.weights if info.kind == "network" else None  # fixed for this request
         version = "" if weights is None else info.version_of(weights)
+        job = JOBS.find(request.get("job", ""))
         try:
+            if job is not None:
+                if job.stop_requested():
+                    raise DenoiseCancelled("cancelled before it started")
+                job.state = "running"
             volume = read_volume(request["image"])
             model_start = time.perf_counter()
             result = denoise(volume, self.model, strength=params.strength, device=params.device,
-                             weights=weights, ensemble=params.ensemble)
+                             weights=weights, ensemble=params.ensemble,
+                             stop=job.stop_requested if job else None,
+                             batch_done=job.progress if job else None)
+        except DenoiseCancelled as exc:
+            raise HTTPException(status_code=409, detail=f"the job was cancelled ({exc})") from exc
         except (CTInputError, ValueError) as exc:  # the client gets the reason, not a 500
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         model_s = time.perf_counter() - model_start
@@ -62,5 +72,5 @@ class DenoiseInfer(InferTask):
         return out, {"model": self.model, "version": version, "strength": params.strength,
                      "ensemble": params.ensemble, "device": params.device,
                      "result_dtype": params.result_dtype, "shape": list(volume.hu.shape),
-                     "model_seconds": round(model_s, 3),
+                     "job": job.id if job else "", "model_seconds": round(model_s, 3),
                      "total_seconds": round(time.perf_counter() - start, 3)}
