@@ -111,7 +111,7 @@ def test_every_bad_input_gets_its_4xx_and_says_what_was_wrong(server, tmp_path):
         (dict(), 422, "nothing to denoise"),
         (dict(image="no-such-image"), 404, "no image 'no-such-image'"),
         (dict(file=("scan.nrrd", b"")), 422, "'scan.nrrd' is empty"),
-        (dict(file=("mine.nrrd", not_ct)), 422, "'mine.nrrd': values span"),
+        (dict(file=("mine.nrrd", not_ct)), 422, "mine.nrrd: values span"),
         (dict(file=("huge.nrrd", _huge_header_nrrd())), 422, "exceed the limit"),
         (dict(file=("bomb.zip", _zip_bomb())), 422, "zip bomb"),
         (dict(file=("tilted.zip", mixed)), 422, f"more than one orientation: {tilted_name}"),

@@ -14,12 +14,13 @@ one at a time in a worker thread, with checked, bounded settings.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -47,27 +48,30 @@ DISCONNECT_CHECK_S = 0.5  # how often a waiting request checks that its client i
 
 
 class InferenceQueue:
-    """One inference at a time (it uses every core or the GPU), at most ``limit`` admitted."""
+    """One inference at a time (it uses every core or the GPU), at most ``limit`` requests
+    admitted (queued or running); every admitted request is released, whatever happens."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.admitted = 0
         self._device = asyncio.Semaphore(1)
 
-    def admit(self) -> None:
+    @contextlib.contextmanager
+    def admission(self) -> Iterator[None]:
         if self.admitted >= self.limit:
             raise HTTPException(status_code=503, headers={"Retry-After": str(RETRY_AFTER_S)},
                                 detail=f"the server is busy ({self.admitted} denoising requests "
                                        f"queued or running); try again in {RETRY_AFTER_S} s")
         self.admitted += 1
-
-    async def run(self, function, *args):
-        """Run ``function(*args)`` in a worker thread when the device is free (admitted first)."""
         try:
-            async with self._device:
-                return await run_in_threadpool(function, *args)
+            yield
         finally:
             self.admitted -= 1
+
+    async def run(self, function, *args):
+        """Run ``function(*args)`` in a worker thread once the device is free."""
+        async with self._device:
+            return await run_in_threadpool(function, *args)
 
 
 def upload_suffix(filename: str | None) -> str:
@@ -184,35 +188,33 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
             raise HTTPException(status_code=422, detail=(
                 "nothing to denoise: upload the volume as the 'file' form field, or name a "
                 "datastore image with ?image=ID"))
-        queue.admit()
-        try:
-            work = JOBS.start(_caller(http)[0], model, job)
-        except JobError as exc:
-            queue.admitted -= 1
-            raise HTTPException(status_code=exc.status, detail=str(exc)) from exc
-        folder = Path(tempfile.mkdtemp(prefix="ldct-upload-"))
-        shown = "the upload" if file is None else f"'{file.filename}'"
-        try:
-            request: dict[str, Any] = {"model": model, "job": work.id, **checked.as_dict()}
-            if file is not None:
-                request["image"] = str(folder / f"upload{upload_suffix(file.filename)}")
-                await run_in_threadpool(_save, file, request["image"])
-                request["image_id"] = ""
-            else:
-                request["image_id"] = await run_in_threadpool(datastore_id, app, image)
-                request["image"] = await run_in_threadpool(app.datastore().get_image_uri,
-                                                           request["image_id"])
-            result = await _while_connected(http, work, queue.run(app.infer, request))
-        except HTTPException as exc:
-            shutil.rmtree(folder, ignore_errors=True)
-            JOBS.finish(work, "cancelled" if work.stop_requested() else "failed")
-            if isinstance(exc.detail, str):
-                exc.detail = exc.detail.replace(str(folder / "upload"), shown)
-            raise
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            JOBS.finish(work, "cancelled" if work.stop_requested() else "failed")
-            raise
+        with queue.admission():
+            try:
+                work = JOBS.start(_caller(http)[0], model, job)
+            except JobError as exc:
+                raise HTTPException(status_code=exc.status, detail=str(exc)) from exc
+            folder = Path(tempfile.mkdtemp(prefix="ldct-upload-"))
+            upload = folder / f"upload{upload_suffix(file.filename if file else '')}"
+            try:
+                request: dict[str, Any] = {"model": model, "job": work.id,
+                                           **checked.as_dict()}
+                if file is not None:
+                    request["image"] = str(upload)
+                    await run_in_threadpool(_save, file, request["image"])
+                    request["image_id"] = ""
+                else:
+                    request["image_id"] = await run_in_threadpool(datastore_id, app, image)
+                    request["image"] = await run_in_threadpool(app.datastore().get_image_uri,
+                                                               request["image_id"])
+                result = await _while_connected(http, work, queue.run(app.infer, request))
+            except BaseException as exc:
+                shutil.rmtree(folder, ignore_errors=True)
+                JOBS.finish(work, "cancelled" if work.stop_requested() else "failed")
+                if isinstance(exc, HTTPException) and isinstance(exc.detail, str):
+                    shown = file.filename if file else "the upload"
+                    exc.detail = exc.detail.replace(str(upload), shown).replace(str(folder),
+                                                                                "(upload)")
+                raise
         JOBS.finish(work, "done")
         background.add_task(shutil.rmtree, folder, True)
         return send_response(app.datastore(), result, output, background)
