@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import requests
 from monailabel.client import MONAILabelClient
 
+from ldct.auth import AUTH_FILE_ENV, TokenStore
 from ldct.io import write_volume
 from ldct.phantom import make_phantom
+from ldct.processes import free_port, running, serve_command
 
 
 def main() -> None:
@@ -30,31 +28,21 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--out", default="benchmarks/server_overhead.md")
     args = parser.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
         volume = make_phantom(size=512, slices=args.slices, pixel_mm=0.74).volume
         upload = write_volume(volume, Path(tmp) / "ct.nrrd", dtype="int16")
-        server = subprocess.Popen([sys.executable, "-m", "ldct.cli", "serve", "--studies", tmp,
-                                   "--port", str(port), "--models", args.model, "--preload"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 180
-            while time.monotonic() < deadline:
-                try:
-                    requests.get(f"{url}/info/", timeout=2).raise_for_status()
-                    break
-                except requests.RequestException:
-                    time.sleep(0.5)  # waiting for start-up
+        store = TokenStore(Path(tmp) / "tokens.json")
+        token = store.add("bench", "radiologist")
+        command = serve_command(tmp, port, "--models", args.model, "--preload")
+        with running(command, f"{url}/health", Path(tmp) / "server.log",
+                     env={AUTH_FILE_ENV: str(store.path)}):
             client = MONAILabelClient(url, tmpdir=tmp)
+            client.update_auth({"token_type": "Bearer", "access_token": token})
             start = time.perf_counter()
             _, params = client.infer(args.model, "", {"result_dtype": "int16"}, file=str(upload))
             total = time.perf_counter() - start
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     model_s = params["model_seconds"]
     overhead = total - model_s
     lines = ["# Server overhead: 512x512x%d through MONAI Label on the CPU" % args.slices, "",

@@ -3,26 +3,22 @@ and real servers on 127.0.0.1 (the ldct MONAI Label server, Orthanc with DICOMwe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 
 from ldct import registry
 from ldct.auth import AUTH_FILE_ENV, TokenStore
 from ldct.data import CASES, prepare
 from ldct.io import write_dicom_series, write_volume
 from ldct.phantom import Phantom, make_phantom
+from ldct.processes import free_port, running, serve_command  # noqa: F401 - for the tests
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -99,43 +95,6 @@ def prepared(fake_shared, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared")
     prepare(fake_shared, out, doses=(0.5, 0.25), max_slices=8, progress=False)
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running(command: list[str], ready_url: str, log_path: Path, env: dict | None = None,
-            timeout_s: float = 180) -> Iterator[subprocess.Popen]:
-    """Start a server process; yield once ``ready_url`` answers 200; terminate it afterwards."""
-    log = open(log_path, "w")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})})
-    deadline = time.monotonic() + timeout_s
-    try:
-        while True:
-            assert proc.poll() is None, f"{command[0]} exited early; see {log_path}"
-            try:
-                if requests.get(ready_url, timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert time.monotonic() < deadline, f"not ready in {timeout_s} s; see {log_path}"
-            time.sleep(0.5)  # polling interval while waiting for start-up, not synchronization
-        yield proc
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
-        log.close()
-
-
-def serve_command(studies: str, port: int, *extra: str) -> list[str]:
-    """`ldct serve` as a user starts it."""
-    return [sys.executable, "-m", "ldct.cli", "serve", "--studies", studies,
-            "--port", str(port), *extra]
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
+import requests
 from conftest import free_port
 from LowDoseCTDenoiseLib import (
     AuthenticationFailed,
@@ -175,6 +177,31 @@ def test_cancel_ends_a_request_while_the_server_works(fake_server, noisy_nrrd, t
     assert job.wait(30)  # ends long before the server would answer
     assert isinstance(job.error, Cancelled) and "unchanged" in str(job.error)
     assert not (tmp_path / "o.nrrd").exists() and not list(tmp_path.glob("*.part"))
+
+
+def test_cancel_in_slicer_stops_the_servers_job(ldct_server, tokens, tmp_path):
+    """Against the real server: Cancel closes the connection and the server's worker stops."""
+    big = write_volume(make_phantom(size=512, slices=16, pixel_mm=0.7).volume,
+                       tmp_path / "big.nrrd", dtype="int16")
+    client = DenoiseClient(ldct_server, token=tokens["radiologist"])
+    job = DenoiseJob(client, "vagan", big, tmp_path / "o.nrrd", {"ensemble": 8})
+    job.start()
+    auth = {"Authorization": f"Bearer {tokens['radiologist']}"}
+
+    def state() -> str:
+        answer = requests.get(f"{ldct_server}/jobs/{job.job_id}", headers=auth, timeout=30)
+        return answer.json().get("state", "") if answer.status_code == 200 else ""
+
+    deadline = time.monotonic() + 120
+    while state() != "running":
+        assert time.monotonic() < deadline, "the server never ran the job"
+        time.sleep(0.05)  # polling the server's job state
+    job.cancel()
+    assert job.wait(30) and isinstance(job.error, Cancelled)
+    deadline = time.monotonic() + 5
+    while state() != "cancelled":
+        assert time.monotonic() < deadline, "the server's worker kept computing"
+        time.sleep(0.05)
 
 
 def test_url_history_and_difference_window():

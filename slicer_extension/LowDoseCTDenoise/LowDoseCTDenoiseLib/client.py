@@ -65,11 +65,13 @@ class DenoiseClient(ServerConnection):
 
     def denoise(self, model: str, volume: str | Path, output: str | Path,
                 params: Optional[dict[str, Any]] = None, cancel: Optional[CancelToken] = None,
-                progress: Optional[Progress] = None) -> Path:
+                progress: Optional[Progress] = None, job: str = "") -> Path:
         """Upload ``volume``, run ``model`` and stream the result to ``output``.
 
         The result is written to a temporary name and renamed when complete, so a failed or
-        cancelled request never leaves a partial file.
+        cancelled request never leaves a partial file. ``job``: the id the server gives the
+        request (so it can be followed and cancelled); a cancel closes the connection, which
+        also cancels the server's job.
         """
         cancel = cancel or CancelToken()
         progress = progress or (lambda phase, fraction: None)
@@ -84,7 +86,8 @@ class DenoiseClient(ServerConnection):
                 "application/octet-stream\r\n\r\n").encode()
         tail = f"\r\n--{boundary}--\r\n".encode()
         size = volume.stat().st_size
-        path = f"/infer/{quote(model)}?{urlencode({'output': 'image'})}"
+        query = {"output": "image", **({"job": job} if job else {})}
+        path = f"/infer/{quote(model)}?{urlencode(query)}"
         conn = self._connect(cancel)
         try:
             conn.putrequest("POST", self._parts.path + path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -48,6 +49,8 @@ class DenoiseJob(BackgroundCall):
 
     The UI never blocks: it starts the job, polls ``done`` from a timer, and on completion
     reads ``result`` (the downloaded file) or ``error`` (a readable :class:`ServerError`).
+    ``job_id`` names the request on the server (``GET /jobs/{job_id}``); cancelling closes the
+    connection, which cancels the server's job too, so its worker stops.
     """
 
     def __init__(self, client: DenoiseClient, model: str, volume: Path, output: Path,
@@ -57,6 +60,7 @@ class DenoiseJob(BackgroundCall):
         self.params = params or {}
         self.on_progress = on_progress  # called on the worker thread; the UI polls instead
         self.token = CancelToken()
+        self.job_id = uuid.uuid4().hex
         self.phase, self.fraction = "queued", 0.0
         super().__init__(self._denoise)
 
@@ -78,4 +82,4 @@ class DenoiseJob(BackgroundCall):
 
     def _denoise(self) -> Path:
         return self.client.denoise(self.model, self.volume, self.output, self.params,
-                                   cancel=self.token, progress=self._progress)
+                                   cancel=self.token, progress=self._progress, job=self.job_id)
