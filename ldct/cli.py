@@ -148,16 +148,24 @@ def _views(args: argparse.Namespace) -> int:
     return DEFAULT_ENSEMBLE if args.ensemble is None else args.ensemble
 
 
+class CTNumbersMoved(RuntimeError):
+    """A result failed the CT-number check (exit code 4)."""
+
+
 def cmd_denoise(args: argparse.Namespace) -> None:
+    from ldct.ct_guard import THRESHOLD_HU, check_ct_numbers
     from ldct.infer import denoise
-    from ldct.io import read_volume, write_volume
+    from ldct.io import read_mask, read_volume, write_volume
 
     inputs = [Path(p) for p in args.inputs]
+    if args.check_mask and len(inputs) > 1:
+        raise ValueError("--check-mask is a mask of one input: give one input with it")
     out = Path(args.output)
     views = _views(args)
     many = len(inputs) > 1
     if many:
         out.mkdir(parents=True, exist_ok=True)
+    moved = 0
     for source in inputs:
         volume = read_volume(source)
         result = denoise(volume, args.model, strength=args.strength, device=args.device,
@@ -166,7 +174,15 @@ def cmd_denoise(args: argparse.Namespace) -> None:
         write_volume(result, target, description=f"denoised ({args.model})",
                      derivation=f"ldct denoise --model {args.model} --strength {args.strength:g} "
                                 f"--ensemble {views}")
-        console.print(f"{source} -> {target}")
+        masks = {Path(args.check_mask).name: read_mask(args.check_mask, like=volume)} \
+            if args.check_mask else None
+        check = check_ct_numbers(volume.hu, result.hu, masks)
+        console.print(f"{source} -> {target}\n  {check.message()}",
+                      style=None if check.passed else "bold red", highlight=False)
+        moved += not check.passed
+    if moved:
+        raise CTNumbersMoved(f"{moved} of {len(inputs)} results moved CT numbers past "
+                             f"±{THRESHOLD_HU:g} HU (see above); they were written, flagged here")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -324,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "mha", "dicom"],
                    help="output format with several inputs")
+    p.add_argument("--check-mask", help="a mask (NIfTI/NRRD, e.g. the liver) whose mean HU change "
+                                        "the CT-number check measures instead of the regions it "
+                                        "finds")
     p.set_defaults(func=cmd_denoise)
 
     p = sub.add_parser("evaluate", help="held-out metrics of every model on the test case")
@@ -378,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StudyError, AuthError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         return 2
+    except CTNumbersMoved as exc:
+        console.print(f"[bold red]CT-number check failed:[/] {exc}", highlight=False)
+        return 4
     except OSError as exc:  # a full disk, a read-only folder: say where, keep the input
         console.print(f"[bold red]error:[/] cannot write {exc.filename or 'the output'}: "
                       f"{exc.strerror or exc}. Free space or choose another output; the input "

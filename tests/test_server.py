@@ -60,6 +60,8 @@ def test_each_model_keeps_geometry_exactly_and_reduces_noise(server, noisy_case,
     assert result.GetOrigin() == source.GetOrigin()
     assert result.GetDirection() == source.GetDirection()
     assert params["model"] == model and params["result_dtype"] == "float32"
+    assert params["ct_check"]["passed"] and params["ct_check"]["regions_checked"] >= 1
+    assert abs(params["ct_check"]["worst_shift_hu"]) <= params["ct_check"]["threshold_hu"]
     assert params["ensemble"] == DEFAULT_ENSEMBLE
     liver = phantom.masks["liver"]
     before = read_volume(path).hu - phantom.volume.hu

@@ -91,9 +91,11 @@ def test_denoise_streams_the_result_with_the_input_geometry(ldct_server, noisy_n
                                                             tokens):
     path, phantom = noisy_nrrd
     phases = []
-    out = DenoiseClient(ldct_server, token=tokens["radiologist"]).denoise(
-        "vagan", path, tmp_path / "out.nrrd", {"result_dtype": "int16"},
-        progress=lambda phase, fraction: phases.append(phase))
+    client = DenoiseClient(ldct_server, token=tokens["radiologist"])
+    out = client.denoise("vagan", path, tmp_path / "out.nrrd", {"result_dtype": "int16"},
+                         progress=lambda phase, fraction: phases.append(phase))
+    assert client.ct_check["passed"] is True  # the server's CT-number check, for the panel
+    assert "CT-number check passed" in client.ct_check["message"]
     result, source = read_volume(out), read_volume(path)
     assert result.same_geometry(source)
     liver = phantom.masks["liver"]

@@ -55,7 +55,12 @@ def test_definition_errors_name_the_field(tmp_path):
                             ({"presentation": "grid"}, "presentation"),
                             ({"conditions": [{"name": "a"}, {"name": "b"}]}, "exactly one"),
                             ({"criteria": [{"name": "x", "anchors": {0: "bad"}}]}, "anchors"),
-                            ({"cases": [{"id": "c"}]}, "exactly one of image")]:
+                            ({"cases": [{"id": "c"}]}, "exactly one of image"),
+                            ({"seed": "abc"}, "seed must be a whole number"),
+                            ({"seed": 1.5}, "seed must be a whole number"),
+                            ({"conditions": [{"name": "o"}, {"name": "m", "model": "vagan",
+                                                             "strength": "high"}]},
+                             "strength must be a number")]:
         with pytest.raises(StudyDefinitionError, match=message):
             parse({**good, **change})
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(good))

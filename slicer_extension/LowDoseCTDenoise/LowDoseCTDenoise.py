@@ -181,7 +181,10 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
             self.logic.show_side_by_side(self.job_input, result,
                                          self.ui.windowPresetComboBox.currentText)
             slicer.util.resetSliceViews()
-            self.ui.statusLabel.text = f"Loaded '{result.GetName()}'"
+            check = job.client.ct_check
+            self.ui.statusLabel.text = f"Loaded '{result.GetName()}'. {check['message']}"
+            if check.get("passed") is False:
+                slicer.util.warningDisplay(check["message"], windowTitle="CT numbers moved")
         except Exception as exc:  # noqa: BLE001 - show it, keep the UI usable
             slicer.util.errorDisplay(f"Could not show the result: {exc}")
         finally:

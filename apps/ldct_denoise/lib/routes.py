@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -40,10 +41,11 @@ from monailabel.interfaces.app import MONAILabelApp
 
 from ldct.access import IDENTITY_KEY
 from ldct.finetune import check_settings
-from ldct.infer_params import ParamError, parse_params
+from ldct.infer_params import parse_params
 from ldct.jobs import JOBS, Job, JobError
 
 RETRY_AFTER_S = 30
+CT_CHECK_HEADER = "X-CT-Number-Check"  # the CT-number guard's verdict beside a result file
 DISCONNECT_CHECK_S = 0.5  # how often a waiting request checks that its client is still there
 
 
@@ -128,15 +130,9 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
     @router.post("/train/{model}", summary="Admin: fine-tune a network on the datastore's scans")
     async def train(model: str, run_sync: bool = False,
                     params: dict[str, Any] | None = Body(None)) -> dict[str, Any]:
-        task = app._trainers.get(model)
-        if task is None:
-            raise HTTPException(status_code=404, detail=(
-                f"no network '{model}' to fine-tune; these can be: "
-                f"{', '.join(sorted(app._trainers)) or 'none'}"))
-        try:
-            settings = check_settings(params)
-        except ValueError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from exc
+        _known(model, app._trainers, "network to fine-tune")
+        task = app._trainers[model]
+        settings = _checked(check_settings, params)
         job = training.get("job")
         if job is not None and job.state == "running":
             raise HTTPException(status_code=409, detail=(
@@ -176,14 +172,8 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
     async def infer(http: Request, background: BackgroundTasks, model: str, image: str = "",
                     output: ResultType | None = None, job: str = "",
                     params: str = Form("{}"), file: UploadFile | None = File(None)):
-        if model not in app.info()["models"]:
-            raise HTTPException(status_code=404, detail=(
-                f"no model '{model}' on this server; it serves "
-                f"{', '.join(sorted(app.info()['models']))}"))
-        try:
-            checked = parse_params(params)
-        except ParamError as exc:
-            raise HTTPException(status_code=422, detail=str(exc)) from exc
+        _known(model, app.info()["models"], "model")
+        checked = _checked(parse_params, params)
         if file is None and not image:
             raise HTTPException(status_code=422, detail=(
                 "nothing to denoise: upload the volume as the 'file' form field, or name a "
@@ -217,9 +207,29 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
                 raise
         JOBS.finish(work, "done")
         background.add_task(shutil.rmtree, folder, True)
-        return send_response(app.datastore(), result, output, background)
+        response = send_response(app.datastore(), result, output, background)
+        check = result["params"].get("ct_check")
+        if check is not None and hasattr(response, "headers"):  # the result file alone, too
+            response.headers[CT_CHECK_HEADER] = json.dumps(
+                {k: check[k] for k in ("passed", "worst_shift_hu", "threshold_hu", "message")})
+        return response
 
     return router
+
+
+def _known(name: str, names: Iterable[str], what: str) -> None:
+    """404 for a name the server does not serve, listing those it does."""
+    if name not in names:
+        raise HTTPException(status_code=404, detail=(
+            f"no {what} '{name}' on this server; it has {', '.join(sorted(names)) or 'none'}"))
+
+
+def _checked(check: Callable[[Any], Any], raw: Any) -> Any:
+    """``check(raw)``, its ValueError answered 422 with what was wrong."""
+    try:
+        return check(raw)
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc
 
 
 def _caller(http: Request) -> tuple[str, bool]:

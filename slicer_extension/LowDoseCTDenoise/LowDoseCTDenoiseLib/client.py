@@ -41,8 +41,27 @@ class ModelEntry:
         return "\n".join(lines)
 
 
+CT_CHECK_HEADER = "X-CT-Number-Check"
+
+
+def ct_check_of(header: Optional[str]) -> dict[str, Any]:
+    """The server's CT-number check of a result (passed, worst shift, message); a server
+    that sent none gets a message saying the CT numbers were not verified."""
+    try:
+        check = json.loads(header or "")
+    except ValueError:
+        check = None
+    if not isinstance(check, dict) or "message" not in check:
+        return {"passed": None, "message": "The server sent no CT-number check: CT numbers of "
+                                           "this result are not verified."}
+    return check
+
+
 class DenoiseClient(ServerConnection):
-    """The denoising server: its models and the denoise request."""
+    """The denoising server: its models and the denoise request (``ct_check``: the server's
+    CT-number check of the last result)."""
+
+    ct_check: dict[str, Any] = {}
 
     # -- public calls -------------------------------------------------------------------
     def info(self) -> dict[str, Any]:
@@ -109,6 +128,7 @@ class DenoiseClient(ServerConnection):
             response = conn.getresponse()
             if response.status != 200:
                 raise self._http_error(response.status, response.read(), f"model '{model}'")
+            self.ct_check = ct_check_of(response.getheader(CT_CHECK_HEADER))
             self._stream_response(response, output, cancel, progress)
             progress("done", 1.0)
             return output

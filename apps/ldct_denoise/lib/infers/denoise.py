@@ -1,7 +1,8 @@
 """The one infer task every denoiser shares: a thin shell over `ldct.infer.denoise`.
 
 Reads the request's image with `ldct.io` (NRRD, NIfTI, a zipped DICOM series or a DICOM
-folder), denoises it in HU, and writes the result as NRRD with exactly the input geometry, in
+folder), denoises it in HU, measures the CT-number shift of the result (`ldct.ct_guard`, in the
+response as ``ct_check``), and writes the result as NRRD with exactly the input geometry, in
 float32 or int16 as `result_dtype` asks - our own writer, much faster than the stock one.
 """
 
@@ -15,6 +16,7 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ldct import registry
+from ldct.ct_guard import check_ct_numbers
 from ldct.infer import DEFAULT_ENSEMBLE, DenoiseCancelled, denoise
 from ldct.infer_params import DEVICES, RESULT_DTYPES, DenoiseParams, parse_params
 from ldct.io import CTInputError, read_volume, write_volume
@@ -67,10 +69,12 @@ class DenoiseInfer(InferTask):
         except (CTInputError, ValueError) as exc:  # the client gets the reason, not a 500
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         model_s = time.perf_counter() - model_start
+        ct_check = check_ct_numbers(volume.hu, result.hu).as_dict()
         out = tempfile.NamedTemporaryFile(suffix=".nrrd", delete=False).name
         write_volume(result, out, dtype=params.result_dtype)
         return out, {"model": self.model, "version": version, "strength": params.strength,
                      "ensemble": params.ensemble, "device": params.device,
                      "result_dtype": params.result_dtype, "shape": list(volume.hu.shape),
-                     "job": job.id if job else "", "model_seconds": round(model_s, 3),
+                     "job": job.id if job else "", "ct_check": ct_check,
+                     "model_seconds": round(model_s, 3),
                      "total_seconds": round(time.perf_counter() - start, 3)}

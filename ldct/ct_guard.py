@@ -1,0 +1,140 @@
+"""CT-number guard: did denoising move the mean HU of any large homogeneous region?
+
+A denoiser should remove noise, not change CT numbers: liver attenuation (steatosis), lesion
+enhancement and fat are read in HU, and a few HU matter. The wrapper keeps the input's low band
+(`ldct.nets.blocks.HUPreservingDenoiser`), but a network can still move an organ-shaped region
+(its high-frequency edges pass the band), so every result is measured, not assumed: regions are
+found in the input (fat and soft tissue by the in-plane smoothed HU, off the partial-volume
+rim, each cut into tiles of about 65k voxels so that an organ-sized shift is not diluted by
+the rest of the body; or the masks given), and the mean output-minus-input HU over each is the
+region's shift. Past ``threshold_hu`` the result carries
+a warning saying where.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+THRESHOLD_HU = 3.0  # well above a good denoiser's shift (<= 0.5 HU), below a clinical one
+TISSUES = {"fat": (-150.0, -50.0), "soft tissue": (10.0, 160.0)}  # smoothed input HU
+SMOOTH_PX = 2.0  # in-plane Gaussian sigma before classifying (noise must not decide)
+ERODE_PX = 1  # in-plane erosion: the partial-volume rim between tissues is left out
+TILE_VOXELS = 65536  # regions are a tissue within tiles of this many voxels (64x64x16): small
+MIN_SHARE = 0.5  # enough to catch an organ-sized shift, large enough that the residual noise
+TILE_DEPTH = 16  # averages out (a tile region needs half its tile in one tissue)
+REPORTED = 8  # regions listed in a report (the worst ones; all are checked)
+
+@dataclass(frozen=True)
+class RegionShift:
+    """One region: its tissue (or mask name), size, centre (slice, row, column) and shift."""
+
+    tissue: str
+    voxels: int
+    centre: tuple[int, int, int]
+    shift_hu: float
+
+
+@dataclass(frozen=True)
+class CTNumberCheck:
+    """The shifts of every region measured, against the threshold."""
+
+    regions: list[RegionShift] = field(default_factory=list)
+    threshold_hu: float = THRESHOLD_HU
+
+    @property
+    def worst(self) -> RegionShift | None:
+        return max(self.regions, key=lambda r: abs(r.shift_hu), default=None)
+
+    @property
+    def passed(self) -> bool:
+        return self.worst is None or abs(self.worst.shift_hu) <= self.threshold_hu
+
+    def message(self) -> str:
+        worst = self.worst
+        if worst is None:
+            return ("CT-number check: no homogeneous region large enough to measure; CT numbers "
+                    "not verified")
+        where = (f"{worst.tissue} region of {worst.voxels} voxels around slice {worst.centre[0]}, "
+                 f"row {worst.centre[1]}, column {worst.centre[2]}")
+        if self.passed:
+            return (f"CT-number check passed: {len(self.regions)} regions, largest mean shift "
+                    f"{worst.shift_hu:+.2f} HU ({worst.tissue}), within ±{self.threshold_hu:g} HU")
+        return (f"WARNING: CT numbers moved: mean {worst.shift_hu:+.1f} HU in a {where} (limit "
+                f"±{self.threshold_hu:g} HU). A denoiser must not change CT numbers; do not read "
+                "HU values (attenuation, enhancement) from this result. Compare with the original "
+                "or use a lower strength.")
+
+    def as_dict(self) -> dict[str, Any]:
+        worst = self.worst
+        return {"passed": self.passed, "threshold_hu": self.threshold_hu,
+                "worst_shift_hu": None if worst is None else round(worst.shift_hu, 3),
+                "message": self.message(),
+                "regions_checked": len(self.regions),
+                "worst_regions": [{**asdict(r), "shift_hu": round(r.shift_hu, 3)}
+                                  for r in sorted(self.regions, key=lambda r: -abs(r.shift_hu))
+                                  [:REPORTED]]}
+
+
+def homogeneous_regions(hu: np.ndarray) -> list[tuple[str, np.ndarray, list[int]]]:
+    """Per tissue: (name, its regions labelled, their labels). A region is the tissue inside
+    one tile; tiles are 16 slices deep (fewer in a thin volume, and wider to keep their size)."""
+    smooth = ndimage.gaussian_filter(hu.astype(np.float32), sigma=(0, SMOOTH_PX, SMOOTH_PX))
+    in_plane = np.zeros((1, 3, 3), bool)
+    in_plane[0] = ndimage.generate_binary_structure(2, 1)
+    depth = min(TILE_DEPTH, hu.shape[0])
+    side = int(np.sqrt(TILE_VOXELS / depth))
+    tiles = (np.arange(hu.shape[0])[:, None, None] // depth * 10**6
+             + np.arange(hu.shape[1])[None, :, None] // side * 10**3
+             + np.arange(hu.shape[2])[None, None, :] // side + 1)
+    found = []
+    for tissue, (low, high) in TISSUES.items():
+        inside = ndimage.binary_erosion((smooth >= low) & (smooth <= high), in_plane,
+                                        iterations=ERODE_PX)
+        labels = np.where(inside, tiles, 0)
+        ids, sizes = np.unique(labels[inside], return_counts=True)
+        kept = [int(i) for i, n in zip(ids, sizes) if n >= MIN_SHARE * depth * side * side]
+        if kept:
+            found.append((tissue, labels, kept))
+    return found
+
+
+def check_ct_numbers(before: np.ndarray, after: np.ndarray,
+                     masks: dict[str, np.ndarray] | None = None,
+                     threshold_hu: float = THRESHOLD_HU) -> CTNumberCheck:
+    """The mean HU change ``after - before`` over each region of ``before`` (``masks`` when
+    given, e.g. {"liver": mask}, else the homogeneous regions found automatically)."""
+    if before.shape != after.shape:
+        raise ValueError(f"input {before.shape} and result {after.shape} differ in shape")
+    found = ([(name, mask.astype(np.int32), [1]) for name, mask in masks.items() if mask.any()]
+             if masks else homogeneous_regions(before))
+    change = after.astype(np.float32) - before.astype(np.float32)
+    shifts = []
+    for tissue, labels, ids in found:
+        ones = np.ones(labels.shape, np.uint8)
+        means = ndimage.mean(change, labels, ids)
+        sizes = ndimage.sum_labels(ones, labels, ids)
+        centres = ndimage.center_of_mass(ones, labels, ids)
+        shifts += [RegionShift(tissue, int(size), tuple(int(round(c)) for c in centre),
+                               float(mean))
+                   for mean, size, centre in zip(means, sizes, centres)]
+    return CTNumberCheck(shifts, threshold_hu)
+
+
+def organ_shift_through_wrapper(hu: np.ndarray, organ: np.ndarray, shift_hu: float,
+                                keep_sigma: float) -> np.ndarray:
+    """What `HUPreservingDenoiser` makes of a core that moves a whole organ by ``shift_hu``:
+    the wrapper keeps the input's band below ``keep_sigma`` pixels, so only the shift's
+    high-frequency part (its rim) gets through. Measures the wrapper's real guarantee."""
+    import torch
+
+    from ldct.nets.blocks import HU_SCALE, HUPreservingDenoiser
+
+    wrapper = HUPreservingDenoiser(torch.nn.Identity(), keep_sigma=keep_sigma)
+    x = torch.from_numpy(hu.astype(np.float32))[:, None]
+    raw = torch.from_numpy((-shift_hu / HU_SCALE) * organ.astype(np.float32))[:, None]
+    with torch.no_grad():
+        return wrapper.remove(x, raw).numpy()[:, 0]
