@@ -318,20 +318,22 @@ def test_each_role_reaches_exactly_its_routes(secured, study):
     url = secured["url"]
     callers = {**secured["tokens"], "reader": study["reader_tokens"]["r1"]}
     for route in access.ROUTES:
-        for role, token in callers.items():
-            values = {"model": "nonexistent", "study": study["study"] if role == "reader"
-                      else "nostudy", "reader": "r1", "item": "x", "token": "x"}
-            path = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], route.pattern)
-            body = {"data": "name: [", "headers": {"Content-Type": "text/plain"}} \
-                if route.pattern == "/study" and route.methods == ("POST",) else {}
-            answer = requests.request(route.methods[0], url + path, timeout=30,
-                                      **{**body, "headers": {**body.get("headers", {}),
-                                                             **bearer(token)}})
-            if role in route.roles:
-                assert answer.status_code not in (401, 403), (role, path, answer.text)
-            else:
-                assert answer.status_code == 403, (role, path, answer.status_code)
-                assert "needs the role" in answer.json()["detail"]
+        for method in route.methods:
+            for role, token in callers.items():
+                values = {"model": "nonexistent", "study": study["study"] if role == "reader"
+                          else "nostudy", "reader": "r1", "item": "x", "token": "x",
+                          "job": "no-such-job"}
+                path = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], route.pattern)
+                bad_yaml = route.pattern == "/study" and method == "POST"
+                headers = {**bearer(token), **({"Content-Type": "text/plain"} if bad_yaml
+                                               else {})}
+                answer = requests.request(method, url + path, headers=headers, timeout=30,
+                                          data="name: [" if bad_yaml else None)
+                if role in route.roles:
+                    assert answer.status_code not in (401, 403), (role, path, answer.text)
+                else:
+                    assert answer.status_code == 403, (role, method, path, answer.status_code)
+                    assert "needs the role" in answer.json()["detail"]
 
 
 def test_tokens_are_hashed_and_revocable(secured):
