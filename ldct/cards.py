@@ -106,10 +106,11 @@ def write_encoder_card(data_dir: str | Path) -> Path:
             "widths": blob["config"]["widths"],
             "held_out_retrieval_top1": round(accuracy, 4), "retrieval_candidates": 256}
     (registry.ENCODER_DIR / "card.json").write_text(json.dumps(card, indent=1))
-    md = ["# ct_encoder: self-supervised CT feature encoder (the project's PVM)", "",
+    md = ["# ct_encoder: contrastive CT feature encoder (the project's stand-in PVM)", "",
           "No ImageNet weights can be downloaded here, so perceptual and semantic losses use this "
           "small VGG-style encoder (stages of widths "
-          f"{card['widths']}), trained self-supervised: a simulated low-dose patch and its "
+          f"{card['widths']}), trained contrastively on simulated pairs (so supervised by the "
+          "pairing, not self-supervised): a simulated low-dose patch and its "
           "normal-dose original (same place, same flip/rotation) must embed together and apart "
           "from the other patches of the batch (symmetric InfoNCE).", "",
           f"- Training data: {card['training_data']}",

@@ -108,3 +108,24 @@ def test_a_result_with_other_geometry_is_never_stored(orthanc, uploaded):
     with pytest.raises(PacsError, match="does not cover"):
         store_derived_series(DICOMwebClient(f"{orthanc}/dicom-web"), source, moved, "vagan", 1.0)
     assert requests.get(f"{orthanc}/series", timeout=5).json() == before
+
+
+def test_the_pacs_is_not_open_through_the_server(pacs_server, orthanc, uploaded, tokens):
+    """The review's PACS probes: listing, MONAI Label's DICOMweb proxy (QIDO/WADO/STOW with
+    the server's PACS credentials) and write-back, anonymously and as admin."""
+    series_uid, _, _ = uploaded
+    before = requests.get(f"{orthanc}/instances", timeout=5).json()
+    assert requests.get(f"{pacs_server}/datastore/", params={"output": "all"},
+                        timeout=30).status_code == 401  # PatientIDs only with a token
+    anonymous = requests.post(f"{pacs_server}/infer/ldct-gauss", timeout=60,
+                              params={"image": series_uid}, data={"params": '{"write_back": true}'})
+    assert anonymous.status_code == 401
+    admin = {"Authorization": f"Bearer {tokens['admin']}"}
+    for method, path in [("GET", "/proxy/dicom/qido/studies"),
+                         ("GET", f"/proxy/dicom/wado/studies/x/series/{series_uid}"),
+                         ("POST", "/proxy/dicom/stow/studies")]:
+        for headers in ({}, admin):
+            answer = requests.request(method, pacs_server + path, headers=headers,
+                                      data=b"forged" if method == "POST" else None, timeout=30)
+            assert answer.status_code == (404 if headers else 401), (path, answer.status_code)
+    assert requests.get(f"{orthanc}/instances", timeout=5).json() == before  # nothing stored

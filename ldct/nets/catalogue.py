@@ -1,4 +1,10 @@
-"""Registers the shipped denoiser networks in the model catalogue (see ldct.registry)."""
+"""Registers the shipped denoiser networks in the model catalogue (see ldct.registry).
+
+Titles and supervision strings say what the shipped training really was (README "The
+denoisers"): pan, pdml and alden spend most of their steps on a supervised warm-up on simulated
+low/normal-dose pairs (the same warm-up run for pan and alden) and then a short unpaired GAN
+stage anchored to it; n2n25d's recorruption noise comes from the physics simulator.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +15,20 @@ from ldct.nets.pdml import pdml_generator
 from ldct.nets.vagan import vagan_generator
 from ldct.registry import register
 
-register("pan", "Cycle-GAN with perceptual attention U-Net", "pan-cyclegan-liver-ldct.txt",
-         "unpaired low/normal dose; generator warmed up on simulated low dose")(pan_generator)
-register("pdml", "Patch-wise deep metric learning", "patchwise-deep-metric-learning.txt",
-         "unpaired low/normal dose; generator warmed up on simulated low dose")(pdml_generator)
-register("alden", "Anatomy-aware discriminator + semantic contrastive learning",
-         "alden-anatomy-aware.txt",
-         "unpaired low/normal dose reference; generator warmed up on simulated low dose"
-         )(alden_generator)
-register("n2n25d", "Adjacent-slice Noise2Noise (MSR2AU, recorrupted centre)",
-         "msr2au-fluoroscopy-unsupervised.txt", "none (noisy scans only)")(n2n25d_student)
-register("vagan", "Visual-attention GAN", "vagan-visual-attention-gan.txt",
-         "paired (simulated low dose)")(vagan_generator)
+WARMED_UP = ("supervised warm-up on simulated low/normal-dose pairs (most steps), then a short "
+             "unpaired GAN stage L1-anchored to the warmed-up generator")
+
+register("pan", "Cycle-GAN with perceptual attention U-Net (after a supervised warm-up)",
+         "pan-cyclegan-liver-ldct.txt", WARMED_UP + " (warm-up shared with alden)")(pan_generator)
+register("pdml", "Patch-wise deep metric learning (after a supervised warm-up)",
+         "patchwise-deep-metric-learning.txt", WARMED_UP)(pdml_generator)
+register("alden", "Anatomy-aware discriminator + semantic contrastive loss (after a supervised "
+         "warm-up)", "alden-anatomy-aware.txt",
+         WARMED_UP + " with a normal-dose reference (warm-up shared with pan)")(alden_generator)
+register("n2n25d", "MSR2AU adjacent-slice denoiser with recorrupted centre (stage 1 of the paper)",
+         "msr2au-fluoroscopy-unsupervised.txt",
+         "no clean targets (noisy stacks predict their centre slice), but the recorruption noise "
+         "is drawn from the physics simulator, not learned from the scans alone"
+         )(n2n25d_student)
+register("vagan", "Visual-attention GAN (reduced: fewer layers than the paper)",
+         "vagan-visual-attention-gan.txt", "paired (simulated low dose)")(vagan_generator)
