@@ -1,9 +1,9 @@
 """Fine-tune a shipped network on a site's own scans; the result becomes a new model version.
 
-A site's routine scans carry its scanner's noise texture, kernel and slice thickness. They are
-used as the normal-dose side and lower doses are simulated from them in the projection domain
-(the same simulation as the shipped training), so every method - paired, unpaired or
-self-supervised - trains on that site's data starting from the weights in use. The new
+A site's routine scans carry its scanner's noise texture, kernel and slice thickness. Those that
+are really normal dose (`normal_dose_scans`) are used as the normal-dose side and lower doses
+are simulated from them in the projection domain (the same simulation as the shipped
+training), so every method trains on that site's data starting from the weights in use. The new
 version lands in ``registry.site_models_dir()/<name>/versions/<timestamp>/`` with a
 ``finetune.json`` saying what made it, is recorded with its SHA-256 in the model's version
 manifest and used from the next request on (`ldct models use NAME shipped` rolls back).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -20,11 +21,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ldct import registry
 from ldct.data import Case, prepare
+from ldct.io import read_volume
+from ldct.noise_bank import scan_noise_kernel
 from ldct.train.loop import train
 
 FINETUNE_DOSES = (0.5, 0.25, 0.1)  # the range the shipped models are trained for
+# Normal-dose noise in flat soft tissue is about 14 HU (smooth kernel) to 29 HU (sharp), a
+# quarter dose's 32 to 69 HU (DESIGN.md 4): above this a scan is taken for low dose. A smooth
+# kernel's low dose stays below it; its description or tags must say so.
+LOW_DOSE_NOISE_HU = 45.0
+LOW_DOSE_WORDS = ("low dose", "low-dose", "lowdose", "quarter dose", "denoised")
+logger = logging.getLogger(__name__)
 DEFAULTS = {"steps": 200, "max_images": 20, "max_slices": 32, "doses": list(FINETUNE_DOSES),
             "device": "auto"}
 LIMITS = {"steps": 5000, "max_images": 100, "max_slices": 256}  # a fine-tune, not a training
@@ -54,6 +65,36 @@ def check_settings(raw: dict[str, Any] | None) -> dict[str, Any]:
     return settings
 
 
+def normal_dose_scans(images: Sequence[str | Path]
+                      ) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """The scans fit to be the normal-dose side of fine-tuning, and the others with the reason:
+    derived series (a denoised result written back is one), series whose description says low
+    dose or denoised, and scans whose own noise (measured across slices in flat soft tissue) is
+    that of a low dose. Fine-tuning on those would teach a network to keep noise."""
+    kept, excluded = [], []
+    for image in images:
+        volume = read_volume(image)
+        header = volume.dicom
+        description = str(header.get("SeriesDescription", "")) if header is not None else ""
+        kernel = scan_noise_kernel(volume.hu)
+        noise = float(np.sqrt((kernel ** 2).sum())) if kernel is not None else 0.0
+        if header is not None and "DERIVED" in list(header.get("ImageType", [])):
+            excluded.append((Path(image), "a derived series (ImageType DERIVED), e.g. a result "
+                                          "written back"))
+        elif any(word in description.lower() for word in LOW_DOSE_WORDS):
+            excluded.append((Path(image), f"its description '{description}' says low dose or "
+                                          "denoised"))
+        elif noise > LOW_DOSE_NOISE_HU:
+            excluded.append((Path(image), f"its own noise, {noise:.0f} HU in flat soft tissue, "
+                                          f"is a low dose's (above {LOW_DOSE_NOISE_HU:g} HU)"))
+        else:
+            kept.append(Path(image))
+    for path, reason in excluded:
+        logger.warning("fine-tuning leaves out %s: %s", path, reason)
+    logger.info("fine-tuning on %d of %d scans", len(kept), len(kept) + len(excluded))
+    return kept, excluded
+
+
 def finetune(name: str, images: Sequence[str | Path], steps: int = 200,
              doses: Sequence[float] = FINETUNE_DOSES, max_slices: int | None = 32,
              device: str = "auto", progress: bool = False) -> Path:
@@ -66,6 +107,10 @@ def finetune(name: str, images: Sequence[str | Path], steps: int = 200,
         raise FileNotFoundError(f"{name} has no trained weights to start from at {info.weights}.")
     if not images:
         raise ValueError("no images to fine-tune on: add the site's CT scans to the datastore.")
+    images, excluded = normal_dose_scans(images)
+    if not images:
+        raise ValueError("no normal-dose scan to fine-tune on: "
+                         + "; ".join(f"{p.name}: {why}" for p, why in excluded))
     base = info.weights
     catalogue = [Case(f"site{k:03d}", str(Path(path).resolve()), "train")
                  for k, path in enumerate(images)]
@@ -83,7 +128,9 @@ def finetune(name: str, images: Sequence[str | Path], steps: int = 200,
         shutil.copy2(result.out_dir / "log.csv", staged / "train_log.csv")
         record: dict[str, Any] = {
             "model": name, "version": stamp, "base_weights": str(base),
-            "images": [str(p) for p in images], "doses": list(doses), "steps": result.steps,
+            "images": [str(p) for p in images],
+            "excluded": [{"image": str(p), "reason": why} for p, why in excluded],
+            "doses": list(doses), "steps": result.steps,
             "max_slices": max_slices, "wall_s": round(result.wall_s, 1)}
         (staged / "finetune.json").write_text(json.dumps(record, indent=1))
         os.replace(staged, info.versions_dir / stamp)  # complete or absent, never half-written

@@ -78,3 +78,32 @@ def test_train_endpoint_finetunes_and_the_next_infer_uses_it(tmp_path, site_scan
         assert len(versions) == 1
         _, after = client.infer("vagan", "site", {})
         assert after["version"] == versions[0]
+
+
+def test_only_normal_dose_scans_are_fine_tuned_on(tmp_path, site_scan):
+    """A written-back (DERIVED) series, a series described as low dose and a scan with a low
+    dose's noise are left out, each with its reason; a normal-dose scan is kept."""
+    import pydicom
+
+    from ldct.finetune import normal_dose_scans
+    from ldct.io import write_dicom_series
+    from ldct.simulate import LowDoseParams, simulate_low_dose
+
+    phantom = make_phantom(size=256, slices=6, pixel_mm=0.78, seed=7)
+    derived = write_dicom_series(phantom.volume, tmp_path / "derived")[0].parent
+    described = write_dicom_series(phantom.volume, tmp_path / "described")
+    for f in described:
+        ds = pydicom.dcmread(f)
+        ds.ImageType, ds.SeriesDescription = ["ORIGINAL", "PRIMARY", "AXIAL"], "Abd LOW DOSE"
+        ds.save_as(f)
+    noisy = write_volume(simulate_low_dose(phantom.volume, LowDoseParams(dose=0.05), seed=1,
+                                           progress=False), tmp_path / "noisy.nrrd",
+                         dtype="int16")
+    kept, excluded = normal_dose_scans([site_scan, derived, described[0].parent, noisy])
+    assert kept == [site_scan]
+    reasons = {path.name: why for path, why in excluded}
+    assert "derived series" in reasons["derived"]
+    assert "says low dose" in reasons["described"]
+    assert "a low dose's" in reasons["noisy.nrrd"]
+    with pytest.raises(ValueError, match="no normal-dose scan"):
+        finetune("vagan", [noisy], steps=1)

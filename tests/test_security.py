@@ -348,6 +348,17 @@ def test_tokens_are_hashed_and_revocable(secured):
     assert names["admin"] == "admin" and "short-lived" not in names
 
 
+def test_insecure_mode_is_loopback_only_and_says_so(tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "server.log"
+    with running(serve_command(str(tmp_path), port, "--models", "ldct-gauss",
+                               "--insecure-no-auth"), f"{url}/health", log):
+        assert requests.get(f"{url}/info/", timeout=30).status_code == 200  # no token needed
+        assert requests.get(f"{url}/logs/", timeout=30).status_code == 404  # still closed
+    assert "WARNING: --insecure-no-auth" in log.read_text()
+
+
 def test_no_insecure_server_off_loopback(tmp_path):
     port = free_port()
     done = subprocess.run(serve_command(str(tmp_path), port, "--host", "0.0.0.0",
