@@ -7,11 +7,12 @@ import json
 import numpy as np
 import pytest
 import requests
+import torch
 from conftest import bearer, free_port, monai_client, running, serve_command
 
 from ldct import registry
 from ldct.finetune import finetune
-from ldct.infer import load_network
+from ldct.infer import denoise, load_network
 from ldct.io import read_volume, write_volume
 from ldct.phantom import make_phantom
 
@@ -30,6 +31,11 @@ def site_scan(tmp_path_factory):
     return path
 
 
+def _distance(a, b) -> float:
+    return sum(float(((x.detach() - y.detach()) ** 2).sum())
+               for x, y in zip(a.state_dict().values(), b.state_dict().values())) ** 0.5
+
+
 def _weights_differ(a, b) -> bool:
     return any(not np.array_equal(x.detach().numpy(), y.detach().numpy())
                for x, y in zip(a.state_dict().values(), b.state_dict().values()))
@@ -46,6 +52,9 @@ def test_finetune_adds_a_version_that_inference_then_uses(site_models, site_scan
     assert info.version() == version.name and info.weights == version / "model.pt"
     tuned = load_network("vagan", "cpu")
     assert tuned is not shipped and _weights_differ(tuned, shipped)
+    torch.manual_seed(0)
+    fresh = info.build(**torch.load(info.shipped_weights, weights_only=True)["kwargs"])
+    assert _distance(tuned, shipped) < 0.05 * _distance(tuned, fresh)  # it started from shipped
     assert list(site_models.glob("vagan/versions/.*")) == []  # no leftovers of the work
 
 
@@ -76,8 +85,16 @@ def test_train_endpoint_finetunes_and_the_next_infer_uses_it(tmp_path, site_scan
         assert answer.status_code == 200, answer.text
         versions = sorted(p.name for p in (site_models / "vagan" / "versions").iterdir())
         assert len(versions) == 1
-        _, after = client.infer("vagan", "site", {})
+        result_file, after = client.infer("vagan", "site", {})
         assert after["version"] == versions[0]
+    # the server's new result is exactly what the new weights give, and not the old result
+    weights = site_models / "vagan" / "versions" / versions[0] / "model.pt"
+    expected = denoise(read_volume(studies / "site.nrrd"), "vagan", weights=weights).hu
+    served = read_volume(result_file).hu
+    np.testing.assert_allclose(served, expected, atol=0.05)
+    old = denoise(read_volume(studies / "site.nrrd"), "vagan",
+                  weights=registry.get("vagan").shipped_weights).hu
+    assert np.abs(served - old).max() > 1.0
 
 
 def test_only_normal_dose_scans_are_fine_tuned_on(tmp_path, site_scan):
