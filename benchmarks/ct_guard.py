@@ -79,9 +79,9 @@ def main() -> None:
              "So the wrapper does not make a shift impossible: it confines it to the organ's rim "
              "(within about 3 sigma of its edge). The interior, where a radiologist places an "
              "ROI, keeps its CT numbers; the mean over a whole-organ mask moves by the fraction "
-             "in the table. The automatic regions of the guard measure tissue away from edges "
-             "and do not see such a rim shift; given the organ's mask (`ldct denoise "
-             "--check-mask`), the guard flags it.", "",
+             "in the table. The automatic regions of the guard stay off tissue edges and see "
+             "only part of such a rim shift; given the organ's mask (`ldct denoise "
+             "--check-mask`), the guard measures all of it.", "",
              "## The shipped models (dose 0.25, default settings)", "",
              "| kernel | model | regions | worst shift HU | tissue | verdict |",
              "|---|---|---|---|---|---|",
