@@ -44,8 +44,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     routes: dict[str, tuple[int, bytes]] = {}
     release = threading.Event()
+    hits: list[str] = []  # every request's path, in order
 
     def _answer(self):
+        type(self).hits.append(self.path)
         if self.path.startswith("/infer"):
             self.release.wait(60)  # set only when the test is over
         status, body = self.routes.get(self.path.split("?")[0], (404, b"<html>nope</html>"))
@@ -142,8 +144,10 @@ def test_401_and_403_ask_for_credentials(fake_server):
 def test_5xx_is_retried_then_reported(fake_server):
     url, handler = fake_server
     handler.routes = {"/info/": (503, b'{"detail": "busy"}')}
+    handler.hits.clear()
     with pytest.raises(ServerFailure, match="HTTP 503.*busy"):
-        DenoiseClient(url, retries=1).info()
+        DenoiseClient(url, retries=2).info()
+    assert handler.hits == ["/info/"] * 3  # the call and exactly two retries
 
 
 def test_missing_model_and_rejected_input(ldct_server, tmp_path, tokens):

@@ -20,6 +20,7 @@ from ldct.study.analysis import analyse, krippendorff_alpha_ordinal, read_scores
 from ldct.study.definition import StudyDefinitionError, load, parse
 from ldct.study.report import write_report
 from ldct.study.service import StudyError, StudyService, reader_plan
+from ldct.study.store import StudyStore
 from ldct.study.synthetic import synthetic_scores
 
 HIDDEN = ("original", "smooth", "ldct-gauss", "gauss")  # condition and model names
@@ -75,6 +76,36 @@ def test_randomization_is_reproducible_per_seed_and_differs_across_readers():
     assert first != reader_plan(8, "r1", 30, pairs=True)
     assert sorted(i for i, _ in first) == list(range(30))
     assert 5 < sum(swap for _, swap in first) < 25  # both placements occur
+
+
+# Known-good plans, pinned: a change of the randomization would silently re-order running
+# studies (a resumed reader would get other items), so it must be deliberate.
+PINNED_PLANS = {("r1", True): [(1, False), (0, True), (3, True), (2, False)],
+                ("r2", True): [(3, False), (0, True), (1, False), (2, True)],
+                ("reader1", False): [(2, False), (4, False), (0, False), (5, False), (1, False),
+                                     (3, False)]}
+
+
+def test_the_plan_is_pinned_and_served_in_its_order(tmp_path):
+    assert reader_plan(7, "r1", 4, pairs=True) == PINNED_PLANS[("r1", True)]
+    assert reader_plan(7, "r2", 4, pairs=True) == PINNED_PLANS[("r2", True)]
+    assert reader_plan(20261122, "reader1", 6, pairs=False) == PINNED_PLANS[("reader1", False)]
+    service = StudyService(tmp_path / "studies")
+    definition = parse(_definition(tmp_path), tmp_path)  # seed 7, 4 pair items per reader
+    study = service.create(definition)["study"]
+    store = StudyStore(tmp_path / "studies" / study / "study.sqlite")
+    for reader in ("r1", "r2"):
+        served = []
+        while not (item := service.next_item(study, reader))["finished"]:
+            row = store.assignment(item["item"])
+            served.append((row["case_id"], row["left_condition"], row["right_condition"]))
+            service.submit(study, reader, item["item"], _answer(item))
+        expected = []
+        for index, swap in PINNED_PLANS[(reader, True)]:
+            pair = definition.items()[index]
+            left, right = reversed(pair["conditions"]) if swap else pair["conditions"]
+            expected.append((pair["case"], left, right))
+        assert served == expected
 
 
 def test_service_sessions_submissions_and_coordinator(tmp_path):
