@@ -81,6 +81,13 @@ def test_write_back_stores_a_derived_series_in_the_same_study(pacs_server, ortha
     assert header.FrameOfReferenceUID == source.dicom.FrameOfReferenceUID
     assert list(header.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     assert header.SeriesDescription == "LD abdomen denoised (vagan, strength 0.8)"
+    assert int(header.SeriesNumber) == int(source.dicom.SeriesNumber) + 1000
+    listing = client.datastore()["objects"][new_uid]["image"]["info"]  # the PACS listing
+    assert listing == {"SeriesInstanceUID": new_uid, "StudyInstanceUID": study_uid,
+                       "PatientID": str(source.dicom.PatientID),
+                       "StudyDate": str(source.dicom.StudyDate),
+                       "SeriesDescription": "LD abdomen denoised (vagan, strength 0.8)",
+                       "Modality": "CT"}
     assert len(web.retrieve_series(study_uid, series_uid)) == source.hu.shape[0]  # untouched
 
 

@@ -50,6 +50,18 @@ def test_noise_sd_scales_with_dose_as_photon_statistics_predict(cylinder, radius
     assert sd_quarter / sd_half == pytest.approx(np.sqrt(3.0), rel=0.10)
 
 
+def test_halving_the_views_raises_the_noise_by_sqrt_2(cylinder, radius_map):
+    """I0 counts photons per element and view: half the views, half the photons (DESIGN 4)."""
+    water = radius_map < 100.0
+
+    def sd(views: int, seed: int) -> float:
+        params = LowDoseParams(dose=0.25, views=views)
+        low = simulate_low_dose(cylinder, params, seed=seed, progress=False)
+        return float((low.hu - cylinder.hu)[water].std())
+
+    assert sd(360, 5) / sd(720, 6) == pytest.approx(np.sqrt(2.0), rel=0.08)
+
+
 def test_uniform_regions_keep_their_mean_hu(cylinder, radius_map):
     added = _added(cylinder, 0.25, seed=3)
     water = radius_map < 100.0

@@ -17,9 +17,10 @@ import slicer
 import vtk
 from conftest import ROOT, SHARED_DATA
 from LowDoseCTDenoiseLib import DenoiseClient
-from LowDoseCTDenoiseLogic import LEFT, RIGHT, LowDoseCTDenoiseLogic
+from LowDoseCTDenoiseLogic import LEFT, RIGHT, GeometryMismatch, LowDoseCTDenoiseLogic
 
-from ldct.data import demo_case
+from ldct.data import crop_slices, demo_case
+from ldct.io import read_volume, write_volume
 from ldct.simulate import LowDoseParams, simulate_low_dose
 
 matplotlib.use("Agg")
@@ -113,6 +114,27 @@ def test_denoise_shows_original_and_result_side_by_side(scene, dicom_node, clien
         assert (display.GetWindow(), display.GetLevel()) == (400.0, 40.0)
         assert not display.GetAutoWindowLevel()
     _render(logic, DOCS_PNG if os.environ.get("LDCT_WRITE_DOCS") else tmp_path / "sbs.png")
+
+
+def test_a_result_with_other_geometry_is_refused(scene, dicom_node, tmp_path):
+    """What the server sends back is checked before the input's geometry is put on it: a
+    shifted origin, another spacing or a missing slice are refused and nothing is loaded."""
+    logic = LowDoseCTDenoiseLogic(scene)
+    exported = read_volume(logic.export_input(dicom_node, tmp_path / "input.nrrd"))
+    origin = np.asarray(exported.origin)
+    spacing = np.asarray(exported.spacing)
+    wrong = {"origin": exported.with_hu(exported.hu), "spacing": exported.with_hu(exported.hu),
+             "slices": crop_slices(exported, exported.hu.shape[0] - 1)[0]}
+    wrong["origin"].origin = tuple(origin + np.array([0.0, 0.0, 2.0]))
+    wrong["spacing"].spacing = tuple(spacing * np.array([1.0, 1.0, 1.01]))
+    before = scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    for kind, volume in wrong.items():
+        path = write_volume(volume, tmp_path / f"{kind}.nrrd", dtype="int16")
+        with pytest.raises(GeometryMismatch, match="another geometry"):
+            logic.load_result(path, dicom_node, "vagan")
+        assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == before, kind
+    same = write_volume(exported, tmp_path / "same.nrrd", dtype="int16")
+    assert logic.load_result(same, dicom_node, "vagan") is not None  # the right one loads
 
 
 def test_windows_stay_in_sync_and_presets_apply_to_both(scene, dicom_node, client,
