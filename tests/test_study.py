@@ -16,7 +16,7 @@ from conftest import bearer, free_port, running, serve_command
 
 from ldct.io import write_volume
 from ldct.phantom import make_phantom
-from ldct.study.analysis import analyse, krippendorff_alpha_ordinal, read_scores
+from ldct.study.analysis import analyse, holm, krippendorff_alpha_ordinal, read_scores
 from ldct.study.definition import StudyDefinitionError, load, parse
 from ldct.study.report import write_report
 from ldct.study.service import StudyError, StudyService, reader_plan
@@ -251,6 +251,28 @@ def test_analysis_finds_a_known_effect_and_no_effect_where_there_is_none(tmp_pat
     assert "significantly higher" in (tmp_path / "report.md").read_text()
     again = analyse(read_scores(tmp_path / "scores.csv"))  # the raw CSV reproduces it
     assert [t["p"] for t in again.tests] == pytest.approx([t["p"] for t in result.tests])
+
+
+def test_holm_and_wilson_match_published_examples():
+    # Holm (1979) step-down on the textbook example p = 0.01, 0.04, 0.03, 0.005 (alpha 0.05:
+    # H1 and H4 rejected): adjusted 4 x 0.005, 3 x 0.01, then max(2 x 0.03, 0.04)
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    # Newcombe (1998), Stat Med 17:857, example (c): 81 of 263, Wilson 95 % CI 0.2553-0.3662;
+    # here as 263 forced choices in which the model was preferred 81 times
+    rows = []
+    for k in range(263):
+        for side, condition, other in (("A", "model", "original"), ("B", "original", "model")):
+            chosen = int((k < 81) == (condition == "model"))
+            rows.append({"reader": "r1", "case": f"c{k}", "position": k + 1,
+                         "presentation": "pairs", "reference": "original",
+                         "condition": condition, "compared_with": other, "side": side,
+                         "criterion": "noise", "score": 3, "chosen": chosen,
+                         "reading_seconds": 1.0})
+    preference = analyse(rows).preferences[0]
+    assert (preference["preferred"], preference["n"]) == (81, 263)
+    assert (preference["ci_low"], preference["ci_high"]) == pytest.approx((0.2553, 0.3662),
+                                                                          abs=5e-5)
 
 
 def test_agreement_statistics():
