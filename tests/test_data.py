@@ -82,7 +82,9 @@ def test_prepare_on_the_real_volumes(shared_data, tmp_path):
     rows = {(r["case"], r["dose"]): r for r in summarize(data)}
     assert rows[("ircadb17", 0.25)]["region"] == "liver"
     for case in ("ircadb17", "ircadb01", "tcia_pancreas001"):
-        assert 15.0 < rows[(case, 0.25)]["added_noise_sd"] < 200.0, case
+        # quarter dose adds 42-63 HU here (benchmarks/io_simulate.md: 58.7 HU in ircadb17's
+        # liver); real quarter-minus-full differences are 60-76 HU with a sharper kernel
+        assert 35.0 < rows[(case, 0.25)]["added_noise_sd"] < 80.0, case
 
 
 def test_patch_sampler_pairs_and_unpairs(prepared):
