@@ -4,11 +4,12 @@ by the registry (and so by `ldct models -v` and the server's /info/)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 
 from ldct import registry
-from ldct.cards import METRIC_KEYS, write_card
+from ldct.cards import METRIC_KEYS, training_metadata, write_card
 from ldct.nets.catalogue import n2n25d_student
 
 
@@ -32,6 +33,9 @@ def test_card_round_trip(tmp_path, monkeypatch):
     assert card["training"]["steps"] == 1234 and card["training"]["wall_minutes"] == 10.0
     assert card["training"]["doses"] == [0.5, 0.1]
     assert card["training"]["parameters"] == sum(p.numel() for p in net.state_dict().values())
+    # the shipped n2n25d's count as its card and the README state it (71,246)
+    shipped = Path(__file__).resolve().parents[1] / "models" / "n2n25d" / "model.pt"
+    assert training_metadata(shipped)["parameters"] == 71246
     assert "ldct train n2n25d --data DIR --preset cpu" in md.read_text()
     assert "averaging 4 flipped/rotated view(s) per slice" in md.read_text()
     assert md.read_text().endswith("## Training note\n\nRestarted once from step 100.\n")
