@@ -28,11 +28,17 @@ def uploaded(orthanc, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def pacs_server(orthanc, uploaded, tmp_path_factory):
+def pacs_cache(tmp_path_factory):
+    """The server's DICOM cache folder (series fetched from the PACS)."""
+    return tmp_path_factory.mktemp("dicomweb-cache")
+
+
+@pytest.fixture(scope="module")
+def pacs_server(orthanc, uploaded, pacs_cache):
     """`ldct serve --studies <orthanc>/dicom-web`, its cache in a temporary folder."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cache = tmp_path_factory.mktemp("dicomweb-cache")
+    cache = pacs_cache
     with running(serve_command(f"{orthanc}/dicom-web", port, "--models", "vagan,ldct-gauss"),
                  f"{url}/health", cache / "server.log",
                  env={"MONAI_LABEL_DATASTORE_CACHE_PATH": str(cache)}):
@@ -136,3 +142,26 @@ def test_the_pacs_is_not_open_through_the_server(pacs_server, orthanc, uploaded,
                                       data=b"forged" if method == "POST" else None, timeout=30)
             assert answer.status_code == (404 if headers else 401), (path, answer.status_code)
     assert requests.get(f"{orthanc}/instances", timeout=5).json() == before  # nothing stored
+
+
+def test_only_ct_series_are_listed_and_a_series_is_fetched_once(pacs_server, pacs_cache,
+                                                                orthanc, uploaded, tmp_path,
+                                                                tokens):
+    series_uid, _, _ = uploaded
+    mr = write_dicom_series(make_phantom(size=128, slices=2).volume, tmp_path / "mr")
+    datasets = [pydicom.dcmread(f) for f in mr]
+    for ds in datasets:
+        ds.Modality = "MR"
+    DICOMwebClient(f"{orthanc}/dicom-web").store_instances(datasets)
+    client = monai_client(pacs_server, tmp_path, tokens["radiologist"])
+    listed = client.datastore()["objects"]
+    assert series_uid in listed and str(datasets[0].SeriesInstanceUID) not in listed
+    assert all(o["image"]["info"]["Modality"] == "CT" for o in listed.values())
+    def cached() -> dict[str, int]:  # the series' files in the cache (one folder per PACS)
+        return {p.name: p.stat().st_mtime_ns for p in pacs_cache.glob(f"*/{series_uid}/*.dcm")}
+
+    client.infer("ldct-gauss", series_uid, {})
+    fetched = cached()
+    client.infer("ldct-gauss", series_uid, {})
+    again = cached()
+    assert fetched and again == fetched  # the second request read the cached series
