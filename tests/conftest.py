@@ -3,6 +3,7 @@ and real servers on 127.0.0.1 (the ldct MONAI Label server, Orthanc with DICOMwe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -111,20 +112,29 @@ def ldct_server(tmp_path_factory) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
-def orthanc(tmp_path_factory) -> Iterator[str]:
-    """A real Orthanc with the DICOMweb plugin and its own empty storage; yields its URL."""
+@contextlib.contextmanager
+def orthanc_server(root: Path, users: dict[str, str] | None = None) -> Iterator[str]:
+    """A real Orthanc with the DICOMweb plugin and its own empty storage in ``root``; with
+    ``users``, HTTP basic authentication on. Yields its URL."""
     binary = shutil.which("Orthanc")
     plugin = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
     assert binary and plugin.exists(), ("Orthanc is not installed: apt-get install orthanc "
-                                        "orthanc-dicomweb (.ci/run does)")
-    root = tmp_path_factory.mktemp("orthanc")
+                                        "orthanc-dicomweb (scripts/test-servers.sh does)")
     port = free_port()
     config = {"Name": "ldct-test", "StorageDirectory": str(root / "db"),
               "IndexDirectory": str(root / "db"), "HttpPort": port, "DicomPort": free_port(),
-              "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+              "RemoteAccessAllowed": False, "AuthenticationEnabled": bool(users),
+              "RegisteredUsers": users or {},
               "Plugins": [str(plugin)], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
     (root / "orthanc.json").write_text(json.dumps(config))
-    url = f"http://127.0.0.1:{port}"
-    with running([binary, str(root / "orthanc.json")], f"{url}/system", root / "orthanc.log"):
+    login = "" if not users else "{}:{}@".format(*next(iter(users.items())))
+    with running([binary, str(root / "orthanc.json")], f"http://{login}127.0.0.1:{port}/system",
+                 root / "orthanc.log"):
+        yield f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory) -> Iterator[str]:
+    """An Orthanc without authentication for the session's PACS tests."""
+    with orthanc_server(tmp_path_factory.mktemp("orthanc")) as url:
         yield url

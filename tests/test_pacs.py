@@ -6,7 +6,7 @@ import numpy as np
 import pydicom
 import pytest
 import requests
-from conftest import free_port, monai_client, running, serve_command
+from conftest import free_port, monai_client, orthanc_server, running, serve_command
 from dicomweb_client.api import DICOMwebClient
 from monailabel.client.client import MONAILabelClientException
 
@@ -165,3 +165,32 @@ def test_only_ct_series_are_listed_and_a_series_is_fetched_once(pacs_server, pac
     client.infer("ldct-gauss", series_uid, {})
     again = cached()
     assert fetched and again == fetched  # the second request read the cached series
+
+
+def test_a_pacs_that_needs_credentials(tmp_path, tokens):
+    """The server logs in with MONAI_LABEL_DATASTORE_USERNAME/PASSWORD; without them, the
+    listing is a 502 that says to set them (not a bare 500)."""
+    users = {"ldct": "pacs-secret"}
+    with orthanc_server(tmp_path, users) as pacs:
+        files = write_dicom_series(make_phantom(size=128, slices=2).volume, tmp_path / "ct")
+        session = requests.Session()
+        session.auth = ("ldct", "pacs-secret")
+        DICOMwebClient(f"{pacs}/dicom-web", session=session).store_instances(
+            [pydicom.dcmread(f) for f in files])
+        series_uid = str(pydicom.dcmread(files[0]).SeriesInstanceUID)
+        auth = {"Authorization": f"Bearer {tokens['radiologist']}"}
+        for env, status in [({"MONAI_LABEL_DATASTORE_USERNAME": "ldct",
+                              "MONAI_LABEL_DATASTORE_PASSWORD": "pacs-secret"}, 200), ({}, 502)]:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            cache = tmp_path / f"cache-{status}"
+            with running(serve_command(f"{pacs}/dicom-web", port, "--models", "ldct-gauss"),
+                         f"{url}/health", tmp_path / f"server-{status}.log",
+                         env={**env, "MONAI_LABEL_DATASTORE_CACHE_PATH": str(cache)}):
+                answer = requests.get(f"{url}/datastore/", params={"output": "all"},
+                                      headers=auth, timeout=60)
+                assert answer.status_code == status, answer.text
+                if status == 200:
+                    assert series_uid in answer.json()["objects"]
+                else:
+                    assert "MONAI_LABEL_DATASTORE_USERNAME" in answer.json()["detail"]

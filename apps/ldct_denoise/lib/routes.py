@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import requests
 from fastapi import (
     APIRouter,
     BackgroundTasks,
@@ -83,9 +84,24 @@ def upload_suffix(filename: str | None) -> str:
     return suffix if re.fullmatch(r"(\.[a-z0-9]{1,8}){1,2}", suffix) else ""
 
 
+@contextlib.contextmanager
+def pacs_errors() -> Iterator[None]:
+    """A PACS that refuses or fails a query is a 502 that says what to check, not a 500."""
+    try:
+        yield
+    except requests.RequestException as exc:
+        status = getattr(exc.response, "status_code", None)
+        hint = (" (it refused the server's credentials: set MONAI_LABEL_DATASTORE_USERNAME and "
+                "MONAI_LABEL_DATASTORE_PASSWORD)" if status in (401, 403) else "")
+        raise HTTPException(status_code=502, detail=f"the PACS did not answer{hint}: "
+                                                    f"{exc}") from exc
+
+
 def datastore_id(app: MONAILabelApp, image: str) -> str:
     """``image`` if the datastore lists it, else 404: no client string reaches a path."""
-    if image not in app.datastore().list_images():
+    with pacs_errors():
+        listed = app.datastore().list_images()
+    if image not in listed:
         raise HTTPException(status_code=404, detail=(
             f"no image '{image}' in this server's datastore; GET /datastore/ lists the ids, or "
             "upload the volume as the 'file' field"))
@@ -151,7 +167,8 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
     @router.get("/datastore/", summary="The images (ids) this server can denoise by id")
     def datastore(output: str = "stats") -> dict[str, Any]:
         store = app.datastore()
-        return store.json() if output == "all" else store.status()
+        with pacs_errors():
+            return store.json() if output == "all" else store.status()
 
     @router.get("/jobs/", summary="Your denoising jobs (all of them for an admin)")
     def jobs(http: Request) -> list[dict[str, Any]]:
@@ -194,8 +211,9 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
                     request["image_id"] = ""
                 else:
                     request["image_id"] = await run_in_threadpool(datastore_id, app, image)
-                    request["image"] = await run_in_threadpool(app.datastore().get_image_uri,
-                                                               request["image_id"])
+                    with pacs_errors():
+                        request["image"] = await run_in_threadpool(
+                            app.datastore().get_image_uri, request["image_id"])
                 result = await _while_connected(http, work, queue.run(app.infer, request))
             except BaseException as exc:
                 shutil.rmtree(folder, ignore_errors=True)
