@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ldct.auth import AuthError
 from ldct.io import CTInputError
+from ldct.simulate import KERNELS
 from ldct.study.service import StudyError
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in logs
@@ -273,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--i0", type=float, default=1.5e5, help="photons per element and view")
     p.add_argument("--electronic-noise", type=float, default=10.0, help="variance (photons^2)")
     p.add_argument("--views", type=int, default=720, help="projections over 180 degrees")
-    p.add_argument("--kernel", default="hann", choices=["ram-lak", "shepp-logan", "hann"])
+    p.add_argument("--kernel", default="hann", choices=list(KERNELS))
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_simulate)
 

@@ -25,7 +25,13 @@ from tqdm import tqdm
 
 from ldct.io import CTVolume
 
-KERNELS = ("ram-lak", "shepp-logan", "hann")
+KERNELS = ("ram-lak", "shepp-logan", "hann", "sharp-ee")
+# The edge-enhancing sharp body kernel ("sharp-ee", as clinical sharp kernels of the D45f/B60f
+# class): a light cosine apodization times a Gaussian boost at mid frequencies, so the MTF
+# relative to the ramp exceeds 1 there (about 1.35 at 0.38 cycles/sample) and the NPS (f W^2)
+# peaks at about 0.39 cycles/sample: 0.5-0.6 cycles/mm at 0.7-0.75 mm pixels. Parameters:
+# cosine window c, boost gain, boost centre and width (cycles/sample).
+EDGE_ENHANCING = (0.9, 0.6, 0.40, 0.08)
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,12 @@ def cosine_window(f: np.ndarray, c: float) -> np.ndarray:
     """Generalized cosine apodization c + (1 - c) cos(2 pi f), f in cycles per sample:
     c = 0.5 is the Hann window, c = 1 none (the ram-lak kernel's plain ramp)."""
     return c + (1 - c) * np.cos(2 * math.pi * f)
+
+
+def edge_enhancing_window(f: np.ndarray) -> np.ndarray:
+    """The "sharp-ee" kernel's window over the ramp, f in cycles per sample (`EDGE_ENHANCING`)."""
+    c, gain, centre, width = EDGE_ENHANCING
+    return cosine_window(f, c) * (1.0 + gain * np.exp(-0.5 * ((f - centre) / width) ** 2))
 
 
 class ParallelBeam:
@@ -97,6 +109,8 @@ class ParallelBeam:
             ramp = ramp * np.sinc(f)
         elif kernel == "hann":
             ramp = ramp * cosine_window(f, 0.5)
+        elif kernel == "sharp-ee":
+            ramp = ramp * edge_enhancing_window(f)
         return ramp
 
     def project(self, image: np.ndarray, step: int = 1) -> np.ndarray:

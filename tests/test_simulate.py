@@ -127,3 +127,23 @@ def test_invalid_settings_are_refused():
         LowDoseParams(dose=0.0)
     with pytest.raises(ValueError, match="kernel must be one of"):
         LowDoseParams(kernel="sharp")
+
+
+def test_the_edge_enhancing_kernel_has_a_clinical_sharp_kernels_texture():
+    """At 0.74 mm pixels the sharp-ee kernel's NPS peaks at 0.5-0.6 cycles/mm (Nyquist 0.68),
+    as a clinical sharp body kernel's, its MTF over the ramp exceeds 1 at mid frequencies, and
+    the Hann kernel's NPS peaks near a smooth body kernel's 0.22 cycles/mm (DESIGN 4)."""
+    from ldct.simulate import edge_enhancing_window
+
+    f = np.linspace(0.0, 0.5, 501)
+    window = edge_enhancing_window(f)
+    assert window.max() > 1.2 and 0.3 < f[window.argmax()] < 0.45
+    size, pixel = 256, 0.74
+    cylinder = water_cylinder(size=size, pixel_mm=pixel, radius_mm=85.0, slices=2)
+    coords = (np.arange(size) - (size - 1) / 2) * pixel
+    yy, xx = np.meshgrid(coords, coords, indexing="ij")
+    water = np.broadcast_to(np.hypot(xx, yy) < 70.0, (2, size, size))
+    peaks = {kernel: nps(_added(cylinder, 0.25, seed=9, kernel=kernel), (pixel, pixel), roi=64,
+                         mask=water).peak_frequency for kernel in ("hann", "sharp-ee")}
+    assert 0.5 <= peaks["sharp-ee"] <= 0.6
+    assert 0.15 <= peaks["hann"] <= 0.3
