@@ -187,9 +187,22 @@ def cmd_denoise(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from ldct.evaluate import COLUMNS, FORMATS, evaluate
+    from ldct.evaluate import COLUMNS, FORMATS, evaluate, evaluate_kernels, worst_kernels
 
     views = _views(args)
+    if args.kernels:
+        if args.write_cards:
+            raise ValueError("--write-cards goes with the plain evaluation, not --kernels")
+        results = evaluate_kernels(args.data, args.out, args.kernels, dose=args.dose,
+                                   models=args.models, device=args.device,
+                                   max_slices=args.max_slices, ensemble=views)
+        console.print(_table("worst kernel per model", worst_kernels(results),
+                             ["method", "worst_kernel", "psnr_gain_db", "ssim_gain",
+                              "noise_vs_ld", "max_abs_bias_hu"],
+                             {"psnr_gain_db": "+.2f", "ssim_gain": "+.4f",
+                              "noise_vs_ld": ".2f", "max_abs_bias_hu": ".2f"}))
+        console.print(f"report: {Path(args.out) / 'kernels.md'}")
+        return
     rows = evaluate(args.data, args.out, dose=args.dose, models=args.models, device=args.device,
                     max_slices=args.max_slices, ensemble=views)
     if args.write_cards:
@@ -354,6 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-slices", type=int, help="only the slices with the most liver (quick)")
     _add_ensemble_option(p)
     p.add_argument("--device", default="auto")
+    p.add_argument("--kernels", nargs="+", choices=list(KERNELS),
+                   help="kernel sweep: the test case with each kernel's noise, a table per "
+                        "kernel and each model's worst kernel (kernels.md)")
     p.add_argument("--write-cards", action="store_true",
                    help="write models/<name>/card.{json,md} with these held-out metrics")
     p.set_defaults(func=cmd_evaluate)

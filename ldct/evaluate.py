@@ -3,7 +3,9 @@
 On the prepared test volume (ircadb17, never used for training or tuning) at one simulated
 dose: PSNR/SSIM on the liver window, RMSE in the body, HU bias in liver and fat, residual noise
 SD in the liver, NPS peak frequency, tumour CNR and seconds per slice. Writes a markdown
-table, a CSV, a montage of one liver slice across methods and the NPS curves.
+table, a CSV, a montage of one liver slice across methods and the NPS curves. The kernel sweep
+(`evaluate_kernels`) scores the same case with the noise of several reconstruction kernels and
+reports each model's worst kernel.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from scipy import ndimage  # noqa: E402
 from ldct import metrics, registry  # noqa: E402
 from ldct.data import PreparedData  # noqa: E402
 from ldct.infer import DEFAULT_ENSEMBLE, denoise  # noqa: E402
+from ldct.io import CTVolume  # noqa: E402
+from ldct.simulate import simulate_low_dose  # noqa: E402
 
 COLUMNS = ("method", "psnr_db", "ssim", "rmse_hu", "liver_bias_hu", "fat_bias_hu",
            "liver_noise_sd", "noise_vs_ld", "nps_peak_cpmm", "tumour_cnr", "liver_sd_hu",
@@ -84,32 +88,29 @@ def score(name: str, image: np.ndarray, normal: np.ndarray, regions: Regions,
             **liver_contrast(image, regions), "s_per_slice": seconds, "_nps": spectrum}
 
 
-def evaluate(data_dir: str | Path, out_dir: str | Path, dose: float = 0.25,
-             models: list[str] | None = None, device: str = "auto",
-             max_slices: int | None = None, nps_roi: int = 32,
-             ensemble: int = DEFAULT_ENSEMBLE) -> list[dict]:
-    """Evaluate ``models`` (default: every available one) on the test case; write the report.
-    Networks average ``ensemble`` views per slice, as `ldct denoise` does by default."""
-    data = PreparedData(data_dir)
+def _test_case(data: PreparedData, max_slices: int | None
+               ) -> tuple[str, CTVolume, dict[str, np.ndarray], np.ndarray | None]:
+    """The prepared test case: (name, normal dose, masks, the slices kept or None for all)."""
     tests = data.cases("test")
     if not tests:
-        raise ValueError(f"{data_dir}: no test case prepared")
+        raise ValueError(f"{data.root}: no test case prepared")
     case = tests[0]
-    normal_vol, low_vol = data.volume(case), data.volume(case, dose)
-    masks = data.masks(case)
+    normal_vol, masks = data.volume(case), data.masks(case)
+    keep = None
     if max_slices is not None:  # quick runs: the slices with the most liver
-        keep = np.argsort(-masks["liver"].sum(axis=(1, 2)))[:max_slices]
-        keep.sort()
+        keep = np.sort(np.argsort(-masks["liver"].sum(axis=(1, 2)))[:max_slices])
         normal_vol = replace(normal_vol, hu=normal_vol.hu[keep])
-        low_vol = replace(low_vol, hu=low_vol.hu[keep])
         masks = {k: v[keep] for k, v in masks.items()}
-    normal, low = normal_vol.hu, low_vol.hu
-    pixel = (normal_vol.spacing[0], normal_vol.spacing[1])
-    regions = Regions.from_case(normal, masks, min(pixel))
-    names = models or [n for n in registry.names() if registry.get(n).available()]
+    return case, normal_vol, masks, keep
+
+
+def _scored(names: list[str], low_vol: CTVolume, normal: np.ndarray, regions: Regions,
+            pixel: tuple[float, float], device: str, ensemble: int, nps_roi: int
+            ) -> tuple[list[dict], dict[str, np.ndarray]]:
+    """The input's row and every model's, and the outputs by name."""
+    low = low_vol.hu
     rows = [score("low dose (input)", low, normal, regions, pixel, 0.0, None, nps_roi)]
     ld_noise = rows[0]["liver_noise_sd"]
-    rows[0]["noise_vs_ld"] = 1.0
     outputs = {"normal dose": normal, "low dose (input)": low}
     for name in names:
         start = time.perf_counter()
@@ -117,6 +118,25 @@ def evaluate(data_dir: str | Path, out_dir: str | Path, dose: float = 0.25,
         seconds = (time.perf_counter() - start) / low.shape[0]
         rows.append(score(name, result, normal, regions, pixel, seconds, ld_noise, nps_roi))
         outputs[name] = result
+    return rows, outputs
+
+
+def evaluate(data_dir: str | Path, out_dir: str | Path, dose: float = 0.25,
+             models: list[str] | None = None, device: str = "auto",
+             max_slices: int | None = None, nps_roi: int = 32,
+             ensemble: int = DEFAULT_ENSEMBLE) -> list[dict]:
+    """Evaluate ``models`` (default: every available one) on the test case; write the report.
+    Networks average ``ensemble`` views per slice, as `ldct denoise` does by default."""
+    data = PreparedData(data_dir)
+    case, normal_vol, masks, keep = _test_case(data, max_slices)
+    low_vol = data.volume(case, dose)
+    if keep is not None:
+        low_vol = replace(low_vol, hu=low_vol.hu[keep])
+    normal = normal_vol.hu
+    pixel = (normal_vol.spacing[0], normal_vol.spacing[1])
+    regions = Regions.from_case(normal, masks, min(pixel))
+    names = models or [n for n in registry.names() if registry.get(n).available()]
+    rows, outputs = _scored(names, low_vol, normal, regions, pixel, device, ensemble, nps_roi)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_tables(rows, out_dir, case, dose, normal.shape, liver_contrast(normal, regions),
@@ -124,6 +144,82 @@ def evaluate(data_dir: str | Path, out_dir: str | Path, dose: float = 0.25,
     _montage(outputs, masks, regions, out_dir / "montage.png", case, dose)
     _nps_plot(rows, out_dir / "nps.png")
     return rows
+
+
+SWEEP_COLUMNS = ("method", "psnr_db", "ssim", "liver_bias_hu", "fat_bias_hu", "noise_vs_ld",
+                 "nps_peak_cpmm", "tumour_cnr")
+
+
+def evaluate_kernels(data_dir: str | Path, out_dir: str | Path, kernels: list[str],
+                     dose: float = 0.25, models: list[str] | None = None, device: str = "auto",
+                     max_slices: int | None = None, nps_roi: int = 32,
+                     ensemble: int = DEFAULT_ENSEMBLE, seed: int = 0) -> dict[str, list[dict]]:
+    """The kernel sweep: the test case simulated at ``dose`` with each reconstruction kernel
+    (the same projection-noise draw, filtered by each), every model scored on each; writes
+    ``kernels.md`` (a table per kernel, then each model's worst kernel) and ``kernels.csv``.
+    Models are to be chosen on their worst kernel, on training cases; this is the report."""
+    data = PreparedData(data_dir)
+    case, normal_vol, masks, _ = _test_case(data, max_slices)
+    normal = normal_vol.hu
+    pixel = (normal_vol.spacing[0], normal_vol.spacing[1])
+    regions = Regions.from_case(normal, masks, min(pixel))
+    names = models or [n for n in registry.names() if registry.get(n).available()]
+    results = {}
+    for kernel in kernels:
+        low_vol = simulate_low_dose(normal_vol, data.simulation(dose, kernel), seed=seed,
+                                    progress=False)
+        results[kernel] = _scored(names, low_vol, normal, regions, pixel, device, ensemble,
+                                  nps_roi)[0]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_sweep(results, out_dir, case, dose, normal.shape, ensemble)
+    return results
+
+
+def worst_kernels(results: dict[str, list[dict]]) -> list[dict]:
+    """Per model: the kernel with its smallest PSNR gain over the input, and there its gain,
+    SSIM gain, noise ratio and the largest |bias| (liver or fat) over all kernels."""
+    inputs = {kernel: rows[0] for kernel, rows in results.items()}
+    models = [row["method"] for row in next(iter(results.values()))[1:]]
+    worst = []
+    for model in models:
+        rows = {k: next(r for r in rs if r["method"] == model) for k, rs in results.items()}
+        gains = {k: rows[k]["psnr_db"] - inputs[k]["psnr_db"] for k in rows}
+        kernel = min(gains, key=gains.get)
+        worst.append({"method": model, "worst_kernel": kernel, "psnr_gain_db": gains[kernel],
+                      "ssim_gain": rows[kernel]["ssim"] - inputs[kernel]["ssim"],
+                      "noise_vs_ld": rows[kernel]["noise_vs_ld"],
+                      "max_abs_bias_hu": max(max(abs(r["liver_bias_hu"]), abs(r["fat_bias_hu"]))
+                                             for r in rows.values())})
+    return worst
+
+
+def _write_sweep(results: dict[str, list[dict]], out_dir: Path, case: str, dose: float,
+                 shape: tuple[int, ...], ensemble: int) -> None:
+    with open(out_dir / "kernels.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("kernel", *SWEEP_COLUMNS))
+        for kernel, rows in results.items():
+            for row in rows:
+                writer.writerow([kernel, *(row[c] if c == "method" else f"{row[c]:.6g}"
+                                           for c in SWEEP_COLUMNS)])
+    lines = [f"# Kernel sweep: {case}, simulated dose {dose:g}", "",
+             f"Volume {shape[2]}x{shape[1]}x{shape[0]}; the same projection noise reconstructed "
+             f"with each kernel; metrics as in quality.md; networks average {ensemble} view(s) "
+             "per slice. Command: `ldct evaluate --data DIR --kernels "
+             f"{' '.join(results)}`."]
+    for kernel, rows in results.items():
+        lines += ["", f"## {kernel}", "", "| " + " | ".join(SWEEP_COLUMNS) + " |",
+                  "|" + "---|" * len(SWEEP_COLUMNS)]
+        lines += ["| " + " | ".join(row[c] if c == "method" else format(row[c], FORMATS[c])
+                                    for c in SWEEP_COLUMNS) + " |" for row in rows]
+    lines += ["", "## Worst kernel per model", "",
+              "| method | worst kernel | PSNR gain dB | SSIM gain | noise vs input | max abs "
+              "bias HU (any kernel) |", "|---|---|---|---|---|---|"]
+    lines += [f"| {w['method']} | {w['worst_kernel']} | {w['psnr_gain_db']:+.2f} | "
+              f"{w['ssim_gain']:+.4f} | {w['noise_vs_ld']:.2f} | {w['max_abs_bias_hu']:.2f} |"
+              for w in worst_kernels(results)]
+    (out_dir / "kernels.md").write_text("\n".join(lines) + "\n")
 
 
 def _write_tables(rows: list[dict], out_dir: Path, case: str, dose: float,

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 
-from ldct.evaluate import COLUMNS, evaluate
+from ldct.evaluate import COLUMNS, evaluate, evaluate_kernels, worst_kernels
 
 
 def test_evaluate_writes_table_csv_and_figures(prepared, tmp_path):
-    rows = evaluate(prepared, tmp_path, dose=0.25, models=["ldct-gauss"], nps_roi=4)
+    rows = evaluate(prepared, tmp_path, dose=0.25, models=["ldct-gauss"], nps_roi=8)
     assert [r["method"] for r in rows] == ["low dose (input)", "ldct-gauss"]
     low, gauss = rows
     assert gauss["liver_noise_sd"] < low["liver_noise_sd"] and gauss["noise_vs_ld"] < 1.0
@@ -22,3 +22,19 @@ def test_evaluate_writes_table_csv_and_figures(prepared, tmp_path):
     assert "the normal-dose reference itself: CNR " in report and "liver SD " in report
     for figure in ("montage.png", "nps.png"):
         assert (tmp_path / figure).stat().st_size > 5_000
+
+
+def test_kernel_sweep_reports_each_kernel_and_the_worst(prepared, tmp_path):
+    results = evaluate_kernels(prepared, tmp_path, ["hann", "sharp-ee"], dose=0.25,
+                               models=["ldct-gauss"], nps_roi=8)
+    assert list(results) == ["hann", "sharp-ee"]
+    hann, sharp = results["hann"][0], results["sharp-ee"][0]  # the inputs
+    assert sharp["liver_noise_sd"] > 1.5 * hann["liver_noise_sd"]  # same draw, sharper kernel
+    assert sharp["nps_peak_cpmm"] > hann["nps_peak_cpmm"]
+    (worst,) = worst_kernels(results)
+    gains = {k: rows[1]["psnr_db"] - rows[0]["psnr_db"] for k, rows in results.items()}
+    assert worst["method"] == "ldct-gauss" and worst["worst_kernel"] == min(gains, key=gains.get)
+    report = (tmp_path / "kernels.md").read_text()
+    assert "## hann" in report and "## sharp-ee" in report and "## Worst kernel" in report
+    with open(tmp_path / "kernels.csv") as handle:
+        assert len(list(csv.reader(handle))) == 1 + 2 * 2
