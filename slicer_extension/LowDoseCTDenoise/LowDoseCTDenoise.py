@@ -21,6 +21,7 @@ from LowDoseCTDenoiseLib import (
     VOLUME_PRESET,
     WINDOW_PRESETS,
     BackgroundCall,
+    Cancelled,
     DenoiseClient,
     DenoiseJob,
     ReaderSession,
@@ -146,6 +147,11 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
     # -- denoise --------------------------------------------------------------------------
     def on_denoise(self):
         node = self.ui.inputVolumeSelector.currentNode()
+        try:  # a mistyped URL is said before anything is exported
+            client = self.server(DenoiseClient)
+        except ServerError as exc:
+            slicer.util.errorDisplay(str(exc))
+            return
         self.workdir = Path(tempfile.mkdtemp(prefix="ldct-slicer-"))
         try:
             upload = self.logic.export_input(node, self.workdir / "input.nrrd")
@@ -155,7 +161,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
             return
         params = {"strength": self.ui.strengthSliderWidget.value,
                   "device": self.ui.deviceComboBox.currentText, "result_dtype": "int16"}
-        self.job = DenoiseJob(self.server(DenoiseClient), self.ui.modelComboBox.currentText, upload,
+        self.job = DenoiseJob(client, self.ui.modelComboBox.currentText, upload,
                               self.workdir / "result.nrrd", params).start()
         self.job_input = node
         self.poll_timer.start()
@@ -174,6 +180,9 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.poll_timer.stop()
         self.job = None
         try:
+            if isinstance(job.error, Cancelled):  # asked for: not an error
+                self.ui.statusLabel.text = "Cancelled; the server stopped its work too."
+                return
             if job.error is not None:
                 slicer.util.errorDisplay(str(job.error))
                 return
