@@ -83,26 +83,45 @@ class CTNumberCheck:
                                   [:REPORTED]]}
 
 
-def homogeneous_regions(hu: np.ndarray) -> list[tuple[str, np.ndarray, list[int]]]:
-    """Per tissue: (name, its regions labelled, their labels). A region is the tissue inside
-    one tile; tiles are 16 slices deep (fewer in a thin volume, and wider to keep their size)."""
+@dataclass(frozen=True)
+class LabelledRegions:
+    """Regions of one tissue: a label array (0 outside), the labels kept, and their centres."""
+
+    tissue: str
+    labels: np.ndarray
+    ids: list[int]
+    centres: dict[int, tuple[int, int, int]]
+
+
+def homogeneous_regions(hu: np.ndarray) -> list[LabelledRegions]:
+    """Per tissue, the regions to measure: the tissue inside one tile each; tiles are 16 slices
+    deep (fewer in a thin volume, and wider to keep their size)."""
     smooth = ndimage.gaussian_filter(hu.astype(np.float32), sigma=(0, SMOOTH_PX, SMOOTH_PX))
     in_plane = np.zeros((1, 3, 3), bool)
     in_plane[0] = ndimage.generate_binary_structure(2, 1)
     depth = min(TILE_DEPTH, hu.shape[0])
     side = int(np.sqrt(TILE_VOXELS / depth))
-    tiles = (np.arange(hu.shape[0])[:, None, None] // depth * 10**6
-             + np.arange(hu.shape[1])[None, :, None] // side * 10**3
-             + np.arange(hu.shape[2])[None, None, :] // side + 1)
+    grid = [int(np.ceil(n / step)) for n, step in zip(hu.shape, (depth, side, side))]
+    tiles = ((np.arange(hu.shape[0], dtype=np.int32) // depth)[:, None, None] * grid[1] * grid[2]
+             + (np.arange(hu.shape[1], dtype=np.int32) // side)[None, :, None] * grid[2]
+             + (np.arange(hu.shape[2], dtype=np.int32) // side)[None, None, :] + 1)
     found = []
     for tissue, (low, high) in TISSUES.items():
         inside = ndimage.binary_erosion((smooth >= low) & (smooth <= high), in_plane,
                                         iterations=ERODE_PX)
-        labels = np.where(inside, tiles, 0)
-        ids, sizes = np.unique(labels[inside], return_counts=True)
-        kept = [int(i) for i, n in zip(ids, sizes) if n >= MIN_SHARE * depth * side * side]
+        labels = np.where(inside, tiles, 0).astype(np.int32)
+        sizes = np.bincount(labels.ravel(), minlength=int(np.prod(grid)) + 1)
+        kept = [int(i) for i in np.nonzero(sizes >= MIN_SHARE * depth * side * side)[0]
+                if i > 0]
+        centres = {}
+        for i in kept:  # the tile's centre (cheap; a region fills at least a quarter of it)
+            z, rest = divmod(i - 1, grid[1] * grid[2])
+            y, x = divmod(rest, grid[2])
+            centres[i] = (min(z * depth + depth // 2, hu.shape[0] - 1),
+                          min(y * side + side // 2, hu.shape[1] - 1),
+                          min(x * side + side // 2, hu.shape[2] - 1))
         if kept:
-            found.append((tissue, labels, kept))
+            found.append(LabelledRegions(tissue, labels, kept, centres))
     return found
 
 
@@ -113,18 +132,20 @@ def check_ct_numbers(before: np.ndarray, after: np.ndarray,
     given, e.g. {"liver": mask}, else the homogeneous regions found automatically)."""
     if before.shape != after.shape:
         raise ValueError(f"input {before.shape} and result {after.shape} differ in shape")
-    found = ([(name, mask.astype(np.int32), [1]) for name, mask in masks.items() if mask.any()]
-             if masks else homogeneous_regions(before))
-    change = after.astype(np.float32) - before.astype(np.float32)
+    if masks:
+        found = [LabelledRegions(name, mask.astype(np.int32), [1], {1: tuple(
+            int(round(c)) for c in ndimage.center_of_mass(mask))}) for name, mask in masks.items()
+            if mask.any()]
+    else:
+        found = homogeneous_regions(before)
+    change = (after.astype(np.float32) - before.astype(np.float32)).ravel()
     shifts = []
-    for tissue, labels, ids in found:
-        ones = np.ones(labels.shape, np.uint8)
-        means = ndimage.mean(change, labels, ids)
-        sizes = ndimage.sum_labels(ones, labels, ids)
-        centres = ndimage.center_of_mass(ones, labels, ids)
-        shifts += [RegionShift(tissue, int(size), tuple(int(round(c)) for c in centre),
-                               float(mean))
-                   for mean, size, centre in zip(means, sizes, centres)]
+    for regions in found:
+        flat = regions.labels.ravel()
+        sizes = np.bincount(flat)
+        sums = np.bincount(flat, weights=change)
+        shifts += [RegionShift(regions.tissue, int(sizes[i]), regions.centres[i],
+                               float(sums[i] / sizes[i])) for i in regions.ids]
     return CTNumberCheck(shifts, threshold_hu)
 
 
