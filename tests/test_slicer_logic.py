@@ -147,6 +147,9 @@ def test_windows_stay_in_sync_and_presets_apply_to_both(scene, dicom_node, clien
     assert (result.GetDisplayNode().GetWindow(), result.GetDisplayNode().GetLevel()) == (150, 60)
     result.GetDisplayNode().SetWindowLevel(380.0, 20.0)  # ... or the right one
     assert dicom_node.GetDisplayNode().GetWindow() == 380.0
+    logic.apply_window("Liver narrow")  # where lesion conspicuity and noise are judged
+    for node in (dicom_node, result):
+        assert (node.GetDisplayNode().GetWindow(), node.GetDisplayNode().GetLevel()) == (150, 60)
     logic.apply_window("Volume")  # the window that came with the DICOM series
     for node in (dicom_node, result):
         assert (node.GetDisplayNode().GetWindow(),
