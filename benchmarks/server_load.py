@@ -27,16 +27,9 @@ import yaml
 from ldct.auth import AUTH_FILE_ENV, TokenStore
 from ldct.io import write_volume
 from ldct.phantom import make_phantom
-from ldct.processes import free_port, running, serve_command
+from ldct.processes import free_port, rss_mb, running, serve_command
 
 SMALL = {"image": "small", "output": "json"}
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
 
 
 def _percentiles(seconds: list[float]) -> str:
@@ -149,9 +142,9 @@ def main() -> None:
             sections = responsiveness(url, auth, f"{url}/study/load/readers/r1/next", reader)
             sections += ["", *concurrency(url, auth), "",
                          *throughput(url, auth, args.per_client)]
-            before = _rss_mb(proc.pid)
+            before = rss_mb(proc.pid)
             statuses = [_small(url, auth) for _ in range(200)]
-            after = _rss_mb(proc.pid)
+            after = rss_mb(proc.pid)
     lines = ["# Server load: responsiveness, concurrency, throughput, memory (CPU, loopback)", "",
              f"`python benchmarks/server_load.py` on {os_summary()}. Small requests: "
              "128x128x4 by datastore id, `output=json`.", "", *sections, "",

@@ -105,6 +105,11 @@ def decide(method: str, path: str, identity: Identity | None) -> Decision:
     return Decision(404, f"{method} {path} is not served by this server")
 
 
+def caller(scope: dict) -> Identity | None:
+    """Who the guard let through for this request (None only for /health)."""
+    return scope.get(IDENTITY_KEY)
+
+
 def bearer(headers: list[tuple[bytes, bytes]]) -> str:
     """The token of an ``Authorization: Bearer`` header ('' when there is none)."""
     for key, value in headers:

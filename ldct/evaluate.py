@@ -172,7 +172,9 @@ def evaluate_kernels(data_dir: str | Path, out_dir: str | Path, kernels: list[st
                                   nps_roi)[0]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_sweep(results, out_dir, case, dose, normal.shape, ensemble)
+    command = (f"ldct evaluate --data DIR --dose {dose:g} --kernels {' '.join(kernels)}"
+               + (f" --max-slices {max_slices}" if max_slices else ""))
+    _write_sweep(results, out_dir, case, dose, normal.shape, ensemble, command)
     return results
 
 
@@ -195,7 +197,7 @@ def worst_kernels(results: dict[str, list[dict]]) -> list[dict]:
 
 
 def _write_sweep(results: dict[str, list[dict]], out_dir: Path, case: str, dose: float,
-                 shape: tuple[int, ...], ensemble: int) -> None:
+                 shape: tuple[int, ...], ensemble: int, command: str) -> None:
     with open(out_dir / "kernels.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(("kernel", *SWEEP_COLUMNS))
@@ -206,8 +208,7 @@ def _write_sweep(results: dict[str, list[dict]], out_dir: Path, case: str, dose:
     lines = [f"# Kernel sweep: {case}, simulated dose {dose:g}", "",
              f"Volume {shape[2]}x{shape[1]}x{shape[0]}; the same projection noise reconstructed "
              f"with each kernel; metrics as in quality.md; networks average {ensemble} view(s) "
-             "per slice. Command: `ldct evaluate --data DIR --kernels "
-             f"{' '.join(results)}`.", "",
+             f"per slice. Command: `{command}`.", "",
              "Input noise SD in the liver: " + ", ".join(
                  f"{k} {rows[0]['liver_noise_sd']:.1f} HU" for k, rows in results.items())
              + ". At one dose a sharper kernel is much noisier here than the about twofold SD "

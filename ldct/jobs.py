@@ -89,8 +89,5 @@ class JobRegistry:
     def list(self, owner: str, admin: bool = False) -> list[dict[str, Any]]:
         return [j.status() for j in list(self._jobs.values()) if admin or j.owner == owner]
 
-    def running(self) -> int:
-        return sum(j.state in ("queued", "running") for j in list(self._jobs.values()))
-
 
 JOBS = JobRegistry()

@@ -21,6 +21,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def rss_mb(pid: int) -> float:
+    """A process's resident memory in MB (Linux /proc)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 def serve_command(studies: str, port: int, *extra: str) -> list[str]:
     """`ldct serve` as a user starts it."""
     return [sys.executable, "-m", "ldct.cli", "serve", "--studies", studies,

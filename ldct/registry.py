@@ -13,6 +13,7 @@ nobody recorded, or weights whose hash changed, are never loaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -77,7 +78,8 @@ class ModelInfo:
         """Recorded fine-tuned versions, oldest first (each a folder holding model.pt)."""
         recorded = self.manifest()["versions"]
         for planted in sorted(self.versions_dir.glob("*/model.pt")):
-            if planted.parent.name not in recorded:
+            if planted.parent.name not in recorded and planted not in _REPORTED:
+                _REPORTED.add(planted)  # once per process, not on every request
                 logger.warning("ignored %s: not a recorded version of %s (versions.json)",
                                planted, self.name)
         return [self.versions_dir / name for name in recorded]
@@ -141,6 +143,15 @@ class ModelInfo:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's SHA-256, computed again whenever the file may have changed (the weights in
+    use are checked on every request): a write or a replacement changes its inode change time,
+    which unlike the modification time cannot be set back."""
+    stat = Path(path).stat()
+    return _sha256(str(path), stat.st_ino, stat.st_ctime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256(path: str, inode: int, ctime_ns: int, size: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as source:
         while chunk := source.read(1 << 20):
@@ -149,6 +160,7 @@ def file_sha256(path: Path) -> str:
 
 
 REGISTRY: dict[str, ModelInfo] = {}
+_REPORTED: set[Path] = set()  # unrecorded version folders already logged
 
 
 def register(name: str, title: str, paper: str, supervision: str, kind: str = "network"):

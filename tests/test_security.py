@@ -7,6 +7,7 @@ version, and one web viewer origin allowed for CORS.
 
 from __future__ import annotations
 
+import os
 import re
 import select
 import socket
@@ -47,17 +48,15 @@ def _plant(path: Path, canary: Path) -> None:
     torch.save({"kwargs": {}, "state_dict": _Canary(canary)}, path)
 
 
+def _env(auth: Path) -> dict[str, str]:
+    return {**os.environ, AUTH_FILE_ENV: str(auth)}
+
+
 def _token_add(auth: Path, name: str, role: str) -> str:
     """`ldct token add NAME --role ROLE`: the token is the last line of stdout."""
     done = subprocess.run([sys.executable, "-m", "ldct.cli", "token", "add", name, "--role", role],
-                          capture_output=True, text=True, env={**_env(auth)}, check=True)
+                          capture_output=True, text=True, env=_env(auth), check=True)
     return done.stdout.strip().splitlines()[-1]
-
-
-def _env(auth: Path) -> dict[str, str]:
-    import os
-
-    return {**os.environ, AUTH_FILE_ENV: str(auth)}
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,7 @@ from conftest import bearer, free_port, running, serve_command
 from ldct.auth import TokenStore
 from ldct.io import write_dicom_series, write_volume
 from ldct.phantom import make_phantom
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
+from ldct.processes import rss_mb
 
 
 @pytest.fixture(scope="module")
@@ -125,11 +119,11 @@ def test_every_bad_input_gets_its_4xx_and_says_what_was_wrong(server, tmp_path):
 
 
 def test_a_huge_header_is_refused_before_decoding(server):
-    before = _rss_mb(server["pid"])
+    before = rss_mb(server["pid"])
     for _ in range(3):
         answer = _post(server, file=("huge.nrrd", _huge_header_nrrd()))
         assert answer.status_code == 422
-    assert _rss_mb(server["pid"]) - before < 100
+    assert rss_mb(server["pid"]) - before < 100
 
 
 def test_rejected_uploads_leave_nothing_behind(server):

@@ -18,7 +18,7 @@ import lib.configs
 from fastapi import HTTPException
 from lib.configs.denoiser import DenoiserConfig
 from lib.datastores.pacs import PacsDatastore
-from lib.routes import InferenceQueue, app_router, datastore_id
+from lib.routes import InferenceQueue, app_router
 from lib.security import secure
 from lib.study_api import study_router
 from lib.trainers.finetune import FineTuneTask
@@ -76,16 +76,12 @@ class LowDoseCTDenoiseApp(MONAILabelApp):
         super().on_init_complete()
         from monailabel.app import app as server
 
-        service = StudyService(study_root(), resolve_datastore=self._image_path)
+        service = StudyService(study_root(), datastore=self.datastore())
         for study in service.resume_unfinished():
             logger.warning("study %s was being created when the server stopped; resuming", study)
         settings = server_settings()
         secure(server, [app_router(self, InferenceQueue(settings.queue_limit)),
                         study_router(service)], settings, health=lambda: {"status": "ok"})
-
-    def _image_path(self, image_id: str) -> str:
-        """A datastore image's file; ids the datastore does not list are refused (404)."""
-        return self.datastore().get_image_uri(datastore_id(self, image_id))
 
     def init_trainers(self):
         """A fine-tuning task for every served network (baselines have nothing to train)."""

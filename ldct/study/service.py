@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from ldct import registry
 from ldct.access import reader_refusal
@@ -37,6 +37,14 @@ from ldct.study.store import StudyStore
 Progress = Callable[[int, int, str], None]  # (done, total, what)
 STUDY_ROOT_ENV = "LDCT_STUDY_ROOT"
 CHOICES = ("A", "B")
+
+
+class ImageSource(Protocol):
+    """The server's images as a study reads them (MONAI Label's datastores are such)."""
+
+    def list_images(self) -> list[str]: ...
+
+    def get_image_uri(self, image_id: str) -> str: ...
 
 
 class StudyError(Exception):
@@ -65,13 +73,13 @@ class StudyService:
     """All studies under one folder (one sub-folder with its SQLite file and volumes each)."""
 
     def __init__(self, root: str | Path,
-                 resolve_datastore: Callable[[str], str] | None = None,
+                 datastore: ImageSource | None = None,
                  tokens: TokenStore | None = None) -> None:
-        """``resolve_datastore``: a datastore id -> its file (raising for an unknown id);
-        ``tokens``: where reader tokens go (default: the server's token file)."""
+        """``datastore``: the server's images, which cases may name by id; ``tokens``: where
+        reader tokens go (default: the server's token file)."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.resolve_datastore = resolve_datastore
+        self.datastore = datastore
         self.tokens = tokens or TokenStore()
         self._lock = threading.Lock()
 
@@ -122,16 +130,15 @@ class StudyService:
                 raise StudyError(422, f"condition {condition.name}: no model "
                                       f"'{condition.model}' with weights; `ldct models` lists "
                                       "them")
-        for case in definition.cases:
-            if case.datastore:
-                if self.resolve_datastore is None:
-                    raise StudyError(422, f"case {case.id}: datastore ids need the server's "
-                                          "datastore; create the study through the server")
-                try:
-                    self.resolve_datastore(case.datastore)
-                except Exception as exc:  # noqa: BLE001 - any lookup failure: say which case
-                    raise StudyError(422, f"case {case.id}: no image '{case.datastore}' in the "
-                                          "server's datastore") from exc
+        named = [case for case in definition.cases if case.datastore]
+        if named and self.datastore is None:
+            raise StudyError(422, f"case {named[0].id}: datastore ids need the server's "
+                                  "datastore; create the study through the server")
+        listed = set(self.datastore.list_images()) if named else set()  # no image fetched
+        for case in named:
+            if case.datastore not in listed:
+                raise StudyError(422, f"case {case.id}: no image '{case.datastore}' in the "
+                                      "server's datastore")
 
     def reader_token(self, study: str, reader: str) -> str:
         """A new bearer token for ``reader`` of ``study`` (an earlier one is revoked)."""
@@ -255,10 +262,10 @@ class StudyService:
             path = Path(case.image)
             return read_volume(path if path.is_absolute() else definition.base_dir / path)
         if case.datastore:
-            if self.resolve_datastore is None:
+            if self.datastore is None:
                 raise StudyError(422, f"case {case.id}: datastore ids need the server's "
                                       "datastore; create the study through the server")
-            return read_volume(self.resolve_datastore(case.datastore))
+            return read_volume(self.datastore.get_image_uri(case.datastore))
         return _dicomweb_volume(case.dicomweb)
 
     # -- readers --------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from fastapi.concurrency import run_in_threadpool
 from monailabel.endpoints.infer import ResultType, send_response
 from monailabel.interfaces.app import MONAILabelApp
 
-from ldct.access import IDENTITY_KEY
+from ldct.access import caller
 from ldct.finetune import check_settings
 from ldct.infer_params import parse_params
 from ldct.jobs import JOBS, Job, JobError
@@ -189,7 +189,7 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
     async def infer(http: Request, background: BackgroundTasks, model: str, image: str = "",
                     output: ResultType | None = None, job: str = "",
                     params: str = Form("{}"), file: UploadFile | None = File(None)):
-        _known(model, app.info()["models"], "model")
+        _known(model, app.configs, "model")  # the served denoisers, without building /info/
         checked = _checked(parse_params, params)
         if file is None and not image:
             raise HTTPException(status_code=422, detail=(
@@ -252,7 +252,7 @@ def _checked(check: Callable[[Any], Any], raw: Any) -> Any:
 
 def _caller(http: Request) -> tuple[str, bool]:
     """(the caller's token name, whether it is an admin) as the access guard found them."""
-    identity = http.scope.get(IDENTITY_KEY)
+    identity = caller(http.scope)
     return (identity.name, identity.role == "admin") if identity else ("", False)
 
 

@@ -15,16 +15,17 @@ import yaml
 from fastapi import APIRouter, Body, HTTPException, Request
 from fastapi.responses import FileResponse, Response
 
-from ldct.access import IDENTITY_KEY
+from ldct.access import caller
 from ldct.auth import Identity
 from ldct.study.analysis import write_scores
 from ldct.study.definition import StudyDefinitionError, parse
 from ldct.study.service import StudyError, StudyService
+from lib.routes import pacs_errors
 
 
 def _reader(request: Request) -> Identity | None:
     """The caller when it is a reader (bound to one study and reader id), else None."""
-    identity = request.scope.get(IDENTITY_KEY)
+    identity = caller(request.scope)
     return identity if identity is not None and identity.role == "reader" else None
 
 
@@ -51,7 +52,8 @@ def study_router(service: StudyService) -> APIRouter:
             data = yaml.safe_load(definition)
         except yaml.YAMLError as exc:
             raise HTTPException(status_code=422, detail=f"not valid YAML: {exc}") from exc
-        return call(lambda: service.create_in_background(parse(data)))
+        with pacs_errors():  # the case ids are checked against the PACS listing
+            return call(lambda: service.create_in_background(parse(data)))
 
     @router.post("/{study}/readers/{reader}/session", summary="Start or resume a reader")
     def session(study: str, reader: str) -> dict[str, Any]:
