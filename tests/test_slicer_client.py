@@ -38,20 +38,28 @@ def noisy_nrrd(tmp_path_factory):
     return write_volume(low, tmp_path_factory.mktemp("in") / "low.nrrd", dtype="int16"), p
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """A plain HTTP server with a scripted answer per path; infer requests are held until
-    ``release`` is set (a server busy for longer than any client waits)."""
+DENOISER_INFO = json.dumps({"models": {"m": {"type": "others", "ldct": {"kind": "baseline"}}}}
+                           ).encode()  # /info/ of a server offering the denoiser "m"
 
-    routes: dict[str, tuple[int, bytes]] = {}
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """A plain HTTP server with a scripted answer per path; requests to the ``held`` paths
+    are held until ``release`` is set (a server busy for longer than any client waits)."""
+
+    routes: dict[str, tuple] = {}  # path -> (status, body) or (status, body, headers)
+    held: tuple[str, ...] = ("/infer",)
     release = threading.Event()
     hits: list[str] = []  # every request's path, in order
 
     def _answer(self):
         type(self).hits.append(self.path)
-        if self.path.startswith("/infer"):
-            self.release.wait(60)  # set only when the test is over
-        status, body = self.routes.get(self.path.split("?")[0], (404, b"<html>nope</html>"))
+        if self.path.startswith(self.held):
+            self.release.wait(60)  # set when the test releases it or is over
+        status, body, *headers = self.routes.get(self.path.split("?")[0],
+                                                  (404, b"<html>nope</html>"))
         self.send_response(status)
+        for key, value in (headers[0] if headers else {}).items():
+            self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -79,7 +87,8 @@ def fake_server():
     yield f"http://127.0.0.1:{server.server_address[1]}", _Handler
     _Handler.release.set()
     server.shutdown()
-    _Handler.routes, _Handler.release = {}, threading.Event()
+    _Handler.routes, _Handler.release, _Handler.held = {}, threading.Event(), ("/infer",)
+    _Handler.hits.clear()
 
 
 def test_models_come_with_their_cards(ldct_server, tokens):
@@ -133,6 +142,17 @@ def test_a_plain_web_server_is_not_monai_label(fake_server):
         DenoiseClient(url).info()
 
 
+def test_only_denoisers_are_offered(fake_server):
+    """A MONAI Label server's segmentation model is not a denoiser: it is not listed."""
+    url, handler = fake_server
+    handler.routes = {"/info/": (200, json.dumps({"models": {
+        "spleen": {"type": "segmentation", "labels": ["spleen"], "description": "Spleen"},
+        "m": {"type": "others", "description": "A denoiser", "ldct": {"version": "shipped"}},
+    }}).encode())}
+    models = DenoiseClient(url).models()
+    assert [m.name for m in models] == ["m"] and models[0].card["version"] == "shipped"
+
+
 def test_401_and_403_ask_for_credentials(fake_server):
     url, handler = fake_server
     for status in (401, 403):
@@ -165,15 +185,17 @@ def test_missing_model_and_rejected_input(ldct_server, tmp_path, tokens):
 
 def test_a_slow_server_times_out(fake_server, noisy_nrrd, tmp_path):
     url, handler = fake_server
-    handler.routes = {"/info/": (200, json.dumps({"models": {"m": {}}}).encode())}
-    with pytest.raises(ServerTimeout, match="did not answer within 0.5 s"):
+    handler.routes = {"/info/": (200, DENOISER_INFO)}
+    with pytest.raises(ServerTimeout, match="did not answer within 0.5 s") as raised:
         DenoiseClient(url, read_timeout=0.5).denoise("m", noisy_nrrd[0], tmp_path / "o.nrrd")
+    assert "Device 'cuda'" in str(raised.value)  # what the panel offers, not a hidden setting
+    assert "raise the timeout" not in str(raised.value)
     assert not (tmp_path / "o.nrrd").exists()
 
 
 def test_cancel_ends_a_request_while_the_server_works(fake_server, noisy_nrrd, tmp_path):
     url, handler = fake_server
-    handler.routes = {"/info/": (200, json.dumps({"models": {"m": {}}}).encode())}
+    handler.routes = {"/info/": (200, DENOISER_INFO)}
     waiting = threading.Event()
     job = DenoiseJob(DenoiseClient(url), "m", noisy_nrrd[0], tmp_path / "o.nrrd",
                      on_progress=lambda phase, _: phase == "denoise" and waiting.set())

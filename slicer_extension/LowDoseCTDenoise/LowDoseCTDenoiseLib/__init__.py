@@ -3,6 +3,16 @@
 
 from .client import DenoiseClient, ModelEntry
 from .connection import CancelToken
+from .controller import (
+    CONTROLS,
+    STUDY_CONTROLS,
+    DenoiseController,
+    PanelView,
+    State,
+    StudyController,
+    StudyState,
+    StudyView,
+)
 from .display import (
     VOLUME_PRESET,
     WINDOW_PRESETS,
@@ -25,8 +35,10 @@ from .errors import (
 from .job import BackgroundCall, DenoiseJob
 from .study import ReaderSession, StudyClient
 
-__all__ = ["AuthenticationFailed", "BackgroundCall", "CancelToken", "Cancelled",
-           "DenoiseClient", "DenoiseJob", "ModelEntry", "ModelMissing", "NotMonaiLabel",
-           "ReaderSession", "RequestRejected", "ServerError", "StudyClient", "ServerFailure",
-           "ServerTimeout", "ServerUnreachable", "UrlHistory", "VOLUME_PRESET", "WINDOW_PRESETS",
-           "difference_name", "result_name", "symmetric_window"]
+__all__ = ["AuthenticationFailed", "BackgroundCall", "CONTROLS", "CancelToken", "Cancelled",
+           "DenoiseClient", "DenoiseController", "DenoiseJob", "ModelEntry", "ModelMissing",
+           "NotMonaiLabel", "PanelView", "ReaderSession", "RequestRejected", "STUDY_CONTROLS",
+           "ServerError", "ServerFailure", "ServerTimeout", "ServerUnreachable", "State",
+           "StudyClient", "StudyController", "StudyState", "StudyView", "UrlHistory",
+           "VOLUME_PRESET", "WINDOW_PRESETS", "difference_name", "result_name",
+           "symmetric_window"]

@@ -64,19 +64,23 @@ class DenoiseClient(ServerConnection):
     ct_check: dict[str, Any] = {}
 
     # -- public calls -------------------------------------------------------------------
-    def info(self) -> dict[str, Any]:
+    def info(self, cancel: Optional[CancelToken] = None) -> dict[str, Any]:
         """``GET /info/``, checked to come from a MONAI Label server (retried)."""
-        info = self._request_json("GET", "/info/", retry=True)
+        info = self._request_json("GET", "/info/", retry=True, cancel=cancel)
         if not isinstance(info, dict) or not isinstance(info.get("models"), dict):
             raise NotMonaiLabel(f"{self.url} answered, but not as a MONAI Label server (no model "
                                 "list in /info/). Check the URL and port of the ldct server.")
         return info
 
-    def models(self) -> list[ModelEntry]:
-        """The denoisers the server offers, with their model cards."""
+    def models(self, cancel: Optional[CancelToken] = None) -> list[ModelEntry]:
+        """The denoisers the server offers, with their model cards: only the /info/ entries
+        the ldct app marks with its ``ldct`` summary (a segmentation model that another MONAI
+        Label server offers is no denoiser and is left out)."""
         entries = []
-        for name, model in self.info()["models"].items():
-            details = model.get("ldct") or {}
+        for name, model in self.info(cancel)["models"].items():
+            details = model.get("ldct") if isinstance(model, dict) else None
+            if not isinstance(details, dict):
+                continue
             card = {**(details.get("card") or {}), "version": details.get("version", "")}
             entries.append(ModelEntry(name, model.get("description", name),
                                       model.get("config") or {}, card))
@@ -94,7 +98,7 @@ class DenoiseClient(ServerConnection):
         """
         cancel = cancel or CancelToken()
         progress = progress or (lambda phase, fraction: None)
-        if model not in {m.name for m in self.models()}:
+        if model not in {m.name for m in self.models(cancel)}:
             raise ModelMissing(f"The server at {self.url} does not offer the model '{model}'. "
                                "Refresh the model list.")
         volume, output = Path(volume), Path(output)
@@ -136,7 +140,9 @@ class DenoiseClient(ServerConnection):
             cancel.check()
             raise ServerTimeout(f"The server at {self.url} did not answer within "
                                 f"{self.read_timeout:g} s. A large volume on a CPU server can "
-                                "take minutes: raise the timeout or use a smaller volume.") from exc
+                                "take longer: choose Device 'cuda' if the server has a GPU, or "
+                                "crop the volume to the slices you need (Crop Volume module)."
+                                ) from exc
         except (OSError, http.client.HTTPException) as exc:
             cancel.check()  # a cancelled request ends with its socket shut down
             raise ServerUnreachable(f"The connection to {self.url} broke: {exc}") from exc

@@ -112,11 +112,11 @@ class ServerConnection:
         return conn
 
     def _request(self, method: str, path: str, body: Optional[dict[str, Any]] = None,
-                 retry: bool = False) -> bytes:
+                 retry: bool = False, cancel: Optional[CancelToken] = None) -> bytes:
         """A JSON request; ``retry`` only for idempotent ones (GETs, keyed submissions)."""
         for attempt in range(self.retries + 1 if retry else 1):
             try:
-                return self._request_once(method, path, body)
+                return self._request_once(method, path, body, cancel)
             except (ServerUnreachable, ServerFailure):
                 if attempt == (self.retries if retry else 0):
                     raise
@@ -124,15 +124,16 @@ class ServerConnection:
         raise AssertionError("unreachable")
 
     def _request_json(self, method: str, path: str, body: Optional[dict[str, Any]] = None,
-                      retry: bool = False) -> Any:
+                      retry: bool = False, cancel: Optional[CancelToken] = None) -> Any:
         try:
-            return json.loads(self._request(method, path, body, retry))
+            return json.loads(self._request(method, path, body, retry, cancel))
         except ValueError as exc:
             raise NotMonaiLabel(f"{self.url}{path} did not answer with JSON: is this the ldct "
                                 "server?") from exc
 
-    def _request_once(self, method: str, path: str, body: Optional[dict[str, Any]]) -> bytes:
-        conn = self._connect()
+    def _request_once(self, method: str, path: str, body: Optional[dict[str, Any]],
+                      cancel: Optional[CancelToken] = None) -> bytes:
+        conn = self._connect(cancel)
         headers = self._headers()
         data = None
         if body is not None:
@@ -146,6 +147,8 @@ class ServerConnection:
             raise ServerTimeout(f"{self.url} did not answer {path} within "
                                 f"{self.read_timeout:g} s.") from exc
         except (OSError, http.client.HTTPException) as exc:
+            if cancel is not None:
+                cancel.check()  # a cancelled request ends with its socket shut down
             raise ServerUnreachable(f"The connection to {self.url} broke: {exc}") from exc
         finally:
             conn.close()

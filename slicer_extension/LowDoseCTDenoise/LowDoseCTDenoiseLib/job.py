@@ -11,6 +11,8 @@ from .client import DenoiseClient
 from .connection import CancelToken, Progress
 from .errors import ServerError
 
+BUSY_PHASES = ("queued", "denoise")  # no measure of progress: the panel shows a busy bar
+
 
 class BackgroundCall:
     """``function(*args)`` on a worker thread; the UI polls ``done``, then reads ``result`` or
@@ -73,6 +75,8 @@ class DenoiseJob(BackgroundCall):
                   "download": "Downloading result", "done": "Done"}
         if self.error is not None:
             return f"Failed: {self.error}"
+        if self.phase in BUSY_PHASES:  # the server works: nothing to count
+            return f"{labels.get(self.phase, self.phase)}..."
         return f"{labels.get(self.phase, self.phase)} ({100 * self.fraction:.0f} %)"
 
     def _progress(self, phase: str, fraction: float) -> None:

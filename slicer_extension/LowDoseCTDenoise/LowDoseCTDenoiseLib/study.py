@@ -41,13 +41,18 @@ class StudyClient(ServerConnection):
                                           f"/items/{quote(item)}", body, retry=True)
 
 
+def reader_id(text: str) -> str:
+    """The reader id as typed, checked before anything is sent."""
+    if not text.strip():
+        raise ValueError("Enter your reader id (the coordinator gave it to you).")
+    return text.strip()
+
+
 class ReaderSession:
     """One reader working through one study: progress, the current item, its answer."""
 
     def __init__(self, client: StudyClient, study: str, reader: str) -> None:
-        self.client, self.study, self.reader = client, study, reader.strip()
-        if not self.reader:
-            raise ValueError("Enter your reader id (the coordinator gave it to you).")
+        self.client, self.study, self.reader = client, study, reader_id(reader)
         self.info = client.session(study, self.reader)
         self.done, self.total = self.info["done"], self.info["total"]
         self.item: Optional[dict[str, Any]] = None
@@ -92,6 +97,12 @@ class ReaderSession:
     def answer(self, scores: dict[str, dict[str, int]], choice: Optional[str] = None
                ) -> dict[str, Any]:
         """Submit the current item's scores (every criterion for every side) and choice."""
+        return self.send(self.check(scores, choice))
+
+    def check(self, scores: dict[str, dict[str, int]], choice: Optional[str] = None
+              ) -> dict[str, Any]:
+        """The submission of the current item, or ValueError saying what is missing (on the
+        GUI thread: nothing is sent)."""
         if self.item is None:
             raise ValueError("There is no item to score: load the next item first.")
         sides = sorted(self.item["volumes"])
@@ -102,9 +113,12 @@ class ReaderSession:
                              + ", ".join(missing))
         if self.forced_choice and choice not in ("A", "B"):
             raise ValueError("Choose which image is better (A or B) before submitting.")
-        body = {"submission_id": self._submission_id, "scores": scores,
+        return {"submission_id": self._submission_id, "scores": scores,
                 "choice": choice if self.forced_choice else None,
                 "reading_seconds": round(time.monotonic() - self._shown_at, 2)}
+
+    def send(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Send a checked submission; the server acknowledges with the reader's progress."""
         ack = self.client.submit(self.study, self.reader, self.item["item"], body)
         self.done, self.total = ack["done"], ack["total"]
         self.item = None

@@ -1,0 +1,434 @@
+"""The panel's state machine: what is enabled, what a click does, which message shows.
+
+No Qt and no ``slicer`` import, so every click in every state is tested with pytest. The Qt
+widget binds its signals to these methods and renders :meth:`view` (a QTimer calls
+:meth:`poll`). Every server call runs on a worker thread (:class:`BackgroundCall`): a click
+returns at once, and :meth:`poll` takes the outcome when the worker has finished.
+The scene work (export, load, views) goes to a Logic object given at construction.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from .client import DenoiseClient, ModelEntry
+from .display import UrlHistory
+from .errors import Cancelled, ServerError
+from .job import BUSY_PHASES, BackgroundCall, DenoiseJob
+from .study import ReaderSession, StudyClient, reader_id
+
+INFO_TIMEOUT_S = 10.0  # /info/ answers in milliseconds; longer means a server in trouble
+Alert = Callable[[str, str], None]  # (kind: "error" | "warning", text): a dialog the user closes
+
+
+class State(str, Enum):
+    IDLE = "not connected"
+    CONNECTING = "connecting"
+    READY = "ready"
+    DENOISING = "denoising"
+    CANCELLING = "cancelling"
+    CANCELLED = "cancelled"
+    DONE = "done"
+    ERROR = "error"
+
+
+SETTLED = (State.IDLE, State.READY, State.CANCELLED, State.DONE, State.ERROR)  # nothing running
+
+
+@dataclass(frozen=True)
+class PanelView:
+    """What the panel shows; the widget renders it and decides nothing itself."""
+
+    state: State
+    connection: str  # the Server section's status line
+    status: str  # the Denoise section's status line
+    progress: Optional[int]  # percent; None: the server works, no measure (a busy bar)
+    enabled: frozenset  # of CONTROLS
+    models: tuple  # of ModelEntry, denoisers only
+    auto_flicker: bool
+
+
+CONTROLS = ("connect", "model", "device", "denoise", "cancel", "compare")
+
+
+class _Worker:
+    """One server call at a time on a worker thread; :meth:`poll` hands a finished call to
+    the method named when it started."""
+
+    def __init__(self, alert: Alert) -> None:
+        self.alert = alert
+        self._call: Optional[BackgroundCall] = None
+        self._finish: Callable[[Any], None] = lambda call: None
+
+    @property
+    def working(self) -> bool:
+        """A server call is running on the worker thread."""
+        return self._call is not None
+
+    def poll(self) -> None:
+        """Called by the widget's timer: takes the outcome of a finished server call."""
+        call = self._call
+        if call is not None and call.done:
+            self._call = None
+            self._finish(call)
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the running call ends (Slicer's self-test and pytest; never the UI)."""
+        return self._call is None or self._call.wait(timeout)
+
+    def _start(self, call: BackgroundCall, finish: Callable[[Any], None]) -> None:
+        self._finish, self._call = finish, call.start()
+
+
+class DenoiseController(_Worker):
+    """Server, Denoise and Compare sections of the panel.
+
+    ``logic``: the module's Logic (``export_input``, ``load_result``, ``show_side_by_side``,
+    ``set_strength``, ``apply_window``, ``show_difference``, ``flicker``, ``pair``).
+    ``on_shown`` is called after a result is shown (the widget fits the views to it).
+    """
+
+    def __init__(self, logic: Any, history: UrlHistory, alert: Alert,
+                 save_history: Callable[[UrlHistory], None] = lambda history: None,
+                 on_shown: Callable[[], None] = lambda: None, temp_root: Optional[str] = None,
+                 info_timeout: float = INFO_TIMEOUT_S) -> None:
+        super().__init__(alert)
+        self.logic, self.history = logic, history
+        self.save_history, self.on_shown, self.temp_root = save_history, on_shown, temp_root
+        self.info_timeout = info_timeout
+        self.state = State.IDLE
+        self.connection, self.status = "Not connected", ""
+        self.models: tuple[ModelEntry, ...] = ()
+        self.url = self.token = ""  # of the server whose models are listed
+        self.input: Any = None
+        self.model, self.device, self.strength, self.window = "", "auto", 1.0, "Liver"
+        self.auto_flicker = False
+        self._workdir: Optional[Path] = None
+        self._cancelled = ""  # why the running job was stopped (user or scene close)
+
+    # -- what the panel shows ------------------------------------------------------------
+    def view(self) -> PanelView:
+        return PanelView(self.state, self.connection, self.status, self._progress(),
+                         self.enabled(), self.models, self.auto_flicker)
+
+    def enabled(self) -> frozenset:
+        """The controls a click may use now (a click on any other is ignored)."""
+        on = set()
+        if self.state in SETTLED:
+            on |= {"connect", "model", "device"}
+            if self.models and self.model and self.input is not None:
+                on.add("denoise")
+        if self.state == State.DENOISING:
+            on.add("cancel")
+        if self.logic.pair is not None:
+            on.add("compare")
+        return frozenset(on)
+
+    def _progress(self) -> Optional[int]:
+        job = self._call
+        if isinstance(job, DenoiseJob):
+            return None if job.phase in BUSY_PHASES else int(100 * job.fraction)
+        if self.state == State.CONNECTING:
+            return None
+        return 100 if self.state == State.DONE else 0
+
+    # -- Server ----------------------------------------------------------------------------
+    def server_changed(self, url: str) -> str:
+        """Another URL typed or picked: its models are not known yet. Returns its token."""
+        if url.strip().rstrip("/") != self.url and self.state in SETTLED:
+            self.state, self.models, self.url = State.IDLE, (), ""
+            self.connection = "Not connected"
+        return self.history.token(url)
+
+    def connect(self, url: str, token: str) -> None:
+        """Test connection / Refresh models: list the server's denoisers."""
+        if "connect" not in self.enabled():
+            return
+        try:
+            client = DenoiseClient(url, token=token, read_timeout=self.info_timeout)
+        except ServerError as exc:  # not a URL: said at once, nothing sent
+            self.state, self.models, self.connection = State.IDLE, (), str(exc)
+            return
+        self.state, self.connection = State.CONNECTING, f"Connecting to {client.url}..."
+        self._start(BackgroundCall(client.models),
+                    lambda call: self._connected(call, client.url, token))
+
+    def _connected(self, call: BackgroundCall, url: str, token: str) -> None:
+        if call.error is not None:
+            self.state, self.models, self.url, self.connection = State.IDLE, (), "", str(
+                call.error)
+            return
+        self.models, self.url, self.token = tuple(call.result), url, token
+        names = [m.name for m in self.models]
+        self.model = self.model if self.model in names else (names[0] if names else "")
+        self.history.add(url, token)
+        self.save_history(self.history)
+        self.state = State.READY
+        self.connection = (f"Connected to {url}: {len(names)} denoisers" if names else
+                           f"Connected to {url}, but it offers no denoiser: is it the ldct "
+                           "server?")
+
+    # -- Denoise ---------------------------------------------------------------------------
+    def select_input(self, node: Any) -> None:
+        self.input = node
+
+    def select_model(self, name: str) -> None:
+        self.model = name
+
+    def set_device(self, device: str) -> None:
+        self.device = device
+
+    def denoise(self) -> None:
+        """Export the input, then upload, denoise and download on the worker thread. The
+        server computes the full-strength result; the chosen strength is blended here."""
+        if "denoise" not in self.enabled():
+            return
+        self._workdir = Path(tempfile.mkdtemp(prefix="ldct-slicer-", dir=self.temp_root))
+        try:
+            upload = self.logic.export_input(self.input, self._workdir / "input.nrrd")
+        except (ValueError, OSError) as exc:  # refused before anything is sent
+            self._remove_workdir()
+            self._fail(str(exc))
+            return
+        job = DenoiseJob(DenoiseClient(self.url, token=self.token), self.model, upload,
+                         self._workdir / "result.nrrd",
+                         {"strength": 1.0, "device": self.device, "result_dtype": "int16"})
+        self.state, self.status = State.DENOISING, "Starting"
+        self._start(job, lambda done: self._denoised(done, self.input))
+
+    def cancel(self) -> None:
+        """Close the connection: the worker ends at once and the server cancels its job."""
+        if "cancel" not in self.enabled():
+            return
+        self._stop_job("Cancelled; the server stopped its job too. The input is unchanged.")
+
+    def _stop_job(self, outcome: str) -> None:
+        self._call.cancel()
+        self._cancelled = outcome
+        self.state, self.status = State.CANCELLING, "Cancelling..."
+
+    def _denoised(self, job: DenoiseJob, node: Any) -> None:
+        outcome, self._cancelled = self._cancelled, ""
+        try:
+            if outcome or isinstance(job.error, Cancelled):  # asked for: not an error
+                self.state, self.status = State.CANCELLED, outcome or str(job.error)
+            elif job.error is not None:
+                self._fail(f"Failed: {job.error}")
+            else:
+                self._show(job, node)
+        finally:
+            self._remove_workdir()
+
+    def _show(self, job: DenoiseJob, node: Any) -> None:
+        try:
+            result = self.logic.load_result(job.result, node, job.model, self.strength)
+            self.logic.show_side_by_side(node, result, self.window)
+        except (RuntimeError, ValueError, OSError) as exc:
+            self._fail(f"Could not show the result: {exc}")
+            return
+        self.on_shown()
+        check = job.client.ct_check
+        self.state, self.status = State.DONE, f"Loaded '{result.GetName()}'. {check['message']}"
+        if check.get("passed") is False:
+            self.alert("warning", check["message"])
+
+    # -- Compare ---------------------------------------------------------------------------
+    def set_strength(self, strength: float) -> None:
+        """After a result exists, a new strength is blended here at once (no upload)."""
+        self.strength = strength
+        if "compare" in self.enabled():
+            name = self.logic.set_strength(strength)
+            self.status = f"Strength {strength:g} blended locally: '{name}'."
+
+    def set_window(self, preset: str) -> None:
+        self.window = preset
+        if "compare" in self.enabled():
+            self.logic.apply_window(preset)
+
+    def show_difference(self, on: bool) -> None:
+        if "compare" in self.enabled():
+            self.logic.show_difference(on)
+
+    def flicker(self) -> None:
+        if "compare" in self.enabled():
+            self.logic.flicker()
+
+    def set_auto_flicker(self, on: bool) -> None:
+        """The widget's flicker timer runs while this is on."""
+        self.auto_flicker = on and "compare" in self.enabled()
+
+    # -- worker and scene ------------------------------------------------------------------
+    def poll(self) -> None:
+        if isinstance(self._call, DenoiseJob) and self.state == State.DENOISING:
+            self.status = self._call.status_text()
+        super().poll()
+
+    def scene_closed(self) -> None:
+        """The scene was cleared: the input and the result are gone; a running job stops."""
+        self.input, self.auto_flicker = None, False
+        if self.state == State.DENOISING:
+            self._stop_job("The scene was closed: denoising was cancelled.")
+        elif self.state == State.DONE:
+            self.state, self.status = State.READY, "The scene was closed."
+
+    def close(self) -> None:
+        """The module is closed: stop the running job, remove its files."""
+        if isinstance(self._call, DenoiseJob):
+            self._call.cancel()
+            self._call.wait(5)
+        self._remove_workdir()
+
+    def _fail(self, message: str) -> None:
+        self.state, self.status = State.ERROR, message
+        self.alert("error", message)
+
+    def _remove_workdir(self) -> None:
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
+
+class StudyState(str, Enum):
+    IDLE = "no study"
+    LOADING = "loading"
+    SCORING = "scoring"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class StudyView:
+    """What the Reader study section shows."""
+
+    state: StudyState
+    progress: str  # "Item n of N", or what is happening
+    enabled: frozenset  # of STUDY_CONTROLS
+    studies: tuple  # of (name, study id)
+
+
+STUDY_CONTROLS = ("refresh", "start", "submit")
+
+
+class StudyController(_Worker):
+    """The Reader study section: studies, the reader's session, one item at a time.
+
+    ``on_item(session)`` is called when a new item is shown (the widget builds or clears the
+    score buttons and fits the views); the scene work goes to ``logic``
+    (``show_study_item``, ``clear_study_item``).
+    """
+
+    def __init__(self, logic: Any, alert: Alert, folder: Path,
+                 on_item: Callable[[ReaderSession], None] = lambda session: None,
+                 timeout: float = INFO_TIMEOUT_S) -> None:
+        super().__init__(alert)
+        self.logic, self.folder, self.on_item, self.timeout = logic, folder, on_item, timeout
+        self.state, self.progress = StudyState.IDLE, ""
+        self.studies: tuple[tuple[str, str], ...] = ()
+        self.session: Optional[ReaderSession] = None
+        self._before = StudyState.IDLE  # the state a failed call returns to
+
+    def view(self) -> StudyView:
+        return StudyView(self.state, self.progress, self.enabled(), self.studies)
+
+    def enabled(self) -> frozenset:
+        if self.state == StudyState.LOADING:
+            return frozenset()
+        on = {"refresh", "start"}
+        if self.state == StudyState.SCORING:
+            on.add("submit")
+        return frozenset(on)
+
+    def refresh(self, url: str, token: str) -> None:
+        """Refresh studies: the studies this reader token may score."""
+        if "refresh" not in self.enabled():
+            return
+        client = self._client(url, token)
+        if client is not None:
+            self._load("Loading the studies...", BackgroundCall(client.studies), self._listed)
+
+    def start(self, url: str, token: str, study: str, reader: str) -> None:
+        """Start / resume: open the reader's session, load its first unscored item."""
+        if "start" not in self.enabled():
+            return
+        try:
+            if not study:
+                raise ValueError("Refresh the studies and pick one first.")
+            reader = reader_id(reader)
+        except ValueError as exc:
+            self.alert("error", str(exc))
+            return
+        client = self._client(url, token)
+        if client is not None:
+            self._load("Opening the session...",
+                       BackgroundCall(_open_session, client, study, reader, self.folder),
+                       self._shown)
+
+    def submit(self, scores: dict, choice: Optional[str]) -> None:
+        """Submit and next: checked here (nothing sent when incomplete), then sent."""
+        if "submit" not in self.enabled():
+            return
+        try:
+            body = self.session.check(scores, choice)
+        except ValueError as exc:
+            self.alert("error", str(exc))
+            return
+        self._load("Submitting...",
+                   BackgroundCall(_send_then_next, self.session, body, self.folder),
+                   lambda call: self._shown(call, self.session))
+
+    def _client(self, url: str, token: str) -> Optional[StudyClient]:
+        try:
+            return StudyClient(url, token=token, read_timeout=self.timeout)
+        except ServerError as exc:
+            self.alert("error", str(exc))
+            return None
+
+    def _load(self, message: str, call: BackgroundCall, finish: Callable[[Any], None]) -> None:
+        self._before = self.state
+        self.state, self.progress = StudyState.LOADING, message
+        self._start(call, finish)
+
+    def _failed(self, call: BackgroundCall) -> bool:
+        if call.error is None:
+            return False
+        self.state = self._before  # a failed call changes nothing: the same click can retry
+        self.progress = self.session.progress_text() if self.session else ""
+        self.alert("error", str(call.error))
+        return True
+
+    def _listed(self, call: BackgroundCall) -> None:
+        if not self._failed(call):
+            self.studies = tuple((s["name"], s["study"]) for s in call.result)
+            self.state = self._before
+            self.progress = f"{len(self.studies)} studies for this token"
+
+    def _shown(self, call: BackgroundCall, session: Optional[ReaderSession] = None) -> None:
+        if self._failed(call):
+            return
+        if session is None:
+            session, files = call.result
+        else:
+            files = call.result
+        self.session, self.progress = session, session.progress_text()
+        if not files:
+            self.logic.clear_study_item()
+            self.state = StudyState.FINISHED
+            return
+        self.logic.show_study_item(files, session.window)
+        self.state = StudyState.SCORING
+        self.on_item(session)
+
+
+def _open_session(client: StudyClient, study: str, reader: str, folder: Path
+                  ) -> tuple[ReaderSession, dict]:
+    session = ReaderSession(client, study, reader)
+    return session, session.load_next(folder)
+
+
+def _send_then_next(session: ReaderSession, body: dict, folder: Path) -> dict:
+    session.send(body)
+    return session.load_next(folder)

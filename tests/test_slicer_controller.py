@@ -1,0 +1,312 @@
+"""The Slicer panel's state machine (pure Python) against real HTTP servers on 127.0.0.1.
+
+Each state is reached by clicks, as a user reaches it; then every control is clicked: the
+enabled ones do what they say (tested one by one below), the others change nothing. Servers
+that hold a request (never answer until the test releases them) show that no click waits for
+the network: the call returns while its worker is still waiting for the server.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from LowDoseCTDenoiseLib import (
+    DenoiseController,
+    State,
+    StudyController,
+    StudyState,
+    UrlHistory,
+)
+from test_slicer_client import DENOISER_INFO, fake_server  # noqa: F401 - the fixture
+
+QUICK_S = 0.5  # a click that returns within this did not wait for a server that never answers
+
+
+class _Node:
+    """A result node as the controller sees it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def GetName(self) -> str:  # noqa: N802 - MRML's spelling
+        return self.name
+
+
+class FakeLogic:
+    """The Logic's interface; records what the controller asks of the scene."""
+
+    def __init__(self) -> None:
+        self.pair = None
+        self.calls: list[tuple] = []
+        self.refuse = ""  # export_input raises ValueError(refuse) when set
+
+    def export_input(self, node, path: Path) -> Path:
+        self.calls.append(("export", node))
+        if self.refuse:
+            raise ValueError(self.refuse)
+        Path(path).write_bytes(b"volume")
+        return Path(path)
+
+    def load_result(self, path: Path, node, model: str, strength: float) -> _Node:
+        self.calls.append(("load", Path(path).read_bytes(), node, model, strength))
+        return _Node(f"{node} {model} s={strength:g}")
+
+    def show_side_by_side(self, original, result, window) -> None:
+        self.calls.append(("show", original, result.GetName(), window))
+        self.pair = (original, result)
+
+    def set_strength(self, strength: float) -> str:
+        self.calls.append(("strength", strength))
+        return f"blend {strength:g}"
+
+    def apply_window(self, preset) -> None:
+        self.calls.append(("window", preset))
+
+    def show_difference(self, on: bool) -> None:
+        self.calls.append(("difference", on))
+
+    def flicker(self) -> str:
+        self.calls.append(("flicker",))
+        return "denoised"
+
+    def show_study_item(self, files, window) -> None:
+        self.calls.append(("study item", sorted(files), window))
+
+    def clear_study_item(self) -> None:
+        self.calls.append(("clear study",))
+
+
+@pytest.fixture()
+def panel(fake_server, tmp_path):  # noqa: F811 - the imported fixture
+    url, handler = fake_server
+    handler.routes = {"/info/": (200, DENOISER_INFO), "/infer/m": (200, b"denoised volume")}
+    logic, alerts, shown, saved = FakeLogic(), [], [], []
+    controller = DenoiseController(
+        logic, UrlHistory(), lambda kind, text: alerts.append((kind, text)),
+        save_history=lambda history: saved.append(list(history.urls)),
+        on_shown=lambda: shown.append(True), temp_root=str(tmp_path), info_timeout=5)
+    yield controller, url, handler, logic, alerts, shown, saved
+    handler.release.set()
+    controller.close()
+
+
+def _settle(controller) -> None:
+    """The worker's outcome, taken as the widget's timer does once the worker has ended."""
+    assert controller.wait(30), "the worker did not end"
+    controller.poll()
+
+
+def _reach(state: State, controller, url: str, handler) -> None:
+    """Drive the panel to ``state`` by clicks."""
+    if state is State.IDLE:
+        return
+    if state is State.CONNECTING:
+        handler.held = ("/info/",)
+        controller.connect(url, "")
+        return
+    controller.connect(url, "")
+    _settle(controller)
+    controller.select_input("CT")
+    if state is State.READY:
+        return
+    if state in (State.DONE, State.ERROR):
+        if state is State.ERROR:
+            handler.routes["/infer/m"] = (500, b'{"detail": "out of memory"}')
+        handler.held = ()
+        controller.denoise()
+        _settle(controller)
+        return
+    controller.denoise()  # the server holds /infer
+    if state is State.DENOISING:
+        return
+    controller.cancel()
+    if state is State.CANCELLED:
+        _settle(controller)
+
+
+SETTLED = {"connect", "model", "device", "denoise"}
+ENABLED = {State.IDLE: {"connect", "model", "device"}, State.CONNECTING: set(),
+           State.READY: SETTLED, State.DENOISING: {"cancel"}, State.CANCELLING: set(),
+           State.CANCELLED: SETTLED, State.DONE: SETTLED | {"compare"}, State.ERROR: SETTLED}
+
+
+@pytest.mark.parametrize("state", list(State), ids=[s.name for s in State])
+def test_every_click_in_every_state(panel, state):
+    controller, url, handler, logic, alerts, *_ = panel
+    _reach(state, controller, url, handler)
+    view = controller.view()
+    assert view.state is state
+    assert view.enabled == ENABLED[state]
+    clicks = {"connect": [lambda: controller.connect(url, "")],
+              "denoise": [controller.denoise], "cancel": [controller.cancel],
+              "compare": [lambda: controller.set_strength(0.5),
+                          lambda: controller.set_window("Abdomen"),
+                          lambda: controller.show_difference(True), controller.flicker,
+                          lambda: controller.set_auto_flicker(True)]}
+    for control, actions in clicks.items():
+        if control in view.enabled:
+            continue
+        for action in actions:
+            before = (controller.state, controller.status, controller.connection,
+                      len(handler.hits), len(logic.calls), len(alerts), controller.working)
+            action()
+            assert (controller.state, controller.status, controller.connection,
+                    len(handler.hits), len(logic.calls), len(alerts),
+                    controller.working) == before, (state, control)
+            assert not controller.auto_flicker
+
+
+def test_connect_lists_only_denoisers_and_remembers_the_server(panel):
+    controller, url, handler, _, alerts, _, saved = panel
+    handler.routes["/info/"] = (200, json.dumps({"models": {
+        "spleen": {"type": "segmentation", "description": "Spleen"},
+        "m": {"type": "others", "description": "Gaussian", "ldct": {"kind": "baseline"}}}}
+    ).encode())
+    controller.connect(url + "/", "tok")
+    assert controller.view().progress is None  # busy bar while the server answers
+    assert controller.view().connection == f"Connecting to {url}..."
+    _settle(controller)
+    view = controller.view()
+    assert view.state is State.READY and [m.name for m in view.models] == ["m"]
+    assert view.connection == f"Connected to {url}: 1 denoisers"
+    assert controller.model == "m" and saved == [[url]] and not alerts
+    assert controller.server_changed("http://other:1") == ""  # another server: not connected
+    assert controller.state is State.IDLE and controller.models == ()
+    assert controller.server_changed(url) == "tok"  # its remembered token
+
+
+def test_connection_errors_leave_the_panel_not_connected(panel):
+    controller, url, handler, *_ = panel
+    controller.connect("127.0.0.1:8000", "")  # no scheme: said at once, nothing sent
+    assert controller.state is State.IDLE and "not a server URL" in controller.connection
+    assert not controller.working and handler.hits == []
+    handler.routes["/info/"] = (401, b'{"detail": "Not authenticated"}')
+    controller.connect(url, "wrong")
+    _settle(controller)
+    assert controller.state is State.IDLE and "HTTP 401" in controller.connection
+    assert "denoise" not in controller.enabled()
+
+
+def test_denoise_shows_the_result_then_strength_is_blended_locally(panel):
+    controller, url, handler, logic, alerts, shown, _ = panel
+    _reach(State.READY, controller, url, handler)
+    controller.set_strength(0.6)  # before any result: only remembered
+    controller.set_window("Liver narrow")
+    assert logic.calls == []
+    handler.held = ()
+    controller.denoise()
+    assert controller.state is State.DENOISING and controller.working
+    _settle(controller)
+    assert controller.state is State.DONE and controller.view().progress == 100
+    assert logic.calls == [("export", "CT"), ("load", b"denoised volume", "CT", "m", 0.6),
+                           ("show", "CT", "CT m s=0.6", "Liver narrow")]
+    assert shown == [True] and not alerts
+    assert controller.status.startswith("Loaded 'CT m s=0.6'. The server sent no CT-number")
+    uploads = [h for h in handler.hits if h.startswith("/infer")]
+    controller.set_strength(0.3)  # a result exists: blended here, nothing sent
+    assert logic.calls[-1] == ("strength", 0.3) and "blend 0.3" in controller.status
+    assert [h for h in handler.hits if h.startswith("/infer")] == uploads
+    controller.set_auto_flicker(True)
+    assert controller.view().auto_flicker
+    assert list(Path(controller.temp_root).iterdir()) == []  # upload and result removed
+
+
+def test_cancel_ends_in_cancelled_not_in_an_error(panel):
+    controller, url, handler, logic, alerts, shown, _ = panel
+    _reach(State.DENOISING, controller, url, handler)
+    controller.cancel()
+    assert controller.state is State.CANCELLING and controller.status == "Cancelling..."
+    _settle(controller)
+    assert controller.state is State.CANCELLED and not alerts and not shown
+    assert controller.status.startswith("Cancelled; the server stopped its job too")
+    assert [c[0] for c in logic.calls] == ["export"]  # nothing loaded
+    assert list(Path(controller.temp_root).iterdir()) == []
+
+
+def test_a_server_error_is_shown_and_the_panel_stays_usable(panel):
+    controller, url, handler, logic, alerts, *_ = panel
+    _reach(State.ERROR, controller, url, handler)
+    assert alerts == [("error", controller.status)]
+    assert "HTTP 500" in controller.status and "out of memory" in controller.status
+    assert "denoise" in controller.enabled() and logic.pair is None
+
+
+def test_a_refused_volume_sends_nothing(panel):
+    controller, url, handler, logic, alerts, *_ = panel
+    _reach(State.READY, controller, url, handler)
+    logic.refuse = "'x' is not a CT volume"
+    controller.denoise()
+    assert controller.state is State.ERROR and alerts == [("error", "'x' is not a CT volume")]
+    assert not controller.working and not any(h.startswith("/infer") for h in handler.hits)
+
+
+def test_a_failed_ct_number_check_warns(panel):
+    controller, url, handler, _, alerts, *_ = panel
+    check = {"passed": False, "message": "CT numbers moved by 12 HU in the liver"}
+    handler.routes["/infer/m"] = (200, b"v", {"X-CT-Number-Check": json.dumps(check)})
+    _reach(State.DONE, controller, url, handler)
+    assert alerts == [("warning", check["message"])]
+    assert controller.status.endswith(check["message"])
+
+
+def test_scene_close_cancels_a_running_job_and_drops_the_result(panel):
+    controller, url, handler, logic, alerts, *_ = panel
+    _reach(State.DENOISING, controller, url, handler)
+    controller.scene_closed()
+    assert controller.state is State.CANCELLING and controller.input is None
+    _settle(controller)
+    assert controller.state is State.CANCELLED and not alerts
+    assert "scene was closed" in controller.status
+    assert "denoise" not in controller.enabled()  # no input any more
+    handler.held = ()
+    controller.select_input("CT2")
+    controller.denoise()
+    _settle(controller)
+    controller.set_auto_flicker(True)
+    logic.pair = None  # what the Logic does on scene close
+    controller.scene_closed()
+    assert controller.state is State.READY and not controller.auto_flicker
+    assert "compare" not in controller.enabled()
+
+
+def test_no_click_waits_for_a_server_that_never_answers(panel, tmp_path):
+    """Each click returns while its worker still waits for the server (which answers only
+    when the test releases it); Cancel ends the job without any answer."""
+    controller, url, handler, *_ = panel
+
+    def click(action) -> float:
+        start = time.monotonic()
+        action()
+        return time.monotonic() - start
+
+    handler.held = ("/info/",)
+    assert click(lambda: controller.connect(url, "")) < QUICK_S
+    assert controller.working and controller.state is State.CONNECTING
+    handler.release.set()  # the server answers now
+    _settle(controller)
+    assert controller.state is State.READY
+    handler.release = threading.Event()
+    handler.held = ("/info/", "/infer")
+    controller.select_input("CT")
+    assert click(controller.denoise) < QUICK_S
+    assert controller.working and controller.state is State.DENOISING
+    assert click(controller.cancel) < QUICK_S
+    assert controller.wait(10) and not handler.release.is_set()  # ended with no answer
+    controller.poll()
+    assert controller.state is State.CANCELLED
+
+    handler.held = ("/study/",)
+    study = StudyController(FakeLogic(), lambda kind, text: None, tmp_path, timeout=5)
+    assert click(lambda: study.refresh(url, "")) < QUICK_S
+    assert study.working and study.state is StudyState.LOADING
+    assert study.enabled() == frozenset()
+    handler.release.set()
+    _settle(study)
+    assert study.state is StudyState.IDLE and study.studies == ()  # 404: an error, said
+    handler.release = threading.Event()
+    assert click(lambda: study.start(url, "", "a-study", "r1")) < QUICK_S
+    assert study.working and study.state is StudyState.LOADING
