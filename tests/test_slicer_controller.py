@@ -42,7 +42,7 @@ class FakeLogic:
     def __init__(self) -> None:
         self.pair = None
         self.calls: list[tuple] = []
-        self.refuse = ""  # export_input raises ValueError(refuse) when set
+        self.refuse = ""  # when set, export_input and set_strength raise with this message
 
     def export_input(self, node, path: Path) -> Path:
         self.calls.append(("export", node))
@@ -61,6 +61,8 @@ class FakeLogic:
 
     def set_strength(self, strength: float) -> str:
         self.calls.append(("strength", strength))
+        if self.refuse:
+            raise RuntimeError(self.refuse)
         return f"blend {strength:g}"
 
     def apply_window(self, preset) -> None:
@@ -213,6 +215,16 @@ def test_denoise_shows_the_result_then_strength_is_blended_locally(panel):
     controller.set_auto_flicker(True)
     assert controller.view().auto_flicker
     assert list(Path(controller.temp_root).iterdir()) == []  # upload and result removed
+
+
+def test_a_pair_without_a_full_strength_result_is_not_blended(panel):
+    """A reader-study item (A/B) is shown as a pair, but it has no result to blend."""
+    controller, url, handler, logic, alerts, *_ = panel
+    _reach(State.DONE, controller, url, handler)
+    logic.refuse = "The full-strength result of this pair is gone; denoise again."
+    controller.set_strength(0.5)
+    assert controller.status == logic.refuse and controller.state is State.DONE
+    assert not alerts
 
 
 def test_cancel_ends_in_cancelled_not_in_an_error(panel):

@@ -17,7 +17,7 @@ import slicer
 import vtk
 from conftest import ROOT, SHARED_DATA
 from LowDoseCTDenoiseLib import DenoiseClient
-from LowDoseCTDenoiseLogic import LEFT, RIGHT, GeometryMismatch, LowDoseCTDenoiseLogic
+from LowDoseCTDenoiseLib.logic import LEFT, RIGHT, GeometryMismatch, LowDoseCTDenoiseLogic
 
 from ldct.data import crop_slices, demo_case
 from ldct.io import read_volume, write_volume
@@ -93,7 +93,7 @@ def test_denoise_shows_original_and_result_side_by_side(scene, dicom_node, clien
     result = _denoise(logic, dicom_node, client, tmp_path)
     logic.show_side_by_side(dicom_node, result, "Liver")
 
-    assert result.GetName() == f"{dicom_node.GetName()} denoised (vagan)"
+    assert result.GetName() == f"{dicom_node.GetName()} vagan s=1"
     assert np.array_equal(_matrix(result), _matrix(dicom_node))  # bit for bit
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(dicom_node), before)  # untouched
     assert np.array_equal(_matrix(dicom_node), matrix_before)
@@ -177,6 +177,39 @@ def test_difference_view_and_flicker(scene, dicom_node, client, tmp_path):
     assert logic.composite_node(LEFT).GetBackgroundVolumeID() == result.GetID()
     assert logic.flicker() == "original"
     assert logic.composite_node(LEFT).GetBackgroundVolumeID() == dicom_node.GetID()
+
+
+def _server_result(logic, node, folder: Path, name: str, offset: float):
+    """A full-strength result as the server writes it (int16, the input's geometry): the
+    input with a known change, so every blend has a known value."""
+    exported = read_volume(logic.export_input(node, folder / f"{name}-in.nrrd"))
+    rng = np.random.default_rng(len(name))
+    changed = exported.hu + offset + rng.normal(0, 30, exported.hu.shape)
+    path = write_volume(exported.with_hu(changed), folder / f"{name}.nrrd", dtype="int16")
+    return path, read_volume(path).hu
+
+
+def test_strength_is_blended_here_and_names_carry_model_and_strength(scene, dicom_node,
+                                                                     tmp_path):
+    logic = LowDoseCTDenoiseLogic(scene)
+    original = slicer.util.arrayFromVolume(dicom_node).astype(np.float32)
+    path, full = _server_result(logic, dicom_node, tmp_path, "pan", 7.0)
+    result = logic.load_result(path, dicom_node, "pan", 0.8)
+    logic.show_side_by_side(dicom_node, result)
+    name = dicom_node.GetName()
+    assert result.GetName() == f"{name} pan s=0.8"
+    blended = slicer.util.arrayFromVolume(result)
+    assert blended.dtype == np.float32
+    np.testing.assert_allclose(blended, original + np.float32(0.8) * (full - original),
+                               atol=1e-3)
+    assert logic.set_strength(0.3) == f"{name} pan s=0.3"
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(result),
+                               original + np.float32(0.3) * (full - original), atol=1e-3)
+    logic.set_strength(1.0)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(result), full)
+    again = logic.load_result(path, dicom_node, "pan", 1.0)  # the same model and strength
+    assert again.GetName() == f"{name} pan s=1_1" and result.GetName() == f"{name} pan s=1"
+    assert np.array_equal(_matrix(again), _matrix(dicom_node))
 
 
 def test_bad_volumes_are_refused_before_any_upload(scene, tmp_path):

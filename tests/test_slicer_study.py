@@ -8,7 +8,7 @@ import pytest
 import slicer
 from conftest import free_port, running, serve_command
 from LowDoseCTDenoiseLib import AuthenticationFailed, ReaderSession, StudyClient
-from LowDoseCTDenoiseLogic import LEFT, RIGHT, LowDoseCTDenoiseLogic
+from LowDoseCTDenoiseLib.logic import LEFT, RIGHT, LowDoseCTDenoiseLogic
 
 from ldct.io import write_volume
 from ldct.phantom import make_phantom

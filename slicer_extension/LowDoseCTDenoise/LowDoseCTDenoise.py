@@ -1,9 +1,9 @@
 """3D Slicer module: denoise the loaded CT on an ldct server, compare original and result.
 
-The widget only wires Qt to the Logic (LowDoseCTDenoiseLogic.py, MRML only) and to the
-pure-Python library (LowDoseCTDenoiseLib: server client, worker job, display rules); both are
-tested outside Slicer. Network work runs on a worker thread polled by a QTimer, so the UI
-never freezes.
+The widget only binds Qt signals to the controllers and renders their views
+(LowDoseCTDenoiseLib.controller: the panel's state machine, every server call on a worker
+thread polled by a QTimer, so the UI never freezes); the scene work is the Logic's
+(LowDoseCTDenoiseLib.logic, MRML only). Both are tested outside Slicer.
 """
 
 from __future__ import annotations
@@ -20,16 +20,14 @@ import slicer
 from LowDoseCTDenoiseLib import (
     VOLUME_PRESET,
     WINDOW_PRESETS,
-    BackgroundCall,
-    Cancelled,
     DenoiseClient,
+    DenoiseController,
     DenoiseJob,
     ReaderSession,
-    ServerError,
-    StudyClient,
+    StudyController,
     UrlHistory,
 )
-from LowDoseCTDenoiseLogic import LowDoseCTDenoiseLogic
+from LowDoseCTDenoiseLib.logic import LowDoseCTDenoiseLogic
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleTest,
@@ -59,243 +57,168 @@ class LowDoseCTDenoise(ScriptedLoadableModule):
 
 
 class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
+    """Binds the panel's signals to the controllers; renders what they say after each click
+    and each poll. Decides nothing itself."""
+
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
         panel = slicer.util.loadUI(self.resourcePath("UI/LowDoseCTDenoise.ui"))
         self.layout.addWidget(panel)
-        self.ui = slicer.util.childWidgetVariables(panel)
+        self.ui = ui = slicer.util.childWidgetVariables(panel)
         panel.setMRMLScene(slicer.mrmlScene)
         self.logic = LowDoseCTDenoiseLogic()
-        self.job = None
-        self.job_input = None
-        self.workdir = None
-        self.history = UrlHistory(self._setting("history", []) or [],
-                                  tokens=self._setting("tokens", {}) or {})
-        self.ui.serverUrlComboBox.addItems(self.history.urls or [DEFAULT_URL])
-        self.ui.tokenLineEdit.text = self.history.token(self.ui.serverUrlComboBox.currentText)
-        self.ui.serverUrlComboBox.connect("currentTextChanged(QString)", self.on_server_changed)
-        self.ui.deviceComboBox.addItems(["auto", "cuda", "cpu"])
-        self.ui.windowPresetComboBox.addItems([*WINDOW_PRESETS, VOLUME_PRESET])
-        self.poll_timer = qt.QTimer()
-        self.poll_timer.setInterval(POLL_MS)
-        self.poll_timer.connect("timeout()", self.on_poll)
-        self.flicker_timer = qt.QTimer()
-        self.flicker_timer.setInterval(FLICKER_MS)
-        self.flicker_timer.connect("timeout()", self.logic.flicker)
-        self.ui.testConnectionButton.connect("clicked()", self.on_test_connection)
-        self.ui.refreshModelsButton.connect("clicked()", self.on_test_connection)
-        self.ui.denoiseButton.connect("clicked()", self.on_denoise)
-        self.ui.cancelButton.connect("clicked()", self.on_cancel)
-        self.ui.windowPresetComboBox.connect("currentTextChanged(QString)", self.on_window)
-        self.ui.differenceCheckBox.connect("toggled(bool)", self.on_difference)
-        self.ui.flickerButton.connect("clicked()", self.logic.flicker)
-        self.ui.autoFlickerCheckBox.connect("toggled(bool)", self.on_auto_flicker)
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.update_buttons)
-        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.update_buttons)
-        self.ui.refreshStudiesButton.connect("clicked()", self.on_refresh_studies)
-        self.ui.startStudyButton.connect("clicked()", self.on_start_study)
-        self.ui.submitButton.connect("clicked()", self.on_submit)
-        self.ui.readerIdLineEdit.text = self._setting("reader", "") or ""
-        self.reader = None  # the ReaderSession
-        self.study_call = None
-        self.score_groups = {}
-        self.choice_group = None
-        self.study_dir = Path(tempfile.mkdtemp(prefix="ldct-study-"))
-        self.study_timer = qt.QTimer()
-        self.study_timer.setInterval(POLL_MS)
-        self.study_timer.connect("timeout()", self.on_study_poll)
-        self.update_buttons()
+        history = UrlHistory(self._setting("history", []) or [],
+                             tokens=self._setting("tokens", {}) or {})
+        self.controller = c = DenoiseController(
+            self.logic, history, self.alert, save_history=self._save_history,
+            on_shown=slicer.util.resetSliceViews, temp_root=slicer.app.temporaryPath)
+        self.study_dir = Path(tempfile.mkdtemp(prefix="ldct-study-",
+                                               dir=slicer.app.temporaryPath))
+        self.study = StudyController(self.logic, self.alert, self.study_dir,
+                                     on_item=self.on_study_item)
+        self.shown = {"models": None, "studies": None, "session": None}
+        self.score_groups, self.choice_group = {}, None
+        self.controls = {
+            "connect": (ui.serverUrlComboBox, ui.tokenLineEdit, ui.testConnectionButton,
+                        ui.refreshModelsButton),
+            "model": (ui.modelComboBox,), "device": (ui.deviceComboBox,),
+            "denoise": (ui.denoiseButton,), "cancel": (ui.cancelButton,),
+            "compare": (ui.windowPresetComboBox, ui.differenceCheckBox, ui.flickerButton,
+                        ui.autoFlickerCheckBox),
+            "refresh": (ui.refreshStudiesButton,), "start": (ui.startStudyButton,),
+            "submit": (ui.submitButton,)}
+        ui.serverUrlComboBox.addItems(history.urls or [DEFAULT_URL])
+        ui.tokenLineEdit.text = history.token(ui.serverUrlComboBox.currentText)
+        ui.deviceComboBox.addItems(["auto", "cuda", "cpu"])
+        ui.windowPresetComboBox.addItems([*WINDOW_PRESETS, VOLUME_PRESET])
+        ui.readerIdLineEdit.text = self._setting("reader", "") or ""
+        ui.strengthSliderWidget.tracking = False  # one local blend on release, not per pixel
+        c.select_input(ui.inputVolumeSelector.currentNode())
+        c.set_strength(ui.strengthSliderWidget.value)
+        for widget, signal, action in (
+                (ui.serverUrlComboBox, "currentTextChanged(QString)", self.on_server_changed),
+                (ui.testConnectionButton, "clicked()", self.on_connect),
+                (ui.refreshModelsButton, "clicked()", self.on_connect),
+                (ui.inputVolumeSelector, "currentNodeChanged(vtkMRMLNode*)", c.select_input),
+                (ui.modelComboBox, "currentTextChanged(QString)", c.select_model),
+                (ui.deviceComboBox, "currentTextChanged(QString)", c.set_device),
+                (ui.strengthSliderWidget, "valueChanged(double)", c.set_strength),
+                (ui.denoiseButton, "clicked()", c.denoise),
+                (ui.cancelButton, "clicked()", c.cancel),
+                (ui.windowPresetComboBox, "currentTextChanged(QString)", c.set_window),
+                (ui.differenceCheckBox, "toggled(bool)", c.show_difference),
+                (ui.flickerButton, "clicked()", c.flicker),
+                (ui.autoFlickerCheckBox, "toggled(bool)", c.set_auto_flicker),
+                (ui.refreshStudiesButton, "clicked()",
+                 lambda: self.study.refresh(*self._server())),
+                (ui.startStudyButton, "clicked()", self.on_start_study),
+                (ui.submitButton, "clicked()", self.on_submit)):
+            widget.connect(signal, self._then_render(action))
+        self.poll_timer = self._timer(POLL_MS, self.on_poll)
+        self.flicker_timer = self._timer(FLICKER_MS, self._then_render(c.flicker))
+        self.poll_timer.start()
+        self.render()
 
     def cleanup(self):
         self.poll_timer.stop()
         self.flicker_timer.stop()
-        self.study_timer.stop()
+        self.controller.close()
         shutil.rmtree(self.study_dir, ignore_errors=True)
-        if self.job is not None:
-            self.job.cancel()
         self.logic.cleanup()
 
-    # -- server ---------------------------------------------------------------------------
-    def server(self, kind):
-        """A DenoiseClient or StudyClient for the URL and token in the panel."""
-        return kind(self.ui.serverUrlComboBox.currentText, token=self.ui.tokenLineEdit.text)
+    # -- signals -> controllers -----------------------------------------------------------
+    def _then_render(self, action):
+        def slot(*args):
+            action(*args)
+            self.render()
+        return slot
+
+    def on_poll(self):
+        self.controller.poll()
+        self.study.poll()
+        self.render()
 
     def on_server_changed(self, url):
         """Each server's own token (readers paste their reader token once)."""
-        self.ui.tokenLineEdit.text = self.history.token(url)
+        self.ui.tokenLineEdit.text = self.controller.server_changed(url)
 
-    def on_test_connection(self):
-        self.ui.modelComboBox.clear()
-        try:
-            with slicer.util.WaitCursor():  # a short call: /info/ with a 5 s connect timeout
-                client = self.server(DenoiseClient)
-                models = client.models()
-        except ServerError as exc:
-            self.ui.connectionStatusLabel.text = str(exc)
-            slicer.util.errorDisplay(str(exc))
-            self.update_buttons()
-            return
-        self.history.add(client.url, self.ui.tokenLineEdit.text)
-        self._set_setting("history", self.history.urls)
-        self._set_setting("tokens", self.history.tokens)
-        for k, model in enumerate(models):
-            self.ui.modelComboBox.addItem(model.name)
-            self.ui.modelComboBox.setItemData(k, model.tooltip(), qt.Qt.ToolTipRole)
-        self.ui.connectionStatusLabel.text = f"Connected to {client.url}: {len(models)} models"
-        self.update_buttons()
-
-    # -- denoise --------------------------------------------------------------------------
-    def on_denoise(self):
-        node = self.ui.inputVolumeSelector.currentNode()
-        try:  # a mistyped URL is said before anything is exported
-            client = self.server(DenoiseClient)
-        except ServerError as exc:
-            slicer.util.errorDisplay(str(exc))
-            return
-        self.workdir = Path(tempfile.mkdtemp(prefix="ldct-slicer-"))
-        try:
-            upload = self.logic.export_input(node, self.workdir / "input.nrrd")
-        except (ValueError, OSError) as exc:
-            slicer.util.errorDisplay(str(exc))
-            self._remove_workdir()
-            return
-        params = {"strength": self.ui.strengthSliderWidget.value,
-                  "device": self.ui.deviceComboBox.currentText, "result_dtype": "int16"}
-        self.job = DenoiseJob(client, self.ui.modelComboBox.currentText, upload,
-                              self.workdir / "result.nrrd", params).start()
-        self.job_input = node
-        self.poll_timer.start()
-        self.update_buttons()
-
-    def on_cancel(self):
-        if self.job is not None:
-            self.job.cancel()
-
-    def on_poll(self):
-        job = self.job
-        self.ui.progressBar.value = int(100 * job.fraction)
-        self.ui.statusLabel.text = job.status_text()
-        if not job.done:
-            return
-        self.poll_timer.stop()
-        self.job = None
-        try:
-            if isinstance(job.error, Cancelled):  # asked for: not an error
-                self.ui.statusLabel.text = "Cancelled; the server stopped its work too."
-                return
-            if job.error is not None:
-                slicer.util.errorDisplay(str(job.error))
-                return
-            result = self.logic.load_result(job.result, self.job_input, job.model)
-            self.logic.show_side_by_side(self.job_input, result,
-                                         self.ui.windowPresetComboBox.currentText)
-            slicer.util.resetSliceViews()
-            check = job.client.ct_check
-            self.ui.statusLabel.text = f"Loaded '{result.GetName()}'. {check['message']}"
-            if check.get("passed") is False:
-                slicer.util.warningDisplay(check["message"], windowTitle="CT numbers moved")
-        except Exception as exc:  # noqa: BLE001 - show it, keep the UI usable
-            slicer.util.errorDisplay(f"Could not show the result: {exc}")
-        finally:
-            self._remove_workdir()
-            self.update_buttons()
-
-    # -- compare --------------------------------------------------------------------------
-    def on_window(self, preset):
-        if self.logic.pair is not None:
-            self.logic.apply_window(preset)
-
-    def on_difference(self, on):
-        if self.logic.pair is not None:
-            self.logic.show_difference(on)
-
-    def on_auto_flicker(self, on):
-        if on and self.logic.pair is not None:
-            self.flicker_timer.start()
-        else:
-            self.flicker_timer.stop()
-
-    # -- reader study (blinded: only "A"/"B", tokens and scores pass through here) --------
-    def on_refresh_studies(self):
-        self.ui.studyComboBox.clear()
-        try:
-            with slicer.util.WaitCursor():
-                studies = self.server(StudyClient).studies()
-        except ServerError as exc:
-            slicer.util.errorDisplay(str(exc))
-            return
-        for study in studies:
-            self.ui.studyComboBox.addItem(study["name"], study["study"])
+    def on_connect(self):
+        self.controller.connect(*self._server())
 
     def on_start_study(self):
-        study = self.ui.studyComboBox.currentData
-        if not study:
-            slicer.util.errorDisplay("Refresh the studies and pick one first.")
-            return
-        try:
-            with slicer.util.WaitCursor():
-                self.reader = ReaderSession(self.server(StudyClient), study,
-                                            self.ui.readerIdLineEdit.text)
-        except (ServerError, ValueError) as exc:
-            slicer.util.errorDisplay(str(exc))
-            return
-        self._set_setting("reader", self.reader.reader)
-        self._build_score_widgets()
-        self.load_next_item()
-
-    def load_next_item(self):
-        self.ui.submitButton.enabled = False
-        self.ui.studyProgressLabel.text = f"{self.reader.progress_text()}: loading..."
-        self.study_call = BackgroundCall(self.reader.load_next, self.study_dir).start()
-        self.study_timer.start()
-
-    def on_study_poll(self):
-        if not self.study_call.done:
-            return
-        self.study_timer.stop()
-        call, self.study_call = self.study_call, None
-        if call.error is not None:
-            slicer.util.errorDisplay(str(call.error))
-            return
-        if not call.result:
-            self.logic.clear_study_item()
-            self.ui.studyProgressLabel.text = self.reader.progress_text()
-            return
-        self.logic.show_study_item(call.result, self.reader.window)
-        slicer.util.resetSliceViews()
-        for group in [*self.score_groups.values(), self.choice_group]:
-            if group is not None:
-                group.setExclusive(False)
-                for button in group.buttons():
-                    button.checked = False
-                group.setExclusive(True)
-        self.ui.studyProgressLabel.text = self.reader.progress_text()
-        self.ui.submitButton.enabled = True
+        self._set_setting("reader", self.ui.readerIdLineEdit.text.strip())
+        self.study.start(*self._server(), self.ui.studyComboBox.currentData or "",
+                         self.ui.readerIdLineEdit.text)
 
     def on_submit(self):
         scores = {}
         for (side, criterion), group in self.score_groups.items():
             if group.checkedId() > 0:
                 scores.setdefault(side, {})[criterion] = group.checkedId()
-        choice = None
-        if self.choice_group is not None and self.choice_group.checkedButton() is not None:
-            choice = self.choice_group.checkedButton().text
-        try:
-            with slicer.util.WaitCursor():
-                self.reader.answer(scores, choice)
-        except (ServerError, ValueError) as exc:
-            slicer.util.errorDisplay(str(exc))
-            return
-        self.load_next_item()
+        checked = self.choice_group.checkedButton() if self.choice_group else None
+        self.study.submit(scores, checked.text if checked is not None else None)
 
-    def _build_score_widgets(self):
+    def on_study_item(self, session: ReaderSession):
+        """A new item is shown: score buttons for this session's criteria, none checked."""
+        if self.shown["session"] is not session:
+            self.shown["session"] = session
+            self._build_score_widgets(session)
+        for group in [*self.score_groups.values(), self.choice_group]:
+            if group is not None:
+                group.setExclusive(False)
+                for button in group.buttons():
+                    button.checked = False
+                group.setExclusive(True)
+        slicer.util.resetSliceViews()
+
+    def alert(self, kind: str, text: str):
+        (slicer.util.warningDisplay if kind == "warning" else slicer.util.errorDisplay)(text)
+
+    # -- controllers -> panel -------------------------------------------------------------
+    def render(self):
+        ui, view, study = self.ui, self.controller.view(), self.study.view()
+        ui.connectionStatusLabel.text = view.connection
+        ui.statusLabel.text = view.status
+        ui.progressBar.setRange(0, 0 if view.progress is None else 100)  # 0, 0: busy
+        ui.progressBar.value = view.progress or 0
+        if view.models != self.shown["models"]:
+            self.shown["models"] = view.models
+            self._refill(ui.modelComboBox, [(m.name, m.tooltip()) for m in view.models],
+                         qt.Qt.ToolTipRole, self.controller.model)
+        if study.studies != self.shown["studies"]:
+            self.shown["studies"] = study.studies
+            self._refill(ui.studyComboBox, study.studies, qt.Qt.UserRole)
+        ui.studyProgressLabel.text = study.progress
+        for control, widgets in self.controls.items():
+            for widget in widgets:
+                widget.enabled = control in view.enabled | study.enabled
+        if view.auto_flicker != self.flicker_timer.isActive():
+            (self.flicker_timer.start if view.auto_flicker else self.flicker_timer.stop)()
+        if not view.auto_flicker and ui.autoFlickerCheckBox.checked:
+            ui.autoFlickerCheckBox.blockSignals(True)
+            ui.autoFlickerCheckBox.checked = False
+            ui.autoFlickerCheckBox.blockSignals(False)
+
+    @staticmethod
+    def _refill(combo, items, role, current=""):
+        """Items as (text, value of ``role``), without a change signal per item."""
+        combo.blockSignals(True)
+        combo.clear()
+        for k, (text, value) in enumerate(items):
+            combo.addItem(text)
+            combo.setItemData(k, value, role)
+        if current:
+            combo.setCurrentText(current)
+        combo.blockSignals(False)
+
+    def _build_score_widgets(self, session: ReaderSession):
         frame = self.ui.criteriaFrame
         if frame.layout() is not None:
             qt.QWidget().setLayout(frame.layout())  # re-parent the old layout to drop it
         form = qt.QFormLayout(frame)
-        sides = ["A", "B"] if self.reader.forced_choice else ["A"]
+        sides = ["A", "B"] if session.forced_choice else ["A"]
         self.score_groups = {}
-        for criterion in self.reader.criteria:
+        for criterion in session.criteria:
             anchors = ", ".join(f"{k} = {v}" for k, v in criterion["anchors"].items())
             for side in sides:
                 row = qt.QHBoxLayout()
@@ -310,7 +233,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                 form.addRow(label, row)
                 self.score_groups[(side, criterion["name"])] = group
         self.choice_group = None
-        if self.reader.forced_choice:
+        if session.forced_choice:
             row = qt.QHBoxLayout()
             self.choice_group = qt.QButtonGroup(frame)
             for side in sides:
@@ -320,20 +243,19 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
             form.addRow(qt.QLabel("Better image:"), row)
 
     # -- helpers --------------------------------------------------------------------------
-    def update_buttons(self, *_):
-        busy = self.job is not None
-        ready = (self.ui.inputVolumeSelector.currentNode() is not None
-                 and self.ui.modelComboBox.count > 0)
-        self.ui.denoiseButton.enabled = ready and not busy
-        self.ui.cancelButton.enabled = busy
-        for widget in (self.ui.differenceCheckBox, self.ui.flickerButton,
-                       self.ui.autoFlickerCheckBox, self.ui.windowPresetComboBox):
-            widget.enabled = self.logic.pair is not None
+    def _server(self):
+        return self.ui.serverUrlComboBox.currentText, self.ui.tokenLineEdit.text
 
-    def _remove_workdir(self):
-        if self.workdir is not None:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            self.workdir = None
+    def _save_history(self, history: UrlHistory):
+        self._set_setting("history", history.urls)
+        self._set_setting("tokens", history.tokens)
+
+    @staticmethod
+    def _timer(interval_ms, slot):
+        timer = qt.QTimer()
+        timer.setInterval(interval_ms)
+        timer.connect("timeout()", slot)
+        return timer
 
     @staticmethod
     def _setting(key, default):
@@ -382,7 +304,7 @@ class LowDoseCTDenoiseTest(ScriptedLoadableModuleTest):
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
-        self.assertEqual(result.GetName(), "synthetic CT denoised (ldct-gauss)")
+        self.assertEqual(result.GetName(), "synthetic CT ldct-gauss s=1")
         self.assertEqual(result.GetDisplayNode().GetWindow(), 400.0)
         self.assertEqual(node.GetDisplayNode().GetWindow(), 400.0)
         self.assertLess(slicer.util.arrayFromVolume(result)[body].std(), before[body].std())

@@ -242,7 +242,11 @@ class DenoiseController(_Worker):
         """After a result exists, a new strength is blended here at once (no upload)."""
         self.strength = strength
         if "compare" in self.enabled():
-            name = self.logic.set_strength(strength)
+            try:
+                name = self.logic.set_strength(strength)
+            except RuntimeError as exc:  # the pair shown is no denoised result (a study item)
+                self.status = str(exc)
+                return
             self.status = f"Strength {strength:g} blended locally: '{name}'."
 
     def set_window(self, preset: str) -> None:

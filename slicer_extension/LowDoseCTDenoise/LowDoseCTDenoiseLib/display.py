@@ -14,12 +14,18 @@ VOLUME_PRESET = "Volume"  # the window the volume came with (e.g. from its DICOM
 MIN_DIFFERENCE_WINDOW = 20.0
 
 
-def result_name(input_name: str, model: str) -> str:
-    return f"{input_name} denoised ({model})"
+def strength_label(strength: float) -> str:
+    """``s=0.8``: the strength as the views and node names show it."""
+    return f"s={strength:.2f}".rstrip("0").rstrip(".")
 
 
-def difference_name(input_name: str, model: str) -> str:
-    return f"{input_name} difference ({model})"
+def result_name(input_name: str, model: str, strength: float) -> str:
+    """``CT vagan s=0.8``: results of other models or strengths never share a name."""
+    return f"{input_name} {model} {strength_label(strength)}"
+
+
+def difference_name(result: str) -> str:
+    return f"{result} difference"
 
 
 def symmetric_window(differences: Iterable[float], percentile: float = 99.0) -> tuple[float, float]:

@@ -1,7 +1,9 @@
 """MRML side of the module: volume node -> NRRD upload file -> result node -> side-by-side views.
 
-Imports only ``slicer`` (MRML core and logic), ``vtk`` and ``numpy``, no Qt: it runs inside
-Slicer and, with the PyPI ``slicer-core`` package, on plain MRML scenes in tests.
+The one module of the package that imports ``slicer`` (MRML core and logic), ``vtk`` and
+``numpy``; no Qt: it runs inside Slicer and, with the PyPI ``slicer-core`` package, on plain
+MRML scenes in tests. It lives here, not beside LowDoseCTDenoise.py, because Slicer loads
+every .py file of the module folder as a module of its own.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Optional
 import numpy as np
 import slicer
 import vtk
-from LowDoseCTDenoiseLib import (
+
+from .display import (
     VOLUME_PRESET,
     WINDOW_PRESETS,
     difference_name,
@@ -65,6 +68,7 @@ class LowDoseCTDenoiseLogic:
         self._synced: list[tuple[object, int]] = []
         self._syncing = False
         self.pair: Optional[tuple[object, object]] = None  # (original, denoised) on show
+        self._full: Optional[tuple[object, np.ndarray]] = None  # last result, full strength
 
     # -- input and result ---------------------------------------------------------------
     def export_input(self, node, path: str | Path) -> Path:
@@ -91,8 +95,9 @@ class LowDoseCTDenoiseLogic:
         self._write(copy, Path(path))
         return Path(path)
 
-    def load_result(self, path: str | Path, input_node, model: str):
-        """A new volume node named ``<input> denoised (<model>)`` with the input's geometry."""
+    def load_result(self, path: str | Path, input_node, model: str, strength: float = 1.0):
+        """A new volume node with the input's geometry, named ``<input> <model> s=<strength>``
+        (unique in the scene): the server's full-strength result blended with the input."""
         node = self._read(path)
         expected, got = _matrix(input_node), _matrix(node)
         same_size = (node.GetImageData().GetDimensions()
@@ -102,11 +107,39 @@ class LowDoseCTDenoiseLogic:
             raise GeometryMismatch("The server returned a volume with another geometry; it was "
                                    "not loaded. Report this with the server log.")
         _copy_geometry(input_node, node)  # exactly the input's, bit for bit
-        node.SetName(result_name(input_node.GetName(), model))
         node.SetAttribute("LowDoseCTDenoise.model", model)
         node.SetAttribute("LowDoseCTDenoise.source", input_node.GetID())
         node.CreateDefaultDisplayNodes()
+        # the downloaded voxels stay referenced here when the node gets a blend (a new array)
+        self._full = (node, slicer.util.arrayFromVolume(node))
+        self._blend(input_node, node, strength)
         return node
+
+    def set_strength(self, strength: float) -> str:
+        """Blend the shown pair again at ``strength``, here (no upload): ``original + strength
+        * (full result - original)``, as the server blends. Returns the result's new name."""
+        original, denoised = self._require_pair()
+        self._blend(original, denoised, strength)
+        return denoised.GetName()
+
+    def _blend(self, original, result, strength: float) -> None:
+        """``result`` := the blend at ``strength`` in float32, computed into the node's own
+        new array (no other full-size copy); at 1 the downloaded voxels are kept as they are."""
+        node, full = self._full or (None, None)
+        if node is not result:
+            raise RuntimeError("The full-strength result of this pair is gone; denoise again.")
+        if strength != 1.0 or result.GetImageData().GetScalarType() != vtk.VTK_SHORT:
+            result.GetImageData().AllocateScalars(vtk.VTK_FLOAT, 1)
+            out = slicer.util.arrayFromVolume(result)
+            before = slicer.util.arrayFromVolume(original)
+            np.subtract(full, before, out=out, dtype=np.float32)
+            out *= np.float32(strength)
+            out += before
+            slicer.util.arrayFromVolumeModified(result)
+        result.SetAttribute("LowDoseCTDenoise.strength", f"{strength:g}")
+        name = result_name(original.GetName(), result.GetAttribute("LowDoseCTDenoise.model"),
+                           strength)
+        self._rename(result, name)
 
     def show_study_item(self, files: dict[str, Path], window: tuple[float, float]) -> list:
         """A reader-study item, blinded: volumes named only "A" (and "B") replace the previous
@@ -141,11 +174,10 @@ class LowDoseCTDenoiseLogic:
 
     def difference(self, original, denoised):
         """``denoised - original`` as a float volume with a symmetric grey window around 0."""
-        model = denoised.GetAttribute("LowDoseCTDenoise.model") or "model"
         diff = (slicer.util.arrayFromVolume(denoised).astype(np.float32)
                 - slicer.util.arrayFromVolume(original).astype(np.float32))
         node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-        node.SetName(difference_name(original.GetName(), model))
+        node.SetName(difference_name(denoised.GetName()))
         image = vtk.vtkImageData()
         image.SetDimensions(original.GetImageData().GetDimensions())
         image.AllocateScalars(vtk.VTK_FLOAT, 1)
@@ -199,8 +231,7 @@ class LowDoseCTDenoiseLogic:
         if not on:
             self.composite_node(RIGHT).SetBackgroundVolumeID(denoised.GetID())
             return None
-        name = difference_name(original.GetName(),
-                               denoised.GetAttribute("LowDoseCTDenoise.model") or "model")
+        name = difference_name(denoised.GetName())
         existing = self.scene.GetFirstNodeByName(name)
         node = existing if existing is not None else self.difference(original, denoised)
         self.composite_node(RIGHT).SetBackgroundVolumeID(node.GetID())
@@ -250,6 +281,14 @@ class LowDoseCTDenoiseLogic:
             self.scene.RemoveNode(node)
             raise RuntimeError(f"Could not read the volume {path}.")
         return node
+
+    def _rename(self, node, name: str) -> None:
+        """``name``, or ``name_1``, ``name_2``... when another node has it."""
+        taken = self.scene.GetNodesByName(name)
+        if any(taken.GetItemAsObject(k).GetID() != node.GetID()
+               for k in range(taken.GetNumberOfItems())):
+            name = self.scene.GenerateUniqueName(name)
+        node.SetName(name)
 
     def _layout_node(self):
         layout = self.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
