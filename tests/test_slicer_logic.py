@@ -7,7 +7,9 @@ denoise on the server, load the result, show the pair side by side.
 
 from __future__ import annotations
 
+import gc
 import os
+import weakref
 from pathlib import Path
 
 import matplotlib
@@ -210,6 +212,56 @@ def test_strength_is_blended_here_and_names_carry_model_and_strength(scene, dico
     again = logic.load_result(path, dicom_node, "pan", 1.0)  # the same model and strength
     assert again.GetName() == f"{name} pan s=1_1" and result.GetName() == f"{name} pan s=1"
     assert np.array_equal(_matrix(again), _matrix(dicom_node))
+
+
+def test_each_result_shows_its_own_difference(scene, dicom_node, tmp_path):
+    """Two results of one model at two strengths: each difference is its own result's (a
+    difference found by name showed the first one next to the second result)."""
+    logic = LowDoseCTDenoiseLogic(scene)
+    original = slicer.util.arrayFromVolume(dicom_node).astype(np.float32)
+    path, full = _server_result(logic, dicom_node, tmp_path, "pan", 5.0)
+    first = logic.load_result(path, dicom_node, "pan", 1.0)
+    logic.show_side_by_side(dicom_node, first)
+    first_diff = logic.show_difference(True)
+    second = logic.load_result(path, dicom_node, "pan", 0.5)
+    logic.show_side_by_side(dicom_node, second)
+    second_diff = logic.show_difference(True)
+    assert second_diff.GetID() != first_diff.GetID()
+    assert logic.composite_node(RIGHT).GetBackgroundVolumeID() == second_diff.GetID()
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(second_diff),
+                               np.float32(0.5) * (full - original), atol=1e-3)
+    name = dicom_node.GetName()
+    assert (first_diff.GetName(), second_diff.GetName()) == (
+        f"{name} pan s=1 difference", f"{name} pan s=0.5 difference")
+    assert second.GetNodeReference("LowDoseCTDenoise.difference").GetID() == second_diff.GetID()
+    logic.set_strength(0.2)  # the difference shown follows the result's strength
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(second_diff),
+                               np.float32(0.2) * (full - original), atol=1e-3)
+    assert second_diff.GetName() == f"{name} pan s=0.2 difference"
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(first_diff), full - original,
+                               atol=1e-3)  # the first pair's is untouched
+
+
+def test_scene_close_drops_every_reference(scene, dicom_node, tmp_path):
+    logic = LowDoseCTDenoiseLogic(scene)
+    closed = []
+    logic.on_scene_closed = lambda: closed.append(True)
+    path, _ = _server_result(logic, dicom_node, tmp_path, "pan", 5.0)
+    result = logic.load_result(path, dicom_node, "pan", 0.8)
+    logic.show_side_by_side(dicom_node, result)
+    logic.show_difference(True)
+    full = weakref.ref(logic._full[1])  # the downloaded voxels, kept for local blends
+    scene.Clear(0)
+    assert closed == [True] and logic.pair is None and logic.own_windows == {}
+    gc.collect()
+    assert full() is None
+    for action in (logic.flicker, lambda: logic.set_strength(0.5),
+                   lambda: logic.show_difference(True)):
+        with pytest.raises(RuntimeError, match="Denoise a volume first"):
+            action()
+    logic.cleanup()
+    scene.Clear(0)
+    assert closed == [True]  # a closed module no longer follows the scene
 
 
 def test_bad_volumes_are_refused_before_any_upload(scene, tmp_path):

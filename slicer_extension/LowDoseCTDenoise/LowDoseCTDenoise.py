@@ -72,6 +72,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.controller = c = DenoiseController(
             self.logic, history, self.alert, save_history=self._save_history,
             on_shown=slicer.util.resetSliceViews, temp_root=slicer.app.temporaryPath)
+        self.logic.on_scene_closed = self._then_render(c.scene_closed)
         self.study_dir = Path(tempfile.mkdtemp(prefix="ldct-study-",
                                                dir=slicer.app.temporaryPath))
         self.study = StudyController(self.logic, self.alert, self.study_dir,

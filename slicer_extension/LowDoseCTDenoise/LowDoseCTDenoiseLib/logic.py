@@ -9,7 +9,7 @@ every .py file of the module folder as a module of its own.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import slicer
@@ -27,6 +27,7 @@ LEFT, RIGHT = "Red", "Yellow"  # the two views of Slicer's side-by-side layout
 GEOMETRY_TOLERANCE_MM = 1e-3  # NRRD text round trip; anything larger is a real mismatch
 DIFFERENCE_SAMPLES = 200_000
 STUDY_ATTRIBUTE = "LowDoseCTDenoise.studyItem"
+DIFFERENCE_REFERENCE = "LowDoseCTDenoise.difference"  # result node -> its difference node
 
 
 class GeometryMismatch(RuntimeError):
@@ -64,6 +65,9 @@ class LowDoseCTDenoiseLogic:
 
     def __init__(self, scene=None) -> None:
         self.scene = scene if scene is not None else slicer.mrmlScene
+        self.on_scene_closed: Callable[[], None] = lambda: None  # the panel follows
+        self._close_tag = self.scene.AddObserver(slicer.vtkMRMLScene.EndCloseEvent,
+                                                 self._scene_closed)
         self.own_windows: dict[str, tuple[float, float]] = {}  # node id -> window it came with
         self._synced: list[tuple[object, int]] = []
         self._syncing = False
@@ -140,6 +144,9 @@ class LowDoseCTDenoiseLogic:
         name = result_name(original.GetName(), result.GetAttribute("LowDoseCTDenoise.model"),
                            strength)
         self._rename(result, name)
+        difference = result.GetNodeReference(DIFFERENCE_REFERENCE)
+        if difference is not None:  # shown next to this result: it follows the strength
+            self._fill_difference(original, result, difference)
 
     def show_study_item(self, files: dict[str, Path], window: tuple[float, float]) -> list:
         """A reader-study item, blinded: volumes named only "A" (and "B") replace the previous
@@ -163,7 +170,7 @@ class LowDoseCTDenoiseLogic:
 
     def clear_study_item(self) -> None:
         """Remove the volumes of the previous study item (they are the server's copies)."""
-        self.cleanup()
+        self._unsync()
         self.pair = None
         kind = "vtkMRMLScalarVolumeNode"
         nodes = [self.scene.GetNthNodeByClass(k, kind)
@@ -173,22 +180,29 @@ class LowDoseCTDenoiseLogic:
                 self.scene.RemoveNode(node)
 
     def difference(self, original, denoised):
-        """``denoised - original`` as a float volume with a symmetric grey window around 0."""
-        diff = (slicer.util.arrayFromVolume(denoised).astype(np.float32)
-                - slicer.util.arrayFromVolume(original).astype(np.float32))
+        """``denoised - original`` as a float volume with a symmetric grey window around 0,
+        tied to ``denoised`` by a node reference (never found by its name)."""
         node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-        node.SetName(difference_name(denoised.GetName()))
         image = vtk.vtkImageData()
         image.SetDimensions(original.GetImageData().GetDimensions())
         image.AllocateScalars(vtk.VTK_FLOAT, 1)
         node.SetAndObserveImageData(image)
         _copy_geometry(original, node)
-        slicer.util.updateVolumeFromArray(node, diff)
         node.CreateDefaultDisplayNodes()
+        denoised.SetNodeReferenceID(DIFFERENCE_REFERENCE, node.GetID())
+        self._fill_difference(original, denoised, node)
+        return node
+
+    def _fill_difference(self, original, denoised, node) -> None:
+        """The difference's voxels, window and name from the result as it is now."""
+        diff = slicer.util.arrayFromVolume(node)
+        np.subtract(slicer.util.arrayFromVolume(denoised),
+                    slicer.util.arrayFromVolume(original), out=diff, dtype=np.float32)
+        slicer.util.arrayFromVolumeModified(node)
         step = max(1, diff.size // DIFFERENCE_SAMPLES)
         width, level = symmetric_window(diff.ravel()[::step].tolist())
         self._set_window(node.GetDisplayNode(), width, level)
-        return node
+        self._rename(node, difference_name(denoised.GetName()))
 
     # -- views --------------------------------------------------------------------------
     def show_side_by_side(self, original, denoised,
@@ -231,9 +245,9 @@ class LowDoseCTDenoiseLogic:
         if not on:
             self.composite_node(RIGHT).SetBackgroundVolumeID(denoised.GetID())
             return None
-        name = difference_name(denoised.GetName())
-        existing = self.scene.GetFirstNodeByName(name)
-        node = existing if existing is not None else self.difference(original, denoised)
+        node = denoised.GetNodeReference(DIFFERENCE_REFERENCE)
+        if node is None:
+            node = self.difference(original, denoised)
         self.composite_node(RIGHT).SetBackgroundVolumeID(node.GetID())
         return node
 
@@ -264,7 +278,17 @@ class LowDoseCTDenoiseLogic:
         return logic.GetSliceCompositeNode()
 
     def cleanup(self) -> None:
-        """Stop keeping the windows in sync (module closed or scene cleared)."""
+        """The module is closed: stop keeping windows in sync and following the scene."""
+        self._unsync()
+        self.scene.RemoveObserver(self._close_tag)
+
+    def _scene_closed(self, caller=None, event=None) -> None:
+        """Drop every node and voxel reference (a CT and its result are hundreds of MB)."""
+        self._unsync()
+        self.pair, self._full, self.own_windows = None, None, {}
+        self.on_scene_closed()
+
+    def _unsync(self) -> None:
         for display, tag in self._synced:
             display.RemoveObserver(tag)
         self._synced = []
@@ -305,7 +329,7 @@ class LowDoseCTDenoiseLogic:
             self.own_windows[node.GetID()] = (display.GetWindow(), display.GetLevel())
 
     def _sync_windows(self, first, second) -> None:
-        self.cleanup()
+        self._unsync()
 
         def follow(source, target):
             def on_modified(caller, event):
