@@ -242,6 +242,38 @@ def test_each_result_shows_its_own_difference(scene, dicom_node, tmp_path):
                                atol=1e-3)  # the first pair's is untouched
 
 
+def test_results_live_in_the_inputs_study_ready_for_dicom_export(scene, dicom_node,
+                                                                 tmp_path):
+    """Slicer's DICOM export takes a series' parent as its study and the study's parent as
+    its patient ("Unable to get study for series" otherwise): result and difference go
+    under the input's study, marked as derived series."""
+    sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
+    patient = sh.CreateSubjectItem(sh.GetSceneItemID(), "Anon^Patient")
+    study = sh.CreateStudyItem(patient, "CT abdomen")
+    series = sh.GetItemByDataNode(dicom_node) or sh.CreateItem(study, dicom_node)
+    sh.SetItemParent(series, study)  # as the DICOM module loads a series
+    sh.SetItemAttribute(series, "DICOM.Modality", "CT")
+    logic = LowDoseCTDenoiseLogic(scene)
+    path, _ = _server_result(logic, dicom_node, tmp_path, "pan", 5.0)
+    result = logic.load_result(path, dicom_node, "pan", 0.8)
+    logic.show_side_by_side(dicom_node, result)
+    difference = logic.show_difference(True)
+    for node in (result, difference):
+        item = sh.GetItemByDataNode(node)
+        assert sh.GetItemParent(item) == study and sh.GetItemLevel(study) == "Study"
+        assert sh.GetItemParent(study) == patient and sh.GetItemLevel(patient) == "Patient"
+        assert sh.GetItemAttribute(item, "DICOM.Modality") == "CT"
+        assert sh.GetItemAttribute(item, "DICOM.ImageType") == "DERIVED\\SECONDARY"
+    item = sh.GetItemByDataNode(result)
+    assert sh.GetItemAttribute(item, "DICOM.DerivationDescription") == (
+        "Denoised with pan (s=0.8) by ldct")
+    logic.set_strength(0.4)
+    assert sh.GetItemAttribute(item, "DICOM.SeriesDescription") == result.GetName()
+    assert "(s=0.4)" in sh.GetItemAttribute(item, "DICOM.DerivationDescription")
+    assert "s=0.4 difference" in sh.GetItemAttribute(sh.GetItemByDataNode(difference),
+                                                     "DICOM.SeriesDescription")
+
+
 def test_scene_close_drops_every_reference(scene, dicom_node, tmp_path):
     logic = LowDoseCTDenoiseLogic(scene)
     closed = []

@@ -20,6 +20,7 @@ from .display import (
     WINDOW_PRESETS,
     difference_name,
     result_name,
+    strength_label,
     symmetric_window,
 )
 
@@ -141,9 +142,10 @@ class LowDoseCTDenoiseLogic:
             out += before
             slicer.util.arrayFromVolumeModified(result)
         result.SetAttribute("LowDoseCTDenoise.strength", f"{strength:g}")
-        name = result_name(original.GetName(), result.GetAttribute("LowDoseCTDenoise.model"),
-                           strength)
-        self._rename(result, name)
+        model = result.GetAttribute("LowDoseCTDenoise.model")
+        self._rename(result, result_name(original.GetName(), model, strength))
+        self._place_as_derived(result, original, f"Denoised with {model} "
+                                                 f"({strength_label(strength)}) by ldct")
         difference = result.GetNodeReference(DIFFERENCE_REFERENCE)
         if difference is not None:  # shown next to this result: it follows the strength
             self._fill_difference(original, result, difference)
@@ -203,6 +205,24 @@ class LowDoseCTDenoiseLogic:
         width, level = symmetric_window(diff.ravel()[::step].tolist())
         self._set_window(node.GetDisplayNode(), width, level)
         self._rename(node, difference_name(denoised.GetName()))
+        self._place_as_derived(node, original, f"Difference: '{denoised.GetName()}' minus "
+                                               "the original")
+
+    def _place_as_derived(self, node, source, description: str) -> None:
+        """In the subject hierarchy beside ``source`` (under its study and patient, where
+        Slicer's DICOM export looks for them), with DICOM series attributes that say it is
+        derived from it."""
+        sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(self.scene)
+        source_item = sh.GetItemByDataNode(source)
+        parent = sh.GetItemParent(source_item) if source_item else sh.GetSceneItemID()
+        item = sh.GetItemByDataNode(node) or sh.CreateItem(parent, node)
+        sh.SetItemParent(item, parent)
+        modality = sh.GetItemAttribute(source_item, "DICOM.Modality") if source_item else ""
+        for key, value in (("Modality", modality or "CT"),
+                           ("SeriesDescription", node.GetName()),
+                           ("ImageType", "DERIVED\\SECONDARY"),
+                           ("DerivationDescription", description)):
+            sh.SetItemAttribute(item, f"DICOM.{key}", value)
 
     # -- views --------------------------------------------------------------------------
     def show_side_by_side(self, original, denoised,
