@@ -214,6 +214,26 @@ def test_strength_is_blended_here_and_names_carry_model_and_strength(scene, dico
     assert np.array_equal(_matrix(again), _matrix(dicom_node))
 
 
+def test_local_strength_matches_the_servers_blend(scene, dicom_node, client, tmp_path):
+    """The panel asks the server once for the full-strength result (int16) and blends any
+    strength here; the server's own blend at that strength (float32) is within 0.5 HU."""
+    logic = LowDoseCTDenoiseLogic(scene)
+    upload = logic.export_input(dicom_node, tmp_path / "input.nrrd")
+    full = client.denoise("vagan", upload, tmp_path / "full.nrrd", {"result_dtype": "int16"})
+    result = logic.load_result(full, dicom_node, "vagan", 1.0)
+    logic.show_side_by_side(dicom_node, result)
+    for strength in (0.6, 0.25):
+        server = read_volume(client.denoise("vagan", upload, tmp_path / f"s{strength}.nrrd",
+                                            {"strength": strength,
+                                             "result_dtype": "float32"}))
+        logic.set_strength(strength)
+        local = slicer.util.arrayFromVolume(result)
+        gap = np.abs(local - server.hu).max()
+        assert gap <= 0.5 * strength + 0.01, (strength, gap)  # the int16 rounding, scaled
+        # the blend differs from the input, so a gap this small is not trivially met
+        assert np.abs(server.hu - slicer.util.arrayFromVolume(dicom_node)).max() > 5
+
+
 def test_each_result_shows_its_own_difference(scene, dicom_node, tmp_path):
     """Two results of one model at two strengths: each difference is its own result's (a
     difference found by name showed the first one next to the second result)."""
