@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from ldct.simulate import LowDoseParams
 
     prepare(args.data, args.out, doses=args.doses, seed=args.seed, max_slices=args.max_slices,
-            cases=args.cases, params=LowDoseParams(i0=args.i0, views=args.views))
+            cases=args.cases, params=LowDoseParams(i0=args.i0, views=args.views),
+            kernels=args.kernels)
     rows = summarize(PreparedData(args.out))
     console.print(_table(f"prepared data in {args.out}", rows,
                          ["case", "role", "dose", "slices", "hu_min", "hu_max", "region",
@@ -66,13 +68,29 @@ def cmd_demo(args: argparse.Namespace) -> None:
     console.print(f"side-by-side image: {report.figure}")
 
 
+def _settings(pairs: list[str]) -> dict[str, object]:
+    """KEY=VALUE pairs, each VALUE read as JSON (numbers, lists) or else taken as a string."""
+    settings: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set takes KEY=VALUE (e.g. warmup_fraction=0.5), got {pair!r}")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
 def cmd_train(args: argparse.Namespace) -> None:
     from ldct.train.loop import train
 
     overrides = {k: v for k, v in (("steps", args.steps), ("batch", args.batch)) if v}
+    overrides.update(_settings(args.set or []))
     out = Path(args.out or f"runs/{args.method}")
     result = train(args.method, args.data, out, preset=args.preset, overrides=overrides,
-                   resume=args.resume, pvm_path=args.pvm, device=args.device)
+                   resume=args.resume, pvm_path=args.pvm, device=args.device,
+                   init_weights=args.init)
     losses = ", ".join(f"{k} {v:.4g}" for k, v in result.last.items() if k.endswith("total"))
     console.print(f"trained {args.method}: {result.steps} steps in {result.wall_s / 60:.1f} min "
                   f"({losses}); outputs in {out}")
@@ -295,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="../shared/data", help="the shared data folder")
     p.add_argument("--out", required=True, help="output folder (cached: reruns are cheap)")
     p.add_argument("--doses", type=float, nargs="+", default=[0.5, 0.25, 0.10])
+    p.add_argument("--kernels", nargs="+", choices=KERNELS, default=[],
+                   help="also the low doses as these reconstruction kernels give them")
     p.add_argument("--cases", nargs="+", help="only these cases (default: all)")
     p.add_argument("--max-slices", type=int, help="central slices per case (quick runs)")
     p.add_argument("--i0", type=float, default=1.5e5)
@@ -317,6 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--steps", type=int, help="override the preset's number of steps")
     p.add_argument("--batch", type=int, help="override the preset's batch size")
+    p.add_argument("--set", nargs="+", metavar="KEY=VALUE",
+                   help="override other hyper-parameters, e.g. warmup_fraction=0.5")
+    p.add_argument("--init", help="start the network from these trained weights (a model.pt)")
     p.add_argument("--pvm", help="PVM weights: CT encoder or torchvision VGG19/ResNet state dict")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_train)

@@ -8,6 +8,7 @@ settings, and the unpaired split (low-dose and normal-dose slices drawn from dis
 
 from __future__ import annotations
 
+import itertools
 import json
 import zlib
 from collections.abc import Iterable, Sequence
@@ -23,7 +24,7 @@ from ldct.phantom import make_phantom
 from ldct.simulate import LowDoseParams, retexture, simulate_low_dose
 
 if TYPE_CHECKING:
-    from ldct.noise_bank import NoiseImages
+    from ldct.noise_bank import ScanNoise
 
 DEFAULT_DOSES = (0.5, 0.25, 0.10)
 UNPAIRED_SLAB = 8  # slices per slab when alternating low-dose and normal-dose slabs
@@ -48,9 +49,12 @@ CASES = (
 )
 
 
-def dose_key(dose: float) -> str:
-    """File-name key of a dose, e.g. 0.25 -> 'dose_0.25', 1 -> 'nd'."""
-    return "nd" if dose >= 1.0 else f"dose_{dose:g}"
+def dose_key(dose: float, kernel: str | None = None) -> str:
+    """File-name key of a dose and, when not the simulation's own, a reconstruction kernel:
+    0.25 -> 'dose_0.25', (0.25, 'sharp-ee') -> 'dose_0.25_sharp-ee', 1 -> 'nd'."""
+    if dose >= 1.0:
+        return "nd"
+    return f"dose_{dose:g}" + (f"_{kernel}" if kernel else "")
 
 
 def _mask_name(relative: str) -> str:
@@ -97,12 +101,15 @@ def demo_case(data_dir: Path | None, slices: int) -> tuple[str, CTVolume, np.nda
 def prepare(data_dir: str | Path, out_dir: str | Path, doses: Sequence[float] = DEFAULT_DOSES,
             params: LowDoseParams = LowDoseParams(), seed: int = 0,
             max_slices: int | None = None, cases: Iterable[str] | None = None,
-            progress: bool = True, catalogue: Sequence[Case] = CASES) -> dict:
+            progress: bool = True, catalogue: Sequence[Case] = CASES,
+            kernels: Sequence[str] = ()) -> dict:
     """Build (or reuse) the prepared dataset and return its manifest.
 
     Each (case, dose) file is written once; a rerun with the same settings only re-reads the
     manifest. Changing the simulation settings rebuilds the affected files. ``catalogue``
     names the volumes (default: the shared data's cases; fine-tuning passes a site's scans).
+    ``kernels`` adds, per dose, the low dose as other reconstruction kernels give it: the
+    same projection noise with another kernel's texture and level (:func:`retexture`).
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     chosen = [c for c in catalogue if cases is None or c.name in set(cases)]
@@ -119,7 +126,10 @@ def prepare(data_dir: str | Path, out_dir: str | Path, doses: Sequence[float] = 
     manifest = {"settings": settings, "doses": sorted(set(doses) | set(old.get("doses", [])
                                                                         if reuse else []),
                                                       reverse=True),
-                "cases": old.get("cases", {}) if reuse else {}}
+                "cases": old.get("cases", {}) if reuse else {},
+                "kernels": [params.kernel] + sorted(
+                    (set(kernels) | set(old.get("kernels", []) if reuse else []))
+                    - {params.kernel})}
     for case in chosen:
         entry = manifest["cases"].get(case.name, {"files": {}})
         case_dir = out_dir / case.name
@@ -151,6 +161,16 @@ def prepare(data_dir: str | Path, out_dir: str | Path, doses: Sequence[float] = 
                                          seed=case_seed, progress=progress)
             write_volume(low_dose, path)
             entry["files"][key] = str(path.relative_to(out_dir))
+        for dose, kernel in itertools.product(doses, manifest["kernels"][1:]):
+            key = dose_key(dose, kernel)
+            path = case_dir / f"{key}.nrrd"
+            if reuse and key in entry["files"] and path.exists():
+                continue
+            normal = read_volume(nd_path).hu
+            own = read_volume(case_dir / f"{dose_key(dose)}.nrrd")
+            write_volume(own.with_hu(normal + retexture(own.hu - normal, kernel, params.kernel)),
+                         path)
+            entry["files"][key] = str(path.relative_to(out_dir))
         manifest["cases"][case.name] = entry
         manifest_path.write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -171,13 +191,18 @@ class PreparedData:
         """Case names, optionally only those of one role ('train' or 'test')."""
         return [n for n, e in self.manifest["cases"].items() if role in (None, e["role"])]
 
-    def volume(self, case: str, dose: float = 1.0) -> CTVolume:
-        """The normal-dose (dose 1) or simulated low-dose volume of a case."""
+    def kernels(self) -> list[str]:
+        """The reconstruction kernels prepared, the simulation's own first."""
+        return self.manifest.get("kernels") or [self.manifest["settings"]["params"]["kernel"]]
+
+    def volume(self, case: str, dose: float = 1.0, kernel: str | None = None) -> CTVolume:
+        """The normal-dose (dose 1) or simulated low-dose volume of a case, with the
+        simulation's own kernel or another prepared ``kernel``."""
         files = self.manifest["cases"][case]["files"]
-        key = dose_key(dose)
+        key = dose_key(dose, None if kernel in (None, self.kernels()[0]) else kernel)
         if key not in files:
-            raise KeyError(f"{case}: dose {dose:g} not prepared (have {sorted(files)}); rerun "
-                           f"`ldct prepare --doses ...` with it.")
+            raise KeyError(f"{case}: {key} not prepared (have {sorted(files)}); rerun "
+                           f"`ldct prepare --doses ... --kernels ...` with it.")
         return read_volume(self.root / files[key])
 
     def simulation(self, dose: float, kernel: str | None = None) -> LowDoseParams:
@@ -239,32 +264,32 @@ def augment(patches: list[np.ndarray], rng: np.random.Generator) -> list[np.ndar
 class PatchSampler:
     """Random training patches from the prepared training cases, held in memory.
 
-    Each sample draws a case, a dose from ``doses`` (a range, so one model serves them all),
-    a slice and a location inside the body. ``paired`` gives the normal-dose patch at the same
+    Each sample draws a case, a dose from ``doses`` and a reconstruction kernel from
+    ``kernels`` (ranges, so one model serves them all; default: the simulation's kernel), a
+    slice and a location inside the body. ``paired`` gives the normal-dose patch at the same
     place; unpaired gives a normal-dose patch from the disjoint normal-dose slab set of any
-    training case, plus ``nd_sim``: the simulated low dose of that normal-dose patch (what a
-    site can always make from its normal-dose scans with the physics simulator; no low-dose
-    scan is paired with its normal dose). ``context`` adjacent slices are stacked as channels
-    (centre in the middle). ``noise`` adds 'noise': an independent noise image with the
-    low-dose centre slice's statistics at the same place (see :mod:`ldct.noise_bank`).
-    ``texture`` is the share of low-dose patches whose simulated noise gets a random sharper
-    kernel's texture (:func:`ldct.simulate.retexture`): real scans come from many kernels.
-    The noise image's added part gets the same texture, so it keeps the low dose's statistics.
+    training case, plus ``nd_sim``: the simulated low dose of that normal-dose patch at the same
+    dose and kernel (what a site can always make from its normal-dose scans with the physics
+    simulator; no low-dose scan is paired with its normal dose). ``context`` adjacent slices are
+    stacked as channels (centre in the middle). ``noise`` adds 'noise': fresh noise with the
+    statistics of the low-dose scan the centre slice comes from, measured from that scan alone
+    (:class:`ldct.noise_bank.ScanNoise`). Low doses are held as whole HU (int16), as scans are.
     """
 
     def __init__(self, data: PreparedData, doses: Sequence[float], patch: int = 64,
                  batch: int = 16, context: int = 1, paired: bool = True, seed: int = 0,
                  cases: Sequence[str] | None = None, noise: bool = False,
-                 texture: float = 0.0) -> None:
+                 kernels: Sequence[str] | None = None) -> None:
         self.patch, self.batch, self.context, self.paired = patch, batch, context, paired
-        self.texture = texture
         self.rng = np.random.default_rng(seed)
         self.doses = list(doses)
+        self.kernels = list(kernels or data.kernels()[:1])
         names = list(cases) if cases else data.cases("train")
         if not names:
             raise ValueError(f"{data.root}: no training cases prepared")
         self.normal = {c: data.volume(c).hu for c in names}
-        self.low = {(c, d): data.volume(c, d).hu for c in names for d in self.doses}
+        self.low = {(c, d, k): np.rint(data.volume(c, d, k).hu).astype(np.int16)
+                    for c in names for d in self.doses for k in self.kernels}
         self.split = {c: data.unpaired(c) for c in names}
         self.cases = names
         self.centres: dict[tuple[str, str], np.ndarray] = {}
@@ -274,14 +299,11 @@ class PatchSampler:
             self.centres[(case, "all")] = everywhere
             self.centres[(case, "low")] = everywhere[np.isin(everywhere[:, 0], low)]
             self.centres[(case, "normal")] = everywhere[np.isin(everywhere[:, 0], normal)]
-        self.noise: dict[tuple[str, float], NoiseImages] = {}
+        self.noise: dict[tuple[str, float, str], ScanNoise] = {}
         if noise:
-            from ldct.noise_bank import noise_images  # it builds on this module
+            from ldct.noise_bank import ScanNoise  # it builds on this module
 
-            for case in names:
-                used = np.unique(self.centres[(case, "all" if paired else "low")][:, 0])
-                for dose in self.doses:
-                    self.noise[(case, dose)] = noise_images(data, case, dose, used.tolist())
+            self.noise = {key: ScanNoise(volume) for key, volume in self.low.items()}
 
     def _body_centres(self, volume: np.ndarray) -> np.ndarray:
         """(slice, row, col) positions inside the body where a patch fits."""
@@ -301,62 +323,37 @@ class PatchSampler:
         centres = self.centres[(case, subset)]
         return tuple(int(v) for v in centres[self.rng.integers(len(centres))])
 
-    def _crops(self, case: str, dose: float, subset: str, normal: bool) -> list[np.ndarray]:
-        """Unaugmented crops at a random place: low dose, then the normal dose if ``normal``,
-        then the noise image's added and scan parts if the sampler has them."""
-        k, i, j = self._position(case, subset)
-        crops = [self._crop(self.low[(case, dose)], k, i, j)]
-        if normal:
-            crops.append(self._crop(self.normal[case], k, i, j))
-        if self.noise:
-            h = self.patch // 2
-            crops.extend(part[k:k + 1, i - h:i + h, j - h:j + h]
-                         for part in self.noise[(case, dose)])
-        return crops
-
-    def _textured(self, low: np.ndarray, normal: np.ndarray,
-                  added: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """``low`` itself, or (with probability ``texture``) with its simulated noise
-        (low - normal) given the texture of a random sharper kernel at 0.75-1.5 times its SD;
-        ``added`` (a noise image's added part) gets the very same filter and scale."""
-        if not (self.texture and self.rng.random() < self.texture):
-            return low, added
-        noise = low - normal
-        sharpness = self.rng.uniform(0.0, 1.0)
-        sharper = retexture(noise, sharpness)
-        scale = self.rng.uniform(0.75, 1.5) * noise.std() / max(float(sharper.std()), 1e-6)
-        return (normal + sharper * scale,
-                None if added is None else retexture(added, sharpness) * scale)
-
-    def _low_and_noise(self, crops: list[np.ndarray]
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(low dose, its normal dose, the noise image or None), augmented and textured alike."""
-        ld, nd, *parts = augment(crops, self.rng)
-        added, scan = parts or (None, None)
-        ld, added = self._textured(ld, nd, added)
-        return ld, nd, None if added is None else added + scan
+    def _pick(self, items: list) -> object:
+        return items[self.rng.integers(len(items))]
 
     def sample(self) -> dict[str, np.ndarray]:
         """A batch: 'ld' and 'nd' (B, context, P, P) HU float32 and 'dose' (B,); unpaired
         batches also hold 'nd_sim', and samplers with ``noise`` 'noise' (B, 1, P, P)."""
         low, normal, simulated, noises, doses = [], [], [], [], []
         for _ in range(self.batch):
-            case = self.cases[self.rng.integers(len(self.cases))]
-            dose = self.doses[self.rng.integers(len(self.doses))]
+            case, dose, kernel = self._pick(self.cases), self._pick(self.doses), \
+                self._pick(self.kernels)
+            k, i, j = self._position(case, "all" if self.paired else "low")
+            crops = [self._crop(self.low[(case, dose, kernel)], k, i, j)]
             if self.paired:
-                ld, nd, noise = self._low_and_noise(self._crops(case, dose, "all", True))
+                crops.append(self._crop(self.normal[case], k, i, j))
+            if self.noise:
+                crops.append(self.noise[(case, dose, kernel)].patch(k, i, j, self.patch,
+                                                                    self.rng))
+            crops = augment(crops, self.rng)
+            low.append(crops[0])
+            if self.noise:
+                noises.append(crops[-1])
+            if self.paired:
+                normal.append(crops[1])
             else:
-                # the low dose's own normal dose only serves to retexture its noise
-                ld, _, noise = self._low_and_noise(self._crops(case, dose, "low", True))
-                other = self.cases[self.rng.integers(len(self.cases))]
+                other = self._pick(self.cases)
                 k, i, j = self._position(other, "normal")
                 nd, nd_sim = augment([self._crop(self.normal[other], k, i, j),
-                                      self._crop(self.low[(other, dose)], k, i, j)], self.rng)
-                simulated.append(self._textured(nd_sim, nd)[0])
-            low.append(ld)
-            normal.append(nd)
-            if noise is not None:
-                noises.append(noise)
+                                      self._crop(self.low[(other, dose, kernel)], k, i, j)],
+                                     self.rng)
+                normal.append(nd)
+                simulated.append(nd_sim)
             doses.append(dose)
         batch = {"ld": np.stack(low).astype(np.float32),
                  "nd": np.stack(normal).astype(np.float32),

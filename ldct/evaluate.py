@@ -26,6 +26,7 @@ from ldct import metrics, registry  # noqa: E402
 from ldct.data import PreparedData  # noqa: E402
 from ldct.infer import DEFAULT_ENSEMBLE, denoise  # noqa: E402
 from ldct.io import CTVolume  # noqa: E402
+from ldct.noise_bank import slice_differences  # noqa: E402
 from ldct.simulate import simulate_low_dose  # noqa: E402
 
 COLUMNS = ("method", "psnr_db", "ssim", "rmse_hu", "liver_bias_hu", "fat_bias_hu",
@@ -146,6 +147,9 @@ def evaluate(data_dir: str | Path, out_dir: str | Path, dose: float = 0.25,
     return rows
 
 
+# the kernel sweep's targets (issue 21), met at every kernel; NLM: the baseline to beat
+TARGETS = {"psnr_gain_db": 3.0, "noise_vs_ld": 0.6, "max_abs_bias_hu": 2.0}
+NLM = "ldct-nlm"
 SWEEP_COLUMNS = ("method", "psnr_db", "ssim", "liver_bias_hu", "fat_bias_hu", "liver_noise_sd",
                  "noise_vs_ld", "nps_peak_cpmm", "tumour_cnr")
 
@@ -164,18 +168,31 @@ def evaluate_kernels(data_dir: str | Path, out_dir: str | Path, kernels: list[st
     pixel = (normal_vol.spacing[0], normal_vol.spacing[1])
     regions = Regions.from_case(normal, masks, min(pixel))
     names = models or [n for n in registry.names() if registry.get(n).available()]
-    results = {}
+    results, outputs = {}, {}
     for kernel in kernels:
         low_vol = simulate_low_dose(normal_vol, data.simulation(dose, kernel), seed=seed,
                                     progress=False)
-        results[kernel] = _scored(names, low_vol, normal, regions, pixel, device, ensemble,
-                                  nps_roi)[0]
+        results[kernel], outputs[kernel] = _scored(names, low_vol, normal, regions, pixel,
+                                                   device, ensemble, nps_roi)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     command = (f"ldct evaluate --data DIR --dose {dose:g} --kernels {' '.join(kernels)}"
-               + (f" --max-slices {max_slices}" if max_slices else ""))
+               + (f" --max-slices {max_slices}" if max_slices else "")
+               + (f" --ensemble {ensemble}" if ensemble != DEFAULT_ENSEMBLE else ""))
     _write_sweep(results, out_dir, case, dose, normal.shape, ensemble, command)
+    _sweep_montage(outputs, masks, regions, out_dir / "kernels_montage.png", case, dose)
+    own = own_noise_nps(normal, regions.liver, pixel, nps_roi)
+    _sweep_nps_plot(results, own, out_dir / "kernels_nps.png")
     return results
+
+
+def own_noise_nps(normal: np.ndarray, region: np.ndarray, pixel: tuple[float, float],
+                  roi: int) -> metrics.NPS | None:
+    """The reference's own noise spectrum, from its across-slice differences in ``region``
+    (the floor no denoiser is asked to go below); None with fewer than 3 slices."""
+    if normal.shape[0] < 3:
+        return None
+    return metrics.nps(slice_differences(normal), pixel, roi=roi, mask=region[1:-1])
 
 
 def worst_kernels(results: dict[str, list[dict]]) -> list[dict]:
@@ -225,7 +242,104 @@ def _write_sweep(results: dict[str, list[dict]], out_dir: Path, case: str, dose:
     lines += [f"| {w['method']} | {w['worst_kernel']} | {w['psnr_gain_db']:+.2f} | "
               f"{w['ssim_gain']:+.4f} | {w['noise_vs_ld']:.2f} | {w['max_abs_bias_hu']:.2f} |"
               for w in worst_kernels(results)]
+    lines += ["", "## Targets at every kernel", "",
+              f"PSNR >= input + {TARGETS['psnr_gain_db']:g} dB, residual noise <= "
+              f"{TARGETS['noise_vs_ld']:g} x the input's, |HU bias| <= "
+              f"{TARGETS['max_abs_bias_hu']:g} in liver and fat, SSIM above the input's; and "
+              f"the PSNR margin over non-local means ({NLM}) at the kernel where it is smallest.",
+              "", "| method | all targets | worst PSNR gain dB | worst noise vs input | max abs "
+              "bias HU | worst SSIM gain | min PSNR margin over NLM dB |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {t['method']} | {'yes' if t['passes'] else 'no'} | {t['psnr_gain_db']:+.2f} | "
+              f"{t['noise_vs_ld']:.2f} | {t['max_abs_bias_hu']:.2f} | {t['ssim_gain']:+.4f} | "
+              + (f"{t['nlm_margin_db']:+.2f}" if t["nlm_margin_db"] is not None else "n/a")
+              + " |" for t in sweep_targets(results)]
+    lines += ["", "![one liver slice per kernel](kernels_montage.png)", "",
+              "![NPS per kernel](kernels_nps.png)", ""]
     (out_dir / "kernels.md").write_text("\n".join(lines) + "\n")
+
+
+def sweep_targets(results: dict[str, list[dict]]) -> list[dict]:
+    """Per model, the worst value of each target metric over all kernels, whether every
+    target holds at every kernel, and its smallest PSNR margin over non-local means."""
+    out = []
+    models = [row["method"] for row in next(iter(results.values()))[1:]]
+    for model in models:
+        gains, noise, bias, ssim, margin = [], [], [], [], []
+        for rows in results.values():
+            mine = next(r for r in rows if r["method"] == model)
+            gains.append(mine["psnr_db"] - rows[0]["psnr_db"])
+            noise.append(mine["noise_vs_ld"])
+            bias.append(max(abs(mine["liver_bias_hu"]), abs(mine["fat_bias_hu"])))
+            ssim.append(mine["ssim"] - rows[0]["ssim"])
+            nlm = [r for r in rows if r["method"] == NLM]
+            if nlm:
+                margin.append(mine["psnr_db"] - nlm[0]["psnr_db"])
+        worst = {"method": model, "psnr_gain_db": min(gains), "noise_vs_ld": max(noise),
+                 "max_abs_bias_hu": max(bias), "ssim_gain": min(ssim),
+                 "nlm_margin_db": min(margin) if margin else None}
+        worst["passes"] = (worst["psnr_gain_db"] >= TARGETS["psnr_gain_db"]
+                           and worst["noise_vs_ld"] <= TARGETS["noise_vs_ld"]
+                           and worst["max_abs_bias_hu"] <= TARGETS["max_abs_bias_hu"]
+                           and worst["ssim_gain"] > 0)
+        out.append(worst)
+    return out
+
+
+def _liver_crop(masks: dict[str, np.ndarray], regions: Regions) -> tuple[int, tuple[slice, ...]]:
+    """The montage slice (the one with the most tumour, else liver) and its liver crop."""
+    k = int(np.argmax(regions.tumour.sum(axis=(1, 2)))) if regions.tumour.any() \
+        else int(np.argmax(masks["liver"].sum(axis=(1, 2))))
+    rows_, cols_ = np.nonzero(ndimage.binary_dilation(masks["liver"][k], iterations=20))
+    return k, (slice(rows_.min(), rows_.max() + 1), slice(cols_.min(), cols_.max() + 1))
+
+
+def _sweep_montage(outputs: dict[str, dict[str, np.ndarray]], masks: dict[str, np.ndarray],
+                   regions: Regions, path: Path, case: str, dose: float) -> None:
+    """One row per kernel: normal dose, input and every method on the same liver crop."""
+    k, crop = _liver_crop(masks, regions)
+    names = list(next(iter(outputs.values())))
+    fig, axes = plt.subplots(len(outputs), len(names), figsize=(2.6 * len(names),
+                                                                2.8 * len(outputs)),
+                             squeeze=False)
+    lo, hi = metrics.LIVER_WINDOW
+    for r, (kernel, images) in enumerate(outputs.items()):
+        for c, name in enumerate(names):
+            ax = axes[r, c]
+            ax.imshow(images[name][k][crop], cmap="gray", vmin=lo, vmax=hi)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            if c == 0:
+                ax.set_ylabel(kernel)
+    fig.suptitle(f"{case} slice {k}, simulated dose {dose:g} per kernel, liver window W400/L40")
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def _sweep_nps_plot(results: dict[str, list[dict]], own: metrics.NPS | None,
+                    path: Path) -> None:
+    """Per kernel: the NPS of (input - reference), of each output's residual, and of the
+    reference's own noise."""
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 3.8), squeeze=False,
+                             sharey=True)
+    for ax, (kernel, rows) in zip(axes[0], results.items()):
+        for row in rows:
+            spectrum = row["_nps"]
+            ax.plot(spectrum.frequency[1:], spectrum.power[1:], label=row["method"],
+                    linewidth=2.0 if row is rows[0] else 1.0)
+        if own is not None:
+            ax.plot(own.frequency[1:], own.power[1:], "k--", label="normal dose's own noise")
+        ax.set_title(kernel)
+        ax.set_xlabel("cycles/mm")
+        ax.set_yscale("log")
+    axes[0, 0].set_ylabel("NPS (HU² mm²)")
+    axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
 
 
 def _write_tables(rows: list[dict], out_dir: Path, case: str, dose: float,
@@ -257,10 +371,7 @@ def _write_tables(rows: list[dict], out_dir: Path, case: str, dose: float,
 def _montage(outputs: dict[str, np.ndarray], masks: dict[str, np.ndarray], regions: Regions,
              path: Path, case: str, dose: float) -> None:
     """One liver slice (the one with the most tumour) across methods, liver window, cropped."""
-    k = int(np.argmax(regions.tumour.sum(axis=(1, 2)))) if regions.tumour.any() \
-        else int(np.argmax(masks["liver"].sum(axis=(1, 2))))
-    rows_, cols_ = np.nonzero(ndimage.binary_dilation(masks["liver"][k], iterations=20))
-    crop = (slice(rows_.min(), rows_.max() + 1), slice(cols_.min(), cols_.max() + 1))
+    k, crop = _liver_crop(masks, regions)
     n = len(outputs)
     ncols = min(n, 4)
     nrows = int(np.ceil(n / ncols))

@@ -1,62 +1,76 @@
-"""Fresh noise with a low-dose scan's own statistics, for self-supervised recorruption.
+"""Fresh noise with a scan's own statistics, measured from that scan alone, for recorruption.
 
-A self-supervised denoiser that may not see any normal-dose image can still use the scanner's
-noise model: projecting a low-dose slice and drawing the noise its dose implies gives a noise
-image with the same texture and spatially varying level as the noise the lower dose adds, but
-independent of it. The scan's noise also holds what the normal dose itself carries (a real
-scanner's kernel, often finer-grained than the simulation's): recorrupting with the added part
-alone teaches the network to keep that part, so a second, independent term with the normal
-dose's own texture and level is added, measured from the scan (see :func:`scan_noise_kernel`).
-The two parts are kept apart, so that a sampler that gives a low dose's added noise another
-kernel's texture can give the added part of its noise image the same one.
-Drawn once per (case, dose, slice) and cached beside the prepared data.
+A self-supervised denoiser that may not see any normal-dose image, nor assume a scanner model,
+can still learn the scan's noise from the scan: CT noise is close to independent from one
+reconstructed slice to the next while anatomy changes slowly, so the second difference across
+slices, k - (k-1 + k+1) / 2 (scaled to one slice's variance), is noise with little anatomy in
+it. Its power spectrum over flat soft tissue gives the texture, i.e. the reconstruction kernel's
+(:func:`scan_noise_kernel`); its robust local SD gives the level, which varies across the body
+with the photons each ray gets (:func:`noise_level_map`). A recorruption patch is white noise
+through the texture kernel scaled to unit SD, times that level (:class:`ScanNoise`). Nothing of
+it comes from the physics simulator or from a normal-dose scan, so a site's low-dose scans are
+enough, whatever their kernel, dose or slice thickness.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-from typing import NamedTuple, Sequence
-
 import numpy as np
 from scipy import ndimage, signal
-from tqdm import tqdm
 
-from ldct.data import PreparedData, dose_key
 from ldct.metrics import power_spectrum_2d
-from ldct.simulate import ParallelBeam, simulate_slice_noise
 
-SEED = 1234  # differs from `ldct prepare`'s, so the drawn noise is not the scan's own
-KIND = "added, normal-dose texture"  # what the cached images hold (older caches: other parts)
 FLAT_HU = (20.0, 90.0)  # soft tissue whose 9x9 local mean lies here counts as flat
+LEVEL_BLOCK = 16  # pixels per side of the blocks the local noise level is measured over
+MAD_TO_SD = 1.4826  # the SD of a Gaussian over its median absolute deviation
 
 
-class NoiseImages(NamedTuple):
-    """The two independent parts of the recorruption noise images, (slices, H, W) HU each."""
-
-    added: np.ndarray  # what the lower dose adds: the simulation's kernel texture
-    scan: np.ndarray  # the normal dose's own noise texture (zero where it cannot be measured)
+def slice_differences(hu: np.ndarray) -> np.ndarray:
+    """Noise estimates of slices 1..n-2: k - (k-1 + k+1) / 2 over sqrt(1.5), which has one
+    slice's noise variance when slices have independent noise of equal level."""
+    hu = np.asarray(hu, np.float32)
+    return (hu[1:-1] - 0.5 * (hu[:-2] + hu[2:])) / np.float32(np.sqrt(1.5))
 
 
 def scan_noise_kernel(hu: np.ndarray, roi: int = 32) -> np.ndarray | None:
-    """A (roi, roi) kernel: unit white noise convolved with it has the scan's own noise.
+    """A square kernel: unit white noise convolved with it has the scan's own noise.
 
-    The noise is measured from second differences across slices, k - (k-1 + k+1) / 2, scaled
-    to one slice's variance: noise that is independent from slice to slice survives it, smooth
-    anatomy does not. Its power spectrum over ROIs of flat soft tissue gives the kernel (zero
-    phase). None when the scan has fewer than 3 slices or no ROI of flat tissue.
+    The noise is measured from :func:`slice_differences`; its power spectrum over ``roi``-pixel
+    ROIs of flat soft tissue gives the kernel (zero phase). A scan too small or too busy for such
+    ROIs is measured over half-size ROIs of flat tissue, then of any tissue. None when the scan
+    has fewer than 3 slices or no tissue at all.
     """
     if hu.shape[0] < 3:
         return None
-    hu = np.asarray(hu, np.float64)
-    second = (hu[1:-1] - 0.5 * (hu[:-2] + hu[2:])) / np.sqrt(1.5)
-    local = ndimage.uniform_filter(hu[1:-1], size=(1, 9, 9))
+    local = ndimage.uniform_filter(np.asarray(hu[1:-1], np.float32), size=(1, 9, 9))
     flat = (local > FLAT_HU[0]) & (local < FLAT_HU[1])
-    try:
-        power = power_spectrum_2d(second, roi, flat)
-    except ValueError:  # no ROI of flat tissue
-        return None
-    return np.fft.fftshift(np.fft.ifft2(np.sqrt(power)).real)
+    differences = slice_differences(hu).astype(np.float64)
+    for size, region in ((roi, flat), (roi // 2, flat), (roi // 2, local > -300.0)):
+        try:
+            power = power_spectrum_2d(differences, size, region)
+        except ValueError:  # no ROI of that size inside the region
+            continue
+        return np.fft.fftshift(np.fft.ifft2(np.sqrt(power)).real)
+    return None
+
+
+def noise_level_map(hu: np.ndarray, block: int = LEVEL_BLOCK) -> np.ndarray:
+    """Local noise SD (HU) per slice on a grid of ``block`` x ``block`` pixel blocks.
+
+    The median absolute deviation of :func:`slice_differences` in each block (robust to the
+    anatomy that changes across slices at edges), then a 3x3x3 median over blocks; the first
+    and last slices take their neighbour's map.
+    """
+    diff = slice_differences(hu)
+    n, rows, cols = diff.shape
+    pad = (-rows) % block, (-cols) % block
+    diff = np.pad(diff, ((0, 0), (0, pad[0]), (0, pad[1])), mode="edge")
+    blocks = diff.reshape(n, diff.shape[1] // block, block, diff.shape[2] // block, block)
+    blocks = blocks.transpose(0, 1, 3, 2, 4).reshape(n, diff.shape[1] // block,
+                                                     diff.shape[2] // block, -1)
+    centred = blocks - np.median(blocks, axis=-1, keepdims=True)
+    level = MAD_TO_SD * np.median(np.abs(centred), axis=-1)
+    level = ndimage.median_filter(level, size=3, mode="nearest")
+    return np.concatenate([level[:1], level, level[-1:]]).astype(np.float32)
 
 
 def textured_noise(kernel: np.ndarray, shape: tuple[int, int],
@@ -67,35 +81,26 @@ def textured_noise(kernel: np.ndarray, shape: tuple[int, int],
     return signal.fftconvolve(white, kernel, mode="valid").astype(np.float32)
 
 
-def _cache_path(data: PreparedData, case: str, dose: float) -> Path:
-    return data.root / "noise" / f"{case}_{dose_key(dose)}.npz"
+class ScanNoise:
+    """Draws noise patches with a scan's measured texture and local level (see the module)."""
 
+    def __init__(self, hu: np.ndarray, block: int = LEVEL_BLOCK) -> None:
+        if hu.shape[0] < 3:
+            raise ValueError(f"a scan of {hu.shape[0]} slice(s) has no neighbours on both "
+                             "sides to measure its noise from; give at least 3 slices")
+        kernel = scan_noise_kernel(hu)
+        if kernel is None or not kernel.any():
+            # no flat soft tissue: the texture of white noise, the level still measured
+            kernel = np.zeros((1, 1))
+            kernel[0, 0] = 1.0
+        self.unit = (kernel / np.sqrt((kernel ** 2).sum())).astype(np.float64)
+        self.level = noise_level_map(hu, block)
+        self.block = block
 
-def noise_images(data: PreparedData, case: str, dose: float,
-                 slices: Sequence[int]) -> NoiseImages:
-    """The noise images of ``case`` at ``dose``; zero outside ``slices``."""
-    path = _cache_path(data, case, dose)
-    settings = json.dumps(data.manifest["settings"], sort_keys=True)
-    low = data.volume(case, dose)
-    if path.exists():
-        cached = np.load(path)
-        if (str(cached["settings"]) == settings and str(cached.get("kind", "")) == KIND
-                and set(slices) <= set(cached["slices"].tolist())):
-            return NoiseImages(cached["added"], cached["scan"])
-    params = data.simulation(dose)
-    beam = ParallelBeam(low.hu.shape[1], low.hu.shape[2], (low.spacing[0], low.spacing[1]),
-                        params.views, params.kernel)
-    kernel = scan_noise_kernel(data.volume(case).hu)
-    noise = NoiseImages(np.zeros(low.hu.shape, np.float32), np.zeros(low.hu.shape, np.float32))
-    for k in tqdm(sorted(set(slices)), desc=f"noise {case} dose {dose:g}", unit="slice",
-                  leave=False):
-        rng = np.random.default_rng([SEED, k])
-        noise.added[k] = simulate_slice_noise(low.hu[k].astype(np.float32), beam, params, rng)
-        if kernel is not None:
-            noise.scan[k] = textured_noise(kernel, low.hu.shape[1:], rng)
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, added=noise.added, scan=noise.scan, slices=np.asarray(sorted(set(slices))),
-             settings=settings, kind=KIND)
-    tmp.replace(path)
-    return noise
+    def patch(self, k: int, i: int, j: int, size: int, rng: np.random.Generator) -> np.ndarray:
+        """A (1, size, size) noise patch for slice ``k`` centred at row ``i``, column ``j``."""
+        rows = (i - size // 2 + np.arange(size) + 0.5) / self.block - 0.5
+        cols = (j - size // 2 + np.arange(size) + 0.5) / self.block - 0.5
+        grid = np.meshgrid(rows, cols, indexing="ij")
+        level = ndimage.map_coordinates(self.level[k], grid, order=1, mode="nearest")
+        return (textured_noise(self.unit, (size, size), rng) * level)[None]

@@ -92,9 +92,11 @@ def fake_shared(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared(fake_shared, tmp_path_factory) -> Path:
-    """`ldct prepare` output for the phantom data (doses 0.5 and 0.25, 8 slices per case)."""
+    """`ldct prepare` output for the phantom data (doses 0.5 and 0.25 with the Hann and the
+    edge-enhancing sharp kernel, 8 slices per case)."""
     out = tmp_path_factory.mktemp("prepared")
-    prepare(fake_shared, out, doses=(0.5, 0.25), max_slices=8, progress=False)
+    prepare(fake_shared, out, doses=(0.5, 0.25), max_slices=8, progress=False,
+            kernels=("sharp-ee",))
     return out
 
 

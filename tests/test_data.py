@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 
 import numpy as np
@@ -12,7 +11,8 @@ from scipy import ndimage
 
 from ldct import metrics
 from ldct.data import PatchSampler, PreparedData, prepare, summarize, unpaired_split
-from ldct.noise_bank import noise_images, scan_noise_kernel, textured_noise
+from ldct.noise_bank import ScanNoise, noise_level_map, scan_noise_kernel, textured_noise
+from ldct.simulate import retexture
 
 
 def test_unpaired_split_is_disjoint_and_covers_all_slices():
@@ -106,53 +106,75 @@ def _lag1_correlation(noise: np.ndarray) -> float:
     return float(np.corrcoef(noise[..., 1:].ravel(), noise[..., :-1].ravel())[0, 1])
 
 
-def test_patch_sampler_gives_some_low_doses_a_sharper_kernels_texture(prepared):
+def test_prepare_adds_other_kernels_from_the_same_projection_noise(fake_shared, tmp_path):
+    out = tmp_path / "prepared"
+    prepare(fake_shared, out, doses=(0.25,), max_slices=4, cases=["ircadb01"], progress=False)
+    before = (out / "ircadb01" / "dose_0.25.nrrd").stat().st_mtime_ns
+    manifest = prepare(fake_shared, out, doses=(0.25,), max_slices=4, cases=["ircadb01"],
+                       progress=False, kernels=("sharp-ee",))
+    assert manifest["kernels"] == ["hann", "sharp-ee"]
+    assert (out / "ircadb01" / "dose_0.25.nrrd").stat().st_mtime_ns == before  # kept
+    data = PreparedData(out)
+    nd, hann = data.volume("ircadb01").hu, data.volume("ircadb01", 0.25).hu
+    sharp = data.volume("ircadb01", 0.25, "sharp-ee")
+    assert sharp.same_geometry(data.volume("ircadb01"), atol=1e-9)
+    np.testing.assert_allclose(sharp.hu - nd, retexture(hann - nd, "sharp-ee"), atol=0.01)
+    np.testing.assert_array_equal(data.volume("ircadb01", 0.25, "hann").hu, hann)
+    assert (sharp.hu - nd).std() > 1.5 * (hann - nd).std()
+    with pytest.raises(KeyError, match="dose_0.25_ram-lak not prepared"):
+        data.volume("ircadb01", 0.25, "ram-lak")
+
+
+def test_patch_sampler_draws_the_prepared_kernels(prepared):
     data = PreparedData(prepared)
     plain = PatchSampler(data, [0.25], patch=32, batch=24, paired=True, seed=3).sample()
     sharp = PatchSampler(data, [0.25], patch=32, batch=24, paired=True, seed=3,
-                         texture=1.0).sample()
+                         kernels=["sharp-ee"]).sample()
     plain_noise, sharp_noise = plain["ld"] - plain["nd"], sharp["ld"] - sharp["nd"]
     assert _lag1_correlation(sharp_noise) < _lag1_correlation(plain_noise) - 0.2
-    assert 0.5 < sharp_noise.std() / plain_noise.std() < 2.0  # the doses' range of levels
+    assert sharp_noise.std() > 1.5 * plain_noise.std()  # the kernel's own, higher, level
+    np.testing.assert_array_equal(sharp["ld"], np.rint(sharp["ld"]))  # whole HU, as scans
     unpaired = PatchSampler(data, [0.25], patch=32, batch=24, paired=False, seed=3,
-                            texture=1.0).sample()
+                            kernels=["sharp-ee"]).sample()
     assert _lag1_correlation(unpaired["nd_sim"] - unpaired["nd"]) < \
         _lag1_correlation(plain_noise) - 0.2
+    both = PatchSampler(data, [0.25], patch=32, batch=4, seed=3, kernels=["hann", "sharp-ee"])
+    assert set(k for _, _, k in both.low) == {"hann", "sharp-ee"}
 
 
-def test_patch_sampler_gives_the_noise_image_the_low_doses_texture(prepared):
-    """Recorruption noise must have the statistics of the low dose's noise, texture included."""
+@pytest.mark.parametrize("kernel", ["hann", "sharp-ee"])
+def test_recorruption_noise_has_the_low_doses_statistics_measured_from_it(prepared, kernel):
+    """The noise patches come from the low-dose scan alone, yet match its own noise (level and
+    texture, per kernel) and are fresh draws, not that noise."""
     data = PreparedData(prepared)
-    plain = PatchSampler(data, [0.25], patch=32, batch=24, context=3, seed=3, noise=True)
-    sharp = PatchSampler(data, [0.25], patch=32, batch=24, context=3, seed=3, noise=True,
-                         texture=1.0)
-    plain_noise, sharp_batch = plain.sample()["noise"], sharp.sample()
-    sharp_noise = sharp_batch["noise"]
-    own = (sharp_batch["ld"] - sharp_batch["nd"])[:, 1:2]  # the centre slice's added noise
-    assert _lag1_correlation(sharp_noise) < _lag1_correlation(plain_noise) - 0.2
-    assert abs(_lag1_correlation(sharp_noise) - _lag1_correlation(own)) < 0.1
-    assert 0.7 < sharp_noise.std() / own.std() < 1.4
+    batch = PatchSampler(data, [0.25], patch=32, batch=48, context=3, seed=3, noise=True,
+                         kernels=[kernel]).sample()
+    own, drawn = (batch["ld"] - batch["nd"])[:, 1:2], batch["noise"]
+    assert drawn.shape == own.shape
+    assert 0.75 < drawn.std() / own.std() < 1.3
+    assert abs(_lag1_correlation(drawn) - _lag1_correlation(own)) < 0.1
+    assert abs(np.corrcoef(drawn.ravel(), own.ravel())[0, 1]) < 0.1
 
 
-def test_noise_images_have_the_scans_statistics_and_are_independent(prepared, tmp_path):
-    # a copy without the noise cache other tests fill: a cache may hold more slices than asked
-    shutil.copytree(prepared, tmp_path / "prepared", ignore=shutil.ignore_patterns("noise"))
-    data = PreparedData(tmp_path / "prepared")
-    case = data.cases("train")[0]
-    nd, ld = data.volume(case).hu, data.volume(case, 0.25).hu
-    own = ld - nd
-    added, scan = noise_images(data, case, 0.25, [2, 3, 4])
-    drawn = added + scan
-    soft = (nd > -100) & (nd < 200)
-    soft[[0, 1, 5, 6, 7]] = False  # only the requested slices are drawn
-    assert 0.8 < drawn[soft].std() / own[soft].std() < 1.25
-    assert abs(np.corrcoef(drawn[soft], own[soft])[0, 1]) < 0.1  # not the scan's own noise
-    assert not drawn[[0, 1, 5, 6, 7]].any()
-    np.testing.assert_array_equal(sum(noise_images(data, case, 0.25, [3])), drawn)  # cached
-    sampler = PatchSampler(data, [0.25], patch=32, batch=4, context=3, paired=True, seed=2,
-                           noise=True)
-    batch = sampler.sample()
-    assert batch["noise"].shape == (4, 1, 32, 32) and batch["noise"].std() > 1.0
+def test_noise_level_map_follows_the_local_noise_not_the_anatomy():
+    """Left half 20 HU noise, right half 60 HU; a vessel that appears in one slice only and a
+    z-constant edge must not count as noise."""
+    rng = np.random.default_rng(0)
+    hu = np.full((7, 128, 128), 50.0) + rng.standard_normal((7, 128, 128)) * 20
+    hu[:, :, 64:] += rng.standard_normal((7, 128, 64)) * np.sqrt(60 ** 2 - 20 ** 2)
+    hu[:, 40:60, 20:24] += 300.0  # an edge constant along z
+    hu[3, 80:84, 30:34] += 400.0  # a vessel crossing one slice
+    level = noise_level_map(hu, block=16)
+    assert level.shape == (7, 8, 8)
+    assert np.allclose(level[:, :, :4], 20.0, rtol=0.2)
+    assert np.allclose(level[:, :, 4:], 60.0, rtol=0.2)
+    scan = ScanNoise(hu)
+    left = np.stack([scan.patch(3, 64, 32, 32, rng) for _ in range(20)])
+    right = np.stack([scan.patch(3, 64, 96, 32, rng) for _ in range(20)])
+    assert left.std() == pytest.approx(20.0, rel=0.2) and right.std() == pytest.approx(60.0,
+                                                                                       rel=0.2)
+    with pytest.raises(ValueError, match="at least 3 slices"):
+        ScanNoise(hu[:2])
 
 
 def test_scan_noise_kernel_recovers_the_scans_own_noise_texture():

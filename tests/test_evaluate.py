@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 
-from ldct.evaluate import COLUMNS, evaluate, evaluate_kernels, worst_kernels
+import pytest
+
+from ldct.evaluate import COLUMNS, evaluate, evaluate_kernels, sweep_targets, worst_kernels
 
 
 def test_evaluate_writes_table_csv_and_figures(prepared, tmp_path):
@@ -26,15 +28,25 @@ def test_evaluate_writes_table_csv_and_figures(prepared, tmp_path):
 
 def test_kernel_sweep_reports_each_kernel_and_the_worst(prepared, tmp_path):
     results = evaluate_kernels(prepared, tmp_path, ["hann", "sharp-ee"], dose=0.25,
-                               models=["ldct-gauss"], nps_roi=8)
+                               models=["ldct-gauss", "ldct-nlm"], nps_roi=8)
     assert list(results) == ["hann", "sharp-ee"]
     hann, sharp = results["hann"][0], results["sharp-ee"][0]  # the inputs
     assert sharp["liver_noise_sd"] > 1.5 * hann["liver_noise_sd"]  # same draw, sharper kernel
     assert sharp["nps_peak_cpmm"] > hann["nps_peak_cpmm"]
-    (worst,) = worst_kernels(results)
+    worst = worst_kernels(results)[0]
     gains = {k: rows[1]["psnr_db"] - rows[0]["psnr_db"] for k, rows in results.items()}
     assert worst["method"] == "ldct-gauss" and worst["worst_kernel"] == min(gains, key=gains.get)
+    gauss, nlm = sweep_targets(results)
+    assert gauss["psnr_gain_db"] == pytest.approx(min(gains.values()))
+    assert gauss["noise_vs_ld"] == max(rows[1]["noise_vs_ld"] for rows in results.values())
+    margins = [rows[1]["psnr_db"] - rows[2]["psnr_db"] for rows in results.values()]
+    assert gauss["nlm_margin_db"] == pytest.approx(min(margins)) and nlm["nlm_margin_db"] == 0
+    assert gauss["passes"] == (min(gains.values()) >= 3.0 and gauss["noise_vs_ld"] <= 0.6
+                               and gauss["max_abs_bias_hu"] <= 2.0 and gauss["ssim_gain"] > 0)
     report = (tmp_path / "kernels.md").read_text()
     assert "## hann" in report and "## sharp-ee" in report and "## Worst kernel" in report
+    assert "## Targets at every kernel" in report and "| ldct-gauss | " in report
     with open(tmp_path / "kernels.csv") as handle:
-        assert len(list(csv.reader(handle))) == 1 + 2 * 2
+        assert len(list(csv.reader(handle))) == 1 + 2 * 3
+    for figure in ("kernels_montage.png", "kernels_nps.png"):
+        assert (tmp_path / figure).stat().st_size > 5_000

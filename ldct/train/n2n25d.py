@@ -6,12 +6,14 @@ for as many steps as the preset gives it (none in the cpu preset, which ships th
 The paper's teacher sees only the neighbours (Noise2Noise across slices); its best guess then
 carries the anatomy that changes between slices, which capped it at ~+2 dB on 1.6 mm slices
 and made it worse than the input on 3 mm slices. Here the teacher also sees the centre slice,
-recorrupted (R2R, Pang et al. 2021): with fresh noise m of the scan's own statistics (the
-noise the physics simulator draws from the low-dose slice itself, plus the normal dose's own
-texture measured from the scan, see :mod:`ldct.noise_bank`), the input y + a m and the target
-y - m / a have independent noise, so the target's expectation is the clean centre while the
-teacher may use the centre's exact anatomy. Recorrupted with the simulated part alone, the
-teacher learnt to keep the normal dose's own noise.
+recorrupted (R2R, Pang et al. 2021): with fresh noise m of the scan's own statistics, the
+input y + a m and the target y - m / a have independent noise, so the target's expectation is
+the clean centre while the teacher may use the centre's exact anatomy. m is measured from the
+low-dose scan alone (texture from across-slice differences in flat soft tissue, local level
+from their robust spread, :mod:`ldct.noise_bank`): no simulator noise model and no normal-dose
+image, so the same recipe adapts to a site's noisy scans of any kernel. (Until 2026-11 m came
+from the physics simulator itself, which taught the network that simulator's Hann texture: the
+best model on simulated data was the worst on real sharp-kernel scans.)
 """
 
 from __future__ import annotations
@@ -32,12 +34,8 @@ class N2N25DMethod(Method):
     # every student distilled from such a teacher ended below it (a lean U-Net, a wider one,
     # the teacher's network started from its weights and taught a 4-view average); see
     # models/n2n25d/training_note.md. The paper preset keeps the paper's distilled student.
-    # texture 0: trained with 0.5 (the sampler retextures the recorruption noise's added part
-    # alike), the student gained ~2 dB on sharper kernels' noise but in one pass (--ensemble 1)
-    # left the Hann texture's noise in: ircadb01 68:78 25.25 dB against 27.09 without it
-    presets = {"cpu": {"steps": 60000, "teacher_fraction": 1.0, "student_arch": "msr2au",
-                       "texture": 0.0},
-               "paper": {"steps": 150000, "texture": 0.0}}
+    presets = {"cpu": {"steps": 60000, "teacher_fraction": 1.0, "student_arch": "msr2au"},
+               "paper": {"steps": 150000}}
     # student_keep_sigma: the student keeps the input's band below a 4-pixel Gaussian exactly;
     # the wrapper's default of 2 pixels keeps a band holding a fifth of the simulated noise SD,
     # noise that no student could then remove (measured in models/n2n25d/training_note.md)
