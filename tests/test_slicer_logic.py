@@ -18,7 +18,7 @@ import pytest
 import slicer
 import vtk
 from conftest import ROOT, SHARED_DATA
-from LowDoseCTDenoiseLib import DenoiseClient
+from LowDoseCTDenoiseLib import DenoiseClient, DenoiseController, State, UrlHistory
 from LowDoseCTDenoiseLib.logic import LEFT, RIGHT, GeometryMismatch, LowDoseCTDenoiseLogic
 
 from ldct.data import crop_slices, demo_case
@@ -116,6 +116,31 @@ def test_denoise_shows_original_and_result_side_by_side(scene, dicom_node, clien
         assert (display.GetWindow(), display.GetLevel()) == (400.0, 40.0)
         assert not display.GetAutoWindowLevel()
     _render(logic, DOCS_PNG if os.environ.get("LDCT_WRITE_DOCS") else tmp_path / "sbs.png")
+
+
+def test_the_panel_denoises_end_to_end(scene, dicom_node, ldct_server, tokens, tmp_path):
+    """The Denoise button's path: the controller, the real Logic and the real server."""
+    logic = LowDoseCTDenoiseLogic(scene)
+    alerts = []
+    panel = DenoiseController(logic, UrlHistory(), lambda kind, text: alerts.append(text),
+                              temp_root=str(tmp_path))
+    logic.on_scene_closed = panel.scene_closed  # as the widget binds them
+    panel.connect(ldct_server, tokens["radiologist"])
+    assert panel.wait(60)
+    panel.poll()
+    panel.select_input(dicom_node)
+    panel.select_model("ldct-gauss")
+    panel.set_strength(0.7)
+    panel.denoise()
+    assert panel.wait(300)
+    panel.poll()
+    assert panel.state is State.DONE and not alerts, panel.status
+    original, result = logic.pair
+    assert original is dicom_node and result.GetName() == f"{dicom_node.GetName()} ldct-gauss s=0.7"
+    assert "compare" in panel.enabled() and list(tmp_path.iterdir()) == []
+    scene.Clear(0)
+    assert logic.pair is None and panel.state is State.READY
+    assert panel.enabled() == {"connect", "model", "device"}  # no input, no result
 
 
 def test_a_result_with_other_geometry_is_refused(scene, dicom_node, tmp_path):

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 import slicer
 from conftest import free_port, running, serve_command
-from LowDoseCTDenoiseLib import AuthenticationFailed, ReaderSession, StudyClient
+from LowDoseCTDenoiseLib import (
+    AuthenticationFailed,
+    ReaderSession,
+    StudyClient,
+    StudyController,
+    StudyState,
+)
 from LowDoseCTDenoiseLib.logic import LEFT, RIGHT, LowDoseCTDenoiseLogic
 
 from ldct.io import write_volume
@@ -93,3 +99,39 @@ def test_unknown_reader_gets_the_reason(study_url):
         ReaderSession(StudyClient(url), "panel-study", "r1")
     with pytest.raises(ValueError, match="reader id"):
         ReaderSession(StudyClient(url, token=readers["r1"]), "panel-study", "  ")
+
+
+def test_reader_panel_clicks_run_off_the_gui_thread(study_url, scene, tmp_path):
+    """The panel's Reader study section (StudyController) with reader r2: each click returns
+    while its worker talks to the server; an incomplete answer is refused before sending."""
+    url, readers = study_url
+    alerts, items = [], []
+    logic = LowDoseCTDenoiseLogic(scene)
+    panel = StudyController(logic, lambda kind, text: alerts.append(text), tmp_path,
+                            on_item=items.append)
+
+    def settle():
+        assert panel.wait(60)
+        panel.poll()
+
+    panel.start(url, readers["r2"], "", "r2")
+    assert alerts == ["Refresh the studies and pick one first."] and not panel.working
+    panel.refresh(url, readers["r2"])
+    settle()
+    assert panel.view().studies == (("Panel study", "panel-study"),)
+    panel.start(url, readers["r2"], "panel-study", "r2")
+    assert panel.state is StudyState.LOADING and panel.enabled() == frozenset()
+    settle()
+    assert panel.state is StudyState.SCORING and panel.view().progress == "Item 1 of 2"
+    assert len(items) == 1 and "submit" in panel.enabled()
+    assert sorted(n.GetName() for n in slicer.util.getNodesByClass(
+        "vtkMRMLScalarVolumeNode")) == ["A", "B"]
+    panel.submit({"A": {"noise": 4}}, "A")  # B not scored: refused here, nothing sent
+    assert "missing B: noise" in alerts[-1] and panel.state is StudyState.SCORING
+    assert panel.session.done == 0
+    for choice in ("A", "B"):
+        panel.submit({"A": {"noise": 4}, "B": {"noise": 2}}, choice)
+        settle()
+    assert panel.state is StudyState.FINISHED and len(items) == 2
+    assert panel.view().progress == "All 2 items scored. Thank you."
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
