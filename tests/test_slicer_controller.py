@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from LowDoseCTDenoiseLib import (
+    CONTROLS,
     DenoiseController,
     State,
     StudyController,
@@ -134,6 +135,10 @@ SETTLED = {"connect", "model", "device", "denoise"}
 ENABLED = {State.IDLE: {"connect", "model", "device"}, State.CONNECTING: set(),
            State.READY: SETTLED, State.DENOISING: {"cancel"}, State.CANCELLING: set(),
            State.CANCELLED: SETTLED, State.DONE: SETTLED | {"compare"}, State.ERROR: SETTLED}
+
+
+def test_every_control_is_enabled_in_some_state():
+    assert set().union(*ENABLED.values()) == set(CONTROLS)
 
 
 @pytest.mark.parametrize("state", list(State), ids=[s.name for s in State])

@@ -303,6 +303,7 @@ class LowDoseCTDenoiseTest(ScriptedLoadableModuleTest):
             result = logic.load_result(job.result, node, "ldct-gauss")
             logic.show_side_by_side(node, result, "Liver")
         finally:
+            logic.cleanup()
             shutil.rmtree(folder, ignore_errors=True)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), before)
         self.assertEqual(result.GetName(), "synthetic CT ldct-gauss s=1")

@@ -5,7 +5,6 @@ from .client import DenoiseClient, ModelEntry
 from .connection import CancelToken
 from .controller import (
     CONTROLS,
-    STUDY_CONTROLS,
     DenoiseController,
     PanelView,
     State,
@@ -37,7 +36,7 @@ from .study import ReaderSession, StudyClient
 
 __all__ = ["AuthenticationFailed", "BackgroundCall", "CONTROLS", "CancelToken", "Cancelled",
            "DenoiseClient", "DenoiseController", "DenoiseJob", "ModelEntry", "ModelMissing",
-           "NotMonaiLabel", "PanelView", "ReaderSession", "RequestRejected", "STUDY_CONTROLS",
+           "NotMonaiLabel", "PanelView", "ReaderSession", "RequestRejected",
            "ServerError", "ServerFailure", "ServerTimeout", "ServerUnreachable", "State",
            "StudyClient", "StudyController", "StudyState", "StudyView", "UrlHistory",
            "VOLUME_PRESET", "WINDOW_PRESETS", "difference_name", "result_name",

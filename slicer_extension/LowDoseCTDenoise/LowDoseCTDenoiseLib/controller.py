@@ -27,6 +27,8 @@ Alert = Callable[[str, str], None]  # (kind: "error" | "warning", text): a dialo
 
 
 class State(str, Enum):
+    """The Denoise panel's states; each decides what is enabled (:meth:`enabled`)."""
+
     IDLE = "not connected"
     CONNECTING = "connecting"
     READY = "ready"
@@ -78,7 +80,7 @@ class _Worker:
             self._finish(call)
 
     def wait(self, timeout: float) -> bool:
-        """Block until the running call ends (Slicer's self-test and pytest; never the UI)."""
+        """Block until the running call ends (tests and scripts; the UI polls instead)."""
         return self._call is None or self._call.wait(timeout)
 
     def _start(self, call: BackgroundCall, finish: Callable[[Any], None]) -> None:
@@ -298,6 +300,8 @@ class DenoiseController(_Worker):
 
 
 class StudyState(str, Enum):
+    """The Reader study section's states."""
+
     IDLE = "no study"
     LOADING = "loading"
     SCORING = "scoring"
@@ -310,11 +314,8 @@ class StudyView:
 
     state: StudyState
     progress: str  # "Item n of N", or what is happening
-    enabled: frozenset  # of STUDY_CONTROLS
+    enabled: frozenset  # of "refresh", "start", "submit"
     studies: tuple  # of (name, study id)
-
-
-STUDY_CONTROLS = ("refresh", "start", "submit")
 
 
 class StudyController(_Worker):
