@@ -37,20 +37,40 @@ class _Node:
         return self.name
 
 
+class _Export:
+    """A checked input as the Logic hands it over; the worker writes it (after ``gate``, when
+    given, is set: a large volume still being compressed)."""
+
+    def __init__(self, name: str, gate: threading.Event | None) -> None:
+        self.name, self.gate, self.started, self.thread = name, gate, threading.Event(), None
+
+    def write(self, path: Path, on_slice) -> Path:
+        self.thread = threading.current_thread()
+        on_slice(0.5)
+        self.started.set()
+        if self.gate is not None:
+            assert self.gate.wait(30)
+        on_slice(1.0)
+        Path(path).write_bytes(b"volume")
+        return Path(path)
+
+
 class FakeLogic:
     """The Logic's interface; records what the controller asks of the scene."""
 
     def __init__(self) -> None:
         self.pair = None
         self.calls: list[tuple] = []
-        self.refuse = ""  # when set, export_input and set_strength raise with this message
+        self.refuse = ""  # when set, prepare_export and set_strength raise with this message
+        self.exports: list[_Export] = []
+        self.gate: threading.Event | None = None  # holds the worker's export until set
 
-    def export_input(self, node, path: Path) -> Path:
+    def prepare_export(self, node) -> _Export:
         self.calls.append(("export", node))
         if self.refuse:
             raise ValueError(self.refuse)
-        Path(path).write_bytes(b"volume")
-        return Path(path)
+        self.exports.append(_Export(node, self.gate))
+        return self.exports[-1]
 
     def load_result(self, path: Path, node, model: str, strength: float) -> _Node:
         self.calls.append(("load", Path(path).read_bytes(), node, model, strength))
@@ -103,6 +123,13 @@ def _settle(controller) -> None:
     controller.poll()
 
 
+def _click_denoise(controller) -> None:
+    """Denoise, agreeing to send when the panel asks (the first volume to this server)."""
+    controller.denoise()
+    if controller.state is State.CONSENT:
+        controller.answer_consent(True)
+
+
 def _reach(state: State, controller, url: str, handler) -> None:
     """Drive the panel to ``state`` by clicks."""
     if state is State.IDLE:
@@ -116,14 +143,17 @@ def _reach(state: State, controller, url: str, handler) -> None:
     controller.select_input("CT")
     if state is State.READY:
         return
+    if state is State.CONSENT:
+        controller.denoise()
+        return
     if state in (State.DONE, State.ERROR):
         if state is State.ERROR:
             handler.routes["/infer/m"] = (500, b'{"detail": "out of memory"}')
         handler.held = ()
-        controller.denoise()
+        _click_denoise(controller)
         _settle(controller)
         return
-    controller.denoise()  # the server holds /infer
+    _click_denoise(controller)  # the server holds /infer
     if state is State.DENOISING:
         return
     controller.cancel()
@@ -133,8 +163,9 @@ def _reach(state: State, controller, url: str, handler) -> None:
 
 SETTLED = {"connect", "model", "device", "denoise"}
 ENABLED = {State.IDLE: {"connect", "model", "device"}, State.CONNECTING: set(),
-           State.READY: SETTLED, State.DENOISING: {"cancel"}, State.CANCELLING: set(),
-           State.CANCELLED: SETTLED, State.DONE: SETTLED | {"compare"}, State.ERROR: SETTLED}
+           State.READY: SETTLED, State.CONSENT: set(), State.DENOISING: {"cancel"},
+           State.CANCELLING: set(), State.CANCELLED: SETTLED,
+           State.DONE: SETTLED | {"compare"}, State.ERROR: SETTLED}
 
 
 def test_every_control_is_enabled_in_some_state():
@@ -150,6 +181,8 @@ def test_every_click_in_every_state(panel, state):
     assert view.enabled == ENABLED[state]
     clicks = {"connect": [lambda: controller.connect(url, "")],
               "denoise": [controller.denoise], "cancel": [controller.cancel],
+              "consent": [] if state is State.CONSENT else [
+                  lambda: controller.answer_consent(True, remember=True)],
               "compare": [lambda: controller.set_strength(0.5),
                           lambda: controller.set_window("Abdomen"),
                           lambda: controller.show_difference(True), controller.flicker,
@@ -159,11 +192,12 @@ def test_every_click_in_every_state(panel, state):
             continue
         for action in actions:
             before = (controller.state, controller.status, controller.connection,
-                      len(handler.hits), len(logic.calls), len(alerts), controller.working)
+                      len(handler.hits), len(logic.calls), len(alerts), controller.working,
+                      list(controller.history.consented))
             action()
             assert (controller.state, controller.status, controller.connection,
-                    len(handler.hits), len(logic.calls), len(alerts),
-                    controller.working) == before, (state, control)
+                    len(handler.hits), len(logic.calls), len(alerts), controller.working,
+                    list(controller.history.consented)) == before, (state, control)
             assert not controller.auto_flicker
 
 
@@ -205,7 +239,7 @@ def test_denoise_shows_the_result_then_strength_is_blended_locally(panel):
     controller.set_window("Liver narrow")
     assert logic.calls == []
     handler.held = ()
-    controller.denoise()
+    _click_denoise(controller)
     assert controller.state is State.DENOISING and controller.working
     _settle(controller)
     assert controller.state is State.DONE and controller.view().progress == 100
@@ -220,6 +254,94 @@ def test_denoise_shows_the_result_then_strength_is_blended_locally(panel):
     controller.set_auto_flicker(True)
     assert controller.view().auto_flicker
     assert list(Path(controller.temp_root).iterdir()) == []  # upload and result removed
+
+
+def test_the_volume_is_compressed_on_the_worker_and_cancel_stops_it(panel):
+    """Compressing a large CT takes seconds: it runs on the worker (the click returns and the
+    bar counts it); Cancel between two slices ends it before anything is uploaded."""
+    controller, url, handler, logic, alerts, *_ = panel
+    _reach(State.READY, controller, url, handler)
+    logic.gate = threading.Event()
+    _click_denoise(controller)
+    export = logic.exports[-1]
+    assert export.started.wait(10) and export.thread is not threading.current_thread()
+    controller.poll()
+    assert controller.status == "Compressing the volume (50 %)"
+    assert controller.view().progress == 50
+    controller.cancel()
+    logic.gate.set()
+    _settle(controller)
+    assert controller.state is State.CANCELLED and not alerts
+    assert not any(h.startswith("/infer") for h in handler.hits)
+    assert list(Path(controller.temp_root).iterdir()) == []
+
+
+def _uploads(handler) -> list[str]:
+    return [h for h in handler.hits if h.startswith("/infer")]
+
+
+def test_the_first_volume_for_a_server_waits_for_consent(panel):
+    """Nothing leaves the workstation before the user agrees: asked once per server in a
+    session; declining sends nothing and leaves the panel ready; a scene closed meanwhile
+    drops the question."""
+    controller, url, handler, logic, alerts, _, saved = panel
+    _reach(State.READY, controller, url, handler)
+    handler.held = ()
+    controller.denoise()
+    view = controller.view()
+    assert view.state is State.CONSENT and view.enabled == frozenset()
+    assert view.question.startswith(f"Send 'CT' to {url} for denoising?")
+    assert "leaves this computer" in view.question and "no patient name" in view.question
+    assert [c[0] for c in logic.calls] == ["export"]  # checked, not written
+    assert logic.exports[-1].thread is None and not controller.working and not _uploads(handler)
+    controller.answer_consent(False)
+    view = controller.view()
+    assert view.state is State.READY and view.question == "" and "denoise" in view.enabled
+    assert view.status == "Not sent: the volume stays on this computer."
+    assert not _uploads(handler) and list(Path(controller.temp_root).iterdir()) == []
+    controller.denoise()  # a "no" is not remembered: asked again
+    assert controller.state is State.CONSENT
+    controller.scene_closed()
+    assert controller.state is State.READY and controller.view().question == ""
+    controller.answer_consent(True)  # the dialog of a question that is gone: ignored
+    assert not controller.working and not _uploads(handler)
+    controller.select_input("CT")
+    controller.denoise()
+    controller.answer_consent(True)  # this session only
+    assert controller.state is State.DENOISING
+    _settle(controller)
+    assert controller.state is State.DONE and len(_uploads(handler)) == 1
+    assert controller.history.consented == [] and saved == [[url]]  # only the connection's
+    controller.denoise()  # the same server again in this session: not asked
+    assert controller.state is State.DENOISING
+    _settle(controller)
+    assert len(_uploads(handler)) == 2 and not alerts
+
+
+def test_dont_ask_again_is_kept_per_server_with_the_url_history(panel):
+    controller, url, handler, logic, alerts, _, saved = panel
+    _reach(State.READY, controller, url, handler)
+    handler.held = ()
+    controller.denoise()
+    controller.answer_consent(True, remember=True)
+    _settle(controller)
+    assert controller.state is State.DONE and controller.history.consented == [url]
+    assert len(saved) == 2  # written to the settings with the URLs and tokens
+    history = controller.history
+    restarted = DenoiseController(logic, UrlHistory(history.urls, tokens=history.tokens,
+                                                    consented=history.consented),
+                                  lambda kind, text: alerts.append(text),
+                                  temp_root=controller.temp_root)
+    restarted.connect(url, "")
+    _settle(restarted)
+    restarted.select_input("CT")
+    restarted.denoise()  # Slicer restarted: this server is not asked about again
+    assert restarted.state is State.DENOISING
+    _settle(restarted)
+    assert restarted.state is State.DONE and len(_uploads(handler)) == 2
+    assert not history.consents("http://127.0.0.1:1")  # another server is asked about
+    history.add("http://127.0.0.1:1")
+    assert not UrlHistory(history.urls, size=1, consented=history.consented).consents(url)
 
 
 def test_a_pair_without_a_full_strength_result_is_not_blended(panel):
@@ -309,7 +431,7 @@ def test_no_click_waits_for_a_server_that_never_answers(panel, tmp_path):
     handler.release = threading.Event()
     handler.held = ("/info/", "/infer")
     controller.select_input("CT")
-    assert click(controller.denoise) < QUICK_S
+    assert click(lambda: _click_denoise(controller)) < QUICK_S
     assert controller.working and controller.state is State.DENOISING
     assert click(controller.cancel) < QUICK_S
     assert controller.wait(10) and not handler.release.is_set()  # ended with no answer

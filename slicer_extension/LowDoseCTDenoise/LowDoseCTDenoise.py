@@ -68,7 +68,8 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         panel.setMRMLScene(slicer.mrmlScene)
         self.logic = LowDoseCTDenoiseLogic()
         history = UrlHistory(self._setting("history", []) or [],
-                             tokens=self._setting("tokens", {}) or {})
+                             tokens=self._setting("tokens", {}) or {},
+                             consented=self._setting("consent", []) or [])
         self.controller = c = DenoiseController(
             self.logic, history, self.alert, save_history=self._save_history,
             on_shown=slicer.util.resetSliceViews, temp_root=slicer.app.temporaryPath)
@@ -78,6 +79,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.study = StudyController(self.logic, self.alert, self.study_dir,
                                      on_item=self.on_study_item)
         self.shown = {"models": None, "studies": None, "session": None}
+        self.asking = False  # the consent dialog is open (polls render meanwhile)
         self.score_groups, self.choice_group = {}, None
         self.controls = {
             "connect": (ui.serverUrlComboBox, ui.tokenLineEdit, ui.testConnectionButton,
@@ -176,8 +178,26 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         (slicer.util.warningDisplay if kind == "warning" else slicer.util.errorDisplay)(text)
 
     # -- controllers -> panel -------------------------------------------------------------
+    def ask_consent(self, question: str):
+        """The controller's consent question as a Yes/No dialog with "don't ask again"."""
+        self.asking = True
+        try:
+            box = qt.QMessageBox(qt.QMessageBox.Question, "Send the volume?", question,
+                                 qt.QMessageBox.Yes | qt.QMessageBox.No, slicer.util.mainWindow())
+            box.setDefaultButton(qt.QMessageBox.No)
+            remember = qt.QCheckBox("Don't ask again for this server")
+            box.setCheckBox(remember)
+            send = box.exec_() == qt.QMessageBox.Yes
+            self.controller.answer_consent(send, remember.checked)
+        finally:
+            self.asking = False
+        self.render()
+
     def render(self):
         ui, view, study = self.ui, self.controller.view(), self.study.view()
+        if view.question and not self.asking:
+            self.ask_consent(view.question)
+            return
         ui.connectionStatusLabel.text = view.connection
         ui.statusLabel.text = view.status
         ui.progressBar.setRange(0, 0 if view.progress is None else 100)  # 0, 0: busy
@@ -250,6 +270,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
     def _save_history(self, history: UrlHistory):
         self._set_setting("history", history.urls)
         self._set_setting("tokens", history.tokens)
+        self._set_setting("consent", history.consented)
 
     @staticmethod
     def _timer(interval_ms, slot):
@@ -260,7 +281,10 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
 
     @staticmethod
     def _setting(key, default):
-        return qt.QSettings().value(f"{SETTINGS}/{key}", default)
+        value = qt.QSettings().value(f"{SETTINGS}/{key}", default)
+        if isinstance(default, list) and isinstance(value, str):
+            value = [value]  # QSettings reads a one-item list back as its item
+        return value
 
     @staticmethod
     def _set_setting(key, value):

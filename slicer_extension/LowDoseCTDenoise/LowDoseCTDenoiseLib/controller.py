@@ -32,6 +32,7 @@ class State(str, Enum):
     IDLE = "not connected"
     CONNECTING = "connecting"
     READY = "ready"
+    CONSENT = "asking before sending"  # the widget shows :attr:`PanelView.question`
     DENOISING = "denoising"
     CANCELLING = "cancelling"
     CANCELLED = "cancelled"
@@ -53,6 +54,7 @@ class PanelView:
     enabled: frozenset  # of CONTROLS
     models: tuple  # of ModelEntry, denoisers only
     auto_flicker: bool
+    question: str  # in State.CONSENT: asked in a dialog, answered with answer_consent()
 
 
 CONTROLS = ("connect", "model", "device", "denoise", "cancel", "compare")
@@ -90,7 +92,7 @@ class _Worker:
 class DenoiseController(_Worker):
     """Server, Denoise and Compare sections of the panel.
 
-    ``logic``: the module's Logic (``export_input``, ``load_result``, ``show_side_by_side``,
+    ``logic``: the module's Logic (``prepare_export``, ``load_result``, ``show_side_by_side``,
     ``set_strength``, ``apply_window``, ``show_difference``, ``flicker``, ``pair``).
     ``on_shown`` is called after a result is shown (the widget fits the views to it).
     """
@@ -112,11 +114,19 @@ class DenoiseController(_Worker):
         self.auto_flicker = False
         self._workdir: Optional[Path] = None
         self._cancelled = ""  # why the running job was stopped (user or scene close)
+        self._pending: Any = None  # the checked input waiting for the user's consent
+        self._consented: set[str] = set()  # servers agreed to in this session
 
     # -- what the panel shows ------------------------------------------------------------
     def view(self) -> PanelView:
+        question = ""
+        if self.state == State.CONSENT:
+            question = (f"Send '{self._pending.name}' to {self.url} for denoising?\n\nThe "
+                        "volume leaves this computer: its voxels and geometry (no patient name "
+                        "or DICOM header) go to that server, which keeps them only while it "
+                        "denoises.")
         return PanelView(self.state, self.connection, self.status, self._progress(),
-                         self.enabled(), self.models, self.auto_flicker)
+                         self.enabled(), self.models, self.auto_flicker, question)
 
     def enabled(self) -> frozenset:
         """The controls a click may use now (a click on any other is ignored)."""
@@ -186,20 +196,43 @@ class DenoiseController(_Worker):
         self.device = device
 
     def denoise(self) -> None:
-        """Export the input, then upload, denoise and download on the worker thread. The
-        server computes the full-strength result; the chosen strength is blended here."""
+        """Check the input here; ask before the first volume goes to this server; then
+        compress, upload, denoise and download on the worker thread. The server computes the
+        full-strength result; the strength is blended here."""
         if "denoise" not in self.enabled():
             return
-        self._workdir = Path(tempfile.mkdtemp(prefix="ldct-slicer-", dir=self.temp_root))
         try:
-            upload = self.logic.export_input(self.input, self._workdir / "input.nrrd")
-        except (ValueError, OSError) as exc:  # refused before anything is sent
-            self._remove_workdir()
+            export = self.logic.prepare_export(self.input)
+        except ValueError as exc:  # refused before anything is written or sent
             self._fail(str(exc))
             return
-        job = DenoiseJob(DenoiseClient(self.url, token=self.token), self.model, upload,
-                         self._workdir / "result.nrrd",
-                         {"strength": 1.0, "device": self.device, "result_dtype": "int16"})
+        if self.url in self._consented or self.history.consents(self.url):
+            self._send(export)
+        else:  # a volume leaves the workstation for this server for the first time: ask
+            self._pending, self.state = export, State.CONSENT
+
+    def answer_consent(self, send: bool, remember: bool = False) -> None:
+        """The consent dialog's answer: send (``remember``: never ask again for this server,
+        kept with the URL history), or not (nothing leaves this computer)."""
+        if self.state != State.CONSENT:
+            return
+        export, self._pending = self._pending, None
+        if not send:
+            self.state, self.status = State.READY, "Not sent: the volume stays on this computer."
+            return
+        self._consented.add(self.url)
+        if remember:
+            self.history.consent(self.url)
+            self.save_history(self.history)
+        self._send(export)
+
+    def _send(self, export: Any) -> None:
+        """Compress, upload, denoise and download ``export`` on the worker thread."""
+        self._workdir = Path(tempfile.mkdtemp(prefix="ldct-slicer-", dir=self.temp_root))
+        job = DenoiseJob(DenoiseClient(self.url, token=self.token), self.model,
+                         self._workdir / "input.nrrd", self._workdir / "result.nrrd",
+                         {"strength": 1.0, "device": self.device, "result_dtype": "int16"},
+                         export=export.write)
         self.state, self.status = State.DENOISING, "Starting"
         self._start(job, lambda done: self._denoised(done, self.input))
 
@@ -277,7 +310,9 @@ class DenoiseController(_Worker):
     def scene_closed(self) -> None:
         """The scene was cleared: the input and the result are gone; a running job stops."""
         self.input, self.auto_flicker = None, False
-        if self.state == State.DENOISING:
+        if self.state == State.CONSENT:  # the volume asked about is gone: nothing is sent
+            self._pending, self.state, self.status = None, State.READY, "The scene was closed."
+        elif self.state == State.DENOISING:
             self._stop_job("The scene was closed: denoising was cancelled.")
         elif self.state == State.DONE:
             self.state, self.status = State.READY, "The scene was closed."

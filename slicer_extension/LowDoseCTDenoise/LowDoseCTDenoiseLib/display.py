@@ -40,16 +40,19 @@ def symmetric_window(differences: Iterable[float], percentile: float = 99.0) -> 
 
 class UrlHistory:
     """Recently used server URLs, newest first, without duplicates, each with the token last
-    used for it (both kept in Slicer settings, so a reader or radiologist pastes a token once
-    per server)."""
+    used for it and whether the user said not to ask again before sending it a volume (all
+    kept in Slicer settings, so a token is pasted and a server agreed to once)."""
 
     def __init__(self, urls: Iterable[str] = (), size: int = 10,
-                 tokens: Optional[dict] = None) -> None:
+                 tokens: Optional[dict] = None, consented: Iterable[str] = ()) -> None:
         self.size = size
         self.urls: list[str] = []
         self.tokens: dict[str, str] = {}
+        self.consented: list[str] = []
         for url in reversed(list(urls)):
             self.add(url, (tokens or {}).get(self._key(url), ""))
+        for url in consented:
+            self.consent(url)
 
     @staticmethod
     def _key(url: str) -> str:
@@ -64,7 +67,17 @@ class UrlHistory:
         if token:
             self.tokens[url] = token
         self.tokens = {u: t for u, t in self.tokens.items() if u in self.urls}
+        self.consented = [u for u in self.consented if u in self.urls]
 
     def token(self, url: str) -> str:
         """The token last used with ``url`` ('' if none)."""
         return self.tokens.get(self._key(url), "")
+
+    def consent(self, url: str) -> None:
+        """Volumes may go to ``url`` without asking (a URL in the history only)."""
+        url = self._key(url)
+        if url in self.urls and url not in self.consented:
+            self.consented.append(url)
+
+    def consents(self, url: str) -> bool:
+        return self._key(url) in self.consented

@@ -11,6 +11,7 @@ from .client import DenoiseClient
 from .connection import CancelToken, Progress
 from .errors import ServerError
 
+Export = Callable[[Path, Callable[[float], None]], Path]  # (path, on_slice) -> the file
 BUSY_PHASES = ("queued", "denoise")  # no measure of progress: the panel shows a busy bar
 
 
@@ -52,14 +53,16 @@ class DenoiseJob(BackgroundCall):
     The UI never blocks: it starts the job, polls ``done`` from a timer, and on completion
     reads ``result`` (the downloaded file) or ``error`` (a readable :class:`ServerError`).
     ``job_id`` names the request on the server (``GET /jobs/{job_id}``); cancelling closes the
-    connection, which cancels the server's job too, so its worker stops.
+    connection, which cancels the server's job too, so its worker stops. ``export``, when
+    given, writes ``volume`` first, here on the worker (compressing a large CT takes seconds).
     """
 
     def __init__(self, client: DenoiseClient, model: str, volume: Path, output: Path,
                  params: Optional[dict[str, Any]] = None,
-                 on_progress: Optional[Progress] = None) -> None:
+                 on_progress: Optional[Progress] = None, export: Optional[Export] = None
+                 ) -> None:
         self.client, self.model, self.volume, self.output = client, model, volume, output
-        self.params = params or {}
+        self.params, self.export = params or {}, export
         self.on_progress = on_progress  # called on the worker thread; the UI polls instead
         self.token = CancelToken()
         self.job_id = uuid.uuid4().hex
@@ -71,7 +74,8 @@ class DenoiseJob(BackgroundCall):
 
     def status_text(self) -> str:
         """One line for the progress label."""
-        labels = {"queued": "Starting", "upload": "Uploading", "denoise": "Denoising on server",
+        labels = {"queued": "Starting", "export": "Compressing the volume",
+                  "upload": "Uploading", "denoise": "Denoising on server",
                   "download": "Downloading result", "done": "Done"}
         if self.error is not None:
             return f"Failed: {self.error}"
@@ -84,6 +88,16 @@ class DenoiseJob(BackgroundCall):
         if self.on_progress is not None:
             self.on_progress(phase, fraction)
 
+    def _exported(self, fraction: float) -> None:
+        self.token.check()
+        self._progress("export", fraction)
+
     def _denoise(self) -> Path:
+        if self.export is not None:
+            try:
+                self.export(self.volume, self._exported)
+            except OSError as exc:
+                raise ServerError(f"Could not write the upload file {self.volume} "
+                                  f"({exc.strerror or exc}): is the disk full?") from exc
         return self.client.denoise(self.model, self.volume, self.output, self.params,
                                    cancel=self.token, progress=self._progress, job=self.job_id)

@@ -1,4 +1,4 @@
-"""MRML side of the module: volume node -> NRRD upload file -> result node -> side-by-side views.
+"""MRML side of the module: volume node -> gzip NRRD upload -> result node -> the views.
 
 The one module of the package that imports ``slicer`` (MRML core and logic), ``vtk`` and
 ``numpy``; no Qt: it runs inside Slicer and, with the PyPI ``slicer-core`` package, on plain
@@ -8,8 +8,9 @@ every .py file of the module folder as a module of its own.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import slicer
@@ -23,6 +24,7 @@ from .display import (
     strength_label,
     symmetric_window,
 )
+from .transfer import NrrdHeader, write_nrrd
 
 LEFT, RIGHT = "Red", "Yellow"  # the two views of Slicer's side-by-side layout
 GEOMETRY_TOLERANCE_MM = 1e-3  # NRRD text round trip; anything larger is a real mismatch
@@ -61,6 +63,30 @@ def _copy_geometry(source, target) -> None:
     target.SetOrigin(origin)
 
 
+@dataclass(frozen=True)
+class VolumeExport:
+    """An input volume checked for upload: the node's own voxels (a view) and the header.
+
+    Integer voxels (a CT from DICOM: int16) are written as they are; float voxels are rounded
+    to int16 HU a slice at a time, so no full-size copy is ever made.
+    """
+
+    name: str  # the node's, for the consent question; never sent
+    header: NrrdHeader
+    voxels: np.ndarray
+
+    def slices(self) -> Iterator[np.ndarray]:
+        for voxels in self.voxels:
+            if voxels.dtype.kind == "f":
+                voxels = np.clip(np.rint(voxels), -32768, 32767).astype(np.int16)
+            yield voxels
+
+    def write(self, path: str | Path, on_slice: Optional[Callable[[float], None]] = None
+              ) -> Path:
+        """The upload file at ``path``; ``on_slice(fraction)`` may raise to stop."""
+        return write_nrrd(path, self.header, self.slices(), on_slice)
+
+
 class LowDoseCTDenoiseLogic:
     """Everything the module does to the scene; the widget only wires buttons to it."""
 
@@ -77,28 +103,35 @@ class LowDoseCTDenoiseLogic:
 
     # -- input and result ---------------------------------------------------------------
     def export_input(self, node, path: str | Path) -> Path:
-        """Write ``node`` as int16 NRRD in HU with its geometry; the node is not modified."""
+        """Write ``node`` as the upload file (gzip NRRD in HU with its geometry) at once."""
+        return self.prepare_export(node).write(path)
+
+    def prepare_export(self, node) -> VolumeExport:
+        """``node`` checked and ready to write (a worker may write it): its own voxels, no copy.
+
+        Refuses what is not a CT volume before anything is written or sent; only a float
+        volume is scanned for NaN (integers cannot hold one), a slice at a time.
+        """
         if node is None or not node.IsA("vtkMRMLScalarVolumeNode") or node.GetImageData() is None:
             raise ValueError("Select a CT volume (a scalar volume with image data) first.")
         if node.GetParentTransformNode() is not None:
             raise ValueError(f"'{node.GetName()}' is under a transform; harden the transform "
                              "(Data module, right-click > Harden transform) and try again.")
-        hu = slicer.util.arrayFromVolume(node)
-        if hu.ndim != 3 or min(hu.shape[1:]) < 64:
-            raise ValueError(f"'{node.GetName()}' ({hu.shape}) is not a CT volume: need slices of "
-                             "at least 64x64 pixels.")
-        if not np.isfinite(hu).all():
+        voxels = slicer.util.arrayFromVolume(node)
+        if voxels.ndim != 3 or min(voxels.shape[1:]) < 64:
+            raise ValueError(f"'{node.GetName()}' ({voxels.shape}) is not a CT volume: need slices "
+                             "of at least 64x64 pixels.")
+        if voxels.dtype.kind not in "iuf":
+            raise ValueError(f"'{node.GetName()}' has {voxels.dtype} voxels; a CT volume has "
+                             "numbers in HU.")
+        if voxels.dtype.kind == "f" and not all(np.isfinite(s).all() for s in voxels):
             raise ValueError(f"'{node.GetName()}' has NaN or infinite voxels; fix the volume "
                              "first.")
-        copy = slicer.vtkMRMLScalarVolumeNode()
-        image = vtk.vtkImageData()
-        image.DeepCopy(node.GetImageData())
-        copy.SetAndObserveImageData(image)
-        _copy_geometry(node, copy)
-        slicer.util.updateVolumeFromArray(
-            copy, np.clip(np.rint(hu), -32768, 32767).astype(np.int16))
-        self._write(copy, Path(path))
-        return Path(path)
+        lps = np.diag([-1.0, -1.0, 1.0]) @ _matrix(node)[:3]  # ITK's space: LPS
+        header = NrrdHeader("int16" if voxels.dtype.kind == "f" else voxels.dtype.name,
+                            tuple(reversed(voxels.shape)), tuple(map(tuple, lps[:, :3].T)),
+                            tuple(lps[:, 3]))
+        return VolumeExport(node.GetName(), header, voxels)
 
     def load_result(self, path: str | Path, input_node, model: str, strength: float = 1.0):
         """A new volume node with the input's geometry, named ``<input> <model> s=<strength>``
@@ -375,10 +408,3 @@ class LowDoseCTDenoiseLogic:
     def _set_window(display, width: float, level: float) -> None:
         display.AutoWindowLevelOff()
         display.SetWindowLevel(width, level)
-
-    def _write(self, node, path: Path) -> None:
-        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-        storage.SetFileName(str(path))
-        storage.SetUseCompression(False)  # faster to write and to read on the server
-        if not storage.WriteData(node):
-            raise OSError(f"Could not write {path}: is the disk full or the folder read-only?")
