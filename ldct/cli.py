@@ -213,7 +213,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             raise ValueError("--write-cards goes with the plain evaluation, not --kernels")
         results = evaluate_kernels(args.data, args.out, args.kernels, dose=args.dose,
                                    models=args.models, device=args.device,
-                                   max_slices=args.max_slices, ensemble=views)
+                                   max_slices=args.max_slices, ensemble=views,
+                                   real_volume=args.real_volume)
         console.print(_table("worst kernel per model", worst_kernels(results),
                              ["method", "worst_kernel", "psnr_gain_db", "ssim_gain",
                               "noise_vs_ld", "max_abs_bias_hu"],
@@ -313,8 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="../shared/data", help="the shared data folder")
     p.add_argument("--out", required=True, help="output folder (cached: reruns are cheap)")
     p.add_argument("--doses", type=float, nargs="+", default=[0.5, 0.25, 0.10])
-    p.add_argument("--kernels", nargs="+", choices=KERNELS, default=[],
-                   help="also the low doses as these reconstruction kernels give them")
+    p.add_argument("--kernels", nargs="+", choices=(*KERNELS, "own"), default=[],
+                   help="also the low doses as these reconstruction kernels give them ('own': "
+                        "in each scan's own measured noise texture)")
     p.add_argument("--cases", nargs="+", help="only these cases (default: all)")
     p.add_argument("--max-slices", type=int, help="central slices per case (quick runs)")
     p.add_argument("--i0", type=float, default=1.5e5)
@@ -393,6 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", nargs="+", choices=list(KERNELS),
                    help="kernel sweep: the test case with each kernel's noise, a table per "
                         "kernel and each model's worst kernel (kernels.md)")
+    p.add_argument("--real-volume", help="with --kernels: also this real normal-dose scan of "
+                                         "another scanner, its lower dose in its own texture")
     p.add_argument("--write-cards", action="store_true",
                    help="write models/<name>/card.{json,md} with these held-out metrics")
     p.set_defaults(func=cmd_evaluate)

@@ -10,23 +10,25 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ldct.io import CTVolume, read_mask, read_volume, write_volume
 from ldct.metrics import body_mask, noise_sd
+from ldct.noise_bank import OWN, ScanNoise, own_textured
 from ldct.phantom import make_phantom
 from ldct.simulate import LowDoseParams, retexture, simulate_low_dose
 
-if TYPE_CHECKING:
-    from ldct.noise_bank import ScanNoise
-
 DEFAULT_DOSES = (0.5, 0.25, 0.10)
+# what a scanner stores (12-bit range from -3024 HU): a sharp kernel's noise at a low dose
+# reaches -10000 HU in air, which no scan holds
+STORED_HU = (-3024.0, 3071.0)
+logger = logging.getLogger(__name__)
 UNPAIRED_SLAB = 8  # slices per slab when alternating low-dose and normal-dose slabs
 
 
@@ -109,7 +111,8 @@ def prepare(data_dir: str | Path, out_dir: str | Path, doses: Sequence[float] = 
     manifest. Changing the simulation settings rebuilds the affected files. ``catalogue``
     names the volumes (default: the shared data's cases; fine-tuning passes a site's scans).
     ``kernels`` adds, per dose, the low dose as other reconstruction kernels give it: the
-    same projection noise with another kernel's texture and level (:func:`retexture`).
+    same projection noise with another kernel's texture and level (:func:`retexture`), or
+    with the scan's own measured texture for ``OWN`` (:func:`ldct.noise_bank.own_textured`).
     """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     chosen = [c for c in catalogue if cases is None or c.name in set(cases)]
@@ -167,9 +170,17 @@ def prepare(data_dir: str | Path, out_dir: str | Path, doses: Sequence[float] = 
             if reuse and key in entry["files"] and path.exists():
                 continue
             normal = read_volume(nd_path).hu
-            own = read_volume(case_dir / f"{dose_key(dose)}.nrrd")
-            write_volume(own.with_hu(normal + retexture(own.hu - normal, kernel, params.kernel)),
-                         path)
+            simulated = read_volume(case_dir / f"{dose_key(dose)}.nrrd")
+            added = simulated.hu - normal
+            if kernel != OWN:
+                added = retexture(added, kernel, params.kernel)
+            else:
+                try:
+                    added = own_textured(added, normal, dose)
+                except ValueError as error:  # a noiseless scan has no texture to copy
+                    logger.warning("%s: %s; its dose %g keeps the simulator's texture",
+                                   case.name, error, dose)
+            write_volume(simulated.with_hu(np.clip(normal + added, *STORED_HU)), path)
             entry["files"][key] = str(path.relative_to(out_dir))
         manifest["cases"][case.name] = entry
         manifest_path.write_text(json.dumps(manifest, indent=1))
@@ -301,8 +312,6 @@ class PatchSampler:
             self.centres[(case, "normal")] = everywhere[np.isin(everywhere[:, 0], normal)]
         self.noise: dict[tuple[str, float, str], ScanNoise] = {}
         if noise:
-            from ldct.noise_bank import ScanNoise  # it builds on this module
-
             self.noise = {key: ScanNoise(volume) for key, volume in self.low.items()}
 
     def _body_centres(self, volume: np.ndarray) -> np.ndarray:

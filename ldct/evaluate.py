@@ -25,8 +25,8 @@ from scipy import ndimage  # noqa: E402
 from ldct import metrics, registry  # noqa: E402
 from ldct.data import PreparedData  # noqa: E402
 from ldct.infer import DEFAULT_ENSEMBLE, denoise  # noqa: E402
-from ldct.io import CTVolume  # noqa: E402
-from ldct.noise_bank import slice_differences  # noqa: E402
+from ldct.io import CTVolume, read_volume  # noqa: E402
+from ldct.noise_bank import FLAT_HU, own_textured, slice_differences  # noqa: E402
 from ldct.simulate import simulate_low_dose  # noqa: E402
 
 COLUMNS = ("method", "psnr_db", "ssim", "rmse_hu", "liver_bias_hu", "fat_bias_hu",
@@ -68,8 +68,10 @@ class Regions:
 
 
 def liver_contrast(image: np.ndarray, regions: Regions) -> dict[str, float]:
-    """Tumour CNR against the liver and the liver's own SD (its denominator)."""
-    return {"tumour_cnr": metrics.cnr(image, regions.tumour, regions.liver),
+    """Tumour CNR against the liver (NaN without a tumour) and the liver's own SD (its
+    denominator)."""
+    return {"tumour_cnr": metrics.cnr(image, regions.tumour, regions.liver)
+            if regions.tumour.any() else float("nan"),
             "liver_sd_hu": metrics.noise_sd(image, regions.liver)}
 
 
@@ -150,6 +152,7 @@ def evaluate(data_dir: str | Path, out_dir: str | Path, dose: float = 0.25,
 # the kernel sweep's targets (issue 21), met at every kernel; NLM: the baseline to beat
 TARGETS = {"psnr_gain_db": 3.0, "noise_vs_ld": 0.6, "max_abs_bias_hu": 2.0}
 NLM = "ldct-nlm"
+REAL = "real scanner"  # the sweep's row set of an unseen real scan (--real-volume)
 SWEEP_COLUMNS = ("method", "psnr_db", "ssim", "liver_bias_hu", "fat_bias_hu", "liver_noise_sd",
                  "noise_vs_ld", "nps_peak_cpmm", "tumour_cnr")
 
@@ -157,11 +160,13 @@ SWEEP_COLUMNS = ("method", "psnr_db", "ssim", "liver_bias_hu", "fat_bias_hu", "l
 def evaluate_kernels(data_dir: str | Path, out_dir: str | Path, kernels: list[str],
                      dose: float = 0.25, models: list[str] | None = None, device: str = "auto",
                      max_slices: int | None = None, nps_roi: int = 32,
-                     ensemble: int = DEFAULT_ENSEMBLE, seed: int = 0) -> dict[str, list[dict]]:
+                     ensemble: int = DEFAULT_ENSEMBLE, seed: int = 0,
+                     real_volume: str | Path | None = None) -> dict[str, list[dict]]:
     """The kernel sweep: the test case simulated at ``dose`` with each reconstruction kernel
     (the same projection-noise draw, filtered by each), every model scored on each; writes
     ``kernels.md`` (a table per kernel, then each model's worst kernel) and ``kernels.csv``.
-    Models are to be chosen on their worst kernel, on training cases; this is the report."""
+    ``real_volume`` adds an unseen scanner (:func:`real_scanner_rows`). Models are to be
+    chosen on their worst kernel, on training cases; this is the report."""
     data = PreparedData(data_dir)
     case, normal_vol, masks, _ = _test_case(data, max_slices)
     normal = normal_vol.hu
@@ -174,16 +179,37 @@ def evaluate_kernels(data_dir: str | Path, out_dir: str | Path, kernels: list[st
                                     progress=False)
         results[kernel], outputs[kernel] = _scored(names, low_vol, normal, regions, pixel,
                                                    device, ensemble, nps_roi)
+    if real_volume is not None:
+        results[REAL] = real_scanner_rows(real_volume, data, dose, names, device, ensemble,
+                                          nps_roi, seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     command = (f"ldct evaluate --data DIR --dose {dose:g} --kernels {' '.join(kernels)}"
                + (f" --max-slices {max_slices}" if max_slices else "")
-               + (f" --ensemble {ensemble}" if ensemble != DEFAULT_ENSEMBLE else ""))
+               + (f" --ensemble {ensemble}" if ensemble != DEFAULT_ENSEMBLE else "")
+               + (f" --real-volume {real_volume}" if real_volume is not None else ""))
     _write_sweep(results, out_dir, case, dose, normal.shape, ensemble, command)
     _sweep_montage(outputs, masks, regions, out_dir / "kernels_montage.png", case, dose)
     own = own_noise_nps(normal, regions.liver, pixel, nps_roi)
     _sweep_nps_plot(results, own, out_dir / "kernels_nps.png")
     return results
+
+
+def real_scanner_rows(path: str | Path, data: PreparedData, dose: float, names: list[str],
+                      device: str, ensemble: int, nps_roi: int, seed: int) -> list[dict]:
+    """A real normal-dose scan of another scanner, its lower ``dose`` made in its own noise
+    texture (:func:`ldct.noise_bank.own_textured`: the texture measured across its slices, a
+    dose's level by the quantum-noise rule), scored like the test case. Without masks, flat
+    soft tissue stands in for the liver and there is no tumour (CNR n/a)."""
+    normal_vol = read_volume(path)
+    normal = normal_vol.hu.astype(np.float32)
+    pixel = (normal_vol.spacing[0], normal_vol.spacing[1])
+    simulated = simulate_low_dose(normal_vol, data.simulation(dose), seed=seed, progress=False)
+    low_vol = normal_vol.with_hu(normal + own_textured(simulated.hu - normal, normal, dose))
+    local = ndimage.uniform_filter(normal, size=(1, 15, 15))
+    soft = (local > FLAT_HU[0]) & (local < FLAT_HU[1]) & metrics.body_mask(normal)
+    regions = Regions.from_case(normal, {"liver": soft}, min(pixel))
+    return _scored(names, low_vol, normal, regions, pixel, device, ensemble, nps_roi)[0]
 
 
 def own_noise_nps(normal: np.ndarray, region: np.ndarray, pixel: tuple[float, float],
@@ -231,6 +257,10 @@ def _write_sweep(results: dict[str, list[dict]], out_dir: Path, case: str, dose:
              + ". At one dose a sharper kernel is much noisier here than the about twofold SD "
              "between real smooth and sharp body kernels (DESIGN.md 4): the sharp kernels of "
              "this sweep are harder than real scans at the same dose."]
+    if REAL in results:
+        lines += ["", f"'{REAL}': a real normal-dose scan of another scanner (command above), "
+                  f"its dose {dose:g} made in its own measured noise texture; flat soft tissue "
+                  "stands in for the liver, and it has no tumour."]
     for kernel, rows in results.items():
         lines += ["", f"## {kernel}", "", "| " + " | ".join(SWEEP_COLUMNS) + " |",
                   "|" + "---|" * len(SWEEP_COLUMNS)]
@@ -330,7 +360,7 @@ def _sweep_nps_plot(results: dict[str, list[dict]], own: metrics.NPS | None,
             spectrum = row["_nps"]
             ax.plot(spectrum.frequency[1:], spectrum.power[1:], label=row["method"],
                     linewidth=2.0 if row is rows[0] else 1.0)
-        if own is not None:
+        if own is not None and kernel != REAL:  # the test case's own noise
             ax.plot(own.frequency[1:], own.power[1:], "k--", label="normal dose's own noise")
         ax.set_title(kernel)
         ax.set_xlabel("cycles/mm")

@@ -2,8 +2,10 @@
 
 A site's routine scans carry its scanner's noise texture, kernel and slice thickness. Those that
 are really normal dose (`normal_dose_scans`) are used as the normal-dose side and lower doses
-are simulated from them in the projection domain (the same simulation as the shipped
-training), so every method trains on that site's data starting from the weights in use. The new
+are simulated from them with the noise texture measured from each scan itself (its own noise
+across slices, :func:`ldct.noise_bank.own_textured`), not the simulator's Hann kernel; a
+method that learns from noisy scans alone (n2n25d) takes every scan as it is, low doses
+included, and measures their noise. Every method starts from the weights in use. The new
 version lands in ``registry.site_models_dir()/<name>/versions/<timestamp>/`` with a
 ``finetune.json`` saying what made it, is recorded with its SHA-256 in the model's version
 manifest and used from the next request on (`ldct models use NAME shipped` rolls back).
@@ -26,8 +28,8 @@ import numpy as np
 from ldct import registry
 from ldct.data import Case, prepare
 from ldct.io import read_volume
-from ldct.noise_bank import scan_noise_kernel
-from ldct.train.loop import train
+from ldct.noise_bank import OWN, scan_noise_kernel
+from ldct.train.loop import method_class, train
 
 FINETUNE_DOSES = (0.5, 0.25, 0.1)  # the range the shipped models are trained for
 # Normal-dose noise in flat soft tissue is about 14 HU (smooth kernel) to 29 HU (sharp), a
@@ -65,12 +67,14 @@ def check_settings(raw: dict[str, Any] | None) -> dict[str, Any]:
     return settings
 
 
-def normal_dose_scans(images: Sequence[str | Path]
+def normal_dose_scans(images: Sequence[str | Path], low_dose_too: bool = False
                       ) -> tuple[list[Path], list[tuple[Path, str]]]:
     """The scans fit to be the normal-dose side of fine-tuning, and the others with the reason:
     derived series (a denoised result written back is one), series whose description says low
     dose or denoised, and scans whose own noise (measured across slices in flat soft tissue) is
-    that of a low dose. Fine-tuning on those would teach a network to keep noise."""
+    that of a low dose. Fine-tuning on those would teach a network to keep noise. With
+    ``low_dose_too`` (a method that learns from noisy scans alone) only derived and denoised
+    series are left out: they have no noise left to learn from."""
     kept, excluded = [], []
     for image in images:
         volume = read_volume(image)
@@ -81,10 +85,12 @@ def normal_dose_scans(images: Sequence[str | Path]
         if header is not None and "DERIVED" in list(header.get("ImageType", [])):
             excluded.append((Path(image), "a derived series (ImageType DERIVED), e.g. a result "
                                           "written back"))
-        elif any(word in description.lower() for word in LOW_DOSE_WORDS):
-            excluded.append((Path(image), f"its description '{description}' says low dose or "
-                                          "denoised"))
-        elif noise > LOW_DOSE_NOISE_HU:
+        elif any(word in description.lower()
+                 for word in (("denoised",) if low_dose_too else LOW_DOSE_WORDS)):
+            excluded.append((Path(image), f"its description '{description}' says "
+                                          + ("denoised" if low_dose_too
+                                             else "low dose or denoised")))
+        elif noise > LOW_DOSE_NOISE_HU and not low_dose_too:
             excluded.append((Path(image), f"its own noise, {noise:.0f} HU in flat soft tissue, "
                                           f"is a low dose's (above {LOW_DOSE_NOISE_HU:g} HU)"))
         else:
@@ -107,9 +113,10 @@ def finetune(name: str, images: Sequence[str | Path], steps: int = 200,
         raise FileNotFoundError(f"{name} has no trained weights to start from at {info.weights}.")
     if not images:
         raise ValueError("no images to fine-tune on: add the site's CT scans to the datastore.")
-    images, excluded = normal_dose_scans(images)
+    scans_alone = method_class(name).scans_alone
+    images, excluded = normal_dose_scans(images, low_dose_too=scans_alone)
     if not images:
-        raise ValueError("no normal-dose scan to fine-tune on: "
+        raise ValueError(f"no {'' if scans_alone else 'normal-dose '}scan to fine-tune on: "
                          + "; ".join(f"{p.name}: {why}" for p, why in excluded))
     base = info.weights
     catalogue = [Case(f"site{k:03d}", str(Path(path).resolve()), "train")
@@ -117,9 +124,17 @@ def finetune(name: str, images: Sequence[str | Path], steps: int = 200,
     info.versions_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=info.versions_dir) as work:
         work = Path(work)
-        prepare(Path("/"), work / "data", doses=doses, max_slices=max_slices,
-                progress=progress, catalogue=catalogue)
-        result = train(name, work / "data", work / "run", overrides={"steps": steps},
+        if scans_alone:  # the scans as they are (dose 1: no simulated dose), noise measured
+            prepare(Path("/"), work / "data", doses=(), max_slices=max_slices,
+                    progress=progress, catalogue=catalogue)
+            overrides: dict[str, Any] = {"steps": steps, "doses": [1.0]}
+            texture = "the scans' own noise, measured from them (no simulated dose)"
+        else:
+            prepare(Path("/"), work / "data", doses=doses, max_slices=max_slices,
+                    progress=progress, catalogue=catalogue, kernels=(OWN,))
+            overrides = {"steps": steps, "kernels": [OWN]}
+            texture = "simulated lower doses in each scan's own measured noise texture"
+        result = train(name, work / "data", work / "run", overrides=overrides,
                        device=device, progress=progress, init_weights=base)
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         staged = work / stamp
@@ -130,7 +145,8 @@ def finetune(name: str, images: Sequence[str | Path], steps: int = 200,
             "model": name, "version": stamp, "base_weights": str(base),
             "images": [str(p) for p in images],
             "excluded": [{"image": str(p), "reason": why} for p, why in excluded],
-            "doses": list(doses), "steps": result.steps,
+            "doses": [] if scans_alone else list(doses), "noise": texture,
+            "steps": result.steps,
             "max_slices": max_slices, "wall_s": round(result.wall_s, 1)}
         (staged / "finetune.json").write_text(json.dumps(record, indent=1))
         os.replace(staged, info.versions_dir / stamp)  # complete or absent, never half-written

@@ -33,10 +33,10 @@ class DenoiseCancelled(RuntimeError):
 # them: its first 2 or 4 already pair each view with a differently oriented one.
 DIHEDRAL_VIEWS = ((0, False), (2, True), (1, False), (3, True),
                   (2, False), (0, True), (3, False), (1, True))
-# Views averaged per slice by default: chosen on training slabs, and 4 passes keep every
-# network under 1 s per 512x512 slice on a 2-core CPU (README "Held-out results",
-# benchmarks/infer_speed.md).
-DEFAULT_ENSEMBLE = 4
+# Views averaged per slice by default: one pass keeps every network at or under 0.3 s per
+# 512x512 slice on a 2-core CPU (benchmarks/infer_speed.md); more views (--ensemble 4) trade
+# 3-4x the time for a little less noise.
+DEFAULT_ENSEMBLE = 1
 
 
 def load_network(name: str, device: str = "cpu", weights: str | None = None

@@ -22,6 +22,7 @@ from ldct.metrics import power_spectrum_2d
 FLAT_HU = (20.0, 90.0)  # soft tissue whose 9x9 local mean lies here counts as flat
 LEVEL_BLOCK = 16  # pixels per side of the blocks the local noise level is measured over
 MAD_TO_SD = 1.4826  # the SD of a Gaussian over its median absolute deviation
+OWN = "own"  # a prepared texture: what a lower dose adds, in the scan's own measured texture
 
 
 def slice_differences(hu: np.ndarray) -> np.ndarray:
@@ -31,14 +32,11 @@ def slice_differences(hu: np.ndarray) -> np.ndarray:
     return (hu[1:-1] - 0.5 * (hu[:-2] + hu[2:])) / np.float32(np.sqrt(1.5))
 
 
-def scan_noise_kernel(hu: np.ndarray, roi: int = 32) -> np.ndarray | None:
-    """A square kernel: unit white noise convolved with it has the scan's own noise.
-
-    The noise is measured from :func:`slice_differences`; its power spectrum over ``roi``-pixel
-    ROIs of flat soft tissue gives the kernel (zero phase). A scan too small or too busy for such
-    ROIs is measured over half-size ROIs of flat tissue, then of any tissue. None when the scan
-    has fewer than 3 slices or no tissue at all.
-    """
+def _own_noise_power(hu: np.ndarray, roi: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(2D power spectrum of the scan's own noise, the region of slices 1..n-2 it was measured
+    in): over ``roi``-pixel ROIs of flat soft tissue, else half-size ROIs of flat tissue, then
+    of any tissue (a scan too small or too busy for the first). None without 3 slices or
+    tissue."""
     if hu.shape[0] < 3:
         return None
     local = ndimage.uniform_filter(np.asarray(hu[1:-1], np.float32), size=(1, 9, 9))
@@ -46,11 +44,67 @@ def scan_noise_kernel(hu: np.ndarray, roi: int = 32) -> np.ndarray | None:
     differences = slice_differences(hu).astype(np.float64)
     for size, region in ((roi, flat), (roi // 2, flat), (roi // 2, local > -300.0)):
         try:
-            power = power_spectrum_2d(differences, size, region)
+            return power_spectrum_2d(differences, size, region, taper=True), region
         except ValueError:  # no ROI of that size inside the region
             continue
-        return np.fft.fftshift(np.fft.ifft2(np.sqrt(power)).real)
     return None
+
+
+def scan_noise_kernel(hu: np.ndarray, roi: int = 32) -> np.ndarray | None:
+    """A square kernel: unit white noise convolved with it has the scan's own noise.
+
+    The noise is measured from :func:`slice_differences`, its power spectrum over flat soft
+    tissue (see :func:`_own_noise_power`) gives the kernel (zero phase). None when the scan has
+    fewer than 3 slices or no tissue at all.
+    """
+    measured = _own_noise_power(hu, roi)
+    if measured is None:
+        return None
+    return np.fft.fftshift(np.fft.ifft2(np.sqrt(measured[0])).real)
+
+
+def _radial_profile(power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(frequencies in cycles per pixel, mean power per ring) of a square 2D spectrum."""
+    size = power.shape[0]
+    f = np.fft.fftfreq(size)
+    ring = np.rint(np.hypot(*np.meshgrid(f, f, indexing="ij")) * size).astype(int)
+    counts = np.bincount(ring.ravel())
+    sums = np.bincount(ring.ravel(), weights=power.ravel())
+    keep = counts > 0
+    return np.arange(len(counts))[keep] / size, sums[keep] / counts[keep]
+
+
+def own_textured(added: np.ndarray, normal: np.ndarray, dose: float,
+                 roi: int = 32, max_gain: float = 200.0) -> np.ndarray:
+    """The noise a lower ``dose`` adds to ``normal``, given the scan's own noise texture.
+
+    A normal-dose scan's own noise (measured across slices) is quantum noise through the site's
+    reconstruction kernel; a dose fraction a multiplies its variance by 1/a, so the part a
+    lower dose adds has the same texture and (1/a - 1) times its variance. The simulated
+    ``added`` noise keeps where it is strong (photon statistics); its spectrum is reshaped
+    radially to the measured one and its level set by that rule in flat soft tissue, so no
+    kernel or photon count of the simulator is assumed. The gain is capped at ``max_gain``
+    (as :func:`ldct.simulate.retexture`'s) where the simulated noise has almost no power.
+    """
+    measured = _own_noise_power(normal, roi)
+    if measured is None or not measured[0].any():
+        raise ValueError("the scan's own noise cannot be measured (it needs at least 3 slices "
+                         "and some soft tissue); fine-tune with the simulator's kernel instead")
+    own, region = measured
+    simulated = power_spectrum_2d(np.asarray(added[1:-1], np.float64), own.shape[0], region,
+                                  taper=True)
+    f, own_ring = _radial_profile(own)
+    _, simulated_ring = _radial_profile(simulated)
+    ring_gain = np.minimum(np.sqrt(own_ring / np.maximum(simulated_ring, 1e-30)), max_gain)
+    rows, cols = added.shape[-2:]
+    radius = np.hypot(np.fft.fftfreq(rows)[:, None], np.fft.rfftfreq(cols)[None, :])
+    gain = np.interp(radius, f, ring_gain)
+    gain[0, 0] = 1.0  # no HU offset
+    shaped = np.fft.irfft2(np.fft.rfft2(added, axes=(-2, -1)) * gain, s=(rows, cols),
+                           axes=(-2, -1))
+    target = np.sqrt(own.mean() * (1.0 / dose - 1.0))  # the 2D power's mean is the variance
+    level = shaped[1:-1][region].std()
+    return (shaped * (target / level)).astype(np.float32)
 
 
 def noise_level_map(hu: np.ndarray, block: int = LEVEL_BLOCK) -> np.ndarray:

@@ -11,7 +11,13 @@ from scipy import ndimage
 
 from ldct import metrics
 from ldct.data import PatchSampler, PreparedData, prepare, summarize, unpaired_split
-from ldct.noise_bank import ScanNoise, noise_level_map, scan_noise_kernel, textured_noise
+from ldct.noise_bank import (
+    ScanNoise,
+    noise_level_map,
+    own_textured,
+    scan_noise_kernel,
+    textured_noise,
+)
 from ldct.simulate import retexture
 
 
@@ -175,6 +181,26 @@ def test_noise_level_map_follows_the_local_noise_not_the_anatomy():
                                                                                        rel=0.2)
     with pytest.raises(ValueError, match="at least 3 slices"):
         ScanNoise(hu[:2])
+
+
+def test_own_texture_gives_a_lower_dose_the_scans_own_noise():
+    """Fine-grained own noise (SD 15 HU) and coarser simulated added noise (a Hann window on
+    white noise): the added part takes the scan's texture, a quarter dose's level (15 sqrt(3)
+    HU) and stays the same draw."""
+    rng = np.random.default_rng(4)
+    own = np.stack([ndimage.gaussian_filter(rng.standard_normal((128, 128)), 0.6)
+                    for _ in range(8)])
+    normal = 50.0 + own * (15.0 / own.std())
+    added = retexture(rng.standard_normal((8, 128, 128)), "hann", source="ram-lak") * 60.0
+    made = own_textured(added, normal, dose=0.25)
+    inner = (slice(1, -1), slice(8, -8), slice(8, -8))
+    assert made[inner].std() == pytest.approx(15.0 * np.sqrt(3.0), rel=0.15)
+    own_lag, made_lag = _lag1_correlation(own[inner]), _lag1_correlation(made[inner])
+    assert abs(made_lag - own_lag) < 0.5 * abs(_lag1_correlation(added[inner]) - own_lag)
+    assert np.corrcoef(made[inner].ravel(), added[inner].ravel())[0, 1] > 0.3
+    assert abs(made.mean()) < 1.0  # no HU offset
+    with pytest.raises(ValueError, match="cannot be measured"):
+        own_textured(added, np.full_like(normal, 50.0), dose=0.25)
 
 
 def test_scan_noise_kernel_recovers_the_scans_own_noise_texture():

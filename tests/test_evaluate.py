@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
+from scipy import ndimage
 
-from ldct.evaluate import COLUMNS, evaluate, evaluate_kernels, sweep_targets, worst_kernels
+from ldct.evaluate import (
+    COLUMNS,
+    REAL,
+    evaluate,
+    evaluate_kernels,
+    sweep_targets,
+    worst_kernels,
+)
+from ldct.io import write_volume
+from ldct.phantom import make_phantom
 
 
 def test_evaluate_writes_table_csv_and_figures(prepared, tmp_path):
@@ -27,9 +38,15 @@ def test_evaluate_writes_table_csv_and_figures(prepared, tmp_path):
 
 
 def test_kernel_sweep_reports_each_kernel_and_the_worst(prepared, tmp_path):
+    phantom = make_phantom(size=128, slices=6, seed=3).volume
+    grain = ndimage.gaussian_filter(np.random.default_rng(0).standard_normal(phantom.hu.shape),
+                                    (0, 0.6, 0.6))
+    real = write_volume(phantom.with_hu(phantom.hu + 40.0 * grain), tmp_path / "real.nrrd")
     results = evaluate_kernels(prepared, tmp_path, ["hann", "sharp-ee"], dose=0.25,
-                               models=["ldct-gauss", "ldct-nlm"], nps_roi=8)
-    assert list(results) == ["hann", "sharp-ee"]
+                               models=["ldct-gauss", "ldct-nlm"], nps_roi=8, real_volume=real)
+    assert list(results) == ["hann", "sharp-ee", REAL]
+    real_input = results[REAL][0]
+    assert real_input["liver_noise_sd"] > 1.0 and np.isnan(real_input["tumour_cnr"])
     hann, sharp = results["hann"][0], results["sharp-ee"][0]  # the inputs
     assert sharp["liver_noise_sd"] > 1.5 * hann["liver_noise_sd"]  # same draw, sharper kernel
     assert sharp["nps_peak_cpmm"] > hann["nps_peak_cpmm"]
@@ -40,6 +57,7 @@ def test_kernel_sweep_reports_each_kernel_and_the_worst(prepared, tmp_path):
     assert gauss["psnr_gain_db"] == pytest.approx(min(gains.values()))
     assert gauss["noise_vs_ld"] == max(rows[1]["noise_vs_ld"] for rows in results.values())
     margins = [rows[1]["psnr_db"] - rows[2]["psnr_db"] for rows in results.values()]
+    gains = {k: rows[1]["psnr_db"] - rows[0]["psnr_db"] for k, rows in results.items()}
     assert gauss["nlm_margin_db"] == pytest.approx(min(margins)) and nlm["nlm_margin_db"] == 0
     assert gauss["passes"] == (min(gains.values()) >= 3.0 and gauss["noise_vs_ld"] <= 0.6
                                and gauss["max_abs_bias_hu"] <= 2.0 and gauss["ssim_gain"] > 0)
@@ -47,6 +65,7 @@ def test_kernel_sweep_reports_each_kernel_and_the_worst(prepared, tmp_path):
     assert "## hann" in report and "## sharp-ee" in report and "## Worst kernel" in report
     assert "## Targets at every kernel" in report and "| ldct-gauss | " in report
     with open(tmp_path / "kernels.csv") as handle:
-        assert len(list(csv.reader(handle))) == 1 + 2 * 3
+        assert len(list(csv.reader(handle))) == 1 + 3 * 3
+    assert f"'{REAL}': a real normal-dose scan" in report
     for figure in ("kernels_montage.png", "kernels_nps.png"):
         assert (tmp_path / figure).stat().st_size > 5_000

@@ -49,6 +49,7 @@ def test_finetune_adds_a_version_that_inference_then_uses(site_models, site_scan
     assert version.parent == site_models / "vagan" / "versions"
     record = json.loads((version / "finetune.json").read_text())
     assert record["steps"] == 3 and record["base_weights"] == str(info.shipped_weights)
+    assert record["noise"] == "simulated lower doses in each scan's own measured noise texture"
     assert info.version() == version.name and info.weights == version / "model.pt"
     tuned = load_network("vagan", "cpu")
     assert tuned is not shipped and _weights_differ(tuned, shipped)
@@ -56,6 +57,30 @@ def test_finetune_adds_a_version_that_inference_then_uses(site_models, site_scan
     fresh = info.build(**torch.load(info.shipped_weights, weights_only=True)["kwargs"])
     assert _distance(tuned, shipped) < 0.05 * _distance(tuned, fresh)  # it started from shipped
     assert list(site_models.glob("vagan/versions/.*")) == []  # no leftovers of the work
+
+
+def test_n2n25d_adapts_on_low_dose_scans_alone(site_models, tmp_path):
+    """The self-supervised model takes a site's low-dose scan as it is (no normal dose, no
+    simulated dose), and its training starts from the shipped weights."""
+    from ldct.simulate import LowDoseParams, simulate_low_dose
+
+    phantom = make_phantom(size=256, slices=6, pixel_mm=0.78, seed=7)
+    noisy = write_volume(simulate_low_dose(phantom.volume, LowDoseParams(dose=0.05), seed=1,
+                                           progress=False), tmp_path / "noisy.nrrd",
+                         dtype="int16")
+    with pytest.raises(ValueError, match="no normal-dose scan"):
+        finetune("vagan", [noisy], steps=1)
+    info = registry.get("n2n25d")
+    shipped = load_network("n2n25d", "cpu")
+    version = finetune("n2n25d", [noisy], steps=3, max_slices=6, device="cpu")
+    record = json.loads((version / "finetune.json").read_text())
+    assert record["images"] == [str(noisy)] and record["doses"] == []
+    assert record["noise"] == "the scans' own noise, measured from them (no simulated dose)"
+    tuned = load_network("n2n25d", "cpu")
+    assert _weights_differ(tuned, shipped)
+    torch.manual_seed(0)
+    fresh = info.build(**torch.load(info.shipped_weights, weights_only=True)["kwargs"])
+    assert _distance(tuned, shipped) < 0.05 * _distance(tuned, fresh)  # it started from shipped
 
 
 def test_finetune_refuses_what_it_cannot_do(site_models, site_scan):

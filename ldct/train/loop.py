@@ -90,7 +90,7 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     method = build_method(method_name, hp, pvm_path)
     if init_weights:
         blob = torch.load(init_weights, map_location="cpu", weights_only=True)
-        method.deployable().load_state_dict(blob["state_dict"])
+        method.start_from(blob["state_dict"])
     method.nets.to(dev)
     if method.pvm is not None:
         method.pvm.to(dev)

@@ -28,6 +28,7 @@ class Method:
     sample_context: int | None = None  # slices per training sample, when more than context
     needs_pvm = False
     needs_noise = False  # batches with 'noise': fresh noise of the low dose's statistics
+    scans_alone = False  # learns from noisy scans alone: no normal dose, no simulated dose
     defaults: dict[str, Any] = {}
     presets: dict[str, dict[str, Any]] = {}  # per-preset values that override the loop's
     finetune: dict[str, Any] = {}  # overrides when starting from trained weights
@@ -64,6 +65,10 @@ class Method:
     def deployable(self) -> HUPreservingDenoiser:
         """The network that ships (HU in, HU out)."""
         raise NotImplementedError
+
+    def start_from(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Start from trained deployable weights (fine-tuning, or retraining from a model.pt)."""
+        self.deployable().load_state_dict(state_dict)
 
     def factory_kwargs(self) -> dict[str, Any]:
         """Arguments that rebuild :meth:`deployable` from the registry's factory."""

@@ -28,6 +28,7 @@ from ldct.train.method import Method, image_mse
 class N2N25DMethod(Method):
     name = "n2n25d"
     needs_noise = True
+    scans_alone = True
     # cpu: 60000 teacher steps (~30 a second), then no distillation: the teacher's own network
     # ships, keeping the input's low band. On training-case slabs 40000 teacher steps beat the
     # former 16000 plus a distilled student by 0.2-1.3 dB, and 60000 beat 40000 by up to 0.9;
@@ -78,6 +79,15 @@ class N2N25DMethod(Method):
 
     def deployable(self):
         return self.nets["student"]
+
+    def start_from(self, state_dict):
+        """The shipped network is the teacher's own (student_arch msr2au): the teacher, which
+        is what trains, starts from it too (else it would start untrained and hand its
+        weights to the student at the end)."""
+        super().start_from(state_dict)
+        if self.hp["student_arch"] == "msr2au":
+            self.nets["teacher"].load_state_dict(
+                self.nets["student"].core.estimator.state_dict())
 
     def recorrupted(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(stack with the centre recorrupted, the centre's independent-noise target), in HU.
