@@ -16,6 +16,10 @@ from pathlib import Path
 import pytest
 from LowDoseCTDenoiseLib import (
     CONTROLS,
+    LAYOUTS,
+    SHORTCUTS,
+    VOLUME_PRESET,
+    WINDOW_PRESETS,
     DenoiseController,
     State,
     StudyController,
@@ -76,9 +80,12 @@ class FakeLogic:
         self.calls.append(("load", Path(path).read_bytes(), node, model, strength))
         return _Node(f"{node} {model} s={strength:g}")
 
-    def show_side_by_side(self, original, result, window) -> None:
-        self.calls.append(("show", original, result.GetName(), window))
+    def show_side_by_side(self, original, result, window, layout) -> None:
+        self.calls.append(("show", original, result.GetName(), window, layout))
         self.pair = (original, result)
+
+    def set_layout(self, name: str) -> None:
+        self.calls.append(("layout", name))
 
     def set_strength(self, strength: float) -> str:
         self.calls.append(("strength", strength))
@@ -185,6 +192,8 @@ def test_every_click_in_every_state(panel, state):
                   lambda: controller.answer_consent(True, remember=True)],
               "compare": [lambda: controller.set_strength(0.5),
                           lambda: controller.set_window("Abdomen"),
+                          lambda: controller.set_layout("Side by side"),
+                          lambda: controller.press("1"), lambda: controller.press("Space"),
                           lambda: controller.show_difference(True), controller.flicker,
                           lambda: controller.set_auto_flicker(True)]}
     for control, actions in clicks.items():
@@ -237,6 +246,7 @@ def test_denoise_shows_the_result_then_strength_is_blended_locally(panel):
     _reach(State.READY, controller, url, handler)
     controller.set_strength(0.6)  # before any result: only remembered
     controller.set_window("Liver narrow")
+    controller.set_layout("Axial + coronal")
     assert logic.calls == []
     handler.held = ()
     _click_denoise(controller)
@@ -244,7 +254,7 @@ def test_denoise_shows_the_result_then_strength_is_blended_locally(panel):
     _settle(controller)
     assert controller.state is State.DONE and controller.view().progress == 100
     assert logic.calls == [("export", "CT"), ("load", b"denoised volume", "CT", "m", 0.6),
-                           ("show", "CT", "CT m s=0.6", "Liver narrow")]
+                           ("show", "CT", "CT m s=0.6", "Liver narrow", "Axial + coronal")]
     assert shown == [True] and not alerts
     assert controller.status.startswith("Loaded 'CT m s=0.6'. The server sent no CT-number")
     uploads = [h for h in handler.hits if h.startswith("/infer")]
@@ -342,6 +352,39 @@ def test_dont_ask_again_is_kept_per_server_with_the_url_history(panel):
     assert not history.consents("http://127.0.0.1:1")  # another server is asked about
     history.add("http://127.0.0.1:1")
     assert not UrlHistory(history.urls, size=1, consented=history.consented).consents(url)
+
+
+# Keys Slicer itself binds: its slice views (letters, arrows, brackets, Escape, Delete) and its
+# main window (Ctrl+key). The module's shortcuts, live while it is shown, must take none.
+SLICER_KEYS = {*"BFGRTVbfgrtv[]{}", "Left", "Right", "Up", "Down", "Escape", "Delete",
+               *(f"Ctrl+{k}" for k in "FOSWH012345")}
+
+
+def test_shortcuts_flicker_and_pick_every_window_preset(panel):
+    controller, url, handler, logic, *_ = panel
+    assert not set(SHORTCUTS) & SLICER_KEYS and len(set(SHORTCUTS)) == len(SHORTCUTS)
+    windows = [args[0] for name, *args in SHORTCUTS.values() if name == "set_window"]
+    assert sorted(windows) == sorted([*WINDOW_PRESETS, VOLUME_PRESET])
+    assert [name for name, *_ in SHORTCUTS.values()].count("flicker") == 1
+    _reach(State.DONE, controller, url, handler)
+    done = len(logic.calls)
+    for key in SHORTCUTS:
+        controller.press(key)
+    assert logic.calls[done:] == [("flicker",), ("window", "Liver narrow"), ("window", "Liver"),
+                                  ("window", "Abdomen"), ("window", VOLUME_PRESET)]
+    assert controller.view().window == VOLUME_PRESET  # the Window list follows the key
+
+
+def test_the_layout_is_kept_for_the_next_result(panel):
+    controller, url, handler, logic, *_ = panel
+    assert controller.view().layout == "Side by side" == next(iter(LAYOUTS))
+    _reach(State.DONE, controller, url, handler)
+    controller.set_layout("Axial + coronal")
+    assert logic.calls[-1] == ("layout", "Axial + coronal")
+    _click_denoise(controller)
+    _settle(controller)
+    assert logic.calls[-1][-1] == "Axial + coronal" and controller.view().layout == (
+        "Axial + coronal")
 
 
 def test_a_pair_without_a_full_strength_result_is_not_blended(panel):

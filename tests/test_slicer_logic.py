@@ -20,6 +20,7 @@ import slicer
 import vtk
 from conftest import ROOT, SHARED_DATA
 from LowDoseCTDenoiseLib import DenoiseClient, DenoiseController, State, UrlHistory
+from LowDoseCTDenoiseLib.display import LAYOUT_ID_BASE, LAYOUTS, layout_xml
 from LowDoseCTDenoiseLib.logic import LEFT, RIGHT, GeometryMismatch, LowDoseCTDenoiseLogic
 
 from ldct.data import crop_slices, demo_case
@@ -106,7 +107,10 @@ def test_denoise_shows_original_and_result_side_by_side(scene, dicom_node, clien
     assert np.abs(np.median(denoised - before)) < 5  # HU kept
 
     layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
-    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView
+    assert layout.GetViewArrangement() == LAYOUT_ID_BASE  # "Side by side"
+    assert layout.GetLayoutDescription(LAYOUT_ID_BASE) == layout_xml(LAYOUTS["Side by side"])
+    assert [logic.slice_node(v).GetLayoutLabel() for v in (LEFT, RIGHT)] == [
+        "original", "vagan s=1"]
     left, right = logic.composite_node(LEFT), logic.composite_node(RIGHT)
     assert left.GetBackgroundVolumeID() == dicom_node.GetID()
     assert right.GetBackgroundVolumeID() == result.GetID()
@@ -255,6 +259,43 @@ def test_difference_view_and_flicker(scene, dicom_node, client, tmp_path):
     assert logic.composite_node(LEFT).GetBackgroundVolumeID() == result.GetID()
     assert logic.flicker() == "original"
     assert logic.composite_node(LEFT).GetBackgroundVolumeID() == dicom_node.GetID()
+
+
+def test_axial_and_coronal_layout_with_view_labels(scene, dicom_node, tmp_path):
+    """2x2: original | denoised axial on top, coronal below, each view labelled with what it
+    shows; strength, flicker and difference keep every view and label right."""
+    logic = LowDoseCTDenoiseLogic(scene)
+    path, _ = _server_result(logic, dicom_node, tmp_path, "pan", 5.0)
+    result = logic.load_result(path, dicom_node, "pan", 0.8)
+    logic.show_side_by_side(dicom_node, result, "Liver", "Axial + coronal")
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    assert layout.GetViewArrangement() == LAYOUT_ID_BASE + 1
+
+    def views() -> dict:
+        return {view: (logic.slice_node(view).GetOrientationString(),
+                       logic.composite_node(view).GetBackgroundVolumeID(),
+                       logic.slice_node(view).GetLayoutLabel())
+                for view in ("Red", "Yellow", "Green", "Green2")}
+
+    original, denoised = dicom_node.GetID(), result.GetID()
+    assert views() == {"Red": ("Axial", original, "original"),
+                       "Yellow": ("Axial", denoised, "pan s=0.8"),
+                       "Green": ("Coronal", original, "original"),
+                       "Green2": ("Coronal", denoised, "pan s=0.8")}
+    assert all(logic.composite_node(v).GetHotLinkedControl() for v in ("Green", "Green2"))
+    logic.set_strength(0.5)
+    assert views()["Green2"] == ("Coronal", denoised, "pan s=0.5")
+    assert logic.flicker() == "denoised"
+    assert views()["Red"][1:] == views()["Green"][1:] == (denoised, "pan s=0.5")
+    logic.flicker()
+    difference = logic.show_difference(True).GetID()
+    assert views()["Yellow"][1:] == views()["Green2"][1:] == (difference, "difference")
+    assert views()["Green"][1:] == (original, "original")
+    logic.set_layout("Side by side")  # what is shown stays
+    assert layout.GetViewArrangement() == LAYOUT_ID_BASE
+    assert views()["Yellow"][1:] == (difference, "difference")
+    with pytest.raises(ValueError, match="unknown layout"):
+        logic.set_layout("Four up")
 
 
 def _server_result(logic, node, folder: Path, name: str, offset: float):

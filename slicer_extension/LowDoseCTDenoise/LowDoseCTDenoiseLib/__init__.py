@@ -5,6 +5,7 @@ from .client import DenoiseClient, ModelEntry
 from .connection import CancelToken
 from .controller import (
     CONTROLS,
+    SHORTCUTS,
     DenoiseController,
     PanelView,
     State,
@@ -13,6 +14,7 @@ from .controller import (
     StudyView,
 )
 from .display import (
+    LAYOUTS,
     VOLUME_PRESET,
     WINDOW_PRESETS,
     UrlHistory,
@@ -35,9 +37,9 @@ from .job import BackgroundCall, DenoiseJob
 from .study import ReaderSession, StudyClient
 
 __all__ = ["AuthenticationFailed", "BackgroundCall", "CONTROLS", "CancelToken", "Cancelled",
-           "DenoiseClient", "DenoiseController", "DenoiseJob", "ModelEntry", "ModelMissing",
-           "NotMonaiLabel", "PanelView", "ReaderSession", "RequestRejected",
-           "ServerError", "ServerFailure", "ServerTimeout", "ServerUnreachable", "State",
-           "StudyClient", "StudyController", "StudyState", "StudyView", "UrlHistory",
-           "VOLUME_PRESET", "WINDOW_PRESETS", "difference_name", "result_name",
-           "symmetric_window"]
+           "DenoiseClient", "DenoiseController", "DenoiseJob", "LAYOUTS", "ModelEntry",
+           "ModelMissing", "NotMonaiLabel", "PanelView", "ReaderSession",
+           "RequestRejected", "SHORTCUTS", "ServerError", "ServerFailure",
+           "ServerTimeout", "ServerUnreachable", "State", "StudyClient",
+           "StudyController", "StudyState", "StudyView", "UrlHistory", "VOLUME_PRESET",
+           "WINDOW_PRESETS", "difference_name", "result_name", "symmetric_window"]

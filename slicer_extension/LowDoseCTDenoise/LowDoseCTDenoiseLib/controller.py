@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .client import DenoiseClient, ModelEntry
-from .display import UrlHistory
+from .display import LAYOUTS, VOLUME_PRESET, UrlHistory
 from .errors import Cancelled, ServerError
 from .job import BUSY_PHASES, BackgroundCall, DenoiseJob
 from .study import ReaderSession, StudyClient, reader_id
@@ -54,10 +54,19 @@ class PanelView:
     enabled: frozenset  # of CONTROLS
     models: tuple  # of ModelEntry, denoisers only
     auto_flicker: bool
+    window: str  # the window preset chosen (a shortcut may change it)
+    layout: str  # the layout chosen, a name in LAYOUTS
     question: str  # in State.CONSENT: asked in a dialog, answered with answer_consent()
 
 
 CONTROLS = ("connect", "model", "device", "denoise", "cancel", "compare")
+
+# Keys while the module is shown (QKeySequence text) -> controller method and arguments:
+# digits pick the window presets, as in PACS viewers; Space flickers. Slicer's own keys are
+# left alone: letters, arrows and brackets in its slice views, Ctrl+key in its main window.
+SHORTCUTS = {"Space": ("flicker",), "1": ("set_window", "Liver narrow"),
+             "2": ("set_window", "Liver"), "3": ("set_window", "Abdomen"),
+             "4": ("set_window", VOLUME_PRESET)}
 
 
 class _Worker:
@@ -93,7 +102,8 @@ class DenoiseController(_Worker):
     """Server, Denoise and Compare sections of the panel.
 
     ``logic``: the module's Logic (``prepare_export``, ``load_result``, ``show_side_by_side``,
-    ``set_strength``, ``apply_window``, ``show_difference``, ``flicker``, ``pair``).
+    ``set_strength``, ``apply_window``, ``set_layout``, ``show_difference``, ``flicker``,
+    ``pair``).
     ``on_shown`` is called after a result is shown (the widget fits the views to it).
     """
 
@@ -111,6 +121,7 @@ class DenoiseController(_Worker):
         self.url = self.token = ""  # of the server whose models are listed
         self.input: Any = None
         self.model, self.device, self.strength, self.window = "", "auto", 1.0, "Liver"
+        self.layout = next(iter(LAYOUTS))
         self.auto_flicker = False
         self._workdir: Optional[Path] = None
         self._cancelled = ""  # why the running job was stopped (user or scene close)
@@ -126,7 +137,8 @@ class DenoiseController(_Worker):
                         "or DICOM header) go to that server, which keeps them only while it "
                         "denoises.")
         return PanelView(self.state, self.connection, self.status, self._progress(),
-                         self.enabled(), self.models, self.auto_flicker, question)
+                         self.enabled(), self.models, self.auto_flicker, self.window,
+                         self.layout, question)
 
     def enabled(self) -> frozenset:
         """The controls a click may use now (a click on any other is ignored)."""
@@ -262,7 +274,7 @@ class DenoiseController(_Worker):
     def _show(self, job: DenoiseJob, node: Any) -> None:
         try:
             result = self.logic.load_result(job.result, node, job.model, self.strength)
-            self.logic.show_side_by_side(node, result, self.window)
+            self.logic.show_side_by_side(node, result, self.window, self.layout)
         except (RuntimeError, ValueError, OSError) as exc:
             self._fail(f"Could not show the result: {exc}")
             return
@@ -288,6 +300,16 @@ class DenoiseController(_Worker):
         self.window = preset
         if "compare" in self.enabled():
             self.logic.apply_window(preset)
+
+    def set_layout(self, name: str) -> None:
+        self.layout = name
+        if "compare" in self.enabled():
+            self.logic.set_layout(name)
+
+    def press(self, key: str) -> None:
+        """A key of :data:`SHORTCUTS` pressed: what its control does when clicked."""
+        name, *args = SHORTCUTS[key]
+        getattr(self, name)(*args)
 
     def show_difference(self, on: bool) -> None:
         if "compare" in self.enabled():

@@ -1,16 +1,26 @@
-"""What the views show: window presets, node names, the difference window, the URL history."""
+"""What the views show: window presets, layouts, view labels, node names, the difference window,
+the URL history."""
 
 from __future__ import annotations
 
 from typing import Iterable, Optional
 
-# (window width, level) in HU
 # (width, level) in HU. "Liver narrow" W150/L60 ([-15, 135] HU) is the window in which liver
 # lesion conspicuity and residual noise are judged: it spans unenhanced (about 55 HU) and
 # portal-venous (about 100-120 HU) liver, and shows noise about three times as strongly as W400.
 WINDOW_PRESETS = {"Liver": (400.0, 40.0), "Liver narrow": (150.0, 60.0),
                   "Abdomen": (350.0, 40.0)}
 VOLUME_PRESET = "Volume"  # the window the volume came with (e.g. from its DICOM header)
+
+# Layouts: rows of slice views, each (view name, orientation, what it shows). Red and Yellow
+# are Slicer's own views (linked and hot-linked by the Logic); Green2 is made by the layout.
+ORIGINAL, RESULT = "original", "result"
+LAYOUTS = {
+    "Side by side": ((("Red", "Axial", ORIGINAL), ("Yellow", "Axial", RESULT)),),
+    "Axial + coronal": ((("Red", "Axial", ORIGINAL), ("Yellow", "Axial", RESULT)),
+                        (("Green", "Coronal", ORIGINAL), ("Green2", "Coronal", RESULT))),
+}
+LAYOUT_ID_BASE = 74010  # Slicer's layout ids of LAYOUTS, in order (far from Slicer's own)
 MIN_DIFFERENCE_WINDOW = 20.0
 
 
@@ -19,9 +29,25 @@ def strength_label(strength: float) -> str:
     return f"s={strength:.2f}".rstrip("0").rstrip(".")
 
 
+def view_label(model: str, strength: float) -> str:
+    """``vagan s=0.8``: the label of a view showing a result (the other says ``original``)."""
+    return f"{model} {strength_label(strength)}"
+
+
 def result_name(input_name: str, model: str, strength: float) -> str:
     """``CT vagan s=0.8``: results of other models or strengths never share a name."""
-    return f"{input_name} {model} {strength_label(strength)}"
+    return f"{input_name} {view_label(model, strength)}"
+
+
+def layout_xml(rows: tuple) -> str:
+    """Slicer's layout description of ``rows`` (see :data:`LAYOUTS`)."""
+    def view(name: str, orientation: str) -> str:
+        return (f'<item><view class="vtkMRMLSliceNode" singletontag="{name}"><property '
+                f'name="orientation" action="default">{orientation}</property></view></item>')
+
+    return ('<layout type="vertical">' + "".join(
+        '<item><layout type="horizontal">' + "".join(view(n, o) for n, o, _ in row)
+        + "</layout></item>" for row in rows) + "</layout>")
 
 
 def difference_name(result: str) -> str:

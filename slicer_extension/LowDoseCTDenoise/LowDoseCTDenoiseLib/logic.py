@@ -17,16 +17,22 @@ import slicer
 import vtk
 
 from .display import (
+    LAYOUT_ID_BASE,
+    LAYOUTS,
+    ORIGINAL,
+    RESULT,
     VOLUME_PRESET,
     WINDOW_PRESETS,
     difference_name,
+    layout_xml,
     result_name,
     strength_label,
     symmetric_window,
+    view_label,
 )
 from .transfer import NrrdHeader, write_nrrd
 
-LEFT, RIGHT = "Red", "Yellow"  # the two views of Slicer's side-by-side layout
+LEFT, RIGHT = "Red", "Yellow"  # the top row of every layout: original | denoised
 GEOMETRY_TOLERANCE_MM = 1e-3  # NRRD text round trip; anything larger is a real mismatch
 DIFFERENCE_SAMPLES = 200_000
 STUDY_ATTRIBUTE = "LowDoseCTDenoise.studyItem"
@@ -99,6 +105,9 @@ class LowDoseCTDenoiseLogic:
         self._synced: list[tuple[object, int]] = []
         self._syncing = False
         self.pair: Optional[tuple[object, object]] = None  # (original, denoised) on show
+        self.layout = next(iter(LAYOUTS))
+        self._flickered = False  # the original's views show the denoised volume
+        self._difference = None  # the difference shown in the result's views, if any
         self._full: Optional[tuple[object, np.ndarray]] = None  # last result, full strength
 
     # -- input and result ---------------------------------------------------------------
@@ -158,6 +167,7 @@ class LowDoseCTDenoiseLogic:
         * (full result - original)``, as the server blends. Returns the result's new name."""
         original, denoised = self._require_pair()
         self._blend(original, denoised, strength)
+        self._fill_views()  # the labels say the new strength
         return denoised.GetName()
 
     def _blend(self, original, result, strength: float) -> None:
@@ -200,6 +210,7 @@ class LowDoseCTDenoiseLogic:
             self._layout_node().SetViewArrangement(
                 slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView)
             self.composite_node(LEFT).SetBackgroundVolumeID(nodes[0].GetID())
+            self.slice_node(LEFT).SetLayoutLabel(nodes[0].GetName())
             self._set_window(nodes[0].GetDisplayNode(), *window)
         return nodes
 
@@ -259,23 +270,63 @@ class LowDoseCTDenoiseLogic:
 
     # -- views --------------------------------------------------------------------------
     def show_side_by_side(self, original, denoised,
-                          preset: str | tuple[float, float] = "Liver") -> None:
-        """Original left, denoised right, hot-linked axial views, one window on both."""
-        layout = self._layout_node()
-        layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView)
-        for view, node in ((LEFT, original), (RIGHT, denoised)):
-            self.slice_node(view).SetOrientation("Axial")
-            composite = self.composite_node(view)
-            composite.SetBackgroundVolumeID(node.GetID())
-            composite.SetForegroundVolumeID(None)
-            composite.SetLinkedControl(True)
-            composite.SetHotLinkedControl(True)
-        self.pair = (original, denoised)
+                          preset: str | tuple[float, float] = "Liver",
+                          layout: str = "") -> None:
+        """Original and denoised in the hot-linked views of ``layout`` (a name in LAYOUTS;
+        the last one used by default), one window on all."""
+        self.pair, self._flickered, self._difference = (original, denoised), False, None
         for node in self.pair:
             node.CreateDefaultDisplayNodes()
             self._remember_own_window(node)
+        self.set_layout(layout or self.layout)
         self.apply_window(preset)
         self._sync_windows(original.GetDisplayNode(), denoised.GetDisplayNode())
+
+    def set_layout(self, name: str) -> None:
+        """Arrange the views as ``LAYOUTS[name]``: each shows the original or the denoised
+        volume of the pair, labelled, linked with the views of its orientation."""
+        self._require_pair()
+        if name not in LAYOUTS:
+            raise ValueError(f"unknown layout {name!r}")
+        layout_id = LAYOUT_ID_BASE + list(LAYOUTS).index(name)
+        layout_node = self._layout_node()
+        if not layout_node.IsLayoutDescription(layout_id):
+            layout_node.AddLayoutDescription(layout_id, layout_xml(LAYOUTS[name]))
+        layout_node.SetViewArrangement(layout_id)  # Slicer's layout manager makes its views
+        self.layout = name
+        if not all(self._find(view, "vtkMRMLSliceNode") for view, _, _ in self._views()):
+            self._make_views()
+        for view, orientation, _ in self._views():
+            self.slice_node(view).SetOrientation(orientation)
+            composite = self.composite_node(view)
+            composite.SetForegroundVolumeID(None)
+            composite.SetLinkedControl(True)
+            composite.SetHotLinkedControl(True)
+        self._fill_views()
+
+    def _views(self) -> list[tuple[str, str, str]]:
+        return [view for row in LAYOUTS[self.layout] for view in row]
+
+    def _fill_views(self) -> None:
+        """Each view's volume and label: the original's views show the denoised volume while
+        flickered, the denoised volume's show its difference while that is on."""
+        original, denoised = self._require_pair()
+        shown = {ORIGINAL: denoised if self._flickered else original,
+                 RESULT: denoised if self._difference is None else self._difference}
+        for view, _, role in self._views():
+            node = shown[role]
+            self.composite_node(view).SetBackgroundVolumeID(node.GetID())
+            self.slice_node(view).SetLayoutLabel(self._label(node))
+
+    def _label(self, node) -> str:
+        """What a view says it shows: ``original``, ``<model> s=<strength>``, ``difference``,
+        or a study image's blinded name (A, B)."""
+        model = node.GetAttribute("LowDoseCTDenoise.model")
+        if model:
+            return view_label(model, float(node.GetAttribute("LowDoseCTDenoise.strength")))
+        if self._difference is not None and node.GetID() == self._difference.GetID():
+            return "difference"
+        return node.GetName() if node.GetAttribute(STUDY_ATTRIBUTE) else ORIGINAL
 
     def apply_window(self, preset: str | tuple[float, float]) -> None:
         """A preset (Liver W400/L40, Abdomen W350/L40), the original volume's own window, or
@@ -293,38 +344,42 @@ class LowDoseCTDenoiseLogic:
             self._set_window(node.GetDisplayNode(), width, level)
 
     def show_difference(self, on: bool) -> Optional[object]:
-        """Right view: the difference volume (made once) instead of the denoised one, or back."""
+        """The denoised volume's views: its difference volume (made once) instead, or back."""
         original, denoised = self._require_pair()
-        if not on:
-            self.composite_node(RIGHT).SetBackgroundVolumeID(denoised.GetID())
-            return None
-        node = denoised.GetNodeReference(DIFFERENCE_REFERENCE)
-        if node is None:
-            node = self.difference(original, denoised)
-        self.composite_node(RIGHT).SetBackgroundVolumeID(node.GetID())
-        return node
+        self._difference = None
+        if on:
+            self._difference = (denoised.GetNodeReference(DIFFERENCE_REFERENCE)
+                                or self.difference(original, denoised))
+        self._fill_views()
+        return self._difference
 
     def flicker(self) -> str:
-        """Swap what the left view shows (original <-> denoised); returns what it shows now."""
-        original, denoised = self._require_pair()
-        composite = self.composite_node(LEFT)
-        showing_original = composite.GetBackgroundVolumeID() == original.GetID()
-        composite.SetBackgroundVolumeID((denoised if showing_original else original).GetID())
-        return "denoised" if showing_original else "original"
+        """Swap what the original's views show (original <-> denoised); returns what they
+        show now."""
+        self._require_pair()
+        self._flickered = not self._flickered
+        self._fill_views()
+        return "denoised" if self._flickered else "original"
 
-    def slice_node(self, view: str):
-        for k in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
-            node = self.scene.GetNthNodeByClass(k, "vtkMRMLSliceNode")
+    def _find(self, view: str, kind: str):
+        """The node of class ``kind`` that belongs to the view named ``view``, or None."""
+        for k in range(self.scene.GetNumberOfNodesByClass(kind)):
+            node = self.scene.GetNthNodeByClass(k, kind)
             if node.GetLayoutName() == view:
                 return node
-        raise RuntimeError(f"no slice view {view!r} in the scene")
+        return None
+
+    def slice_node(self, view: str):
+        node = self._find(view, "vtkMRMLSliceNode")
+        if node is None:
+            raise RuntimeError(f"no slice view {view!r} in the scene")
+        return node
 
     def composite_node(self, view: str):
         """The slice composite node of a view (what it shows, and its linking)."""
-        for k in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceCompositeNode")):
-            node = self.scene.GetNthNodeByClass(k, "vtkMRMLSliceCompositeNode")
-            if node.GetLayoutName() == view:
-                return node
+        node = self._find(view, "vtkMRMLSliceCompositeNode")
+        if node is not None:
+            return node
         logic = slicer.vtkMRMLSliceLogic()  # as a slice widget does when it is created
         logic.SetMRMLScene(self.scene)
         logic.SetSliceNode(self.slice_node(view))
@@ -339,6 +394,7 @@ class LowDoseCTDenoiseLogic:
         """Drop every node and voxel reference (a CT and its result are hundreds of MB)."""
         self._unsync()
         self.pair, self._full, self.own_windows = None, None, {}
+        self._difference = None
         self.on_scene_closed()
 
     def _unsync(self) -> None:
@@ -371,9 +427,16 @@ class LowDoseCTDenoiseLogic:
         layout = self.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
         if layout is None or self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode") == 0:
             slicer.vtkMRMLSliceNode.AddDefaultSliceOrientationPresets(self.scene)
-            layout_logic = slicer.vtkMRMLLayoutLogic()  # creates the Red/Yellow/Green nodes
-            layout_logic.SetMRMLScene(self.scene)
-            layout = layout_logic.GetLayoutNode()
+            layout = self._make_views()
+        return layout
+
+    def _make_views(self):
+        """What Slicer's layout manager does as the layout changes, for a scene without
+        Slicer's GUI (tests): a layout node, and a view node for each view of its layout."""
+        layout_logic = slicer.vtkMRMLLayoutLogic()
+        layout_logic.SetMRMLScene(self.scene)
+        layout = layout_logic.GetLayoutNode()
+        layout_logic.SetMRMLScene(None)  # a logic left observing the scene crashes Clear()
         return layout
 
     def _remember_own_window(self, node) -> None:
