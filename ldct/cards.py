@@ -7,6 +7,7 @@ the training metadata stored in ``model.pt`` with the held-out metrics, into
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -29,24 +30,51 @@ def training_metadata(weights: Path) -> dict[str, Any]:
             "normalization": blob.get("normalization"), "architecture": blob.get("kwargs"),
             "patch": hp.get("patch"), "batch": hp.get("batch"),
             "doses": hp.get("doses") or "all prepared (0.5, 0.35, 0.25, 0.15, 0.1)",
-            "texture": hp.get("texture", 0.0),  # models trained before it existed: none
+            "kernels": hp.get("kernels") or ["hann"],  # models trained before it: Hann only
+            "overrides": hp.get("overrides", {}), "init": hp.get("init"),
             "parameters": sum(v.numel() for v in blob["state_dict"].values())}
 
 
+def training_command(name: str, train: dict[str, Any]) -> str:
+    """The `ldct train` command line that made these weights."""
+    overrides = dict(train["overrides"])
+    command = f"ldct train {name} --data DIR --preset {train['preset']}"
+    if "steps" in overrides:
+        command += f" --steps {overrides.pop('steps')}"
+    if overrides:
+        command += " --set " + " ".join(f"{k}={json.dumps(v)}" for k, v in overrides.items())
+    return command + (f" --init {train['init']}" if train["init"] else "")
+
+
+def kernel_rows(name: str, sweep_csv: Path) -> list[dict[str, float | str]]:
+    """This model's rows of a kernel sweep (`ldct evaluate --kernels`), with the input's PSNR."""
+    if not sweep_csv.exists():
+        return []
+    with open(sweep_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    inputs = {r["kernel"]: float(r["psnr_db"]) for r in rows if r["method"] == "low dose (input)"}
+    return [{"kernel": r["kernel"], "input_psnr_db": inputs[r["kernel"]],
+             **{k: float(r[k]) for k in ("psnr_db", "ssim", "noise_vs_ld", "liver_bias_hu",
+                                         "fat_bias_hu")}}
+            for r in rows if r["method"] == name]
+
+
 def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
-               evaluation: dict[str, Any]) -> Path:
-    """Write models/<name>/card.json and card.md from the training metadata and the metrics."""
+               evaluation: dict[str, Any], sweep_csv: Path | None = None) -> Path:
+    """Write models/<name>/card.json and card.md from the training metadata, the metrics and,
+    when given, the kernel sweep's rows."""
     info = registry.get(name)
     train = training_metadata(info.weights)
+    kernels = kernel_rows(name, sweep_csv) if sweep_csv else []
     keep_sigma = load_network(name, "cpu", str(info.weights)).keep_sigma
     card = {"name": name, "title": info.title, "paper": f"../shared/papers/{info.paper}",
             "supervision": info.supervision,
-            "training_data": "ircadb01 + tcia_pancreas001 (ldct prepare), simulated doses "
-                             f"{train['doses']} with the Hann kernel's noise"
-                             + (f", {train['texture']:.0%} of patches retextured to a random "
-                                "sharper kernel's" if train["texture"] else " only"),
-            "training_command": f"ldct train {name} --data DIR --preset {train['preset']}",
-            "training": train, "evaluation": evaluation,
+            "training_data": "ircadb01 (1.6 mm slices) + tcia_pancreas001 (3 mm slices) "
+                             f"(ldct prepare), simulated doses {train['doses']}, each with the "
+                             f"reconstruction kernel(s) {', '.join(train['kernels'])} (the same "
+                             "projection noise through each kernel)",
+            "training_command": training_command(name, train),
+            "training": train, "evaluation": evaluation, "per_kernel": kernels,
             "held_out": {k: round(float(metrics[k]), 4) for k in METRIC_KEYS},
             "held_out_low_dose_input": {k: round(float(baseline[k]), 4) for k in METRIC_KEYS}}
     (info.folder / "card.json").write_text(json.dumps(card, indent=1))
@@ -66,6 +94,19 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
              "| metric | low-dose input | this model |", "|---|---|---|"]
     for key in METRIC_KEYS:
         lines.append(f"| {key} | {baseline[key]:.4g} | {metrics[key]:.4g} |")
+    if kernels:
+        lines += ["", f"Per reconstruction kernel ({evaluation['case']}, dose "
+                  f"{evaluation['dose']:g}, `{sweep_csv}`):", "",
+                  "| kernel | input PSNR dB | PSNR dB | gain dB | SSIM | noise vs input | "
+                  "liver bias HU | fat bias HU |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['kernel']} | {r['input_psnr_db']:.2f} | {r['psnr_db']:.2f} | "
+                  f"{r['psnr_db'] - r['input_psnr_db']:+.2f} | {r['ssim']:.4f} | "
+                  f"{r['noise_vs_ld']:.2f} | {r['liver_bias_hu']:+.2f} | "
+                  f"{r['fat_bias_hu']:+.2f} |" for r in kernels]
+    choice = registry.recommendation()
+    if choice.get("model") == name:
+        lines += ["", f"**Recommended model** (the demo's and Slicer's default): "
+                  f"{choice['reason']} (`{choice['command']}`)."]
     note = info.folder / "training_note.md"  # how this particular run went, kept across rewrites
     if note.exists():
         lines += ["", "## Training note", "", note.read_text().strip()]

@@ -233,7 +233,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                       "views_per_slice": views}
         for row in rows[1:]:
             if registry.get(row["method"]).kind == "network":
-                console.print(f"card: {write_card(row['method'], row, rows[0], evaluation)}")
+                card = write_card(row["method"], row, rows[0], evaluation,
+                                  Path(args.out) / "kernels.csv")
+                console.print(f"card: {card}")
     console.print(_table(f"held-out quality, dose {args.dose:g}", rows, list(COLUMNS), FORMATS))
     console.print(f"report: {Path(args.out) / 'quality.md'}")
 

@@ -1,5 +1,6 @@
-"""The demo: a CT (real slab or phantom) -> simulated quarter dose -> the best available denoiser
-(the shipped network with the best held-out PSNR on its card, else non-local means).
+"""The demo: a CT (real slab or phantom) -> simulated quarter dose -> the recommended denoiser
+(the network with the best worst-kernel gain on training cases, `ldct.registry.recommended`,
+else non-local means).
 
 Writes a side-by-side PNG in the liver window and returns the metrics table, so a new user sees
 what the project does before any server or trained model exists.
@@ -30,14 +31,6 @@ class DemoReport:
     figure: Path
 
 
-def best_model() -> str:
-    """The available network with the best held-out PSNR on its card, else non-local means."""
-    scored = [(info.card()["held_out"]["psnr_db"], name) for name in registry.names()
-              if (info := registry.get(name)).kind == "network" and info.available()
-              and "held_out" in info.card()]
-    return max(scored)[1] if scored else "ldct-nlm"
-
-
 def run_demo(out: Path, data_dir: Path | None = None, dose: float = 0.25) -> DemoReport:
     """Run the demo and write ``out/demo.png``; returns the metrics rows.
 
@@ -47,7 +40,7 @@ def run_demo(out: Path, data_dir: Path | None = None, dose: float = 0.25) -> Dem
     name, normal, liver = demo_case(data_dir, DEMO_SLICES)
     source = "synthetic phantom" if name == "phantom" else f"{name} ({DEMO_SLICES} central slices)"
     low = simulate_low_dose(normal, LowDoseParams(dose=dose), seed=1, progress=False)
-    model = best_model()
+    model = registry.recommended()
     denoised = denoise(low, model).hu
     body = metrics.body_mask(normal.hu)
     rows = []

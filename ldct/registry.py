@@ -27,6 +27,9 @@ logger = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 ENCODER_DIR = MODELS_DIR / "ct_encoder"  # the shipped PVM (encoder.pt + card)
 SITE_MODELS_ENV = "LDCT_SITE_MODELS"
+# the model to offer first (demo, Slicer default, /info/), chosen by benchmarks/select_model.py
+RECOMMENDED_FILE = MODELS_DIR / "recommended.json"
+FALLBACK = "ldct-nlm"  # when no recommended network has weights
 
 
 def site_models_dir() -> Path:
@@ -139,7 +142,7 @@ class ModelInfo:
                 "supervision": self.supervision, "kind": self.kind,
                 "available": self.available(),
                 "version": self.version() if self.kind == "network" else "",
-                "card": self.card()}
+                "recommended": self.name == recommended(), "card": self.card()}
 
 
 def file_sha256(path: Path) -> str:
@@ -179,6 +182,18 @@ def get(name: str) -> ModelInfo:
     if name not in REGISTRY:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
+
+
+def recommendation() -> dict[str, Any]:
+    """What `benchmarks/select_model.py --write` chose and why (empty when never run)."""
+    return json.loads(RECOMMENDED_FILE.read_text()) if RECOMMENDED_FILE.exists() else {}
+
+
+def recommended() -> str:
+    """The model to offer first: the best worst-kernel network when it has weights, else
+    non-local means."""
+    name = recommendation().get("model", FALLBACK)
+    return name if name in names() and get(name).available() else FALLBACK
 
 
 def names() -> list[str]:

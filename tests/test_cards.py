@@ -20,14 +20,22 @@ def test_card_round_trip(tmp_path, monkeypatch):
     net = n2n25d_student(base=8)
     torch.save({"method": "n2n25d", "kwargs": {"base": 8}, "context": 5, "preset": "cpu",
                 "steps": 1234, "wall_s": 600.0, "normalization": "(HU + 1000) / 2000",
-                "hp": {"patch": 64, "batch": 8, "doses": [0.5, 0.1]},
+                "hp": {"patch": 64, "batch": 8, "doses": [0.5, 0.1], "kernels": ["hann", "ram-lak"],
+                       "overrides": {"steps": 1234, "warmup_fraction": 0.6},
+                       "init": "models/n2n25d/model.pt"},
                 "state_dict": net.state_dict()}, folder / "model.pt")
     metrics = {k: float(i) for i, k in enumerate(METRIC_KEYS)}
     baseline = {k: 10.0 + i for i, k in enumerate(METRIC_KEYS)}
     evaluation = {"case": "ircadb17", "dose": 0.25, "command": "ldct evaluate ...",
                   "views_per_slice": 4}
     (folder / "training_note.md").write_text("Restarted once from step 100.\n")
-    md = write_card("n2n25d", metrics, baseline, evaluation)
+    sweep = tmp_path / "kernels.csv"
+    sweep.write_text("kernel,method,psnr_db,ssim,liver_bias_hu,fat_bias_hu,liver_noise_sd,"
+                     "noise_vs_ld,nps_peak_cpmm,tumour_cnr\n"
+                     "ram-lak,low dose (input),14.5,0.6,0,0,180,1,0.6,0.1\n"
+                     "ram-lak,n2n25d,19.25,0.7,0.2,-1.5,60,0.33,0.6,0.4\n"
+                     "ram-lak,pan,18,0.65,0.1,1,90,0.5,0.6,0.3\n")
+    md = write_card("n2n25d", metrics, baseline, evaluation, sweep)
     card = registry.get("n2n25d").card()
     assert card["held_out"]["psnr_db"] == metrics["psnr_db"]
     assert card["training"]["steps"] == 1234 and card["training"]["wall_minutes"] == 10.0
@@ -36,8 +44,29 @@ def test_card_round_trip(tmp_path, monkeypatch):
     # the shipped n2n25d's count as its card and the README state it (71,246)
     shipped = Path(__file__).resolve().parents[1] / "models" / "n2n25d" / "model.pt"
     assert training_metadata(shipped)["parameters"] == 71246
-    assert "ldct train n2n25d --data DIR --preset cpu" in md.read_text()
+    text = md.read_text()
+    assert ("ldct train n2n25d --data DIR --preset cpu --steps 1234 --set warmup_fraction=0.6 "
+            "--init models/n2n25d/model.pt") in text
+    assert "reconstruction kernel(s) hann, ram-lak" in card["training_data"]
+    assert card["per_kernel"] == [{"kernel": "ram-lak", "input_psnr_db": 14.5, "psnr_db": 19.25,
+                                   "ssim": 0.7, "noise_vs_ld": 0.33, "liver_bias_hu": 0.2,
+                                   "fat_bias_hu": -1.5}]
+    assert "| ram-lak | 14.50 | 19.25 | +4.75 | 0.7000 | 0.33 | +0.20 | -1.50 |" in text
     assert "averaging 4 flipped/rotated view(s) per slice" in md.read_text()
     assert md.read_text().endswith("## Training note\n\nRestarted once from step 100.\n")
     summary = registry.get("n2n25d").summary()
     assert summary["available"] and json.dumps(summary)  # serializable for /info/
+
+
+def test_the_recommended_model_is_the_selections_when_it_has_weights(tmp_path, monkeypatch):
+    """The demo, /info/ and Slicer offer what benchmarks/select_model.py chose (by the worst
+    kernel on training cases), never a model without weights."""
+    choice = tmp_path / "recommended.json"
+    monkeypatch.setattr(registry, "RECOMMENDED_FILE", choice)
+    assert registry.recommended() == registry.FALLBACK  # never selected
+    choice.write_text(json.dumps({"model": "vagan", "reason": "worst kernel"}))
+    assert registry.recommended() == "vagan"
+    assert registry.get("vagan").summary()["recommended"]
+    assert not registry.get("pan").summary()["recommended"]
+    choice.write_text(json.dumps({"model": "no-such-model"}))
+    assert registry.recommended() == registry.FALLBACK

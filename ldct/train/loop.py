@@ -95,6 +95,8 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     if method.pvm is not None:
         method.pvm.to(dev)
     hp = method.hp
+    hp["overrides"] = dict(overrides or {})  # what the command changed (cards state it)
+    hp["init"] = str(init_weights) if init_weights else None
     optims = {g: torch.optim.Adam([p for n in nets for p in method.nets[n].parameters()],
                                   lr=hp.get(f"lr_{g}", hp["lr"]), betas=(0.5, 0.999))
               for g, nets in method.optim_groups().items()}
