@@ -26,6 +26,7 @@ from LowDoseCTDenoiseLib import (
     StudyState,
     UrlHistory,
 )
+from LowDoseCTDenoiseLib.logic import DicomExport, ShownResult
 from test_slicer_client import DENOISER_INFO, fake_server  # noqa: F401 - the fixture
 
 QUICK_S = 0.5  # a click that returns within this did not wait for a server that never answers
@@ -64,10 +65,13 @@ class FakeLogic:
 
     def __init__(self) -> None:
         self.pair = None
+        self.difference_shown = False
         self.calls: list[tuple] = []
         self.refuse = ""  # when set, prepare_export and set_strength raise with this message
         self.exports: list[_Export] = []
         self.gate: threading.Event | None = None  # holds the worker's export until set
+        self.series = ""  # the input's DICOM series UID
+        self.no_study = ""  # when set, prepare_dicom_export raises with this message
 
     def prepare_export(self, node) -> _Export:
         self.calls.append(("export", node))
@@ -82,7 +86,7 @@ class FakeLogic:
 
     def show_side_by_side(self, original, result, window, layout) -> None:
         self.calls.append(("show", original, result.GetName(), window, layout))
-        self.pair = (original, result)
+        self.pair, self.difference_shown = (original, result), False
 
     def set_layout(self, name: str) -> None:
         self.calls.append(("layout", name))
@@ -98,6 +102,17 @@ class FakeLogic:
 
     def show_difference(self, on: bool) -> None:
         self.calls.append(("difference", on))
+        self.difference_shown = on
+
+    def shown_result(self) -> ShownResult:
+        self.calls.append(("shown result",))
+        return ShownResult(self.pair[1].GetName(), "m", 0.6, self.series)
+
+    def prepare_dicom_export(self) -> DicomExport:
+        self.calls.append(("dicom export",))
+        if self.no_study:
+            raise ValueError(self.no_study)
+        return DicomExport(42, self.pair[1].GetName(), "CT abdomen")
 
     def flicker(self) -> str:
         self.calls.append(("flicker",))
@@ -118,7 +133,8 @@ def panel(fake_server, tmp_path):  # noqa: F811 - the imported fixture
     controller = DenoiseController(
         logic, UrlHistory(), lambda kind, text: alerts.append((kind, text)),
         save_history=lambda history: saved.append(list(history.urls)),
-        on_shown=lambda: shown.append(True), temp_root=str(tmp_path), info_timeout=5)
+        on_shown=lambda: shown.append(True), temp_root=str(tmp_path), info_timeout=5,
+        on_dicom_export=lambda item: shown.append(item))
     yield controller, url, handler, logic, alerts, shown, saved
     handler.release.set()
     controller.close()
@@ -160,6 +176,13 @@ def _reach(state: State, controller, url: str, handler) -> None:
         _click_denoise(controller)
         _settle(controller)
         return
+    if state is State.SENDING:  # from a result shown, the server holds /datastore/
+        handler.held = ()
+        _click_denoise(controller)
+        _settle(controller)
+        handler.held, controller.logic.series = ("/datastore/",), "1.2.3"
+        controller.send_to_pacs()
+        return
     _click_denoise(controller)  # the server holds /infer
     if state is State.DENOISING:
         return
@@ -171,8 +194,9 @@ def _reach(state: State, controller, url: str, handler) -> None:
 SETTLED = {"connect", "model", "device", "denoise"}
 ENABLED = {State.IDLE: {"connect", "model", "device"}, State.CONNECTING: set(),
            State.READY: SETTLED, State.CONSENT: set(), State.DENOISING: {"cancel"},
-           State.CANCELLING: set(), State.CANCELLED: SETTLED,
-           State.DONE: SETTLED | {"compare"}, State.ERROR: SETTLED}
+           State.SENDING: {"cancel", "compare"}, State.CANCELLING: set(),
+           State.CANCELLED: SETTLED, State.DONE: SETTLED | {"compare", "pacs"},
+           State.ERROR: SETTLED}
 
 
 def test_every_control_is_enabled_in_some_state():
@@ -195,7 +219,8 @@ def test_every_click_in_every_state(panel, state):
                           lambda: controller.set_layout("Side by side"),
                           lambda: controller.press("1"), lambda: controller.press("Space"),
                           lambda: controller.show_difference(True), controller.flicker,
-                          lambda: controller.set_auto_flicker(True)]}
+                          lambda: controller.set_auto_flicker(True)],
+              "pacs": [controller.send_to_pacs]}
     for control, actions in clicks.items():
         if control in view.enabled:
             continue
@@ -492,3 +517,100 @@ def test_no_click_waits_for_a_server_that_never_answers(panel, tmp_path):
     handler.release = threading.Event()
     assert click(lambda: study.start(url, "", "a-study", "r1")) < QUICK_S
     assert study.working and study.state is StudyState.LOADING
+
+
+WRITTEN_BACK = json.dumps({"written_back_series": "9.8.7"}).encode()
+
+
+def test_send_to_pacs_goes_through_the_servers_write_back_when_it_has_the_series(panel):
+    """The input is a series of the server's PACS: the server is asked on the worker (busy
+    bar, Cancel) to denoise that series again at the result's model and strength and store it
+    in its study; nothing is exported here."""
+    controller, url, handler, logic, alerts, shown, _ = panel
+    _reach(State.DONE, controller, url, handler)
+    logic.series = "1.2.3"
+    handler.routes["/datastore/"] = (200, json.dumps({"objects": {"1.2.3": {}}}).encode())
+    handler.routes["/infer/m"] = (200, WRITTEN_BACK)
+    handler.held = ("/infer",)
+    controller.send_to_pacs()
+    view = controller.view()
+    assert view.state is State.SENDING and view.progress is None and "cancel" in view.enabled
+    assert view.status == f"Sending 'CT m s=1' to PACS through {url}..."
+    handler.release.set()
+    _settle(controller)
+    assert controller.state is State.DONE and not alerts and shown == [True]  # no export
+    assert "Sent to PACS" in controller.status and "(9.8.7)" in controller.status
+    send = handler.hits[-1]
+    assert send.startswith("/infer/m?image=1.2.3&output=json&job=")
+    assert handler.hits[-2] == "/datastore/?output=all"
+    assert ("dicom export",) not in logic.calls
+
+
+def test_send_to_pacs_prepares_slicers_dicom_export_otherwise(panel):
+    """A series the server's PACS does not have, or a volume not loaded from DICOM (asked
+    nowhere): prepared for Slicer's DICOM export, whose dialog opens; the status line says
+    that the DICOM module sends it."""
+    controller, url, handler, logic, alerts, shown, _ = panel
+    _reach(State.DONE, controller, url, handler)
+    hits = len(handler.hits)
+    controller.send_to_pacs()  # no series UID: the server is not asked
+    assert len(handler.hits) == hits and not controller.working
+    assert controller.state is State.DONE and shown == [True, 42]
+    assert controller.status.startswith("'CT m s=1' is ready for Slicer's DICOM export in "
+                                        "study 'CT abdomen'")
+    assert "the DICOM module (right-click the series > Send)" in controller.status
+    logic.series = "4.5.6"
+    handler.routes["/datastore/"] = (200, json.dumps({"objects": {"1.2.3": {}}}).encode())
+    handler.held = ()
+    controller.send_to_pacs()
+    _settle(controller)
+    assert controller.status.startswith(f"{url} does not have the input's series in its PACS. "
+                                        "'CT m s=1' is ready for Slicer's DICOM export")
+    assert shown == [True, 42, 42] and not alerts
+    assert not any(h.startswith("/infer/m?image") for h in handler.hits)
+    logic.no_study = "'CT' is not in a patient's study"
+    controller.send_to_pacs()
+    _settle(controller)
+    assert controller.state is State.ERROR and alerts[-1][1].endswith(logic.no_study)
+    assert "pacs" in controller.enabled()  # the panel stays usable
+
+
+def test_send_to_pacs_shows_the_servers_reason_and_cancels(panel):
+    controller, url, handler, logic, alerts, *_ = panel
+    _reach(State.DONE, controller, url, handler)
+    logic.series = "1.2.3"
+    handler.routes["/datastore/"] = (200, json.dumps({"objects": {"1.2.3": {}}}).encode())
+    handler.routes["/infer/m"] = (403, json.dumps({"detail": "POST /infer/{model} needs the "
+                                                             "role radiologist or admin"}).encode())
+    handler.held = ()
+    controller.send_to_pacs()
+    _settle(controller)
+    assert controller.state is State.ERROR
+    assert alerts == [("error", "Not sent to PACS: The server refused access (HTTP 403): "
+                                "POST /infer/{model} needs the role radiologist or admin")]
+    handler.held = ("/infer",)
+    controller.send_to_pacs()
+    assert controller.state is State.SENDING
+    controller.cancel()
+    assert controller.state is State.CANCELLING
+    _settle(controller)
+    assert controller.state is State.CANCELLED and len(alerts) == 1  # not an error
+    assert "a series it was already storing may still reach the PACS" in controller.status
+    controller.send_to_pacs()  # the scene closes while sending: the job stops
+    assert controller.state is State.SENDING
+    controller.scene_closed()
+    _settle(controller)
+    assert controller.state is State.CANCELLED
+    assert controller.status == "The scene was closed: sending to PACS was cancelled."
+
+
+def test_show_difference_follows_a_new_result(panel):
+    """Ticked, then a new result is shown without its difference: the box unticks."""
+    controller, url, handler, logic, *_ = panel
+    _reach(State.DONE, controller, url, handler)
+    assert not controller.view().difference
+    controller.show_difference(True)
+    assert controller.view().difference
+    _click_denoise(controller)
+    _settle(controller)
+    assert controller.state is State.DONE and not controller.view().difference

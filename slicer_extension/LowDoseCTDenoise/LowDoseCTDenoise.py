@@ -71,7 +71,8 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                              consented=self._setting("consent", []) or [])
         self.controller = c = DenoiseController(
             self.logic, history, self.alert, save_history=self._save_history,
-            on_shown=slicer.util.resetSliceViews, temp_root=slicer.app.temporaryPath)
+            on_shown=slicer.util.resetSliceViews, temp_root=slicer.app.temporaryPath,
+            on_dicom_export=self.open_dicom_export)
         self.logic.on_scene_closed = self._then_render(c.scene_closed)
         self.study_dir = Path(tempfile.mkdtemp(prefix="ldct-study-",
                                                dir=slicer.app.temporaryPath))
@@ -87,6 +88,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
             "denoise": (ui.denoiseButton,), "cancel": (ui.cancelButton,),
             "compare": (ui.windowPresetComboBox, ui.layoutComboBox, ui.differenceCheckBox,
                         ui.flickerButton, ui.autoFlickerCheckBox),
+            "pacs": (ui.sendToPacsButton,),
             "refresh": (ui.refreshStudiesButton,), "start": (ui.startStudyButton,),
             "submit": (ui.submitButton,)}
         ui.serverUrlComboBox.addItems(history.urls or [DEFAULT_URL])
@@ -113,6 +115,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                 (ui.differenceCheckBox, "toggled(bool)", c.show_difference),
                 (ui.flickerButton, "clicked()", c.flicker),
                 (ui.autoFlickerCheckBox, "toggled(bool)", c.set_auto_flicker),
+                (ui.sendToPacsButton, "clicked()", c.send_to_pacs),
                 (ui.refreshStudiesButton, "clicked()",
                  lambda: self.study.refresh(*self._server())),
                 (ui.startStudyButton, "clicked()", self.on_start_study),
@@ -193,6 +196,13 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                 group.setExclusive(True)
         slicer.util.resetSliceViews()
 
+    def open_dicom_export(self, item: int):
+        """Slicer's DICOM export dialog on the result's series (its Send is the DICOM
+        module's)."""
+        dialog = slicer.qSlicerDICOMExportDialog()
+        dialog.setMRMLScene(slicer.mrmlScene)
+        dialog.execDialog(item)
+
     def alert(self, kind: str, text: str):
         (slicer.util.warningDisplay if kind == "warning" else slicer.util.errorDisplay)(text)
 
@@ -234,16 +244,18 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                 combo.blockSignals(True)
                 combo.setCurrentText(text)
                 combo.blockSignals(False)
+        for box, on in ((ui.differenceCheckBox, view.difference),
+                        (ui.autoFlickerCheckBox, view.auto_flicker)):
+            if box.checked != on:  # a new result comes without its difference; flicker stops
+                box.blockSignals(True)
+                box.checked = on
+                box.blockSignals(False)
         ui.studyProgressLabel.text = study.progress
         for control, widgets in self.controls.items():
             for widget in widgets:
                 widget.enabled = control in view.enabled | study.enabled
         if view.auto_flicker != self.flicker_timer.isActive():
             (self.flicker_timer.start if view.auto_flicker else self.flicker_timer.stop)()
-        if not view.auto_flicker and ui.autoFlickerCheckBox.checked:
-            ui.autoFlickerCheckBox.blockSignals(True)
-            ui.autoFlickerCheckBox.checked = False
-            ui.autoFlickerCheckBox.blockSignals(False)
 
     @staticmethod
     def _refill(combo, items, role, current=""):

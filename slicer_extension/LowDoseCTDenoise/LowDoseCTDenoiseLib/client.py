@@ -86,6 +86,31 @@ class DenoiseClient(ServerConnection):
                                       model.get("config") or {}, card))
         return entries
 
+    def datastore_ids(self, cancel: Optional[CancelToken] = None) -> set[str]:
+        """The image ids the server denoises by id: with a PACS behind it (``ldct serve
+        --studies http://.../dicom-web``), the SeriesInstanceUIDs of the PACS's CT series."""
+        listing = self._request_json("GET", "/datastore/?output=all", retry=True, cancel=cancel)
+        objects = listing.get("objects") if isinstance(listing, dict) else None
+        if not isinstance(objects, dict):
+            raise NotMonaiLabel(f"{self.url}/datastore/ did not list images: is this the ldct "
+                                "server?")
+        return set(objects)
+
+    def write_back(self, model: str, image: str, params: dict[str, Any],
+                   cancel: Optional[CancelToken] = None, job: str = "") -> str:
+        """Denoise the datastore image ``image`` (a PACS series) with ``model`` on the server,
+        which stores the result in the series' study as a derived series (its write-back);
+        returns the new series' SeriesInstanceUID. A cancel closes the connection, which
+        cancels the server's job (``job``: its id)."""
+        query = urlencode({"image": image, "output": "json", **({"job": job} if job else {})})
+        answer = self._request_json("POST", f"/infer/{quote(model)}?{query}", cancel=cancel,
+                                    form={"params": json.dumps({**params, "write_back": True})})
+        series = answer.get("written_back_series") if isinstance(answer, dict) else None
+        if not series:
+            raise NotMonaiLabel(f"{self.url} denoised '{image}' but stored nothing in its PACS: "
+                                "is this the ldct server?")
+        return str(series)
+
     def denoise(self, model: str, volume: str | Path, output: str | Path,
                 params: Optional[dict[str, Any]] = None, cancel: Optional[CancelToken] = None,
                 progress: Optional[Progress] = None, job: str = "") -> Path:

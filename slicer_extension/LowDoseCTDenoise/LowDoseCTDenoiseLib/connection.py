@@ -17,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from .errors import (
     AuthenticationFailed,
@@ -112,11 +112,13 @@ class ServerConnection:
         return conn
 
     def _request(self, method: str, path: str, body: Optional[dict[str, Any]] = None,
-                 retry: bool = False, cancel: Optional[CancelToken] = None) -> bytes:
-        """A JSON request; ``retry`` only for idempotent ones (GETs, keyed submissions)."""
+                 retry: bool = False, cancel: Optional[CancelToken] = None,
+                 form: Optional[dict[str, str]] = None) -> bytes:
+        """A request with a JSON ``body`` or form fields (``form``: MONAI Label's routes take
+        their parameters so); ``retry`` only for idempotent ones (GETs, keyed submissions)."""
         for attempt in range(self.retries + 1 if retry else 1):
             try:
-                return self._request_once(method, path, body, cancel)
+                return self._request_once(method, path, body, cancel, form)
             except (ServerUnreachable, ServerFailure):
                 if attempt == (self.retries if retry else 0):
                     raise
@@ -124,21 +126,26 @@ class ServerConnection:
         raise AssertionError("unreachable")
 
     def _request_json(self, method: str, path: str, body: Optional[dict[str, Any]] = None,
-                      retry: bool = False, cancel: Optional[CancelToken] = None) -> Any:
+                      retry: bool = False, cancel: Optional[CancelToken] = None,
+                      form: Optional[dict[str, str]] = None) -> Any:
         try:
-            return json.loads(self._request(method, path, body, retry, cancel))
+            return json.loads(self._request(method, path, body, retry, cancel, form))
         except ValueError as exc:
             raise NotMonaiLabel(f"{self.url}{path} did not answer with JSON: is this the ldct "
                                 "server?") from exc
 
     def _request_once(self, method: str, path: str, body: Optional[dict[str, Any]],
-                      cancel: Optional[CancelToken] = None) -> bytes:
+                      cancel: Optional[CancelToken] = None,
+                      form: Optional[dict[str, str]] = None) -> bytes:
         conn = self._connect(cancel)
         headers = self._headers()
         data = None
         if body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
+        elif form is not None:
+            data = urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
         try:
             conn.request(method, self._parts.path + path, body=data, headers=headers)
             response = conn.getresponse()

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 from .client import DenoiseClient, ModelEntry
 from .display import LAYOUTS, VOLUME_PRESET, UrlHistory
 from .errors import Cancelled, ServerError
-from .job import BUSY_PHASES, BackgroundCall, DenoiseJob
+from .job import BUSY_PHASES, BackgroundCall, CancellableCall, DenoiseJob, WriteBackJob
 from .study import ReaderSession, StudyClient, reader_id
 
 INFO_TIMEOUT_S = 10.0  # /info/ answers in milliseconds; longer means a server in trouble
@@ -34,6 +34,7 @@ class State(str, Enum):
     READY = "ready"
     CONSENT = "asking before sending"  # the widget shows :attr:`PanelView.question`
     DENOISING = "denoising"
+    SENDING = "sending to PACS"
     CANCELLING = "cancelling"
     CANCELLED = "cancelled"
     DONE = "done"
@@ -57,9 +58,10 @@ class PanelView:
     window: str  # the window preset chosen (a shortcut may change it)
     layout: str  # the layout chosen, a name in LAYOUTS
     question: str  # in State.CONSENT: asked in a dialog, answered with answer_consent()
+    difference: bool  # the result's views show its difference ("Show difference" ticked)
 
 
-CONTROLS = ("connect", "model", "device", "denoise", "cancel", "compare")
+CONTROLS = ("connect", "model", "device", "denoise", "cancel", "compare", "pacs")
 
 # Keys while the module is shown (QKeySequence text) -> controller method and arguments:
 # digits pick the window presets, as in PACS viewers; Space flickers. Slicer's own keys are
@@ -103,17 +105,21 @@ class DenoiseController(_Worker):
 
     ``logic``: the module's Logic (``prepare_export``, ``load_result``, ``show_side_by_side``,
     ``set_strength``, ``apply_window``, ``set_layout``, ``show_difference``, ``flicker``,
-    ``pair``).
-    ``on_shown`` is called after a result is shown (the widget fits the views to it).
+    ``shown_result``, ``prepare_dicom_export``, ``pair``, ``difference_shown``).
+    ``on_shown`` is called after a result is shown (the widget fits the views to it);
+    ``on_dicom_export(item)`` when a result is ready for Slicer's DICOM export (the widget
+    opens Slicer's export dialog on that subject-hierarchy item).
     """
 
     def __init__(self, logic: Any, history: UrlHistory, alert: Alert,
                  save_history: Callable[[UrlHistory], None] = lambda history: None,
                  on_shown: Callable[[], None] = lambda: None, temp_root: Optional[str] = None,
-                 info_timeout: float = INFO_TIMEOUT_S) -> None:
+                 info_timeout: float = INFO_TIMEOUT_S,
+                 on_dicom_export: Callable[[int], None] = lambda item: None) -> None:
         super().__init__(alert)
         self.logic, self.history = logic, history
         self.save_history, self.on_shown, self.temp_root = save_history, on_shown, temp_root
+        self.on_dicom_export = on_dicom_export
         self.info_timeout = info_timeout
         self.state = State.IDLE
         self.connection, self.status = "Not connected", ""
@@ -138,7 +144,7 @@ class DenoiseController(_Worker):
                         "denoises.")
         return PanelView(self.state, self.connection, self.status, self._progress(),
                          self.enabled(), self.models, self.auto_flicker, self.window,
-                         self.layout, question)
+                         self.layout, question, self.logic.difference_shown)
 
     def enabled(self) -> frozenset:
         """The controls a click may use now (a click on any other is ignored)."""
@@ -147,17 +153,19 @@ class DenoiseController(_Worker):
             on |= {"connect", "model", "device"}
             if self.models and self.model and self.input is not None:
                 on.add("denoise")
-        if self.state == State.DENOISING:
+        if self.state in (State.DENOISING, State.SENDING):
             on.add("cancel")
         if self.logic.pair is not None:
             on.add("compare")
+            if self.state in SETTLED:
+                on.add("pacs")
         return frozenset(on)
 
     def _progress(self) -> Optional[int]:
         job = self._call
         if isinstance(job, DenoiseJob):
             return None if job.phase in BUSY_PHASES else int(100 * job.fraction)
-        if self.state == State.CONNECTING:
+        if self.state in (State.CONNECTING, State.SENDING):
             return None
         return 100 if self.state == State.DONE else 0
 
@@ -252,21 +260,31 @@ class DenoiseController(_Worker):
         """Close the connection: the worker ends at once and the server cancels its job."""
         if "cancel" not in self.enabled():
             return
-        self._stop_job("Cancelled; the server stopped its job too. The input is unchanged.")
+        self._stop_job("Cancelled; the server stopped its job too. The input is unchanged."
+                       if self.state == State.DENOISING else
+                       "Cancelled; the server stopped its job too (a series it was already "
+                       "storing may still reach the PACS).")
 
     def _stop_job(self, outcome: str) -> None:
         self._call.cancel()
         self._cancelled = outcome
         self.state, self.status = State.CANCELLING, "Cancelling..."
 
-    def _denoised(self, job: DenoiseJob, node: Any) -> None:
+    def _succeeded(self, job: CancellableCall, failed: str) -> bool:
+        """Whether ``job`` ended well; if not, the panel says it was cancelled (asked for:
+        not an error) or shows why it failed, after ``failed``."""
         outcome, self._cancelled = self._cancelled, ""
+        if outcome or isinstance(job.error, Cancelled):
+            self.state, self.status = State.CANCELLED, outcome or str(job.error)
+        elif job.error is not None:
+            self._fail(f"{failed}: {job.error}")
+        else:
+            return True
+        return False
+
+    def _denoised(self, job: DenoiseJob, node: Any) -> None:
         try:
-            if outcome or isinstance(job.error, Cancelled):  # asked for: not an error
-                self.state, self.status = State.CANCELLED, outcome or str(job.error)
-            elif job.error is not None:
-                self._fail(f"Failed: {job.error}")
-            else:
+            if self._succeeded(job, "Failed"):
                 self._show(job, node)
         finally:
             self._remove_workdir()
@@ -283,6 +301,52 @@ class DenoiseController(_Worker):
         self.state, self.status = State.DONE, f"Loaded '{result.GetName()}'. {check['message']}"
         if check.get("passed") is False:
             self.alert("warning", check["message"])
+
+    # -- Send to PACS ----------------------------------------------------------------------
+    def send_to_pacs(self) -> None:
+        """Send the result shown to PACS. An input that is a series of the server's PACS goes
+        through the server's write-back (on the worker: the server denoises that series again
+        with the result's model and strength and stores it in its study); any other result
+        is prepared for Slicer's DICOM export, and the DICOM module's Send sends it."""
+        if "pacs" not in self.enabled():
+            return
+        try:
+            shown = self.logic.shown_result()
+        except RuntimeError as exc:  # a reader-study pair: no result to send
+            self._fail(str(exc))
+            return
+        if not (self.url and shown.series):  # not from a PACS, or no server to ask
+            self._export_dicom("")
+            return
+        job = WriteBackJob(DenoiseClient(self.url, token=self.token), shown.series,
+                           shown.model, {"strength": shown.strength, "device": self.device})
+        self.state = State.SENDING
+        self.status = f"Sending '{shown.name}' to PACS through {self.url}..."
+        self._start(job, lambda done: self._sent(done, shown.name))
+
+    def _sent(self, job: WriteBackJob, name: str) -> None:
+        if not self._succeeded(job, "Not sent to PACS"):
+            return
+        if not job.result:
+            self._export_dicom(f"{self.url} does not have the input's series in its PACS. ")
+            return
+        self.state = State.DONE
+        self.status = (f"Sent to PACS: '{name}' is in the input's study as a derived series "
+                       f"({job.result}), computed by the server from the PACS series.")
+
+    def _export_dicom(self, why: str) -> None:
+        """The result prepared for Slicer's DICOM export; the widget opens its dialog."""
+        try:
+            export = self.logic.prepare_dicom_export()
+        except (RuntimeError, ValueError) as exc:
+            self._fail(f"{why}{exc}")
+            return
+        self.state = State.DONE
+        self.status = (f"{why}'{export.name}' is ready for Slicer's DICOM export in study "
+                       f"'{export.study}': export it in the dialog, then send it to PACS with "
+                       "the DICOM module (right-click the series > Send); this module does "
+                       "not send it.")
+        self.on_dicom_export(export.item)
 
     # -- Compare ---------------------------------------------------------------------------
     def set_strength(self, strength: float) -> None:
@@ -334,14 +398,14 @@ class DenoiseController(_Worker):
         self.input, self.auto_flicker = None, False
         if self.state == State.CONSENT:  # the volume asked about is gone: nothing is sent
             self._pending, self.state, self.status = None, State.READY, "The scene was closed."
-        elif self.state == State.DENOISING:
-            self._stop_job("The scene was closed: denoising was cancelled.")
+        elif self.state in (State.DENOISING, State.SENDING):
+            self._stop_job(f"The scene was closed: {self.state.value} was cancelled.")
         elif self.state == State.DONE:
             self.state, self.status = State.READY, "The scene was closed."
 
     def close(self) -> None:
         """The module is closed: stop the running job, remove its files."""
-        if isinstance(self._call, DenoiseJob):
+        if isinstance(self._call, CancellableCall):
             self._call.cancel()
             self._call.wait(5)
         self._remove_workdir()

@@ -47,7 +47,38 @@ class BackgroundCall:
             self.error = ServerError(f"Unexpected error: {exc!r}")
 
 
-class DenoiseJob(BackgroundCall):
+class CancellableCall(BackgroundCall):
+    """A server request the user can stop: ``cancel()`` closes its connection, and the
+    server cancels the job named ``job_id`` (so its worker stops too)."""
+
+    def __init__(self, function: Callable[..., Any], *args: Any) -> None:
+        self.token = CancelToken()
+        self.job_id = uuid.uuid4().hex
+        super().__init__(function, *args)
+
+    def cancel(self) -> None:
+        self.token.cancel()
+
+
+class WriteBackJob(CancellableCall):
+    """Send to PACS through the server, off the UI thread: when the server's datastore lists
+    ``series`` (the input is a series of the server's PACS), the server denoises that series
+    with ``model`` at ``params`` and stores the result in its study (``result``: the new
+    series' UID); ``result`` is "" when the server does not have the series."""
+
+    def __init__(self, client: DenoiseClient, series: str, model: str,
+                 params: dict[str, Any]) -> None:
+        self.client, self.series, self.model, self.params = client, series, model, params
+        super().__init__(self._write_back)
+
+    def _write_back(self) -> str:
+        if self.series not in self.client.datastore_ids(self.token):
+            return ""
+        return self.client.write_back(self.model, self.series, self.params, self.token,
+                                      self.job_id)
+
+
+class DenoiseJob(CancellableCall):
     """Runs :meth:`DenoiseClient.denoise` off the UI thread; the UI reads ``phase``/``fraction``.
 
     The UI never blocks: it starts the job, polls ``done`` from a timer, and on completion
@@ -64,13 +95,8 @@ class DenoiseJob(BackgroundCall):
         self.client, self.model, self.volume, self.output = client, model, volume, output
         self.params, self.export = params or {}, export
         self.on_progress = on_progress  # called on the worker thread; the UI polls instead
-        self.token = CancelToken()
-        self.job_id = uuid.uuid4().hex
         self.phase, self.fraction = "queued", 0.0
         super().__init__(self._denoise)
-
-    def cancel(self) -> None:
-        self.token.cancel()
 
     def status_text(self) -> str:
         """One line for the progress label."""

@@ -37,6 +37,8 @@ GEOMETRY_TOLERANCE_MM = 1e-3  # NRRD text round trip; anything larger is a real 
 DIFFERENCE_SAMPLES = 200_000
 STUDY_ATTRIBUTE = "LowDoseCTDenoise.studyItem"
 DIFFERENCE_REFERENCE = "LowDoseCTDenoise.difference"  # result node -> its difference node
+MODEL_ATTRIBUTE, STRENGTH_ATTRIBUTE = "LowDoseCTDenoise.model", "LowDoseCTDenoise.strength"
+DERIVED_SERIES_OFFSET = 1000  # a derived series' number: the input's + 1000, as ldct.pacs does
 
 
 class GeometryMismatch(RuntimeError):
@@ -91,6 +93,26 @@ class VolumeExport:
               ) -> Path:
         """The upload file at ``path``; ``on_slice(fraction)`` may raise to stop."""
         return write_nrrd(path, self.header, self.slices(), on_slice)
+
+
+@dataclass(frozen=True)
+class ShownResult:
+    """The denoised result shown, as Send to PACS needs it."""
+
+    name: str
+    model: str
+    strength: float
+    series: str  # the input's DICOM SeriesInstanceUID; "" when it was not loaded from DICOM
+
+
+@dataclass(frozen=True)
+class DicomExport:
+    """The result ready for Slicer's DICOM export: its subject-hierarchy item (the export
+    dialog opens on it) under the input's study."""
+
+    item: int
+    name: str
+    study: str
 
 
 class LowDoseCTDenoiseLogic:
@@ -154,7 +176,7 @@ class LowDoseCTDenoiseLogic:
             raise GeometryMismatch("The server returned a volume with another geometry; it was "
                                    "not loaded. Report this with the server log.")
         _copy_geometry(input_node, node)  # exactly the input's, bit for bit
-        node.SetAttribute("LowDoseCTDenoise.model", model)
+        node.SetAttribute(MODEL_ATTRIBUTE, model)
         node.SetAttribute("LowDoseCTDenoise.source", input_node.GetID())
         node.CreateDefaultDisplayNodes()
         # the downloaded voxels stay referenced here when the node gets a blend (a new array)
@@ -184,8 +206,8 @@ class LowDoseCTDenoiseLogic:
             out *= np.float32(strength)
             out += before
             slicer.util.arrayFromVolumeModified(result)
-        result.SetAttribute("LowDoseCTDenoise.strength", f"{strength:g}")
-        model = result.GetAttribute("LowDoseCTDenoise.model")
+        result.SetAttribute(STRENGTH_ATTRIBUTE, f"{strength:g}")
+        model = result.GetAttribute(MODEL_ATTRIBUTE)
         self._rename(result, result_name(original.GetName(), model, strength))
         self._place_as_derived(result, original, f"Denoised with {model} "
                                                  f"({strength_label(strength)}) by ldct")
@@ -268,6 +290,44 @@ class LowDoseCTDenoiseLogic:
                            ("DerivationDescription", description)):
             sh.SetItemAttribute(item, f"DICOM.{key}", value)
 
+    # -- PACS ---------------------------------------------------------------------------
+    def shown_result(self) -> ShownResult:
+        """The result of the pair shown: its model and strength, and the input's series
+        UID (set by Slicer's DICOM module on the series' subject-hierarchy item)."""
+        original, denoised = self._require_result()
+        sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(self.scene)
+        item = sh.GetItemByDataNode(original)
+        uid = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMUIDName()
+        return ShownResult(denoised.GetName(), denoised.GetAttribute(MODEL_ATTRIBUTE),
+                           float(denoised.GetAttribute(STRENGTH_ATTRIBUTE)),
+                           sh.GetItemUID(item, uid) if item else "")
+
+    def prepare_dicom_export(self) -> DicomExport:
+        """The shown result as Slicer's DICOM export takes it: a series under the input's
+        study and patient (placed there when loaded), marked as derived, numbered after the
+        input's series. The export dialog and the DICOM module's Send do the rest."""
+        original, denoised = self._require_result()
+        sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(self.scene)
+        item = sh.GetItemByDataNode(denoised)
+        study = sh.GetItemParent(item)
+        if (sh.GetItemLevel(study) != "Study"
+                or sh.GetItemLevel(sh.GetItemParent(study)) != "Patient"):
+            raise ValueError(
+                f"'{original.GetName()}' is not in a patient's study, so Slicer's DICOM export "
+                f"has no study for '{denoised.GetName()}': load the CT with the DICOM module "
+                "(or, in the Data module, put it under a patient and a study) and denoise again.")
+        number = sh.GetItemAttribute(sh.GetItemByDataNode(original), "DICOM.SeriesNumber")
+        sh.SetItemAttribute(item, "DICOM.SeriesNumber", str(
+            DERIVED_SERIES_OFFSET + (int(number) if number.strip().isdigit() else 0)))
+        return DicomExport(item, denoised.GetName(), sh.GetItemName(study))
+
+    def _require_result(self):
+        """The pair shown, when its second volume is a denoised result (not a study item)."""
+        original, denoised = self._require_pair()
+        if not denoised.GetAttribute(MODEL_ATTRIBUTE):
+            raise RuntimeError("The pair shown is no denoised result: denoise a volume first.")
+        return original, denoised
+
     # -- views --------------------------------------------------------------------------
     def show_side_by_side(self, original, denoised,
                           preset: str | tuple[float, float] = "Liver",
@@ -321,9 +381,9 @@ class LowDoseCTDenoiseLogic:
     def _label(self, node) -> str:
         """What a view says it shows: ``original``, ``<model> s=<strength>``, ``difference``,
         or a study image's blinded name (A, B)."""
-        model = node.GetAttribute("LowDoseCTDenoise.model")
+        model = node.GetAttribute(MODEL_ATTRIBUTE)
         if model:
-            return view_label(model, float(node.GetAttribute("LowDoseCTDenoise.strength")))
+            return view_label(model, float(node.GetAttribute(STRENGTH_ATTRIBUTE)))
         if self._difference is not None and node.GetID() == self._difference.GetID():
             return "difference"
         return node.GetName() if node.GetAttribute(STUDY_ATTRIBUTE) else ORIGINAL
@@ -342,6 +402,12 @@ class LowDoseCTDenoiseLogic:
             raise ValueError(f"unknown window preset {preset!r}")
         for node in (original, denoised):
             self._set_window(node.GetDisplayNode(), width, level)
+
+    @property
+    def difference_shown(self) -> bool:
+        """The result's views show its difference: "Show difference" follows (a new result
+        is shown without it)."""
+        return self._difference is not None
 
     def show_difference(self, on: bool) -> Optional[object]:
         """The denoised volume's views: its difference volume (made once) instead, or back."""
