@@ -27,6 +27,8 @@ from LowDoseCTDenoiseLib import (
     selftest,
 )
 from LowDoseCTDenoiseLib.logic import LowDoseCTDenoiseLogic
+from LowDoseCTDenoiseLib.state import PanelState
+from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleTest,
@@ -55,6 +57,23 @@ class LowDoseCTDenoise(ScriptedLoadableModule):
             "MONAI Label.")
 
 
+@parameterNodeWrapper
+class LowDoseCTDenoiseParameterNode:
+    """Slicer's typed view of the module's parameter node, saved with the scene. The panel
+    reads and writes it as LowDoseCTDenoiseLib.state.PanelState (pure Python, tested with
+    pytest), which the Logic stores in this wrapper's format; the self-test checks that this
+    wrapper reads what the Logic stored."""
+
+    model: str
+    strength: float = 1.0
+    window: str = "Liver"
+    layout: str = next(iter(LAYOUTS))
+    input: slicer.vtkMRMLScalarVolumeNode
+    original: slicer.vtkMRMLScalarVolumeNode
+    result: slicer.vtkMRMLScalarVolumeNode
+    difference: slicer.vtkMRMLScalarVolumeNode
+
+
 class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
     """Binds the panel's signals to the controllers; renders what they say after each click
     and each poll. Decides nothing itself."""
@@ -74,6 +93,8 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
             on_shown=slicer.util.resetSliceViews, temp_root=slicer.app.temporaryPath,
             on_dicom_export=self.open_dicom_export)
         self.logic.on_scene_closed = self._then_render(c.scene_closed)
+        self.logic.on_scene_loaded = self._then_render(self.restore)
+        self.saved = None  # the PanelState last written to the parameter node
         self.study_dir = Path(tempfile.mkdtemp(prefix="ldct-study-",
                                                dir=slicer.app.temporaryPath))
         self.study = StudyController(self.logic, self.alert, self.study_dir,
@@ -130,17 +151,25 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.poll_timer = self._timer(POLL_MS, self.on_poll)
         self.flicker_timer = self._timer(FLICKER_MS, self._then_render(c.flicker))
         self.poll_timer.start()
+        self.restore()  # a scene loaded before the module was opened
         self.render()
 
+    def restore(self):
+        """The panel as the scene's parameter node keeps it."""
+        self.controller.restore(self.logic.load_state())
+
     def enter(self):
-        """The module is shown: its keys (flicker, window presets) work."""
+        """The module is shown: its keys (flicker, window presets) work, its views are
+        labelled."""
         for shortcut in self.shortcuts:
             shortcut.setEnabled(True)
+        self.logic.label_views()
 
     def exit(self):
-        """Another module is shown: its keys are Slicer's again."""
+        """Another module is shown: its keys and the views' labels are Slicer's again."""
         for shortcut in self.shortcuts:
             shortcut.setEnabled(False)
+        self.logic.restore_view_labels()
 
     def cleanup(self):
         for shortcut in self.shortcuts:
@@ -227,6 +256,10 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         if view.question and not self.asking:
             self.ask_consent(view.question)
             return
+        state = self.controller.panel_state()
+        if state != self.saved:  # the scene keeps the panel (saved with it, restored on load)
+            self.logic.save_state(state)
+            self.saved = state
         ui.connectionStatusLabel.text = view.connection
         ui.statusLabel.text = view.status
         ui.progressBar.setRange(0, 0 if view.progress is None else 100)  # 0, 0: busy
@@ -238,18 +271,23 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         if study.studies != self.shown["studies"]:
             self.shown["studies"] = study.studies
             self._refill(ui.studyComboBox, study.studies, qt.Qt.UserRole)
-        for combo, text in ((ui.windowPresetComboBox, view.window),
-                            (ui.layoutComboBox, view.layout)):
-            if combo.currentText != text:  # a shortcut chose it
-                combo.blockSignals(True)
-                combo.setCurrentText(text)
-                combo.blockSignals(False)
-        for box, on in ((ui.differenceCheckBox, view.difference),
-                        (ui.autoFlickerCheckBox, view.auto_flicker)):
-            if box.checked != on:  # a new result comes without its difference; flicker stops
-                box.blockSignals(True)
-                box.checked = on
-                box.blockSignals(False)
+        for widget, now, value, setter in (
+                (ui.windowPresetComboBox, ui.windowPresetComboBox.currentText, view.window,
+                 "setCurrentText"),
+                (ui.layoutComboBox, ui.layoutComboBox.currentText, view.layout, "setCurrentText"),
+                (ui.modelComboBox, ui.modelComboBox.currentText, view.model, "setCurrentText"),
+                (ui.strengthSliderWidget, ui.strengthSliderWidget.value, view.strength,
+                 "setValue"),
+                (ui.inputVolumeSelector, ui.inputVolumeSelector.currentNode(), view.input,
+                 "setCurrentNode"),
+                (ui.differenceCheckBox, ui.differenceCheckBox.checked, view.difference,
+                 "setChecked"),
+                (ui.autoFlickerCheckBox, ui.autoFlickerCheckBox.checked, view.auto_flicker,
+                 "setChecked")):
+            if now != value:  # a key, a new result, a loaded scene or a stop changed it
+                widget.blockSignals(True)  # the controller has the value already
+                getattr(widget, setter)(value)
+                widget.blockSignals(False)
         ui.studyProgressLabel.text = study.progress
         for control, widgets in self.controls.items():
             for widget in widgets:
@@ -339,11 +377,28 @@ class LowDoseCTDenoiseTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_denoise_on_the_fake_server()
+        self.setUp()
+        self.test_the_parameter_node_wrapper_reads_the_panel_state()
 
     def test_denoise_on_the_fake_server(self):
         self.delayDisplay("Denoising a synthetic CT on an in-process fake server")
         selftest.run(pump=slicer.app.processEvents, temp_root=slicer.app.temporaryPath)
         self.delayDisplay("Test passed")
+
+    def test_the_parameter_node_wrapper_reads_the_panel_state(self):
+        """What the Logic stores (pytest checks it on plain MRML) is what Slicer's
+        parameterNodeWrapper reads."""
+        logic = LowDoseCTDenoiseLogic()
+        try:
+            node = selftest.synthetic_ct()
+            logic.save_state(PanelState("m", 0.4, "Abdomen", "Axial + coronal", input=node.GetID()))
+            parameters = LowDoseCTDenoiseParameterNode(logic.parameter_node())
+            self.assertEqual((parameters.model, parameters.strength, parameters.window,
+                              parameters.layout), ("m", 0.4, "Abdomen", "Axial + coronal"))
+            self.assertIs(parameters.input, node)
+            self.assertIsNone(parameters.result)
+        finally:
+            logic.cleanup()
 
 
 if __name__ == "__main__":

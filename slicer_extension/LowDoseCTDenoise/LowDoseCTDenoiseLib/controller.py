@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from .client import DenoiseClient, ModelEntry
-from .display import LAYOUTS, VOLUME_PRESET, UrlHistory
+from .display import VOLUME_PRESET, UrlHistory
 from .errors import Cancelled, ServerError
 from .job import BUSY_PHASES, BackgroundCall, CancellableCall, DenoiseJob, WriteBackJob
+from .state import PanelState
 from .study import ReaderSession, StudyClient, reader_id
 
 INFO_TIMEOUT_S = 10.0  # /info/ answers in milliseconds; longer means a server in trouble
@@ -55,6 +56,9 @@ class PanelView:
     enabled: frozenset  # of CONTROLS
     models: tuple  # of ModelEntry, denoisers only
     auto_flicker: bool
+    model: str  # the model chosen (a loaded scene may change it, as the next four)
+    strength: float
+    input: Any  # the input volume node
     window: str  # the window preset chosen (a shortcut may change it)
     layout: str  # the layout chosen, a name in LAYOUTS
     question: str  # in State.CONSENT: asked in a dialog, answered with answer_consent()
@@ -126,8 +130,10 @@ class DenoiseController(_Worker):
         self.models: tuple[ModelEntry, ...] = ()
         self.url = self.token = ""  # of the server whose models are listed
         self.input: Any = None
-        self.model, self.device, self.strength, self.window = "", "auto", 1.0, "Liver"
-        self.layout = next(iter(LAYOUTS))
+        self.device = "auto"
+        default = PanelState()
+        self.model, self.strength = default.model, default.strength
+        self.window, self.layout = default.window, default.layout
         self.auto_flicker = False
         self._workdir: Optional[Path] = None
         self._cancelled = ""  # why the running job was stopped (user or scene close)
@@ -143,8 +149,9 @@ class DenoiseController(_Worker):
                         "or DICOM header) go to that server, which keeps them only while it "
                         "denoises.")
         return PanelView(self.state, self.connection, self.status, self._progress(),
-                         self.enabled(), self.models, self.auto_flicker, self.window,
-                         self.layout, question, self.logic.difference_shown)
+                         self.enabled(), self.models, self.auto_flicker, self.model,
+                         self.strength, self.input, self.window, self.layout, question,
+                         self.logic.difference_shown)
 
     def enabled(self) -> frozenset:
         """The controls a click may use now (a click on any other is ignored)."""
@@ -386,6 +393,27 @@ class DenoiseController(_Worker):
     def set_auto_flicker(self, on: bool) -> None:
         """The widget's flicker timer runs while this is on."""
         self.auto_flicker = on and "compare" in self.enabled()
+
+    # -- scene save and load ---------------------------------------------------------------
+    def panel_state(self) -> PanelState:
+        """What the scene keeps of the panel (the Logic stores it in the parameter node)."""
+        return PanelState(self.model, self.strength, self.window, self.layout,
+                          **self.logic.node_ids(self.input))
+
+    def restore(self, state: PanelState) -> None:
+        """A scene was loaded: its panel state comes back, and the pair it showed. The
+        full-strength result is not saved with a scene, so a new strength needs a new
+        Denoise."""
+        if self.state not in SETTLED:
+            return
+        self.model, self.strength = state.model, state.strength
+        self.window, self.layout = state.window, state.layout
+        restored = self.logic.restore(state)
+        self.input = self.input if restored is None else restored
+        if self.logic.pair is not None:
+            self.state = State.DONE
+            self.status = (f"Restored from the scene: '{self.logic.pair[1].GetName()}'. Another "
+                           "strength needs a new Denoise (the scene keeps the blend only).")
 
     # -- worker and scene ------------------------------------------------------------------
     def poll(self) -> None:

@@ -8,6 +8,7 @@ every .py file of the module folder as a module of its own.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional
@@ -30,8 +31,10 @@ from .display import (
     symmetric_window,
     view_label,
 )
+from .state import NODE_ROLES, PanelState
 from .transfer import NrrdHeader, write_nrrd
 
+MODULE_NAME = "LowDoseCTDenoise"
 LEFT, RIGHT = "Red", "Yellow"  # the top row of every layout: original | denoised
 GEOMETRY_TOLERANCE_MM = 1e-3  # NRRD text round trip; anything larger is a real mismatch
 DIFFERENCE_SAMPLES = 200_000
@@ -115,16 +118,41 @@ class DicomExport:
     study: str
 
 
-class LowDoseCTDenoiseLogic:
-    """Everything the module does to the scene; the widget only wires buttons to it."""
+def _weakly(method: Callable[..., None]) -> Callable[..., None]:
+    """An observer callback that holds its Logic weakly. A strong one (a bound method) makes a
+    cycle through VTK (scene -> observer -> Logic -> scene) that Python's garbage collector
+    may tear down in any order, calling back a half-cleared Logic; weakly held, a Logic left
+    without cleanup() is simply freed and its callbacks do nothing."""
+    ref = weakref.WeakMethod(method)
+
+    def callback(caller, event) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(caller, event)
+    return callback
+
+
+class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
+    """Everything the module does to the scene; the widget only wires buttons to it.
+
+    Its observers (the scene's close and import, the shown volumes' windows) go through
+    Slicer's VTKObservationMixin: those on volumes are removed when the scene closes or
+    another pair is shown, all of them by :meth:`cleanup`.
+    """
 
     def __init__(self, scene=None) -> None:
+        slicer.util.VTKObservationMixin.__init__(self)
         self.scene = scene if scene is not None else slicer.mrmlScene
         self.on_scene_closed: Callable[[], None] = lambda: None  # the panel follows
-        self._close_tag = self.scene.AddObserver(slicer.vtkMRMLScene.EndCloseEvent,
-                                                 self._scene_closed)
+        self.on_scene_loaded: Callable[[], None] = lambda: None  # the panel restores itself
+        self._window_changed = _weakly(self._on_window_changed)
+        self.addObserver(self.scene, slicer.vtkMRMLScene.EndCloseEvent,
+                         _weakly(self._scene_closed))
+        self.addObserver(self.scene, slicer.vtkMRMLScene.EndImportEvent,
+                         _weakly(self._scene_loaded))
         self.own_windows: dict[str, tuple[float, float]] = {}  # node id -> window it came with
-        self._synced: list[tuple[object, int]] = []
+        self._own_labels: dict[str, str] = {}  # view -> its label before the module's
+        self._synced: tuple = ()  # the two display nodes whose windows follow each other
         self._syncing = False
         self.pair: Optional[tuple[object, object]] = None  # (original, denoised) on show
         self.layout = next(iter(LAYOUTS))
@@ -232,7 +260,7 @@ class LowDoseCTDenoiseLogic:
             self._layout_node().SetViewArrangement(
                 slicer.vtkMRMLLayoutNode.SlicerLayoutOneUpRedSliceView)
             self.composite_node(LEFT).SetBackgroundVolumeID(nodes[0].GetID())
-            self.slice_node(LEFT).SetLayoutLabel(nodes[0].GetName())
+            self._set_label(LEFT, nodes[0].GetName())
             self._set_window(nodes[0].GetDisplayNode(), *window)
         return nodes
 
@@ -324,7 +352,7 @@ class LowDoseCTDenoiseLogic:
     def _require_result(self):
         """The pair shown, when its second volume is a denoised result (not a study item)."""
         original, denoised = self._require_pair()
-        if not denoised.GetAttribute(MODEL_ATTRIBUTE):
+        if not self._shows_result():
             raise RuntimeError("The pair shown is no denoised result: denoise a volume first.")
         return original, denoised
 
@@ -376,7 +404,25 @@ class LowDoseCTDenoiseLogic:
         for view, _, role in self._views():
             node = shown[role]
             self.composite_node(view).SetBackgroundVolumeID(node.GetID())
-            self.slice_node(view).SetLayoutLabel(self._label(node))
+            self._set_label(view, self._label(node))
+
+    def _set_label(self, view: str, label: str) -> None:
+        """The view's label (in its bar); the one it had first is kept to put back."""
+        node = self.slice_node(view)
+        self._own_labels.setdefault(view, node.GetLayoutLabel())
+        node.SetLayoutLabel(label)
+
+    def label_views(self) -> None:
+        """The module is shown again: the views say what they show."""
+        if self.pair is not None:
+            self._fill_views()
+
+    def restore_view_labels(self) -> None:
+        """The module is left (or the scene closed): the views' labels are Slicer's own."""
+        for view, label in self._own_labels.items():
+            node = self._find(view, "vtkMRMLSliceNode")
+            if node is not None:
+                node.SetLayoutLabel(label)
 
     def _label(self, node) -> str:
         """What a view says it shows: ``original``, ``<model> s=<strength>``, ``difference``,
@@ -453,20 +499,78 @@ class LowDoseCTDenoiseLogic:
 
     def cleanup(self) -> None:
         """The module is closed: stop keeping windows in sync and following the scene."""
-        self._unsync()
-        self.scene.RemoveObserver(self._close_tag)
+        self.removeObservers()
+        self._synced = ()
 
     def _scene_closed(self, caller=None, event=None) -> None:
         """Drop every node and voxel reference (a CT and its result are hundreds of MB)."""
         self._unsync()
+        self.restore_view_labels()
         self.pair, self._full, self.own_windows = None, None, {}
         self._difference = None
         self.on_scene_closed()
 
+    def _scene_loaded(self, caller=None, event=None) -> None:
+        self.on_scene_loaded()
+
     def _unsync(self) -> None:
-        for display, tag in self._synced:
-            display.RemoveObserver(tag)
-        self._synced = []
+        self.removeObservers(self._window_changed)
+        self._synced = ()
+
+    # -- parameter node ---------------------------------------------------------------
+    def parameter_node(self):
+        """The module's parameter node, saved with the scene: a singleton
+        vtkMRMLScriptedModuleNode (a loaded scene's replaces its content), made if missing."""
+        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
+        if node is None:
+            node = slicer.vtkMRMLScriptedModuleNode()
+            node.SetSingletonTag(MODULE_NAME)
+            node.SetModuleName(MODULE_NAME)
+            node.SetName(MODULE_NAME)
+            node = self.scene.AddNode(node)
+        return node
+
+    def save_state(self, state: PanelState) -> None:
+        """``state`` into the parameter node, as Slicer's parameterNodeWrapper stores it
+        (node fields as node references, so their IDs follow the scene on load)."""
+        node = self.parameter_node()
+        modifying = node.StartModify()
+        for name, value in state.to_strings().items():
+            if name in NODE_ROLES:
+                node.SetParameter(name, "")
+                node.SetNodeReferenceID(name, value or None)
+            else:
+                node.SetParameter(name, value)
+        node.EndModify(modifying)
+
+    def load_state(self) -> PanelState:
+        """The state the parameter node holds (defaults for what it lacks)."""
+        node = self.parameter_node()
+        values = {name: node.GetParameter(name) for name in node.GetParameterNames()}
+        values.update({role: node.GetNodeReferenceID(role) or "" for role in NODE_ROLES})
+        return PanelState.from_strings(values)
+
+    def node_ids(self, input_node) -> dict[str, str]:
+        """The IDs of ``input_node`` and of the volumes shown, by PanelState field."""
+        original, result = self.pair if self._shows_result() else (None, None)
+        nodes = {"input": input_node, "original": original, "result": result,
+                 "difference": self._difference if result is not None else None}
+        return {role: node.GetID() if node is not None else "" for role, node in nodes.items()}
+
+    def restore(self, state: PanelState):
+        """A loaded scene's pair shown again as the panel showed it (window, layout,
+        difference); returns the input node of ``state`` (None when the scene lacks it)."""
+        def node(node_id: str):
+            return self.scene.GetNodeByID(node_id) if node_id else None
+
+        original, result = node(state.original), node(state.result)
+        if original is not None and result is not None:
+            self.show_side_by_side(original, result, state.window, state.layout)
+            self.show_difference(node(state.difference) is not None)
+        return node(state.input)
+
+    def _shows_result(self) -> bool:
+        return self.pair is not None and bool(self.pair[1].GetAttribute(MODEL_ATTRIBUTE))
 
     # -- helpers ------------------------------------------------------------------------
     def _read(self, path: str | Path):
@@ -512,21 +616,21 @@ class LowDoseCTDenoiseLogic:
 
     def _sync_windows(self, first, second) -> None:
         self._unsync()
+        self._synced = (first, second)
+        for display in self._synced:
+            self.addObserver(display, vtk.vtkCommand.ModifiedEvent, self._window_changed)
 
-        def follow(source, target):
-            def on_modified(caller, event):
-                if self._syncing:
-                    return
-                if (source.GetWindow(), source.GetLevel()) != (target.GetWindow(),
-                                                               target.GetLevel()):
-                    self._syncing = True
-                    try:
-                        self._set_window(target, source.GetWindow(), source.GetLevel())
-                    finally:
-                        self._syncing = False
-            return source.AddObserver(vtk.vtkCommand.ModifiedEvent, on_modified)
-
-        self._synced = [(first, follow(first, second)), (second, follow(second, first))]
+    def _on_window_changed(self, source, event=None) -> None:
+        """One display node's window changed (a drag in its view): the other follows."""
+        if self._syncing:
+            return
+        target = self._synced[1] if source is self._synced[0] else self._synced[0]
+        if (source.GetWindow(), source.GetLevel()) != (target.GetWindow(), target.GetLevel()):
+            self._syncing = True
+            try:
+                self._set_window(target, source.GetWindow(), source.GetLevel())
+            finally:
+                self._syncing = False
 
     def _require_pair(self):
         if self.pair is None:
