@@ -109,7 +109,8 @@ class DenoiseController(_Worker):
 
     ``logic``: the module's Logic (``prepare_export``, ``load_result``, ``show_side_by_side``,
     ``set_strength``, ``apply_window``, ``set_layout``, ``show_difference``, ``flicker``,
-    ``shown_result``, ``prepare_dicom_export``, ``pair``, ``difference_shown``).
+    ``shown_result``, ``prepare_dicom_export``, ``node_ids``, ``restore``, ``pair``,
+    ``difference_shown``).
     ``on_shown`` is called after a result is shown (the widget fits the views to it);
     ``on_dicom_export(item)`` when a result is ready for Slicer's DICOM export (the widget
     opens Slicer's export dialog on that subject-hierarchy item).
