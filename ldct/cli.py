@@ -214,7 +214,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         results = evaluate_kernels(args.data, args.out, args.kernels, dose=args.dose,
                                    models=args.models, device=args.device,
                                    max_slices=args.max_slices, ensemble=views,
-                                   real_volume=args.real_volume)
+                                   real_volume=args.real_volume, thickness=args.thickness)
         console.print(_table("worst kernel per model", worst_kernels(results),
                              ["method", "worst_kernel", "psnr_gain_db", "ssim_gain",
                               "noise_vs_ld", "max_abs_bias_hu"],
@@ -399,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "kernel and each model's worst kernel (kernels.md)")
     p.add_argument("--real-volume", help="with --kernels: also this real normal-dose scan of "
                                          "another scanner, its lower dose in its own texture")
+    p.add_argument("--thickness", type=int, default=1,
+                   help="with --kernels: also the first kernel with N slices averaged into one")
     p.add_argument("--write-cards", action="store_true",
                    help="write models/<name>/card.{json,md} with these held-out metrics")
     p.set_defaults(func=cmd_evaluate)

@@ -161,12 +161,15 @@ def evaluate_kernels(data_dir: str | Path, out_dir: str | Path, kernels: list[st
                      dose: float = 0.25, models: list[str] | None = None, device: str = "auto",
                      max_slices: int | None = None, nps_roi: int = 32,
                      ensemble: int = DEFAULT_ENSEMBLE, seed: int = 0,
-                     real_volume: str | Path | None = None) -> dict[str, list[dict]]:
+                     real_volume: str | Path | None = None,
+                     thickness: int = 1) -> dict[str, list[dict]]:
     """The kernel sweep: the test case simulated at ``dose`` with each reconstruction kernel
     (the same projection-noise draw, filtered by each), every model scored on each; writes
     ``kernels.md`` (a table per kernel, then each model's worst kernel) and ``kernels.csv``.
-    ``real_volume`` adds an unseen scanner (:func:`real_scanner_rows`). Models are to be
-    chosen on their worst kernel, on training cases; this is the report."""
+    ``real_volume`` adds an unseen scanner (:func:`real_scanner_rows`); ``thickness`` > 1
+    adds the first kernel's volume with that many slices averaged into one (thicker slices:
+    the noise of thin slices averaged along z, partial volume). Models are to be chosen on
+    their worst kernel, on training cases; this is the report."""
     data = PreparedData(data_dir)
     case, normal_vol, masks, _ = _test_case(data, max_slices)
     normal = normal_vol.hu
@@ -179,6 +182,17 @@ def evaluate_kernels(data_dir: str | Path, out_dir: str | Path, kernels: list[st
                                     progress=False)
         results[kernel], outputs[kernel] = _scored(names, low_vol, normal, regions, pixel,
                                                    device, ensemble, nps_roi)
+    if thickness > 1:
+        first = kernels[0]
+        thick_low, thick_normal = (thicker(v, thickness) for v in (
+            simulate_low_dose(normal_vol, data.simulation(dose, first), seed=seed,
+                              progress=False), normal_vol))
+        thick_masks = {k: thicker(normal_vol.with_hu(m.astype(np.float32)), thickness).hu > 0.5
+                       for k, m in masks.items()}
+        results[f"{first} x{thickness} thickness"] = _scored(
+            names, thick_low, thick_normal.hu,
+            Regions.from_case(thick_normal.hu, thick_masks, min(pixel)), pixel, device,
+            ensemble, nps_roi)[0]
     if real_volume is not None:
         results[REAL] = real_scanner_rows(real_volume, data, dose, names, device, ensemble,
                                           nps_roi, seed)
@@ -187,12 +201,21 @@ def evaluate_kernels(data_dir: str | Path, out_dir: str | Path, kernels: list[st
     command = (f"ldct evaluate --data DIR --dose {dose:g} --kernels {' '.join(kernels)}"
                + (f" --max-slices {max_slices}" if max_slices else "")
                + (f" --ensemble {ensemble}" if ensemble != DEFAULT_ENSEMBLE else "")
-               + (f" --real-volume {real_volume}" if real_volume is not None else ""))
+               + (f" --real-volume {real_volume}" if real_volume is not None else "")
+               + (f" --thickness {thickness}" if thickness > 1 else ""))
     _write_sweep(results, out_dir, case, dose, normal.shape, ensemble, command)
     _sweep_montage(outputs, masks, regions, out_dir / "kernels_montage.png", case, dose)
     own = own_noise_nps(normal, regions.liver, pixel, nps_roi)
     _sweep_nps_plot(results, own, out_dir / "kernels_nps.png")
     return results
+
+
+def thicker(volume: CTVolume, factor: int) -> CTVolume:
+    """Slices ``factor`` at a time averaged into one, as a thicker reconstruction would be."""
+    n = volume.hu.shape[0] // factor * factor
+    hu = volume.hu[:n].reshape(-1, factor, *volume.hu.shape[1:]).mean(axis=1)
+    spacing = (*volume.spacing[:2], volume.spacing[2] * factor)
+    return replace(volume, hu=hu.astype(np.float32), spacing=spacing)
 
 
 def real_scanner_rows(path: str | Path, data: PreparedData, dose: float, names: list[str],

@@ -43,8 +43,11 @@ def test_kernel_sweep_reports_each_kernel_and_the_worst(prepared, tmp_path):
                                     (0, 0.6, 0.6))
     real = write_volume(phantom.with_hu(phantom.hu + 40.0 * grain), tmp_path / "real.nrrd")
     results = evaluate_kernels(prepared, tmp_path, ["hann", "sharp-ee"], dose=0.25,
-                               models=["ldct-gauss", "ldct-nlm"], nps_roi=8, real_volume=real)
-    assert list(results) == ["hann", "sharp-ee", REAL]
+                               models=["ldct-gauss", "ldct-nlm"], nps_roi=8, real_volume=real,
+                               thickness=2)
+    assert list(results) == ["hann", "sharp-ee", "hann x2 thickness", REAL]
+    thick = results["hann x2 thickness"][0]
+    assert thick["liver_noise_sd"] < 0.85 * results["hann"][0]["liver_noise_sd"]  # averaged
     real_input = results[REAL][0]
     assert real_input["liver_noise_sd"] > 1.0 and np.isnan(real_input["tumour_cnr"])
     hann, sharp = results["hann"][0], results["sharp-ee"][0]  # the inputs
@@ -65,7 +68,7 @@ def test_kernel_sweep_reports_each_kernel_and_the_worst(prepared, tmp_path):
     assert "## hann" in report and "## sharp-ee" in report and "## Worst kernel" in report
     assert "## Targets at every kernel" in report and "| ldct-gauss | " in report
     with open(tmp_path / "kernels.csv") as handle:
-        assert len(list(csv.reader(handle))) == 1 + 3 * 3
+        assert len(list(csv.reader(handle))) == 1 + 4 * 3
     assert f"'{REAL}': a real normal-dose scan" in report
     for figure in ("kernels_montage.png", "kernels_nps.png"):
         assert (tmp_path / figure).stat().st_size > 5_000

@@ -254,6 +254,16 @@ def test_connect_lists_only_denoisers_and_remembers_the_server(panel):
     assert controller.server_changed(url) == "tok"  # its remembered token
 
 
+def test_the_servers_recommended_denoiser_is_the_default(panel):
+    controller, url, handler, *_ = panel
+    handler.routes["/info/"] = (200, json.dumps({"models": {
+        "a": {"type": "others", "ldct": {"kind": "network", "recommended": False}},
+        "b": {"type": "others", "ldct": {"kind": "network", "recommended": True}}}}).encode())
+    controller.connect(url, "tok")
+    _settle(controller)
+    assert [m.name for m in controller.models] == ["a", "b"] and controller.model == "b"
+
+
 def test_connection_errors_leave_the_panel_not_connected(panel):
     controller, url, handler, *_ = panel
     controller.connect("127.0.0.1:8000", "")  # no scheme: said at once, nothing sent

@@ -151,3 +151,23 @@ def test_n2n25d_msr2au_student_is_the_teacher_with_the_low_band_kept(prepared, t
     assert isinstance(shipped.core, CentreNoise)
     with torch.no_grad():
         assert torch.allclose(shipped(x), teacher_with_low_band(trained), atol=1e-3)
+
+
+def test_n2n25d_learns_from_low_dose_stacks_alone(prepared):
+    """What ships is self-supervised: its loss is the same whatever the normal dose holds, and
+    the cpu preset never reaches a distillation step (which would see normal-dose stacks)."""
+    from ldct.data import PatchSampler, PreparedData
+    from ldct.train.n2n25d import N2N25DMethod
+
+    hp = {**PRESETS["cpu"], **N2N25DMethod.presets["cpu"], "base": 8}
+    method = build_method("n2n25d", hp, None)
+    sampler = PatchSampler(PreparedData(prepared), [0.25], patch=32, batch=2, context=5,
+                           paired=False, noise=True)
+    batch = {k: torch.from_numpy(v) for k, v in sampler.sample().items()}
+    garbage = {**batch, "nd": torch.randn_like(batch["nd"]) * 1000}
+    torch.manual_seed(0)
+    plain = method.losses("teacher", batch)["total"]
+    torch.manual_seed(0)
+    assert torch.equal(plain, method.losses("teacher", garbage)["total"])
+    assert {g for step in (0, hp["steps"] // 2, hp["steps"] - 1)
+            for g in method.schedule(step)} == {"teacher"}

@@ -2,8 +2,10 @@
 
 Titles and supervision strings say what the shipped training really was (README "The
 denoisers"): pan, pdml and alden spend most of their steps on a supervised warm-up on simulated
-low/normal-dose pairs (the same warm-up run for pan and alden) and then a short unpaired GAN
-stage anchored to it; n2n25d's recorruption noise comes from the physics simulator.
+low/normal-dose pairs and then a short unpaired GAN stage anchored to it (their first versions,
+from which the shipped ones were retrained on four reconstruction kernels, shared one warm-up run
+for pan and alden); n2n25d learns from noisy scans alone, its recorruption noise measured from
+each scan.
 """
 
 from __future__ import annotations
@@ -16,19 +18,25 @@ from ldct.nets.vagan import vagan_generator
 from ldct.registry import register
 
 WARMED_UP = ("supervised warm-up on simulated low/normal-dose pairs (most steps), then a short "
-             "unpaired GAN stage L1-anchored to the warmed-up generator")
+             "unpaired GAN stage L1-anchored to the warmed-up generator; retrained from the "
+             "first version's weights by the same two stages on 4 reconstruction kernels and "
+             "doses 0.05-0.5")
 
 register("pan", "Cycle-GAN with perceptual attention U-Net (after a supervised warm-up)",
-         "pan-cyclegan-liver-ldct.txt", WARMED_UP + " (warm-up shared with alden)")(pan_generator)
+         "pan-cyclegan-liver-ldct.txt",
+         WARMED_UP + " (the first version's warm-up was shared with alden)")(pan_generator)
 register("pdml", "Patch-wise deep metric learning (after a supervised warm-up)",
          "patchwise-deep-metric-learning.txt", WARMED_UP)(pdml_generator)
 register("alden", "Anatomy-aware discriminator + semantic contrastive loss (after a supervised "
          "warm-up)", "alden-anatomy-aware.txt",
-         WARMED_UP + " with a normal-dose reference (warm-up shared with pan)")(alden_generator)
+         WARMED_UP + " with a normal-dose reference (the first version's warm-up was shared with "
+         "pan)")(alden_generator)
 register("n2n25d", "MSR2AU adjacent-slice denoiser with recorrupted centre (stage 1 of the paper)",
          "msr2au-fluoroscopy-unsupervised.txt",
-         "no clean targets (noisy stacks predict their centre slice), but the recorruption noise "
-         "is drawn from the physics simulator, not learned from the scans alone"
+         "self-supervised on low-dose scans alone: noisy 5-slice stacks predict their "
+         "recorrupted centre slice, the recorruption noise measured from each scan (no normal "
+         "dose, no noise model); the training scans are simulated low doses of 4 kernels"
          )(n2n25d_student)
 register("vagan", "Visual-attention GAN (reduced: fewer layers than the paper)",
-         "vagan-visual-attention-gan.txt", "paired (simulated low dose)")(vagan_generator)
+         "vagan-visual-attention-gan.txt", "paired (simulated low dose of 4 kernels), retrained "
+         "from the first version's weights")(vagan_generator)

@@ -24,6 +24,7 @@ class ModelEntry:
     description: str
     config: dict[str, Any] = field(default_factory=dict)
     card: dict[str, Any] = field(default_factory=dict)
+    recommended: bool = False  # the server's first choice (best on its worst kernel)
 
     def tooltip(self) -> str:
         """The model card in a few lines (method, paper, training data, held-out metrics)."""
@@ -83,7 +84,8 @@ class DenoiseClient(ServerConnection):
                 continue
             card = {**(details.get("card") or {}), "version": details.get("version", "")}
             entries.append(ModelEntry(name, model.get("description", name),
-                                      model.get("config") or {}, card))
+                                      model.get("config") or {}, card,
+                                      details.get("recommended") is True))
         return entries
 
     def datastore_ids(self, cancel: Optional[CancelToken] = None) -> set[str]:

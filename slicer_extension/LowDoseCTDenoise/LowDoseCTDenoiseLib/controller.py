@@ -205,7 +205,8 @@ class DenoiseController(_Worker):
             return
         self.models, self.url, self.token = tuple(call.result), url, token
         names = [m.name for m in self.models]
-        self.model = self.model if self.model in names else (names[0] if names else "")
+        first = [m.name for m in self.models if m.recommended] + names  # the server's choice
+        self.model = self.model if self.model in names else (first[0] if first else "")
         self.history.add(url, token)
         self.save_history(self.history)
         self.state = State.READY
