@@ -171,3 +171,18 @@ def test_n2n25d_learns_from_low_dose_stacks_alone(prepared):
     assert torch.equal(plain, method.losses("teacher", garbage)["total"])
     assert {g for step in (0, hp["steps"] // 2, hp["steps"] - 1)
             for g in method.schedule(step)} == {"teacher"}
+
+
+def test_relative_mse_weighs_every_sample_by_its_gain_not_its_noise():
+    """Halving the error of a 50 HU sample counts as much as halving a 700 HU one's, and an
+    output equal to its input scores 1 whatever the noise level."""
+    from ldct.train.method import image_mse, relative_mse
+
+    target = torch.zeros(2, 1, 8, 8)
+    noisy = torch.stack([torch.full((1, 8, 8), 50.0), torch.full((1, 8, 8), 700.0)])
+    assert float(relative_mse(noisy, target, noisy)) == pytest.approx(1.0)
+    quiet_half = noisy * torch.tensor([0.5, 1.0]).view(2, 1, 1, 1)
+    loud_half = noisy * torch.tensor([1.0, 0.5]).view(2, 1, 1, 1)
+    assert float(relative_mse(quiet_half, target, noisy)) == pytest.approx(
+        float(relative_mse(loud_half, target, noisy)))
+    assert float(image_mse(loud_half, target)) > 50 * float(image_mse(quiet_half, target))

@@ -85,12 +85,24 @@ def image_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return ((a - b) / WINDOW_HU).pow(2).mean()
 
 
+def relative_mse(output: torch.Tensor, target: torch.Tensor,
+                 noisy: torch.Tensor) -> torch.Tensor:
+    """Each sample's squared error over its input's (``noisy`` - ``target``), averaged: every
+    sample weighs by its PSNR gain, so a sharp kernel's 700 HU noise at dose 0.05 does not drown
+    a Hann quarter dose's 50 HU (plain MSE over such a mix cost pdml 2.6 dB on Hann)."""
+    dims = tuple(range(1, output.dim()))
+    error = (output - target).pow(2).mean(dims)
+    reference = (noisy - target).pow(2).mean(dims).clamp_min(1.0)  # HU^2
+    return (error / reference).mean()
+
+
 class WarmStartedGAN(Method):
     """An unpaired GAN whose generator ``g`` is first warmed up, then trained adversarially.
 
     Warm-up (``warmup``):
     - ``simulated`` (default): MSE from the simulated low dose of normal-dose patches to the
-      normal dose. A site can always simulate low dose from its own normal-dose scans (as
+      normal dose (``relative``: each sample's MSE over its input's, :func:`relative_mse`).
+      A site can always simulate low dose from its own normal-dose scans (as
       VAGAN trains); no low-dose scan is ever paired with its normal dose, and the real
       low-dose images reach the generator only in the unpaired GAN stage.
     - ``n2n``: adjacent-slice Noise2Noise (slice k in, slices k-1 and k+1 as targets: their
@@ -106,7 +118,8 @@ class WarmStartedGAN(Method):
     gan_groups: dict[str, list[str]] = {}
     finetune = {"warmup_fraction": 0.0}  # a trained generator needs no warm-up
     defaults = {"warmup": "simulated", "warmup_fraction": 0.5, "lr_d": 5e-5, "lr_g": 5e-5,
-                "base": 16, "levels": 3, "res_blocks": 2, "adversarial": 1.0, "anchor": 1.0}
+                "base": 16, "levels": 3, "res_blocks": 2, "adversarial": 1.0, "anchor": 1.0,
+                "relative": False}
 
     def __init__(self, hp, pvm=None):
         super().__init__(hp, pvm)
@@ -129,7 +142,10 @@ class WarmStartedGAN(Method):
 
     def losses(self, group, batch):
         if group == "warmup" and self.hp["warmup"] == "simulated":
-            loss = image_mse(self.nets["g"](batch["nd_sim"][:, 1:2]), batch["nd"][:, 1:2])
+            low, normal = batch["nd_sim"][:, 1:2], batch["nd"][:, 1:2]
+            output = self.nets["g"](low)
+            loss = (relative_mse(output, normal, low) if self.hp["relative"]
+                    else image_mse(output, normal))
             return {"total": loss, "simulated": loss}
         if group == "warmup":
             ld = batch["ld"]
