@@ -31,6 +31,7 @@ def training_metadata(weights: Path) -> dict[str, Any]:
             "patch": hp.get("patch"), "batch": hp.get("batch"),
             "doses": hp.get("doses") or "all prepared (0.5, 0.35, 0.25, 0.15, 0.1)",
             "kernels": hp.get("kernels") or ["hann"],  # models trained before it: Hann only
+            "texture": hp.get("texture", 0.0),  # those models' share of retextured patches
             "overrides": hp.get("overrides", {}), "init": hp.get("init"),
             "parameters": sum(v.numel() for v in blob["state_dict"].values())}
 
@@ -72,7 +73,10 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
             "training_data": "ircadb01 (1.6 mm slices) + tcia_pancreas001 (3 mm slices) "
                              f"(ldct prepare), simulated doses {train['doses']}, each with the "
                              f"reconstruction kernel(s) {', '.join(train['kernels'])} (the same "
-                             "projection noise through each kernel)",
+                             "projection noise through each kernel)"
+                             + (f", {train['texture']:.0%} of patches retextured to a random "
+                                "sharper cosine-window kernel's (gain capped at 8)"
+                                if train["texture"] else ""),
             "training_command": training_command(name, train),
             "training": train, "evaluation": evaluation, "per_kernel": kernels,
             "held_out": {k: round(float(metrics[k]), 4) for k in METRIC_KEYS},

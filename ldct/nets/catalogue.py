@@ -4,8 +4,8 @@ Titles and supervision strings say what the shipped training really was (README 
 denoisers"): pan, pdml and alden spend most of their steps on a supervised warm-up on simulated
 low/normal-dose pairs and then a short unpaired GAN stage anchored to it (their first versions,
 from which the shipped ones were retrained on four reconstruction kernels, shared one warm-up run
-for pan and alden); n2n25d learns from noisy scans alone, its recorruption noise measured from
-each scan.
+for pan and alden); the shipped n2n25d's recorruption noise came from the physics simulator
+(its recipe now measures it from each scan, a retraining that did not ship yet).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from ldct.registry import register
 
 WARMED_UP = ("supervised warm-up on simulated low/normal-dose pairs (most steps), then a short "
              "unpaired GAN stage L1-anchored to the warmed-up generator; retrained from the "
-             "first version's weights by the same two stages on 4 reconstruction kernels and "
-             "doses 0.05-0.5")
+             "first version's weights by the same two stages (the warm-up's MSE relative to "
+             "each sample's input) on 4 reconstruction kernels and doses 0.05-0.5")
 
 register("pan", "Cycle-GAN with perceptual attention U-Net (after a supervised warm-up)",
          "pan-cyclegan-liver-ldct.txt",
@@ -33,10 +33,10 @@ register("alden", "Anatomy-aware discriminator + semantic contrastive loss (afte
          "pan)")(alden_generator)
 register("n2n25d", "MSR2AU adjacent-slice denoiser with recorrupted centre (stage 1 of the paper)",
          "msr2au-fluoroscopy-unsupervised.txt",
-         "self-supervised on low-dose scans alone: noisy 5-slice stacks predict their "
-         "recorrupted centre slice, the recorruption noise measured from each scan (no normal "
-         "dose, no noise model); the training scans are simulated low doses of 4 kernels"
+         "no clean targets (noisy stacks predict their centre slice), but the shipped weights' "
+         "recorruption noise was drawn from the physics simulator (Hann kernel), not measured "
+         "from the scans (the recipe now measures it; that retraining did not ship yet)"
          )(n2n25d_student)
 register("vagan", "Visual-attention GAN (reduced: fewer layers than the paper)",
-         "vagan-visual-attention-gan.txt", "paired (simulated low dose of 4 kernels), retrained "
-         "from the first version's weights")(vagan_generator)
+         "vagan-visual-attention-gan.txt", "paired (simulated low dose, Hann kernel, half the "
+         "patches retextured to a sharper kernel)")(vagan_generator)
