@@ -164,9 +164,12 @@ def test_cancel_stops_a_running_job_and_the_server_answers_meanwhile(server):
     assert other.status_code == 404  # another radiologist's job is not theirs to see
     cancelled_at = time.monotonic()
     assert requests.delete(f"{url}/jobs/{job}", headers=auth, timeout=30).status_code == 200
-    _wait_for(lambda: requests.get(f"{url}/jobs/{job}", headers=auth,
-                                   timeout=30).json()["state"] == "cancelled", "cancelled")
-    assert time.monotonic() - cancelled_at < 2.0
+    ended = _wait_for(lambda: (state := requests.get(f"{url}/jobs/{job}", headers=auth,
+                                                     timeout=30).json())["state"] == "cancelled"
+                      and state, "cancelled")
+    # within a network pass or two (a batch of views), not at the end of the job: seconds on a
+    # quiet CPU, more when the machine is shared, so the job's own progress is the measure
+    assert ended["progress"] < 0.9 and time.monotonic() - cancelled_at < 15.0
     request.join(60)
     assert answers["done"].status_code == 409 and "cancelled" in answers["done"].text
     assert _post(server, image="case0").status_code == 200  # the worker is free again
