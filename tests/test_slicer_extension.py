@@ -91,3 +91,17 @@ def test_library_is_pure_python_39_standard_library():
             else:
                 continue
             assert roots <= allowed, (path.name, roots)
+
+
+def test_the_modules_visible_texts_are_translatable():
+    """Slicer 5.6+ convention: the title, help and acknowledgement go through ``_()``
+    (slicer.i18n.tr), so the module's catalogue can translate them."""
+    source = (SLICER_MODULE / "LowDoseCTDenoise.py").read_text()
+    assigned = {node.targets[0].attr: node.value for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Attribute)
+                and isinstance(node.targets[0].value, ast.Attribute)
+                and node.targets[0].value.attr == "parent"}
+    for name in ("title", "helpText", "acknowledgementText"):
+        value = assigned[name]
+        assert isinstance(value, ast.Call) and getattr(value.func, "id", "") == "_", name
+    assert "from slicer.i18n import tr as _" in source

@@ -28,6 +28,7 @@ from LowDoseCTDenoiseLib import (
 )
 from LowDoseCTDenoiseLib.logic import LowDoseCTDenoiseLogic
 from LowDoseCTDenoiseLib.state import PanelState
+from slicer.i18n import tr as _
 from slicer.parameterNodeWrapper import parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
@@ -44,15 +45,16 @@ FLICKER_MS = 700
 class LowDoseCTDenoise(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "Low-dose CT Denoise"
-        self.parent.categories = ["Filtering.Denoising"]
+        # Slicer 5.6+ translation: the module's visible strings go through its catalogue
+        self.parent.title = _("Low-dose CT Denoise")
+        self.parent.categories = ["Filtering.Denoising"]  # Slicer's own category path
         self.parent.dependencies = []
         self.parent.contributors = ["ldct founding team"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Sends the selected CT volume to an ldct MONAI Label server, loads the denoised "
             "volume (HU and geometry kept) and shows original and denoised side by side in "
             "linked views with the same window. See the extension README for a walkthrough.")
-        self.parent.acknowledgementText = (
+        self.parent.acknowledgementText = _(
             "Denoisers from the papers listed in the server's model cards; served with "
             "MONAI Label.")
 
