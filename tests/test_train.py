@@ -171,6 +171,13 @@ def test_n2n25d_learns_from_low_dose_stacks_alone(prepared):
     assert torch.equal(plain, method.losses("teacher", garbage)["total"])
     assert {g for step in (0, hp["steps"] // 2, hp["steps"] - 1)
             for g in method.schedule(step)} == {"teacher"}
+    relative = build_method("n2n25d", {**hp, "relative": True}, None)
+    relative.nets.load_state_dict(method.nets.state_dict())
+    torch.manual_seed(0)
+    scaled = relative.losses("teacher", batch)["total"]
+    torch.manual_seed(0)
+    assert torch.equal(scaled, relative.losses("teacher", garbage)["total"])  # still no ND
+    assert not torch.isclose(scaled, plain)  # each sample over its own measured noise
 
 
 def test_relative_mse_weighs_every_sample_by_its_gain_not_its_noise():

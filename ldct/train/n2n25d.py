@@ -22,7 +22,7 @@ import torch
 
 from ldct.nets.blocks import hu_to_net, net_to_hu
 from ldct.nets.n2n25d import MSR2AUNet, n2n25d_student
-from ldct.train.method import Method, image_mse
+from ldct.train.method import Method, image_mse, relative_mse
 
 
 class N2N25DMethod(Method):
@@ -45,7 +45,7 @@ class N2N25DMethod(Method):
     # teacher itself, keeping the input's low band
     defaults = {"context": 5, "base": 16, "levels": 3, "student_base": 16, "student_res_blocks": 1,
                 "student_keep_sigma": 4.0, "student_arch": "unet",
-                "teacher_fraction": 0.6, "recorrupt": 0.5}
+                "teacher_fraction": 0.6, "recorrupt": 0.5, "relative": False}
 
     @property
     def context(self) -> int:
@@ -108,7 +108,11 @@ class N2N25DMethod(Method):
     def losses(self, group, batch):
         if group == "teacher":
             noisier, target = self.recorrupted(batch)
-            loss = image_mse(self.teacher_estimate(noisier), target)
+            estimate = self.teacher_estimate(noisier)
+            # relative: each sample's error over its measured noise power, so that a sharp
+            # kernel's 700 HU noise does not drown a Hann quarter dose's (see relative_mse)
+            loss = (relative_mse(estimate, target, target + batch["noise"])
+                    if self.hp["relative"] else image_mse(estimate, target))
             return {"total": loss, "r2r": loss}
         # the student mimics the teacher on the very stack it sees (the plain low dose): taught
         # from single recorrupted-input estimates instead, it ended ~1 dB below the teacher on
