@@ -21,13 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from ldct import metrics, registry
 from ldct.finetune import finetune
 from ldct.infer import denoise
 from ldct.io import read_volume, write_volume
-from ldct.noise_bank import FLAT_HU
+from ldct.noise_bank import flat_tissue
 from ldct.simulate import KERNELS, LowDoseParams, retexture, simulate_low_dose
 
 
@@ -61,8 +60,7 @@ def main() -> None:
     cut = args.adapt_slices
     held_low = replace(low_vol, hu=low_vol.hu[cut:])
     held_normal = normal_vol.hu[cut:].astype(np.float32)
-    local = ndimage.uniform_filter(held_normal, size=(1, 15, 15))
-    soft = (local > FLAT_HU[0]) & (local < FLAT_HU[1]) & metrics.body_mask(held_normal)
+    soft = flat_tissue(held_normal, 15) & metrics.body_mask(held_normal)
     rows = {"low dose (input)": scores(held_low.hu, held_normal, soft)}
     with tempfile.TemporaryDirectory() as work:
         os.environ[registry.SITE_MODELS_ENV] = str(Path(work) / "site-models")

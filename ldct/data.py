@@ -164,14 +164,18 @@ def prepare(data_dir: str | Path, out_dir: str | Path, doses: Sequence[float] = 
                                          seed=case_seed, progress=progress)
             write_volume(low_dose, path)
             entry["files"][key] = str(path.relative_to(out_dir))
+        simulated = None
         for dose, kernel in itertools.product(doses, manifest["kernels"][1:]):
             key = dose_key(dose, kernel)
             path = case_dir / f"{key}.nrrd"
             if reuse and key in entry["files"] and path.exists():
                 continue
-            normal = read_volume(nd_path).hu
-            simulated = read_volume(case_dir / f"{dose_key(dose)}.nrrd")
-            added = simulated.hu - normal
+            if volume is None:
+                volume = read_volume(nd_path)
+            if simulated is None or simulated[0] != dose:  # each dose's file read once
+                simulated = dose, read_volume(case_dir / f"{dose_key(dose)}.nrrd")
+            normal = volume.hu
+            added = simulated[1].hu - normal
             if kernel != OWN:
                 added = retexture(added, kernel, params.kernel)
             else:
@@ -180,7 +184,7 @@ def prepare(data_dir: str | Path, out_dir: str | Path, doses: Sequence[float] = 
                 except ValueError as error:  # a noiseless scan has no texture to copy
                     logger.warning("%s: %s; its dose %g keeps the simulator's texture",
                                    case.name, error, dose)
-            write_volume(simulated.with_hu(np.clip(normal + added, *STORED_HU)), path)
+            write_volume(simulated[1].with_hu(np.clip(normal + added, *STORED_HU)), path)
             entry["files"][key] = str(path.relative_to(out_dir))
         manifest["cases"][case.name] = entry
         manifest_path.write_text(json.dumps(manifest, indent=1))

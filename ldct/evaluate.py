@@ -26,7 +26,7 @@ from ldct import metrics, registry  # noqa: E402
 from ldct.data import PreparedData  # noqa: E402
 from ldct.infer import DEFAULT_ENSEMBLE, denoise  # noqa: E402
 from ldct.io import CTVolume, read_volume  # noqa: E402
-from ldct.noise_bank import FLAT_HU, own_textured, slice_differences  # noqa: E402
+from ldct.noise_bank import flat_tissue, own_textured, slice_differences  # noqa: E402
 from ldct.simulate import simulate_low_dose  # noqa: E402
 
 COLUMNS = ("method", "psnr_db", "ssim", "rmse_hu", "liver_bias_hu", "fat_bias_hu",
@@ -176,17 +176,15 @@ def evaluate_kernels(data_dir: str | Path, out_dir: str | Path, kernels: list[st
     pixel = (normal_vol.spacing[0], normal_vol.spacing[1])
     regions = Regions.from_case(normal, masks, min(pixel))
     names = models or [n for n in registry.names() if registry.get(n).available()]
-    results, outputs = {}, {}
+    results, outputs, lows = {}, {}, {}
     for kernel in kernels:
-        low_vol = simulate_low_dose(normal_vol, data.simulation(dose, kernel), seed=seed,
-                                    progress=False)
-        results[kernel], outputs[kernel] = _scored(names, low_vol, normal, regions, pixel,
+        lows[kernel] = simulate_low_dose(normal_vol, data.simulation(dose, kernel), seed=seed,
+                                         progress=False)
+        results[kernel], outputs[kernel] = _scored(names, lows[kernel], normal, regions, pixel,
                                                    device, ensemble, nps_roi)
     if thickness > 1:
         first = kernels[0]
-        thick_low, thick_normal = (thicker(v, thickness) for v in (
-            simulate_low_dose(normal_vol, data.simulation(dose, first), seed=seed,
-                              progress=False), normal_vol))
+        thick_low, thick_normal = (thicker(v, thickness) for v in (lows[first], normal_vol))
         thick_masks = {k: thicker(normal_vol.with_hu(m.astype(np.float32)), thickness).hu > 0.5
                        for k, m in masks.items()}
         results[f"{first} x{thickness} thickness"] = _scored(
@@ -229,8 +227,7 @@ def real_scanner_rows(path: str | Path, data: PreparedData, dose: float, names: 
     pixel = (normal_vol.spacing[0], normal_vol.spacing[1])
     simulated = simulate_low_dose(normal_vol, data.simulation(dose), seed=seed, progress=False)
     low_vol = normal_vol.with_hu(normal + own_textured(simulated.hu - normal, normal, dose))
-    local = ndimage.uniform_filter(normal, size=(1, 15, 15))
-    soft = (local > FLAT_HU[0]) & (local < FLAT_HU[1]) & metrics.body_mask(normal)
+    soft = flat_tissue(normal, 15) & metrics.body_mask(normal)
     regions = Regions.from_case(normal, {"liver": soft}, min(pixel))
     return _scored(names, low_vol, normal, regions, pixel, device, ensemble, nps_roi)[0]
 
@@ -244,27 +241,31 @@ def own_noise_nps(normal: np.ndarray, region: np.ndarray, pixel: tuple[float, fl
     return metrics.nps(slice_differences(normal), pixel, roi=roi, mask=region[1:-1])
 
 
-def _kernels_only(results: dict[str, list[dict]]) -> dict[str, list[dict]]:
-    """The sweep's simulated conditions, without the real scanner's rows (reported apart)."""
-    return {k: rows for k, rows in results.items() if k != REAL}
+def _by_model(results: dict[str, list[dict]]) -> dict[str, dict[str, tuple[dict, dict]]]:
+    """Per model, per simulated condition: (its row, the input's row). The real scanner's rows
+    are reported apart and left out here."""
+    kernels = {k: rows for k, rows in results.items() if k != REAL}
+    models = [row["method"] for row in next(iter(kernels.values()))[1:]]
+    return {model: {k: (next(r for r in rows if r["method"] == model), rows[0])
+                    for k, rows in kernels.items()} for model in models}
+
+
+def _max_abs_bias(row: dict) -> float:
+    return max(abs(row["liver_bias_hu"]), abs(row["fat_bias_hu"]))
 
 
 def worst_kernels(results: dict[str, list[dict]]) -> list[dict]:
     """Per model: the kernel with its smallest PSNR gain over the input, and there its gain,
     SSIM gain, noise ratio and the largest |bias| (liver or fat) over all kernels."""
-    results = _kernels_only(results)
-    inputs = {kernel: rows[0] for kernel, rows in results.items()}
-    models = [row["method"] for row in next(iter(results.values()))[1:]]
     worst = []
-    for model in models:
-        rows = {k: next(r for r in rs if r["method"] == model) for k, rs in results.items()}
-        gains = {k: rows[k]["psnr_db"] - inputs[k]["psnr_db"] for k in rows}
-        kernel = min(gains, key=gains.get)
-        worst.append({"method": model, "worst_kernel": kernel, "psnr_gain_db": gains[kernel],
-                      "ssim_gain": rows[kernel]["ssim"] - inputs[kernel]["ssim"],
-                      "noise_vs_ld": rows[kernel]["noise_vs_ld"],
-                      "max_abs_bias_hu": max(max(abs(r["liver_bias_hu"]), abs(r["fat_bias_hu"]))
-                                             for r in rows.values())})
+    for model, pairs in _by_model(results).items():
+        kernel = min(pairs, key=lambda k: pairs[k][0]["psnr_db"] - pairs[k][1]["psnr_db"])
+        mine, given = pairs[kernel]
+        worst.append({"method": model, "worst_kernel": kernel,
+                      "psnr_gain_db": mine["psnr_db"] - given["psnr_db"],
+                      "ssim_gain": mine["ssim"] - given["ssim"],
+                      "noise_vs_ld": mine["noise_vs_ld"],
+                      "max_abs_bias_hu": max(_max_abs_bias(m) for m, _ in pairs.values())})
     return worst
 
 
@@ -324,23 +325,17 @@ def _write_sweep(results: dict[str, list[dict]], out_dir: Path, case: str, dose:
 def sweep_targets(results: dict[str, list[dict]]) -> list[dict]:
     """Per model, the worst value of each target metric over all kernels, whether every
     target holds at every kernel, and its smallest PSNR margin over non-local means."""
-    results = _kernels_only(results)
     out = []
-    models = [row["method"] for row in next(iter(results.values()))[1:]]
-    for model in models:
-        gains, noise, bias, ssim, margin = [], [], [], [], []
-        for rows in results.values():
-            mine = next(r for r in rows if r["method"] == model)
-            gains.append(mine["psnr_db"] - rows[0]["psnr_db"])
-            noise.append(mine["noise_vs_ld"])
-            bias.append(max(abs(mine["liver_bias_hu"]), abs(mine["fat_bias_hu"])))
-            ssim.append(mine["ssim"] - rows[0]["ssim"])
-            nlm = [r for r in rows if r["method"] == NLM]
-            if nlm:
-                margin.append(mine["psnr_db"] - nlm[0]["psnr_db"])
-        worst = {"method": model, "psnr_gain_db": min(gains), "noise_vs_ld": max(noise),
-                 "max_abs_bias_hu": max(bias), "ssim_gain": min(ssim),
-                 "nlm_margin_db": min(margin) if margin else None}
+    nlm = {k: next((r for r in rows if r["method"] == NLM), None) for k, rows in results.items()}
+    for model, pairs in _by_model(results).items():
+        margins = [mine["psnr_db"] - nlm[k]["psnr_db"] for k, (mine, _) in pairs.items()
+                   if nlm[k] is not None]
+        worst = {"method": model,
+                 "psnr_gain_db": min(m["psnr_db"] - g["psnr_db"] for m, g in pairs.values()),
+                 "noise_vs_ld": max(m["noise_vs_ld"] for m, _ in pairs.values()),
+                 "max_abs_bias_hu": max(_max_abs_bias(m) for m, _ in pairs.values()),
+                 "ssim_gain": min(m["ssim"] - g["ssim"] for m, g in pairs.values()),
+                 "nlm_margin_db": min(margins) if margins else None}
         worst["passes"] = (worst["psnr_gain_db"] >= TARGETS["psnr_gain_db"]
                            and worst["noise_vs_ld"] <= TARGETS["noise_vs_ld"]
                            and worst["max_abs_bias_hu"] <= TARGETS["max_abs_bias_hu"]

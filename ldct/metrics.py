@@ -140,14 +140,21 @@ def nps(noise: np.ndarray, pixel_mm: tuple[float, float], roi: int = 64,
     """
     dx, dy = pixel_mm
     power2d = power_spectrum_2d(noise, roi, mask) * (dx * dy)
-    fy = np.fft.fftfreq(roi, d=dy)
-    fx = np.fft.fftfreq(roi, d=dx)
-    radius = np.hypot(*np.meshgrid(fy, fx, indexing="ij"))
+    frequency, power = radial_average(power2d, pixel_mm, bins or roi // 2)
+    variance = float(power2d.sum() / (roi * roi * dx * dy))
+    return NPS(frequency=frequency, power=power, variance=variance)
+
+
+def radial_average(power2d: np.ndarray, pixel_mm: tuple[float, float],
+                   bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """(frequencies, mean power per ring) of a square 2D spectrum in numpy's FFT order, rings
+    1 / (N max(dx, dy)) wide (cycles per pixel with 1 mm pixels); empty rings hold 0."""
+    roi = power2d.shape[0]
+    dx, dy = pixel_mm
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(roi, d=dy), np.fft.fftfreq(roi, d=dx),
+                                   indexing="ij"))
     df = 1.0 / (roi * max(dx, dy))
-    bins = bins or roi // 2
     index = np.minimum(np.rint(radius / df).astype(int), bins)
     counts = np.bincount(index.ravel(), minlength=bins + 1)[:bins]
     sums = np.bincount(index.ravel(), weights=power2d.ravel(), minlength=bins + 1)[:bins]
-    power = np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
-    variance = float(power2d.sum() / (roi * roi * dx * dy))
-    return NPS(frequency=np.arange(bins) * df, power=power, variance=variance)
+    return np.arange(bins) * df, np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage, signal
 
-from ldct.metrics import power_spectrum_2d
+from ldct.metrics import power_spectrum_2d, radial_average
+from ldct.simulate import radial_filter
 
 FLAT_HU = (20.0, 90.0)  # soft tissue whose 9x9 local mean lies here counts as flat
 LEVEL_BLOCK = 16  # pixels per side of the blocks the local noise level is measured over
@@ -32,6 +33,13 @@ def slice_differences(hu: np.ndarray) -> np.ndarray:
     return (hu[1:-1] - 0.5 * (hu[:-2] + hu[2:])) / np.float32(np.sqrt(1.5))
 
 
+def flat_tissue(hu: np.ndarray, size: int = 9) -> np.ndarray:
+    """Soft tissue whose in-plane ``size`` x ``size`` local mean lies in `FLAT_HU`: where a
+    scan's noise is measured without edges."""
+    local = ndimage.uniform_filter(np.asarray(hu, np.float32), size=(1, size, size))
+    return (local > FLAT_HU[0]) & (local < FLAT_HU[1])
+
+
 def _own_noise_power(hu: np.ndarray, roi: int) -> tuple[np.ndarray, np.ndarray] | None:
     """(2D power spectrum of the scan's own noise, the region of slices 1..n-2 it was measured
     in): over ``roi``-pixel ROIs of flat soft tissue, else half-size ROIs of flat tissue, then
@@ -39,10 +47,10 @@ def _own_noise_power(hu: np.ndarray, roi: int) -> tuple[np.ndarray, np.ndarray] 
     tissue."""
     if hu.shape[0] < 3:
         return None
-    local = ndimage.uniform_filter(np.asarray(hu[1:-1], np.float32), size=(1, 9, 9))
-    flat = (local > FLAT_HU[0]) & (local < FLAT_HU[1])
+    flat = flat_tissue(hu[1:-1])
+    tissue = ndimage.uniform_filter(np.asarray(hu[1:-1], np.float32), size=(1, 9, 9)) > -300.0
     differences = slice_differences(hu).astype(np.float64)
-    for size, region in ((roi, flat), (roi // 2, flat), (roi // 2, local > -300.0)):
+    for size, region in ((roi, flat), (roi // 2, flat), (roi // 2, tissue)):
         try:
             return power_spectrum_2d(differences, size, region, taper=True), region
         except ValueError:  # no ROI of that size inside the region
@@ -61,17 +69,6 @@ def scan_noise_kernel(hu: np.ndarray, roi: int = 32) -> np.ndarray | None:
     if measured is None:
         return None
     return np.fft.fftshift(np.fft.ifft2(np.sqrt(measured[0])).real)
-
-
-def _radial_profile(power: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(frequencies in cycles per pixel, mean power per ring) of a square 2D spectrum."""
-    size = power.shape[0]
-    f = np.fft.fftfreq(size)
-    ring = np.rint(np.hypot(*np.meshgrid(f, f, indexing="ij")) * size).astype(int)
-    counts = np.bincount(ring.ravel())
-    sums = np.bincount(ring.ravel(), weights=power.ravel())
-    keep = counts > 0
-    return np.arange(len(counts))[keep] / size, sums[keep] / counts[keep]
 
 
 def own_textured(added: np.ndarray, normal: np.ndarray, dose: float,
@@ -93,15 +90,12 @@ def own_textured(added: np.ndarray, normal: np.ndarray, dose: float,
     own, region = measured
     simulated = power_spectrum_2d(np.asarray(added[1:-1], np.float64), own.shape[0], region,
                                   taper=True)
-    f, own_ring = _radial_profile(own)
-    _, simulated_ring = _radial_profile(simulated)
+    rings = int(np.rint(own.shape[0] / np.sqrt(2))) + 1  # out to the spectrum's corners
+    f, own_ring = radial_average(own, (1.0, 1.0), rings)
+    _, simulated_ring = radial_average(simulated, (1.0, 1.0), rings)
     ring_gain = np.minimum(np.sqrt(own_ring / np.maximum(simulated_ring, 1e-30)), max_gain)
-    rows, cols = added.shape[-2:]
-    radius = np.hypot(np.fft.fftfreq(rows)[:, None], np.fft.rfftfreq(cols)[None, :])
-    gain = np.interp(radius, f, ring_gain)
-    gain[0, 0] = 1.0  # no HU offset
-    shaped = np.fft.irfft2(np.fft.rfft2(added, axes=(-2, -1)) * gain, s=(rows, cols),
-                           axes=(-2, -1))
+    shaped = radial_filter(  # gain 1 at f = 0: no HU offset
+        added, lambda radius: np.where(radius > 0, np.interp(radius, f, ring_gain), 1.0))
     target = np.sqrt(own.mean() * (1.0 / dose - 1.0))  # the 2D power's mean is the variance
     level = shaped[1:-1][region].std()
     return (shaped * (target / level)).astype(np.float32)

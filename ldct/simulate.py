@@ -15,6 +15,7 @@ is measured in ``benchmarks/io_simulate.md``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import finufft
@@ -216,9 +217,19 @@ def retexture(noise: np.ndarray, kernel: str, source: str = "hann",
     up to 30 %). The gain at f = 0 is 1, so a mean (an HU offset) passes unchanged. Filters
     the last two axes.
     """
-    rows, cols = noise.shape[-2:]
-    f = np.minimum(np.hypot(np.fft.fftfreq(rows)[:, None], np.fft.rfftfreq(cols)[None, :]), 0.5)
-    target, own = kernel_window(kernel, f), kernel_window(source, f)
-    gain = np.minimum((target + 1e-12) / (own + 1e-12), max_gain)  # 0/0 (Hann's own zero): 1
-    spectrum = np.fft.rfft2(noise, axes=(-2, -1)) * gain
-    return np.fft.irfft2(spectrum, s=(rows, cols), axes=(-2, -1)).astype(noise.dtype)
+    def gain(f: np.ndarray) -> np.ndarray:
+        f = np.minimum(f, 0.5)
+        target, own = kernel_window(kernel, f), kernel_window(source, f)
+        return np.minimum((target + 1e-12) / (own + 1e-12), max_gain)  # 0/0 (Hann's zero): 1
+
+    return radial_filter(noise, gain).astype(noise.dtype)
+
+
+def radial_filter(image: np.ndarray,
+                  gain: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``image`` filtered over its last two axes by ``gain`` of the radial frequency (cycles
+    per pixel): how a reconstruction kernel shapes noise, isotropic in the image plane."""
+    rows, cols = image.shape[-2:]
+    radius = np.hypot(np.fft.fftfreq(rows)[:, None], np.fft.rfftfreq(cols)[None, :])
+    spectrum = np.fft.rfft2(image, axes=(-2, -1)) * gain(radius)
+    return np.fft.irfft2(spectrum, s=(rows, cols), axes=(-2, -1))

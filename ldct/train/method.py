@@ -66,6 +66,13 @@ class Method:
         """The network that ships (HU in, HU out)."""
         raise NotImplementedError
 
+    def image_loss(self, output: torch.Tensor, target: torch.Tensor,
+                   noisy: torch.Tensor) -> torch.Tensor:
+        """The image loss: MSE, or with ``relative`` in ``hp`` each sample's squared error
+        over its input's (:func:`relative_mse`)."""
+        return (relative_mse(output, target, noisy) if self.hp.get("relative")
+                else image_mse(output, target))
+
     def start_from(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Start from trained deployable weights (fine-tuning, or retraining from a model.pt)."""
         self.deployable().load_state_dict(state_dict)
@@ -143,9 +150,7 @@ class WarmStartedGAN(Method):
     def losses(self, group, batch):
         if group == "warmup" and self.hp["warmup"] == "simulated":
             low, normal = batch["nd_sim"][:, 1:2], batch["nd"][:, 1:2]
-            output = self.nets["g"](low)
-            loss = (relative_mse(output, normal, low) if self.hp["relative"]
-                    else image_mse(output, normal))
+            loss = self.image_loss(self.nets["g"](low), normal, low)
             return {"total": loss, "simulated": loss}
         if group == "warmup":
             ld = batch["ld"]

@@ -22,7 +22,7 @@ import torch
 
 from ldct.nets.blocks import hu_to_net, net_to_hu
 from ldct.nets.n2n25d import MSR2AUNet, n2n25d_student
-from ldct.train.method import Method, image_mse, relative_mse
+from ldct.train.method import Method, image_mse
 
 
 class N2N25DMethod(Method):
@@ -108,11 +108,9 @@ class N2N25DMethod(Method):
     def losses(self, group, batch):
         if group == "teacher":
             noisier, target = self.recorrupted(batch)
-            estimate = self.teacher_estimate(noisier)
-            # relative: each sample's error over its measured noise power, so that a sharp
-            # kernel's 700 HU noise does not drown a Hann quarter dose's (see relative_mse)
-            loss = (relative_mse(estimate, target, target + batch["noise"])
-                    if self.hp["relative"] else image_mse(estimate, target))
+            # relative: over each sample's measured noise power (target + noise: its input)
+            loss = self.image_loss(self.teacher_estimate(noisier), target,
+                                   target + batch["noise"])
             return {"total": loss, "r2r": loss}
         # the student mimics the teacher on the very stack it sees (the plain low dose): taught
         # from single recorrupted-input estimates instead, it ended ~1 dB below the teacher on
