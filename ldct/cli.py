@@ -83,10 +83,17 @@ def _settings(pairs: list[str]) -> dict[str, object]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from ldct.train.loop import train
+    from ldct.train.loop import describe, train
 
     overrides = {k: v for k, v in (("steps", args.steps), ("batch", args.batch)) if v}
     overrides.update(_settings(args.set or []))
+    if args.describe:
+        print(json.dumps(describe(args.method, args.preset, overrides, args.pvm,
+                                  finetuning=bool(args.init)), indent=1))
+        return
+    if not args.data:
+        raise SystemExit("ldct train: --data is required (a folder made by `ldct prepare`); "
+                         "only --describe runs without it")
     out = Path(args.out or f"runs/{args.method}")
     result = train(args.method, args.data, out, preset=args.preset, overrides=overrides,
                    resume=args.resume, pvm_path=args.pvm, device=args.device,
@@ -335,8 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a denoiser (or the CT encoder) on prepared data")
     p.add_argument("method", help="pan, pdml, alden, n2n25d, vagan or encoder")
-    p.add_argument("--data", required=True, help="a folder made by `ldct prepare`")
+    p.add_argument("--data", help="a folder made by `ldct prepare` (required unless --describe)")
     p.add_argument("--preset", default="cpu", choices=["cpu", "paper"])
+    p.add_argument("--describe", action="store_true",
+                   help="print what would train (networks, phases, losses, data) as JSON; "
+                        "trains nothing")
     p.add_argument("--out", help="run folder (default runs/METHOD)")
     p.add_argument("--resume", action="store_true", help="continue from the run's checkpoint")
     p.add_argument("--steps", type=int, help="override the preset's number of steps")

@@ -50,6 +50,28 @@ def method_class(name: str) -> type[Method]:
     return METHODS[name]
 
 
+def hyper_parameters(method_name: str, preset: str, overrides: dict[str, Any] | None = None,
+                     finetuning: bool = False) -> dict[str, Any]:
+    """The loop's preset, the method's values for that preset, its fine-tuning values when
+    starting from trained weights, then the command's overrides (later ones win)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+    cls = method_class(method_name)
+    return {**PRESETS[preset], **cls.presets.get(preset, {}),
+            **(cls.finetune if finetuning else {}), **(overrides or {})}
+
+
+def describe(method_name: str, preset: str = "cpu", overrides: dict[str, Any] | None = None,
+             pvm_path: str | Path | None = None, finetuning: bool = False) -> dict[str, Any]:
+    """What `ldct train` would train (networks, phases, losses, data) as JSON-ready data.
+
+    Doses and kernels stay None where the preset takes every one the data was prepared with.
+    """
+    hp = hyper_parameters(method_name, preset, overrides, finetuning)
+    method = build_method(method_name, hp, pvm_path)
+    return {**method.describe(), "preset": preset, "overrides": dict(overrides or {})}
+
+
 def build_method(name: str, hp: dict[str, Any], pvm_path: str | Path | None) -> Method:
     """Instantiate a method with its PVM when it needs one."""
     cls = method_class(name)
@@ -78,11 +100,7 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     ``init_weights`` (a model.pt) starts the deployable network from trained weights - the
     fine-tuning case; the method's ``finetune`` overrides then skip its from-scratch stages.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
-    cls = method_class(method_name)
-    hp = {**PRESETS[preset], **cls.presets.get(preset, {}),
-          **(cls.finetune if init_weights else {}), **(overrides or {})}
+    hp = hyper_parameters(method_name, preset, overrides, bool(init_weights))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dev = pick_device(device)

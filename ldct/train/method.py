@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -13,6 +14,30 @@ from ldct.nets.blocks import HUPreservingDenoiser
 from ldct.nets.encoder import FeatureExtractor
 
 WINDOW_HU = 400.0  # image losses are measured in liver-window widths
+SUPERVISION = ("paired", "unpaired", "self-supervised", "distillation")
+
+
+@dataclass
+class Phase:
+    """One stage of a method's training as `ldct train --describe` reports it.
+
+    ``supervision``: "paired" (low dose -> its own normal dose), "unpaired" (low-dose and
+    normal-dose slabs never paired), "self-supervised" (noisy scans alone) or "distillation"
+    (a frozen network's outputs as targets). ``losses``: term -> weight in the minimized total.
+    """
+
+    name: str
+    steps: int
+    supervision: str
+    trains: list[str]
+    losses: dict[str, float]
+    data: str
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.supervision not in SUPERVISION:
+            raise ValueError(f"phase {self.name!r}: supervision {self.supervision!r} is not one "
+                             f"of {SUPERVISION}")
 
 
 class Method:
@@ -62,6 +87,31 @@ class Method:
         """Named loss terms for ``group``; the key 'total' is what is minimized."""
         raise NotImplementedError
 
+    def phases(self) -> list[Phase]:
+        """The training's stages with their steps, supervision and weighted losses (for
+        `--describe`, the cards and the tests that pin each paper preset to its paper)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """What this method with these hyper-parameters would train, without training."""
+        nets = {name: {"parameters": parameter_count(net), "conv_layers": conv_layers(net)}
+                for name, net in self.nets.items()}
+        phases = [asdict(p) for p in self.phases() if p.steps > 0]
+        return {"method": self.name, "networks": nets,
+                "ships": {"parameters": parameter_count(self.deployable()),
+                          "conv_layers": conv_layers(self.deployable()),
+                          "kwargs": self.factory_kwargs()},
+                "pvm": None if self.pvm is None else {
+                    "parameters": parameter_count(self.pvm), "frozen": True,
+                    "kind": type(self.pvm).__name__},
+                "phases": phases,
+                "supervision": sorted({p["supervision"] for p in phases}),
+                "data": {"patch": self.hp["patch"], "batch": self.hp["batch"],
+                         "doses": self.hp["doses"], "kernels": self.hp["kernels"],
+                         "slices_per_sample": self.sample_context or self.context,
+                         "sampler": "paired" if self.paired else "unpaired"},
+                "steps": self.hp["steps"]}
+
     def deployable(self) -> HUPreservingDenoiser:
         """The network that ships (HU in, HU out)."""
         raise NotImplementedError
@@ -80,6 +130,16 @@ class Method:
     def factory_kwargs(self) -> dict[str, Any]:
         """Arguments that rebuild :meth:`deployable` from the registry's factory."""
         raise NotImplementedError
+
+
+def parameter_count(net: nn.Module) -> int:
+    """Trainable and frozen parameters of a network."""
+    return sum(p.numel() for p in net.parameters())
+
+
+def conv_layers(net: nn.Module) -> int:
+    """Convolution layers of a network (transposed ones included), as papers count them."""
+    return sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in net.modules())
 
 
 def image_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
