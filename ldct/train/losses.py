@@ -45,3 +45,10 @@ def pooled_embeddings(feats: list[torch.Tensor], grid: int = 4) -> torch.Tensor:
     """Unit-norm region embeddings (B, grid*grid, D) from PVM feature maps: one per cell."""
     pooled = [F.adaptive_avg_pool2d(f, grid).flatten(2) for f in feats]
     return F.normalize(torch.cat(pooled, 1).transpose(1, 2), dim=-1)
+
+
+def log_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """The original GAN's log loss on logits (the sigmoid inside, numerically stable):
+    -log D for real, -log(1 - D) for fake."""
+    return F.binary_cross_entropy_with_logits(
+        logits, torch.full_like(logits, 1.0 if real else 0.0))
