@@ -2,9 +2,10 @@
 
 Slices are stacked with their neighbours (mirrored about the centre at the ends) as the
 model's context, batched, run on CUDA with mixed precision when available (else CPU,
-float32), averaged over flipped and rotated views of the slices (self-ensemble), and blended
-with the input by ``strength``. The result has the input's geometry; a network is loaded once
-per process and device.
+float32), averaged over flipped and rotated views of the slices (self-ensemble), filtered
+across slices when the model asks for it (n2n25d's recursive filter), and blended with the input
+by ``strength``. The result has the input's geometry; a network is loaded once per process and
+device.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ldct import registry
 from ldct.device import autocast, pick_device, to_device
 from ldct.io import CTVolume
 from ldct.nets.blocks import HUPreservingDenoiser
+from ldct.recursive_filter import recursive_filter
 
 StopCheck = Callable[[], bool]  # True once the caller wants the work stopped
 BatchDone = Callable[[int, int], None]  # (slices done, slices in all)
@@ -144,5 +146,10 @@ def denoise(volume: CTVolume, model: str, strength: float = 1.0, device: str = "
         return volume.with_hu(volume.hu + strength * (result - volume.hu))
     dev = pick_device(device)
     net = load_network(model, str(dev), str(weights) if weights else None)
-    return volume.with_hu(_run_network(net, volume.hu, strength, dev, batch_size, ensemble,
-                                       progress, stop, batch_done))
+    recursive = getattr(net, "recursive", 0.0)  # filter the full result, then blend
+    hu = _run_network(net, volume.hu, 1.0 if recursive else strength, dev, batch_size, ensemble,
+                      progress, stop, batch_done)
+    if recursive:
+        hu = (volume.hu + strength * (recursive_filter(hu, recursive) - volume.hu)).astype(
+            np.float32)
+    return volume.with_hu(hu)

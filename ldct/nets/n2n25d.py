@@ -1,10 +1,12 @@
 """N2N-2.5D (msr2au-fluoroscopy-unsupervised): self-supervised across adjacent slices.
 
 A multi-scale recurrent attention U-Net (MSR2AU) teacher estimates the centre slice from its
-neighbours and a recorrupted copy of the centre, trained against a target whose noise is
-independent of all its inputs (see :mod:`ldct.train.n2n25d`). What ships is a "student"
-(:func:`n2n25d_student`): the paper's lean single-pass network distilled from the teacher, or
-the teacher's own network with the input's low band kept (the cpu preset's choice).
+neighbours alone (the paper's Noise2Noise across slices) or from its neighbours and a
+recorrupted copy of the centre, trained against a target whose noise is independent of all its
+inputs (see :mod:`ldct.train.n2n25d`). What ships is a "student" (:func:`n2n25d_student`): the
+paper's lean single-pass network distilled from the teacher, or the teacher's own network with
+the input's low band kept (the cpu preset's choice), optionally followed across the volume by
+the paper's motion-compensated recursive filter (:mod:`ldct.recursive_filter`).
 """
 
 from __future__ import annotations
@@ -72,6 +74,16 @@ class MSR2AUNet(nn.Module):
         return x.mean(1, keepdim=True) + F.pixel_shuffle(self.head(y), self.factor)
 
 
+class SliceFilteredDenoiser(HUPreservingDenoiser):
+    """A denoiser whose whole-volume output is then filtered across slices at inference
+    (:func:`ldct.recursive_filter.recursive_filter` with weight ``recursive``; 0: none)."""
+
+    def __init__(self, core: nn.Module, context: int, keep_sigma: float,
+                 recursive: float) -> None:
+        super().__init__(core, context, keep_sigma)
+        self.recursive = recursive
+
+
 class CentreNoise(nn.Module):
     """Turns a network that estimates the clean centre slice into one that predicts its noise
     (what :class:`HUPreservingDenoiser` subtracts), both in network units."""
@@ -86,12 +98,15 @@ class CentreNoise(nn.Module):
 
 
 def n2n25d_student(context: int = 3, base: int = 16, levels: int = 3, res_blocks: int = 1,
-                   keep_sigma: float = KEEP_SIGMA, arch: str = "unet") -> HUPreservingDenoiser:
+                   keep_sigma: float = KEEP_SIGMA, arch: str = "unet",
+                   recursive: float = 0.0) -> SliceFilteredDenoiser:
     """The distilled single-pass student that ships (sees the centre and its neighbours).
 
     ``keep_sigma``: the Gaussian (pixels) whose low band of the input is kept exactly.
     ``arch``: "unet", a lean pixel-shuffled U-Net, or "msr2au", the teacher's own network
     (then it can start from the teacher's weights; ``res_blocks`` is unused).
+    ``recursive``: the weight of the recursive filter across the denoised volume's slices
+    that inference then applies (0: none).
     """
     if arch == "msr2au":
         core: nn.Module = CentreNoise(MSR2AUNet(context, base, levels))
@@ -99,4 +114,4 @@ def n2n25d_student(context: int = 3, base: int = 16, levels: int = 3, res_blocks
         core = shuffled_unet(context, 1, base, levels, res_blocks)
     else:
         raise ValueError(f"unknown n2n25d student arch {arch!r}: use 'unet' or 'msr2au'")
-    return HUPreservingDenoiser(core, context, keep_sigma)
+    return SliceFilteredDenoiser(core, context, keep_sigma, recursive)
