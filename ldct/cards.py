@@ -47,6 +47,28 @@ def training_command(name: str, train: dict[str, Any]) -> str:
     return command + (f" --init {train['init']}" if train["init"] else "")
 
 
+def shipped_recipe(name: str, train: dict[str, Any]) -> dict[str, Any]:
+    """`ldct train NAME --describe` with the settings these weights were trained with: its
+    phases, supervision and weighted losses (the run that made them; an ``init`` run started
+    from earlier weights, whose own training the card's note tells)."""
+    from ldct.train.loop import describe
+
+    recipe = describe(name, train["preset"], train["overrides"],
+                      finetuning=bool(train["init"]))
+    return {k: recipe[k] for k in ("phases", "supervision", "ships", "networks", "steps")}
+
+
+def recipe_lines(recipe: dict[str, Any]) -> list[str]:
+    """The recipe's phases as a Markdown table."""
+    lines = ["| phase | steps | supervision | trains | losses (weight) | data |",
+             "|---|---|---|---|---|---|"]
+    for phase in recipe["phases"]:
+        losses = ", ".join(f"{term} {weight:g}" for term, weight in phase["losses"].items())
+        lines.append(f"| {phase['name']} | {phase['steps']} | {phase['supervision']} | "
+                     f"{', '.join(phase['trains'])} | {losses} | {phase['data']} |")
+    return lines
+
+
 def kernel_rows(name: str, sweep_csv: Path) -> list[dict[str, float | str]]:
     """This model's rows of a kernel sweep (`ldct evaluate --kernels`), with the input's PSNR."""
     if not sweep_csv.exists():
@@ -78,6 +100,8 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
                                 "sharper cosine-window kernel's (gain capped at 8)"
                                 if train["texture"] else ""),
             "training_command": training_command(name, train),
+            "recipe": shipped_recipe(name, train),
+            "differences_from_paper": list(info.differences),
             "training": train, "evaluation": evaluation, "per_kernel": kernels,
             "held_out": {k: round(float(metrics[k]), 4) for k in METRIC_KEYS},
             "held_out_low_dose_input": {k: round(float(baseline[k]), 4) for k in METRIC_KEYS}}
@@ -107,6 +131,11 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
                   f"{r['psnr_db'] - r['input_psnr_db']:+.2f} | {r['ssim']:.4f} | "
                   f"{r['noise_vs_ld']:.2f} | {r['liver_bias_hu']:+.2f} | "
                   f"{r['fat_bias_hu']:+.2f} |" for r in kernels]
+    lines += ["", f"## Training recipe (`{card['training_command']} --describe`)", "",
+              *recipe_lines(card["recipe"])]
+    if info.differences:
+        lines += ["", "## Differences from the paper", "",
+                  *(f"- {text}" for text in info.differences)]
     choice = registry.recommendation()
     if choice.get("model") == name:
         lines += ["", f"**Recommended model** (the demo's and Slicer's default): "

@@ -47,6 +47,7 @@ class ModelInfo:
     supervision: str
     kind: str  # "network" or "baseline"
     build: Callable[..., Any] = field(repr=False, compare=False)
+    differences: tuple[str, ...] = ()  # how what ships departs from its paper (cards, /info/)
 
     @property
     def folder(self) -> Path:
@@ -140,6 +141,7 @@ class ModelInfo:
         """Name, method, paper, supervision, availability and the card, for listings and /info/."""
         return {"name": self.name, "title": self.title, "paper": self.paper,
                 "supervision": self.supervision, "kind": self.kind,
+                "differences_from_paper": list(self.differences),
                 "available": self.available(),
                 "version": self.version() if self.kind == "network" else "",
                 "recommended": self.name == recommended(), "card": self.card()}
@@ -166,12 +168,14 @@ REGISTRY: dict[str, ModelInfo] = {}
 _REPORTED: set[Path] = set()  # unrecorded version folders already logged
 
 
-def register(name: str, title: str, paper: str, supervision: str, kind: str = "network"):
-    """Decorator: add a network factory or baseline function to the catalogue under ``name``."""
+def register(name: str, title: str, paper: str, supervision: str, kind: str = "network",
+             differences: tuple[str, ...] = ()):
+    """Decorator: add a network factory or baseline function to the catalogue under ``name``;
+    ``differences`` says where what ships departs from the paper."""
     def wrap(build: Callable[..., Any]) -> Callable[..., Any]:
         if name in REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        REGISTRY[name] = ModelInfo(name, title, paper, supervision, kind, build)
+        REGISTRY[name] = ModelInfo(name, title, paper, supervision, kind, build, differences)
         return build
     return wrap
 

@@ -22,21 +22,89 @@ WARMED_UP = ("supervised warm-up on simulated low/normal-dose pairs (most steps)
              "first version's weights by the same two stages (the warm-up's MSE relative to "
              "each sample's input) on 4 reconstruction kernels and doses 0.05-0.5")
 
+# every network: the output is the input minus the high band of the predicted noise (the
+# input's band below a 2-pixel Gaussian, 4 for n2n25d, passes untouched), at half resolution
+# after a lossless pixel-unshuffle - no paper does either
+COMMON = ("The output is the input minus the high band of the network's noise estimate (the "
+          "input's band below a Gaussian of 2 pixels, 4 for n2n25d, passes untouched) and the "
+          "network runs at half resolution after a lossless pixel-unshuffle; no paper does "
+          "either.",
+          "Trained on simulated low doses of two public cases (ircadb01, tcia_pancreas001) "
+          "through 4 reconstruction kernels, not on the paper's data.")
+CT_ENCODER = ("Perceptual/semantic features come from the project's 293k-parameter CT encoder "
+              "(trained contrastively on simulated low/normal-dose pairs to be noise-invariant), "
+              "a stand-in for the paper's ImageNet/pretrained vision model, which cannot be "
+              "downloaded here (`--pvm` takes local torchvision weights).")
+WARMED_UP_GAN = ("The paper trains unpaired throughout; what ships spent most of its steps on a "
+                 "supervised warm-up (MSE from the simulated low dose of normal-dose patches to "
+                 "that normal dose; first version {first} of {total} steps, then this retraining "
+                 "1200 of 2000 steps with each sample's MSE relative to its input's), and its "
+                 "short GAN stage is L1-anchored to the warmed-up generator (weight {anchor}).")
+
 register("pan", "Cycle-GAN with perceptual attention U-Net (after a supervised warm-up)",
          "pan-cyclegan-liver-ldct.txt",
-         WARMED_UP + " (the first version's warm-up was shared with alden)")(pan_generator)
+         WARMED_UP + " (the first version's warm-up was shared with alden)",
+         differences=(WARMED_UP_GAN.format(first=9350, total=11000, anchor=10),
+                      "The second generator (normal -> low dose) starts untrained when the GAN "
+                      "stage starts (1650 steps in the first version, 800 in the retraining).",
+                      "Cycle weight 2 (Cycle-GAN's is 10: with it the cycle term pulled the "
+                      "generator back to the noisy input); the paper does not state its weights.",
+                      "Generator and alden's are the same network (269,326 parameters); the "
+                      "first versions of pan and alden shared one warm-up run (same batches) "
+                      "and differed only in their GAN stage.",
+                      CT_ENCODER, *COMMON))(pan_generator)
 register("pdml", "Patch-wise deep metric learning (after a supervised warm-up)",
-         "patchwise-deep-metric-learning.txt", WARMED_UP)(pdml_generator)
-register("alden", "Anatomy-aware discriminator + semantic contrastive loss (after a supervised "
-         "warm-up)", "alden-anatomy-aware.txt",
-         WARMED_UP + " with a normal-dose reference (the first version's warm-up was shared with "
-         "pan)")(alden_generator)
+         "patchwise-deep-metric-learning.txt", WARMED_UP,
+         differences=(WARMED_UP_GAN.format(first=9000, total=12000, anchor=10),
+                      "Metric loss weight 0.5 over 64 locations per image (the abstract gives "
+                      "no weights or counts; the paper preset uses 1 and 256, as CUT).",
+                      *COMMON))(pdml_generator)
+register("alden", "Attention U-Net with a cross-attention discriminator and an input-anchored "
+         "contrastive loss (after a supervised warm-up; not the paper's anatomy-aware recipe)",
+         "alden-anatomy-aware.txt",
+         WARMED_UP + " with an unrelated normal-dose patch as reference (the first version's "
+         "warm-up was shared with pan)",
+         differences=(WARMED_UP_GAN.format(first=9000, total=12000, anchor=1),
+                      "The semantic contrastive loss runs in the reverse direction: its "
+                      "positive is the same region of the low-dose input and its negatives the "
+                      "input's other regions and an unrelated normal-dose patch's regions; the "
+                      "paper pulls the output toward the normal dose's same region and pushes "
+                      "it from the low dose's (`contrast_mode`: 'input' ships, 'paper' is the "
+                      "paper preset's).",
+                      "The discriminator's reference is another normal-dose patch of the batch, "
+                      "not an anatomy-matched one; together with the stand-in encoder little of "
+                      "'anatomy-aware' is left in what ships.",
+                      "Same generator as pan (269,326 parameters); the first versions shared "
+                      "one warm-up run.", CT_ENCODER, *COMMON))(alden_generator)
 register("n2n25d", "MSR2AU adjacent-slice denoiser with recorrupted centre (stage 1 of the paper)",
          "msr2au-fluoroscopy-unsupervised.txt",
          "no clean targets (noisy stacks predict their centre slice), but the shipped weights' "
          "recorruption noise was drawn from the physics simulator (Hann kernel), not measured "
-         "from the scans (the recipe now measures it; that retraining did not ship yet)"
-         )(n2n25d_student)
+         "from the scans (the recipe now measures it; that retraining did not ship yet)",
+         differences=("Stage 1 only: the paper's stage 2 (knowledge distillation for "
+                      "uncorrelated noise, recursive filtering with motion compensation for "
+                      "correlated noise) does not ship; the teacher's own network ships, as "
+                      "every student distilled from it on the CPU budget ended below it (the "
+                      "paper preset turns both on: `--set recursive=...`, `teacher_input`).",
+                      "The teacher also sees the centre slice, recorrupted (R2R), besides its "
+                      "neighbours; the recorruption noise of the shipped weights came from the "
+                      "physics simulator at the training dose plus the normal dose's texture, "
+                      "so its training used the simulator's noise model and the normal-dose "
+                      "volumes, unlike the paper's training on noisy data alone.",
+                      "The teacher trains on the full band but ships high-passed (the input "
+                      "below a 4-pixel Gaussian kept).",
+                      "The paper denoises fluoroscopy frames; here the frames are CT slices.",
+                      *COMMON[1:]))(n2n25d_student)
 register("vagan", "Visual-attention GAN (reduced: fewer layers than the paper)",
          "vagan-visual-attention-gan.txt", "paired (simulated low dose, Hann kernel, half the "
-         "patches retextured to a sharper kernel)")(vagan_generator)
+         "patches retextured to a sharper kernel)",
+         differences=("Reduced networks: the attentive block has 1 of the paper's 3 conv blocks, "
+                      "the generator 7 conv layers against 14 (68k parameters), the "
+                      "discriminator 4 convs with a patch map and a least-squares loss against "
+                      "8 convs + a 512-unit fully connected layer and the log loss (the paper "
+                      "preset has the paper's).",
+                      "The multi-scale loss trains the full band, but the network ships "
+                      "high-passed (the input below a 2-pixel Gaussian kept).",
+                      "8000 steps of batch 8 (the paper: 20 epochs of 140,000 patches at batch "
+                      "32, then the GAN stage).",
+                      CT_ENCODER, *COMMON))(vagan_generator)

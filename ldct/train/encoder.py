@@ -1,4 +1,5 @@
-"""CT encoder trainer (self-supervised): the PVM for perceptual and semantic losses.
+"""CT encoder trainer (contrastive on simulated pairs, so supervised by the pairing): the PVM
+for perceptual and semantic losses.
 
 Two views of the same anatomy - a simulated low-dose patch and its normal-dose original, same
 place, same flip/rotation - must embed close together and far from the other patches of the
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldct.nets.encoder import CTEncoder
-from ldct.train.method import Method
+from ldct.train.method import Method, Phase
 
 
 class EncoderMethod(Method):
@@ -41,6 +42,20 @@ class EncoderMethod(Method):
         target = torch.arange(len(a), device=a.device)
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
         return {"total": loss, "nce": loss}
+
+    def deployable(self):
+        """What ships: the encoder (the projection head only serves its card's check)."""
+        return self.nets["encoder"]
+
+    def factory_kwargs(self):
+        return {"widths": list(self.hp["widths"])}
+
+    def phases(self):
+        return [Phase("encoder", self.hp["steps"], "paired", ["encoder", "head"],
+                      {"encoder/symmetric_info_nce": 1.0},
+                      "a simulated low-dose patch and its own normal dose (same place, same "
+                      "flip/rotation) as the positive pair, the batch's other patches as "
+                      "negatives", [f"temperature {self.hp['tau']}"])]
 
     def export_blob(self) -> dict:
         """The checkpoint format `ldct.nets.encoder.load_pvm` reads (the projection head is

@@ -229,3 +229,35 @@ class WarmStartedGAN(Method):
 
     def gan_losses(self, group: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def gan_weights(self) -> dict[str, float]:
+        """The GAN stage's loss terms ('net/term') and their weights, as :meth:`gan_losses`
+        sums them (the discriminators' terms included)."""
+        raise NotImplementedError
+
+    def gan_supervision(self) -> str:
+        """How the GAN stage's batches pair low and normal dose (unpaired unless a method's
+        preset says otherwise)."""
+        return "paired" if self.paired else "unpaired"
+
+    def phases(self):
+        warmup = self.first_phase_steps("warmup_fraction")
+        simulated = self.hp["warmup"] == "simulated"
+        loss = ("relative_" if self.hp["relative"] and simulated else "") + \
+            ("simulated_mse" if simulated else "n2n_mse")
+        warm = Phase("warmup", warmup, "paired" if simulated else "self-supervised", ["g"],
+                     {f"g/{loss}": 1.0},
+                     "simulated low dose of normal-dose patches -> that normal dose" if simulated
+                     else "slice k of a low-dose stack -> slices k-1 and k+1")
+        weights = dict(self.gan_weights())
+        notes = []
+        if self.hp["anchor"]:
+            weights["g/anchor_l1"] = float(self.hp["anchor"])
+            notes.append("anchor: L1 to a frozen copy of the generator as the warm-up left it, "
+                         "so the stage stays tied to the supervised warm-up")
+        data = ("low-dose patches with the normal dose at the same place" if self.paired else
+                "low-dose slabs and normal-dose slabs of disjoint slice sets, never paired")
+        gan = Phase("gan", self.hp["steps"] - warmup, self.gan_supervision(),
+                    [net for nets in self.gan_groups.values() for net in nets], weights, data,
+                    notes)
+        return [warm, gan]

@@ -18,8 +18,13 @@ class PANMethod(WarmStartedGAN):
     # pulled the generator back to the noisy input. With anchor 10 and cycle 10 the cpu run
     # still lost ~1 dB in its 1050 GAN steps, so the cpu preset weighs the cycle 2 (the anchor
     # dominates) and gives the warm-up 9350 steps (at 5950 it was still improving).
+    # paper: unpaired Cycle-GAN from the start (no warm-up, no anchor), as the paper trains
+    # on real unpaired scans. It states the losses (adversarial, cycle, identity, perceptual)
+    # but not their weights: cycle 10 and identity 5 are Cycle-GAN's (identity 0.5 x cycle),
+    # perceptual 1 on the cycle reconstructions; 100000 steps of batch 16 (silent too).
     presets = {"cpu": {"steps": 11000, "warmup_fraction": 0.85, "anchor": 10.0, "cycle": 2.0},
-               "paper": {"steps": 100000, "batch": 16, "anchor": 10.0}}
+               "paper": {"steps": 100000, "batch": 16, "warmup_fraction": 0.0, "anchor": 0.0,
+                         "cycle": 10.0, "identity": 5.0, "perceptual": 1.0}}
     gan_groups = {"d": ["d_nd", "d_ld"], "g": ["g", "f"]}
     defaults = {**WarmStartedGAN.defaults, "cycle": 10.0, "identity": 1.0,
                 "perceptual": 1.0}
@@ -31,6 +36,11 @@ class PANMethod(WarmStartedGAN):
 
     def deployable(self):
         return self.nets["g"]
+
+    def gan_weights(self):
+        return {"g/adversarial_lsgan": self.hp["adversarial"], "g/cycle_l1": self.hp["cycle"],
+                "g/identity_l1": self.hp["identity"], "g/perceptual_cycle": self.hp["perceptual"],
+                "d/lsgan": 0.5}
 
     def gan_losses(self, group, batch):
         n = self.nets

@@ -14,8 +14,13 @@ from ldct.train.method import WarmStartedGAN, image_l1
 class PDMLMethod(WarmStartedGAN):
     name = "pdml"
     # anchor 10: with 1 the metric/identity terms pulled the generator back towards the input
+    # paper: unpaired from the start (no warm-up, no anchor). The abstract gives the idea
+    # (positives: same anatomy; negatives: same noise level, i.e. other places of the same
+    # image) but no weights: metric weight 1 and 256 locations per image follow contrastive
+    # unpaired translation (CUT), which patch-wise metric learning builds on.
     presets = {"cpu": {"steps": 12000, "warmup_fraction": 0.75, "anchor": 10.0},
-               "paper": {"steps": 100000, "anchor": 10.0}}
+               "paper": {"steps": 100000, "warmup_fraction": 0.0, "anchor": 0.0, "nce": 1.0,
+                         "patches": 256}}
     gan_groups = {"d": ["d"], "g": ["g", "proj"]}
     defaults = {**WarmStartedGAN.defaults, "patches": 64, "nce": 0.5,
                 "identity": 1.0}
@@ -36,6 +41,11 @@ class PDMLMethod(WarmStartedGAN):
         q = self.nets["proj"](f_out, index)
         k = self.nets["proj"](f_in, index)
         return sum(patch_nce(a, b) for a, b in zip(q, k)) / len(q)
+
+    def gan_weights(self):
+        return {"g/adversarial_lsgan": self.hp["adversarial"],
+                "g/patch_metric_nce": self.hp["nce"], "g/identity_l1": self.hp["identity"],
+                "d/lsgan": 0.5}
 
     def gan_losses(self, group, batch):
         ld, nd = batch["ld"], batch["nd"]
