@@ -166,3 +166,24 @@ def test_log_loss_and_lsgan_differ_and_push_real_up_and_fake_down():
                         "d_base": 8}).gan_loss is log_loss
     with pytest.raises(ValueError, match="gan_loss"):
         VAGANMethod({**hyper_parameters("vagan", "cpu"), "gan_loss": "wgan"})
+
+
+def test_relative_multiscale_loss_weighs_a_sharp_kernels_noise_like_a_smooth_ones():
+    """With ``relative`` the pre-training's multi-scale term is each sample's error over its
+    input's: a generator that removes nothing scores the sum of the scale weights at any noise
+    level, where the plain MSE grows with the noise's power (a 700 HU sharp-kernel patch would
+    outweigh a 50 HU one ~200 times)."""
+    scores = {}
+    for relative in (False, True):
+        method = VAGANMethod({"relative": relative}, nn.Identity())
+        for head in method.nets["g"].core.generator.heads:  # removes nothing
+            nn.init.zeros_(head.weight), nn.init.zeros_(head.bias)
+        nd = torch.full((2, 1, 32, 32), 40.0)
+        for sd in (50.0, 700.0):
+            ld = nd + sd * torch.randn(nd.shape, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                terms = method.losses("pretrain", {"ld": ld, "nd": nd})
+            scores[(relative, sd)] = float(terms["multiscale"])
+    assert scores[(True, 50.0)] == pytest.approx(sum(w for _, w in SCALES), rel=1e-4)
+    assert scores[(True, 700.0)] == pytest.approx(scores[(True, 50.0)], rel=1e-4)
+    assert scores[(False, 700.0)] > 100 * scores[(False, 50.0)]

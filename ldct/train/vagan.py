@@ -49,7 +49,7 @@ from ldct.nets.vagan import (
     vagan_generator,
 )
 from ldct.train.losses import log_loss, lsgan, perceptual
-from ldct.train.method import Method, Phase, image_mse
+from ldct.train.method import Method, Phase
 
 ATTENTION_WEIGHTS = (0.125, 0.25, 0.5, 1.0)  # one per recurrent step
 SCALES = ((4, 0.25), (2, 0.5), (1, 1.0))  # (downsampling factor, weight)
@@ -75,7 +75,7 @@ class VAGANMethod(Method):
                 "blocks": 1, "factor": 2, "discriminator": "patch", "d_base": 16,
                 "gan_loss": "lsgan", "gan": 0.005, "multiscale": 0.01, "perceptual": 0.5,
                 "d_attention": 0.05, "pretrain_fraction": 0.5,
-                "lr_g": 1e-4, "lr_d": 1e-4}
+                "lr_g": 1e-4, "lr_d": 1e-4, "relative": False}
 
     def __init__(self, hp, pvm=None):
         super().__init__(hp, pvm)
@@ -115,8 +115,9 @@ class VAGANMethod(Method):
                 f"{hp['patch']}x{hp['patch']} patches, batch {hp['batch']}")
         terms = [f"attention_mse: MSE of each recurrent map to M (1 where |LD - ND| > its "
                  f"mean), step weights {ATTENTION_WEIGHTS}",
-                 "multiscale_mse: image MSE at scales 1/4, 1/2, 1 with weights "
-                 f"{tuple(w for _, w in SCALES)}"]
+                 ("multiscale_mse: image MSE (each sample's relative to its input's) at scales "
+                  if hp["relative"] else "multiscale_mse: image MSE at scales ")
+                 + f"1/4, 1/2, 1 with weights {tuple(w for _, w in SCALES)}"]
         pretrain = Phase("pretrain", first, "paired", ["g"],
                          {"g/attention_mse": 1.0, "g/multiscale_mse": 1.0}, data,
                          [*terms, f"Adam, lr {hp.get('lr_pretrain', hp['lr'])}"])
@@ -148,7 +149,10 @@ class VAGANMethod(Method):
             loss = self.gan_loss(logits_real, True) + self.gan_loss(logits_fake, False)
             return {"total": loss + self.hp["d_attention"] * att, "d_att": att}
         attention = sum(w * F.mse_loss(m, target) for w, m in zip(ATTENTION_WEIGHTS, maps))
-        multiscale = sum(w * image_mse(downsample(ld, f) - n * HU_SCALE, downsample(nd, f))
+        # relative: each sample's error over its input's at that scale (a kernel mix's sharp
+        # doses otherwise dominate, as they did pdml's warm-up)
+        multiscale = sum(w * self.image_loss(downsample(ld, f) - n * HU_SCALE, downsample(nd, f),
+                                             downsample(ld, f))
                          for (f, w), n in zip(SCALES, noises))
         if group == "pretrain":
             return {"total": attention + multiscale, "attention": attention,
