@@ -147,6 +147,15 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
     return info.folder / "card.md"
 
 
+def refresh_card(name: str, sweep_csv: Path = Path("benchmarks/quality/kernels.csv")) -> Path:
+    """Rewrite a card from the metrics its card.json already holds (after a change of the
+    catalogue's texts or the recipe's description, without evaluating again):
+    `python -c "from ldct.cards import refresh_card; refresh_card('NAME')"`."""
+    card = json.loads((registry.get(name).folder / "card.json").read_text())
+    return write_card(name, card["held_out"], card["held_out_low_dose_input"],
+                      card["evaluation"], sweep_csv)
+
+
 def encoder_retrieval(data_dir: str | Path, weights: Path, patches: int = 256,
                       dose: float = 0.25) -> float:
     """Held-out top-1 retrieval: how often a low-dose patch of the test case embeds nearest to

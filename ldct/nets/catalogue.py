@@ -25,12 +25,13 @@ WARMED_UP = ("supervised warm-up on simulated low/normal-dose pairs (most steps)
 # every network: the output is the input minus the high band of the predicted noise (the
 # input's band below a 2-pixel Gaussian, 4 for n2n25d, passes untouched), at half resolution
 # after a lossless pixel-unshuffle - no paper does either
-COMMON = ("The output is the input minus the high band of the network's noise estimate (the "
-          "input's band below a Gaussian of 2 pixels, 4 for n2n25d, passes untouched) and the "
-          "network runs at half resolution after a lossless pixel-unshuffle; no paper does "
-          "either.",
-          "Trained on simulated low doses of two public cases (ircadb01, tcia_pancreas001) "
-          "through 4 reconstruction kernels, not on the paper's data.")
+HIGH_BAND = ("The output is the input minus the high band of the network's noise estimate "
+             "(the input's band below a Gaussian of 2 pixels, 4 for n2n25d, passes untouched) "
+             "and the network runs at half resolution after a lossless pixel-unshuffle; no "
+             "paper does either.")
+DATA = ("Trained on simulated low doses of two public cases (ircadb01, tcia_pancreas001) "
+        "{kernels}, not on the paper's data.")
+COMMON = (HIGH_BAND, DATA.format(kernels="through 4 reconstruction kernels"))
 CT_ENCODER = ("Perceptual/semantic features come from the project's 293k-parameter CT encoder "
               "(trained contrastively on simulated low/normal-dose pairs to be noise-invariant), "
               "a stand-in for the paper's ImageNet/pretrained vision model, which cannot be "
@@ -94,7 +95,8 @@ register("n2n25d", "MSR2AU adjacent-slice denoiser with recorrupted centre (stag
                       "The teacher trains on the full band but ships high-passed (the input "
                       "below a 4-pixel Gaussian kept).",
                       "The paper denoises fluoroscopy frames; here the frames are CT slices.",
-                      *COMMON[1:]))(n2n25d_student)
+                      DATA.format(kernels="with the simulator's Hann kernel only")
+                      ))(n2n25d_student)
 register("vagan", "Visual-attention GAN (reduced: fewer layers than the paper)",
          "vagan-visual-attention-gan.txt", "paired (simulated low dose, Hann kernel, half the "
          "patches retextured to a sharper kernel)",
@@ -107,4 +109,6 @@ register("vagan", "Visual-attention GAN (reduced: fewer layers than the paper)",
                       "high-passed (the input below a 2-pixel Gaussian kept).",
                       "8000 steps of batch 8 (the paper: 20 epochs of 140,000 patches at batch "
                       "32, then the GAN stage).",
-                      CT_ENCODER, *COMMON))(vagan_generator)
+                      CT_ENCODER, HIGH_BAND,
+                      DATA.format(kernels="with the Hann kernel, half the patches retextured to "
+                                  "a sharper kernel")))(vagan_generator)
