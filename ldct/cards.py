@@ -33,6 +33,9 @@ def training_metadata(weights: Path) -> dict[str, Any]:
             "kernels": hp.get("kernels") or ["hann"],  # models trained before it: Hann only
             "texture": hp.get("texture", 0.0),  # those models' share of retextured patches
             "overrides": hp.get("overrides", {}), "init": hp.get("init"),
+            # weights trained before the kernel library (2026-11-28) recorded no kernels; the
+            # recipe's code has changed since (n2n25d's recorruption noise source)
+            "predates_current_recipe": "kernels" not in hp,
             "parameters": sum(v.numel() for v in blob["state_dict"].values())}
 
 
@@ -133,6 +136,10 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
                   f"{r['fat_bias_hu']:+.2f} |" for r in kernels]
     lines += ["", f"## Training recipe (`{card['training_command']} --describe`)", "",
               *recipe_lines(card["recipe"])]
+    if train["predates_current_recipe"]:
+        lines += ["", "These weights predate the current code (trained before the kernel "
+                  "library): the table is today's description of their command and settings; "
+                  "the differences below say where their training differed."]
     if info.differences:
         lines += ["", "## Differences from the paper", "",
                   *(f"- {text}" for text in info.differences)]
