@@ -32,6 +32,7 @@ def training_metadata(weights: Path) -> dict[str, Any]:
             "doses": hp.get("doses") or "all prepared (0.5, 0.35, 0.25, 0.15, 0.1)",
             "kernels": hp.get("kernels") or ["hann"],  # models trained before it: Hann only
             "texture": hp.get("texture", 0.0),  # those models' share of retextured patches
+            "thickness": hp.get("thickness", [1]),  # slices averaged per sample
             "overrides": hp.get("overrides", {}), "init": hp.get("init"),
             # weights trained before the kernel library (2026-11-28) recorded no kernels; the
             # recipe's code has changed since (n2n25d's recorruption noise source)
@@ -98,7 +99,11 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
             "training_data": "ircadb01 (1.6 mm slices) + tcia_pancreas001 (3 mm slices) "
                              f"(ldct prepare), simulated doses {train['doses']}, each with the "
                              f"reconstruction kernel(s) {', '.join(train['kernels'])} (the same "
-                             "projection noise through each kernel)"
+                             "projection noise through each kernel), slice thickness as "
+                             "prepared"
+                             + ("" if train["thickness"] == [1] else
+                                f" and {' or '.join(map(str, train['thickness']))} slices "
+                                "averaged (thicker reconstructions)")
                              + (f", {train['texture']:.0%} of patches retextured to a random "
                                 "sharper cosine-window kernel's (gain capped at 8)"
                                 if train["texture"] else ""),

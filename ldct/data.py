@@ -289,13 +289,21 @@ class PatchSampler:
     stacked as channels (centre in the middle). ``noise`` adds 'noise': fresh noise with the
     statistics of the low-dose scan the centre slice comes from, measured from that scan alone
     (:class:`ldct.noise_bank.ScanNoise`). Low doses are held as whole HU (int16), as scans are.
+    ``thickness`` (slices, default 1): each sample draws one; t > 1 makes every slice of the
+    sample the mean of t adjacent ones and its neighbours t slices apart - the same scan
+    reconstructed t times thicker (noise SD about 1/sqrt(t), anatomy averaged along z), for the
+    low dose, the normal dose and the noise alike.
     """
 
     def __init__(self, data: PreparedData, doses: Sequence[float], patch: int = 64,
                  batch: int = 16, context: int = 1, paired: bool = True, seed: int = 0,
                  cases: Sequence[str] | None = None, noise: bool = False,
-                 kernels: Sequence[str] | None = None) -> None:
+                 kernels: Sequence[str] | None = None,
+                 thickness: Sequence[int] = (1,)) -> None:
+        if not thickness or any(int(t) != t or t < 1 for t in thickness):
+            raise ValueError(f"thickness takes whole numbers of slices >= 1, got {thickness}")
         self.patch, self.batch, self.context, self.paired = patch, batch, context, paired
+        self.thickness = [int(t) for t in thickness]
         self.rng = np.random.default_rng(seed)
         self.doses = list(doses)
         self.kernels = list(kernels or data.kernels()[:1])
@@ -327,9 +335,17 @@ class PatchSampler:
         idx[:, 1:] = idx[:, 1:] * 4 + half
         return idx
 
-    def _crop(self, volume: np.ndarray, k: int, i: int, j: int) -> np.ndarray:
+    def _crop(self, volume: np.ndarray, k: int, i: int, j: int,
+              thickness: int = 1) -> np.ndarray:
+        """The context stack around slice k, each slice ``thickness`` thin slices averaged
+        (slices past the volume's ends repeat its first or last)."""
         r, h = self.context // 2, self.patch // 2
-        return volume[k - r:k + r + 1, i - h:i + h, j - h:j + h]
+        if thickness == 1:
+            return volume[k - r:k + r + 1, i - h:i + h, j - h:j + h]
+        first = k - r * thickness - thickness // 2
+        index = np.clip(first + np.arange(self.context * thickness), 0, len(volume) - 1)
+        slab = volume[index, i - h:i + h, j - h:j + h].astype(np.float32)
+        return slab.reshape(self.context, thickness, 2 * h, 2 * h).mean(1)
 
     def _position(self, case: str, subset: str) -> tuple[int, int, int]:
         """A random patch centre of ``case`` in the slice subset 'all', 'low' or 'normal'."""
@@ -346,13 +362,17 @@ class PatchSampler:
         for _ in range(self.batch):
             case, dose, kernel = self._pick(self.cases), self._pick(self.doses), \
                 self._pick(self.kernels)
+            # one thickness draw only when there is a choice: the default keeps earlier runs'
+            # random streams
+            t = self._pick(self.thickness) if len(self.thickness) > 1 else self.thickness[0]
             k, i, j = self._position(case, "all" if self.paired else "low")
-            crops = [self._crop(self.low[(case, dose, kernel)], k, i, j)]
+            crops = [self._crop(self.low[(case, dose, kernel)], k, i, j, t)]
             if self.paired:
-                crops.append(self._crop(self.normal[case], k, i, j))
-            if self.noise:
-                crops.append(self.noise[(case, dose, kernel)].patch(k, i, j, self.patch,
-                                                                    self.rng))
+                crops.append(self._crop(self.normal[case], k, i, j, t))
+            if self.noise:  # t independent draws averaged, as t thin slices' noise
+                bank = self.noise[(case, dose, kernel)]
+                crops.append(sum(bank.patch(k, i, j, self.patch, self.rng)
+                                 for _ in range(t)) / t)
             crops = augment(crops, self.rng)
             low.append(crops[0])
             if self.noise:
@@ -362,8 +382,8 @@ class PatchSampler:
             else:
                 other = self._pick(self.cases)
                 k, i, j = self._position(other, "normal")
-                nd, nd_sim = augment([self._crop(self.normal[other], k, i, j),
-                                      self._crop(self.low[(other, dose, kernel)], k, i, j)],
+                nd, nd_sim = augment([self._crop(self.normal[other], k, i, j, t),
+                                      self._crop(self.low[(other, dose, kernel)], k, i, j, t)],
                                      self.rng)
                 normal.append(nd)
                 simulated.append(nd_sim)

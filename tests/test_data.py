@@ -148,6 +148,26 @@ def test_patch_sampler_draws_the_prepared_kernels(prepared):
     assert set(k for _, _, k in both.low) == {"hann", "sharp-ee"}
 
 
+def test_patch_sampler_thicker_slices_average_adjacent_ones(prepared):
+    """thickness 2: the same scan reconstructed twice as thick - the low dose's noise SD falls
+    by about 1/sqrt(2) (independent slice noise), HU stay, and the recorruption noise follows."""
+    data = PreparedData(prepared)
+
+    def batch(thickness):
+        return PatchSampler(data, [0.25], patch=32, batch=48, context=3, seed=5, noise=True,
+                            thickness=thickness).sample()
+
+    thin, thick = batch([1]), batch([2])
+    thin_sd, thick_sd = (thin["ld"] - thin["nd"]).std(), (thick["ld"] - thick["nd"]).std()
+    assert 0.6 < thick_sd / thin_sd < 0.85, (thin_sd, thick_sd)
+    assert abs((thick["ld"] - thick["nd"]).mean()) < 2.0
+    assert 0.6 < thick["noise"].std() / thin["noise"].std() < 0.85
+    mixed = PatchSampler(data, [0.25], patch=32, batch=4, seed=5, thickness=[1, 2])
+    assert mixed.thickness == [1, 2] and mixed.sample()["ld"].shape == (4, 1, 32, 32)
+    with pytest.raises(ValueError, match="whole numbers of slices >= 1"):
+        PatchSampler(data, [0.25], patch=32, batch=4, thickness=[0])
+
+
 @pytest.mark.parametrize("kernel", ["hann", "sharp-ee"])
 def test_recorruption_noise_has_the_low_doses_statistics_measured_from_it(prepared, kernel):
     """The noise patches come from the low-dose scan alone, yet match its own noise (level and

@@ -27,11 +27,13 @@ from ldct.train.method import Method
 PRESETS: dict[str, dict[str, Any]] = {
     # fits the 2-core CPU budget (<= 90 min per method); patches as in VAGAN (64x64)
     # doses, kernels: None = every dose and reconstruction kernel the data was prepared with
+    # thickness: slices averaged per sample, drawn from the list (1: the prepared slices)
     "cpu": {"patch": 64, "batch": 8, "steps": 3000, "lr": 2e-4, "ckpt_every": 250,
-            "log_every": 10, "doses": None, "kernels": None, "seed": 0},
+            "log_every": 10, "doses": None, "kernels": None, "thickness": [1], "seed": 0},
     # the papers' scale, for a GPU
     "paper": {"patch": 64, "batch": 32, "steps": 60000, "lr": 2e-4, "ckpt_every": 2000,
-              "log_every": 50, "doses": None, "kernels": None, "seed": 0, "base": 32},
+              "log_every": 50, "doses": None, "kernels": None, "thickness": [1], "seed": 0,
+              "base": 32},
 }
 
 
@@ -125,7 +127,8 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     hp["kernels"] = hp["kernels"] or data.kernels()
     sampler = PatchSampler(data, hp["doses"], hp["patch"], hp["batch"],
                            method.sample_context or method.context, method.paired,
-                           seed=hp["seed"], noise=method.needs_noise, kernels=hp["kernels"])
+                           seed=hp["seed"], noise=method.needs_noise, kernels=hp["kernels"],
+                           thickness=hp["thickness"])
     ckpt_path = out_dir / "checkpoint.pt"
     step, wall = 0, 0.0
     if resume and ckpt_path.exists():

@@ -108,6 +108,7 @@ class Method:
                 "supervision": sorted({p["supervision"] for p in phases}),
                 "data": {"patch": self.hp["patch"], "batch": self.hp["batch"],
                          "doses": self.hp["doses"], "kernels": self.hp["kernels"],
+                         "thickness_slices": self.hp.get("thickness", [1]),
                          "slices_per_sample": self.sample_context or self.context,
                          "sampler": "paired" if self.paired else "unpaired"},
                 "steps": self.hp["steps"]}
