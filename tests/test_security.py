@@ -165,6 +165,7 @@ def test_a_planted_pickle_never_runs_and_is_not_served(secured, tmp_path):
     assert answer.json()["version"] == "shipped"
     info = requests.get(f"{url}/info/", headers=radiologist, timeout=30).json()
     assert info["models"]["vagan"]["ldct"]["version"] == "shipped"
+    assert "8 convs" in " ".join(info["models"]["vagan"]["ldct"]["differences_from_paper"])
     assert not secured["canary"].exists()
     # the loader itself refuses a pickle even when pointed straight at it
     canary = tmp_path / "canary"
