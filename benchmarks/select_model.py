@@ -3,9 +3,12 @@
 A model that wins on one noise texture can lose on another (the best model on the simulator's
 Hann texture was the worst on real sharp-kernel scans), so every candidate denoises slabs of
 the training cases at one dose with each kernel's noise, and the recommended model is the one
-whose smallest PSNR gain over the input, over all kernels and slabs, is largest. The held-out
-ircadb17 is never used. Writes the table and ``models/recommended.json`` (read by the
-registry: the demo's model, the Slicer default, /info/).
+whose smallest PSNR gain over the input, over all kernels and slabs, is largest, among those
+that keep CT numbers (mean HU in flat soft tissue and fat within the CT-number guard's limit,
+3 HU, of the normal dose's on every slab and kernel: a model whose results the product itself
+would flag is no default, whatever its PSNR). The held-out ircadb17 is never used. Writes the
+table and ``models/recommended.json`` (read by the registry: the demo's model, the Slicer
+default, /info/).
 
     python benchmarks/select_model.py --data DIR alden n2n25d pan pdml vagan
 """
@@ -21,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ldct import metrics, registry
+from ldct.ct_guard import THRESHOLD_HU
 from ldct.data import PreparedData
+from ldct.evaluate import Regions, soft_tissue
 from ldct.infer import DEFAULT_ENSEMBLE, denoise
 from ldct.simulate import KERNELS, simulate_low_dose
 
@@ -43,12 +48,15 @@ def main() -> None:
     scored = [*args.models, args.reference]
     gains: dict[str, dict[str, list[float]]] = {m: {k: [] for k in args.kernels}
                                                 for m in scored}
+    bias: dict[str, float] = {m: 0.0 for m in scored}  # largest |mean HU change|, any region
     for case, first, stop in SLABS:
         if data.manifest["cases"][case]["role"] != "train":
             raise SystemExit(f"{case} is not a training case: select models on training data")
         normal = data.volume(case)
         normal = replace(normal, hu=normal.hu[first:stop])
         inner = slice(2, normal.hu.shape[0] - 2)  # the ends are context only
+        regions = Regions.from_case(normal.hu[inner], {"liver": soft_tissue(normal.hu[inner])},
+                                    min(normal.spacing[:2]))
         for kernel in args.kernels:
             low = simulate_low_dose(normal, data.simulation(args.dose, kernel), seed=11,
                                     progress=False)
@@ -58,10 +66,14 @@ def main() -> None:
                 out = denoise(low, name, weights=weights or None, device="cpu",
                               ensemble=DEFAULT_ENSEMBLE).hu
                 gains[spec][kernel].append(metrics.psnr(out[inner], normal.hu[inner]) - base)
+                bias[spec] = max(bias[spec], *(abs(metrics.hu_bias(out[inner], normal.hu[inner],
+                                                                   region))
+                                               for region in (regions.liver, regions.fat)))
             print(case, kernel, {m: round(g[kernel][-1], 2) for m, g in gains.items()},
                   flush=True)
     worst = {m: min(min(v) for v in g.values()) for m, g in gains.items()}
-    best = max(args.models, key=worst.get)
+    keeping = [m for m in args.models if bias[m] <= THRESHOLD_HU]
+    best = max(keeping or args.models, key=worst.get)
     margin = min(a - b for k in args.kernels
                  for a, b in zip(gains[best][k], gains[args.reference][k]))
     argv = sys.argv[1:]  # the data folder is the reader's own: DIR
@@ -72,20 +84,26 @@ def main() -> None:
              + ", ".join(f"{c} {a}:{b}" for c, a, b in SLABS)
              + f" (inner slices scored); {DEFAULT_ENSEMBLE} view(s) per slice. PSNR gain over "
              "the input (liver window), mean over the slabs, and the worst over kernels and "
-             "slabs.", "",
-             "| model | " + " | ".join(args.kernels) + " | worst |",
-             "|---|" + "---|" * (len(args.kernels) + 1)]
+             "slabs; the largest |mean HU change| in flat soft tissue and fat over "
+             "kernels and slabs.", "",
+             "| model | " + " | ".join(args.kernels) + " | worst | max abs bias HU |",
+             "|---|" + "---|" * (len(args.kernels) + 2)]
     lines += [f"| {m} | " + " | ".join(f"{np.mean(g[k]):+.2f}" for k in args.kernels)
-              + f" | {worst[m]:+.2f} |" for m, g in gains.items()]
+              + f" | {worst[m]:+.2f} | {bias[m]:.2f} |" for m, g in gains.items()]
+    kept = (f"among the models that keep CT numbers within {THRESHOLD_HU:g} HU (the CT-number "
+            "guard's limit)" if keeping else
+            f"(no model kept CT numbers within {THRESHOLD_HU:g} HU)")
     reason = (f"largest worst-case PSNR gain over the input across the {', '.join(args.kernels)} "
-              f"kernels at dose {args.dose:g} on training slabs ({worst[best]:+.2f} dB; its "
-              f"smallest margin over {args.reference} at any kernel and slab {margin:+.2f} dB)")
+              f"kernels at dose {args.dose:g} on training slabs {kept} ({worst[best]:+.2f} dB, "
+              f"max |bias| {bias[best]:.2f} HU; its smallest margin over {args.reference} at "
+              f"any kernel and slab {margin:+.2f} dB)")
     lines += ["", f"Recommended: **{best.partition('=')[0]}**: {reason}."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if args.write:
         record = {"model": best.partition("=")[0], "reason": reason, "command": command,
                   "worst_gain_db": {m.partition("=")[0]: round(v, 3) for m, v in worst.items()},
+                  "max_abs_bias_hu": {m.partition("=")[0]: round(v, 3) for m, v in bias.items()},
                   "margin_over_reference_db": round(margin, 3)}
         registry.RECOMMENDED_FILE.write_text(json.dumps(record, indent=1) + "\n")
 

@@ -227,9 +227,13 @@ def real_scanner_rows(path: str | Path, data: PreparedData, dose: float, names: 
     pixel = (normal_vol.spacing[0], normal_vol.spacing[1])
     simulated = simulate_low_dose(normal_vol, data.simulation(dose), seed=seed, progress=False)
     low_vol = normal_vol.with_hu(normal + own_textured(simulated.hu - normal, normal, dose))
-    soft = flat_tissue(normal, 15) & metrics.body_mask(normal)
-    regions = Regions.from_case(normal, {"liver": soft}, min(pixel))
+    regions = Regions.from_case(normal, {"liver": soft_tissue(normal)}, min(pixel))
     return _scored(names, low_vol, normal, regions, pixel, device, ensemble, nps_roi)[0]
+
+
+def soft_tissue(normal: np.ndarray) -> np.ndarray:
+    """Flat soft tissue inside the body: the liver's stand-in on cases without a liver mask."""
+    return flat_tissue(normal, 15) & metrics.body_mask(normal)
 
 
 def own_noise_nps(normal: np.ndarray, region: np.ndarray, pixel: tuple[float, float],

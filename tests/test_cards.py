@@ -10,6 +10,7 @@ import torch
 
 from ldct import registry
 from ldct.cards import METRIC_KEYS, training_metadata, write_card
+from ldct.ct_guard import THRESHOLD_HU
 from ldct.nets.catalogue import n2n25d_student
 
 
@@ -70,3 +71,14 @@ def test_the_recommended_model_is_the_selections_when_it_has_weights(tmp_path, m
     assert not registry.get("pan").summary()["recommended"]
     choice.write_text(json.dumps({"model": "no-such-model"}))
     assert registry.recommended() == registry.FALLBACK
+
+
+def test_the_committed_recommendation_follows_its_rule():
+    """models/recommended.json: the best worst-kernel model among those that kept CT numbers
+    within the CT-number guard's 3 HU on the training slabs (benchmarks/select_model.py)."""
+    record = registry.recommendation()
+    worst, bias = record["worst_gain_db"], record["max_abs_bias_hu"]
+    candidates = [m for m in worst if registry.get(m).kind == "network"]
+    keeping = [m for m in candidates if bias[m] <= THRESHOLD_HU] or candidates
+    assert record["model"] == max(keeping, key=worst.get)
+    assert record["model"] in registry.names() and registry.get(record["model"]).available()

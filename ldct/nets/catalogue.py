@@ -98,8 +98,9 @@ register("n2n25d", "MSR2AU adjacent-slice denoiser with recorrupted centre (stag
                       DATA.format(kernels="with the simulator's Hann kernel only")
                       ))(n2n25d_student)
 register("vagan", "Visual-attention GAN (reduced: fewer layers than the paper)",
-         "vagan-visual-attention-gan.txt", "paired (simulated low dose, Hann kernel, half the "
-         "patches retextured to a sharper kernel)",
+         "vagan-visual-attention-gan.txt", "paired (simulated low doses 0.05-0.5 through 4 "
+         "reconstruction kernels with their own normal dose; retrained three times from the "
+         "first version, which had the Hann kernel with half the patches retextured)",
          differences=("Reduced networks: the attentive block has 1 of the paper's 3 conv blocks, "
                       "the generator 7 conv layers against 14 (68k parameters), the "
                       "discriminator 4 convs with a patch map and a least-squares loss against "
@@ -107,8 +108,7 @@ register("vagan", "Visual-attention GAN (reduced: fewer layers than the paper)",
                       "preset has the paper's).",
                       "The multi-scale loss trains the full band, but the network ships "
                       "high-passed (the input below a 2-pixel Gaussian kept).",
-                      "8000 steps of batch 8 (the paper: 20 epochs of 140,000 patches at batch "
-                      "32, then the GAN stage).",
-                      CT_ENCODER, HIGH_BAND,
-                      DATA.format(kernels="with the Hann kernel, half the patches retextured to "
-                                  "a sharper kernel")))(vagan_generator)
+                      "8000 steps of batch 8, then 2000 + 4000 + 4000 retraining steps with the "
+                      "multi-scale MSE relative to each sample's input (the paper: 20 epochs of "
+                      "140,000 patches at batch 32, then the GAN stage, plain MSE).",
+                      CT_ENCODER, *COMMON))(vagan_generator)
