@@ -143,13 +143,13 @@ def denoise(volume: CTVolume, model: str, strength: float = 1.0, device: str = "
         return volume.with_hu(volume.hu.copy())
     if info.kind == "baseline":
         result = info.build(volume.hu, (volume.spacing[0], volume.spacing[1]))
-        return volume.with_hu(volume.hu + strength * (result - volume.hu))
-    dev = pick_device(device)
-    net = load_network(model, str(dev), str(weights) if weights else None)
-    recursive = getattr(net, "recursive", 0.0)  # filter the full result, then blend
-    hu = _run_network(net, volume.hu, 1.0 if recursive else strength, dev, batch_size, ensemble,
-                      progress, stop, batch_done)
-    if recursive:
-        hu = (volume.hu + strength * (recursive_filter(hu, recursive) - volume.hu)).astype(
-            np.float32)
-    return volume.with_hu(hu)
+    else:
+        dev = pick_device(device)
+        net = load_network(model, str(dev), str(weights) if weights else None)
+        recursive = getattr(net, "recursive", 0.0)  # across slices, before the blend
+        if not recursive:
+            return volume.with_hu(_run_network(net, volume.hu, strength, dev, batch_size,
+                                               ensemble, progress, stop, batch_done))
+        result = recursive_filter(_run_network(net, volume.hu, 1.0, dev, batch_size, ensemble,
+                                               progress, stop, batch_done), recursive)
+    return volume.with_hu(volume.hu + strength * (result - volume.hu))

@@ -71,9 +71,7 @@ class ALDENMethod(WarmStartedGAN):
         return self.hp["contrast_mode"] == "paper"
 
     def build(self):
-        if self.hp["contrast_mode"] not in CONTRAST_MODES:
-            raise ValueError(f"unknown contrast_mode {self.hp['contrast_mode']!r}; use one of "
-                             f"{CONTRAST_MODES}")
+        self.option("contrast_mode", CONTRAST_MODES)
         probe = self.pvm(torch.zeros(1, 1, 64, 64))
         return {"g": alden_generator(**self.factory_kwargs()),
                 "d": AnatomyAwareDiscriminator([f.shape[1] for f in probe])}
@@ -90,8 +88,7 @@ class ALDENMethod(WarmStartedGAN):
 
     def gan_losses(self, group, batch):
         ld, nd = batch["ld"], batch["nd"]
-        paper = self.hp["contrast_mode"] == "paper"
-        reference = nd if paper else torch.roll(nd, 1, dims=0)  # anatomy-matched or not
+        reference = nd if self.paired else torch.roll(nd, 1, dims=0)  # anatomy-matched or not
         with torch.no_grad():
             ref_feats = self.pvm(reference)
         d = self.nets["d"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -65,6 +66,14 @@ class Method:
 
     def build(self) -> dict[str, nn.Module]:
         raise NotImplementedError
+
+    def option(self, key: str, options: Iterable[str]) -> str:
+        """``hp[key]``, which must be one of ``options``: a wrong value fails when the method
+        is built, naming the choices, not hours into its training."""
+        value, options = self.hp[key], tuple(options)
+        if value not in options:
+            raise ValueError(f"{self.name} {key} {value!r}: choose from {', '.join(options)}")
+        return value
 
     def optim_groups(self) -> dict[str, list[str]]:
         """Optimizer group -> names of the nets it updates (stepped in this order)."""
@@ -236,11 +245,6 @@ class WarmStartedGAN(Method):
         sums them (the discriminators' terms included)."""
         raise NotImplementedError
 
-    def gan_supervision(self) -> str:
-        """How the GAN stage's batches pair low and normal dose (unpaired unless a method's
-        preset says otherwise)."""
-        return "paired" if self.paired else "unpaired"
-
     def phases(self):
         warmup = self.first_phase_steps("warmup_fraction")
         simulated = self.hp["warmup"] == "simulated"
@@ -258,7 +262,7 @@ class WarmStartedGAN(Method):
                          "so the stage stays tied to the supervised warm-up")
         data = ("low-dose patches with the normal dose at the same place" if self.paired else
                 "low-dose slabs and normal-dose slabs of disjoint slice sets, never paired")
-        gan = Phase("gan", self.hp["steps"] - warmup, self.gan_supervision(),
+        gan = Phase("gan", self.hp["steps"] - warmup, "paired" if self.paired else "unpaired",
                     [net for nets in self.gan_groups.values() for net in nets], weights, data,
                     notes)
         return [warm, gan]

@@ -88,9 +88,7 @@ class N2N25DMethod(Method):
         return kwargs
 
     def build(self):
-        if self.hp["teacher_input"] not in TEACHER_INPUTS:
-            raise ValueError(f"n2n25d teacher_input {self.hp['teacher_input']!r}: use one of "
-                             f"{TEACHER_INPUTS}")
+        self.option("teacher_input", TEACHER_INPUTS)
         if self.neighbours_only and self.hp["student_arch"] == "msr2au":
             raise ValueError("n2n25d: a neighbours-only teacher cannot hand its weights to an "
                              "msr2au student, which also sees the centre; use student_arch unet")

@@ -79,20 +79,14 @@ class VAGANMethod(Method):
 
     def __init__(self, hp, pvm=None):
         super().__init__(hp, pvm)
-        if self.hp["gan_loss"] not in GAN_LOSSES:
-            raise ValueError(f"vagan gan_loss {self.hp['gan_loss']!r}: choose from "
-                             f"{', '.join(GAN_LOSSES)}")
-        self.gan_loss = GAN_LOSSES[self.hp["gan_loss"]]
+        self.gan_loss = GAN_LOSSES[self.option("gan_loss", GAN_LOSSES)]
 
     def factory_kwargs(self):
         return {k: self.hp[k] for k in ("width", "base", "upsample", "depth", "blocks",
                                         "factor")}
 
     def build(self):
-        kind = self.hp["discriminator"]
-        if kind not in DISCRIMINATORS:
-            raise ValueError(f"vagan discriminator {kind!r}: choose from "
-                             f"{', '.join(DISCRIMINATORS)}")
+        kind = self.option("discriminator", DISCRIMINATORS)
         d = (PaperAttentiveDiscriminator(self.hp["d_base"], self.hp["patch"]) if kind == "paper"
              else AttentiveDiscriminator(self.hp["d_base"]))
         return {"g": vagan_generator(**self.factory_kwargs()), "d": d}
