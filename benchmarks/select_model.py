@@ -10,7 +10,7 @@ would flag is no default, whatever its PSNR). The held-out ircadb17 is never use
 table and ``models/recommended.json`` (read by the registry: the demo's model, the Slicer
 default, /info/).
 
-    python benchmarks/select_model.py --data DIR alden n2n25d pan pdml vagan
+    python benchmarks/select_model.py --data DIR --thickness 2 alden n2n25d pan pdml vagan
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import numpy as np
 from ldct import metrics, registry
 from ldct.ct_guard import THRESHOLD_HU
 from ldct.data import PreparedData
-from ldct.evaluate import Regions, soft_tissue
+from ldct.evaluate import Regions, soft_tissue, thicker
 from ldct.infer import DEFAULT_ENSEMBLE, denoise
 from ldct.simulate import KERNELS, simulate_low_dose
 
@@ -38,6 +38,10 @@ def main() -> None:
     ap.add_argument("--data", required=True, help="a folder made by `ldct prepare`")
     ap.add_argument("--dose", type=float, default=0.25)
     ap.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
+    ap.add_argument("--thickness", type=int, default=1,
+                    help="> 1 adds the --thick-kernel's slabs with this many slices averaged "
+                         "into one (as the held-out sweep's thick-slice case)")
+    ap.add_argument("--thick-kernel", choices=KERNELS, default="hann")
     ap.add_argument("--out", default="benchmarks/quality/selection.md")
     ap.add_argument("--write", action="store_true", help="write models/recommended.json")
     ap.add_argument("--reference", default="ldct-nlm",
@@ -46,35 +50,44 @@ def main() -> None:
     args = ap.parse_args()
     data = PreparedData(args.data)
     scored = [*args.models, args.reference]
-    gains: dict[str, dict[str, list[float]]] = {m: {k: [] for k in args.kernels}
+    thick = f"{args.thick_kernel} x{args.thickness}" if args.thickness > 1 else None
+    conditions = [*args.kernels, *([thick] if thick else [])]
+    gains: dict[str, dict[str, list[float]]] = {m: {k: [] for k in conditions}
                                                 for m in scored}
     bias: dict[str, float] = {m: 0.0 for m in scored}  # largest |mean HU change|, any region
     for case, first, stop in SLABS:
         if data.manifest["cases"][case]["role"] != "train":
             raise SystemExit(f"{case} is not a training case: select models on training data")
-        normal = data.volume(case)
-        normal = replace(normal, hu=normal.hu[first:stop])
-        inner = slice(2, normal.hu.shape[0] - 2)  # the ends are context only
-        regions = Regions.from_case(normal.hu[inner], {"liver": soft_tissue(normal.hu[inner])},
-                                    min(normal.spacing[:2]))
-        for kernel in args.kernels:
+        whole = data.volume(case)
+        for condition in conditions:
+            t = args.thickness if condition == thick else 1
+            kernel = args.thick_kernel if condition == thick else condition
+            # a thick slab covers the same slices' count after averaging t into one
+            normal = replace(whole, hu=whole.hu[first:first + (stop - first) * t])
             low = simulate_low_dose(normal, data.simulation(args.dose, kernel), seed=11,
                                     progress=False)
+            if t > 1:
+                normal, low = thicker(normal, t), thicker(low, t)
+            inner = slice(2, normal.hu.shape[0] - 2)  # the ends are context only
+            regions = Regions.from_case(normal.hu[inner],
+                                        {"liver": soft_tissue(normal.hu[inner])},
+                                        min(normal.spacing[:2]))
             base = metrics.psnr(low.hu[inner], normal.hu[inner])
             for spec in scored:
                 name, _, weights = spec.partition("=")
                 out = denoise(low, name, weights=weights or None, device="cpu",
                               ensemble=DEFAULT_ENSEMBLE).hu
-                gains[spec][kernel].append(metrics.psnr(out[inner], normal.hu[inner]) - base)
+                gains[spec][condition].append(metrics.psnr(out[inner], normal.hu[inner])
+                                              - base)
                 bias[spec] = max(bias[spec], *(abs(metrics.hu_bias(out[inner], normal.hu[inner],
                                                                    region))
                                                for region in (regions.liver, regions.fat)))
-            print(case, kernel, {m: round(g[kernel][-1], 2) for m, g in gains.items()},
+            print(case, condition, {m: round(g[condition][-1], 2) for m, g in gains.items()},
                   flush=True)
     worst = {m: min(min(v) for v in g.values()) for m, g in gains.items()}
     keeping = [m for m in args.models if bias[m] <= THRESHOLD_HU]
     best = max(keeping or args.models, key=worst.get)
-    margin = min(a - b for k in args.kernels
+    margin = min(a - b for k in conditions
                  for a, b in zip(gains[best][k], gains[args.reference][k]))
     argv = sys.argv[1:]  # the data folder is the reader's own: DIR
     command = "python benchmarks/select_model.py " + " ".join(
@@ -82,21 +95,25 @@ def main() -> None:
     lines = ["# Model selection by the worst kernel (training cases only)", "",
              f"Command: `{command}`. Dose {args.dose:g}; slabs "
              + ", ".join(f"{c} {a}:{b}" for c, a, b in SLABS)
-             + f" (inner slices scored); {DEFAULT_ENSEMBLE} view(s) per slice. PSNR gain over "
-             "the input (liver window), mean over the slabs, and the worst over kernels and "
-             "slabs; the largest |mean HU change| in flat soft tissue and fat over "
-             "kernels and slabs.", "",
-             "| model | " + " | ".join(args.kernels) + " | worst | max abs bias HU |",
-             "|---|" + "---|" * (len(args.kernels) + 2)]
-    lines += [f"| {m} | " + " | ".join(f"{np.mean(g[k]):+.2f}" for k in args.kernels)
+             + f" (inner slices scored); {DEFAULT_ENSEMBLE} view(s) per slice"
+             + (f"; '{thick}': the same slab {args.thickness} times thicker (slices "
+                "averaged)" if thick else "")
+             + ". PSNR gain over the input (liver window), mean over the slabs, and the worst "
+             "over kernels and slabs; the largest |mean HU change| in flat soft tissue and fat "
+             "over kernels and slabs.", "",
+             "| model | " + " | ".join(conditions) + " | worst | max abs bias HU |",
+             "|---|" + "---|" * (len(conditions) + 2)]
+    lines += [f"| {m} | " + " | ".join(f"{np.mean(g[k]):+.2f}" for k in conditions)
               + f" | {worst[m]:+.2f} | {bias[m]:.2f} |" for m, g in gains.items()]
     kept = (f"among the models that keep CT numbers within {THRESHOLD_HU:g} HU (the CT-number "
             "guard's limit)" if keeping else
             f"(no model kept CT numbers within {THRESHOLD_HU:g} HU)")
-    reason = (f"largest worst-case PSNR gain over the input across the {', '.join(args.kernels)} "
-              f"kernels at dose {args.dose:g} on training slabs {kept} ({worst[best]:+.2f} dB, "
+    across = f"the {', '.join(args.kernels)} kernels" + (f" and {thick} thickness"
+                                                           if thick else "")
+    reason = (f"largest worst-case PSNR gain over the input across {across} at dose "
+              f"{args.dose:g} on training slabs {kept} ({worst[best]:+.2f} dB, "
               f"max |bias| {bias[best]:.2f} HU; its smallest margin over {args.reference} at "
-              f"any kernel and slab {margin:+.2f} dB)")
+              f"any {'kernel, thickness' if thick else 'kernel'} and slab {margin:+.2f} dB)")
     lines += ["", f"Recommended: **{best.partition('=')[0]}**: {reason}."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

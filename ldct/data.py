@@ -280,7 +280,8 @@ class PatchSampler:
     """Random training patches from the prepared training cases, held in memory.
 
     Each sample draws a case, a dose from ``doses`` and a reconstruction kernel from
-    ``kernels`` (ranges, so one model serves them all; default: the simulation's kernel), a
+    ``kernels`` (ranges, so one model serves them all; default: the simulation's kernel; a
+    kernel listed twice is drawn twice as often), a
     slice and a location inside the body. ``paired`` gives the normal-dose patch at the same
     place; unpaired gives a normal-dose patch from the disjoint normal-dose slab set of any
     training case, plus ``nd_sim``: the simulated low dose of that normal-dose patch at the same
@@ -307,6 +308,12 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         self.doses = list(doses)
         self.kernels = list(kernels or data.kernels()[:1])
+        if isinstance(kernels, str) or not set(self.kernels) <= set(data.kernels()):
+            raise ValueError(
+                f"kernels takes a list of the prepared kernels {data.kernels()}, got "
+                f"{kernels!r}: e.g. --set 'kernels=[\"hann\", \"hann\", \"ram-lak\"]' (JSON; a "
+                "kernel listed twice is drawn twice as often), or prepare the data with "
+                "`ldct prepare --kernels ...`")
         names = list(cases) if cases else data.cases("train")
         if not names:
             raise ValueError(f"{data.root}: no training cases prepared")

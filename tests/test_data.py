@@ -146,6 +146,13 @@ def test_patch_sampler_draws_the_prepared_kernels(prepared):
         _lag1_correlation(plain_noise) - 0.2
     both = PatchSampler(data, [0.25], patch=32, batch=4, seed=3, kernels=["hann", "sharp-ee"])
     assert set(k for _, _, k in both.low) == {"hann", "sharp-ee"}
+    weighted = PatchSampler(data, [0.25], patch=32, batch=4, seed=3,
+                            kernels=["hann", "hann", "hann", "sharp-ee"])
+    draws = [weighted._pick(weighted.kernels) for _ in range(4000)]
+    assert 0.7 < draws.count("hann") / len(draws) < 0.8  # listed 3 of 4 times
+    for wrong in ("hann,sharp-ee", ["hann", "ram-lak"]):  # a string, or not prepared
+        with pytest.raises(ValueError, match="list of the prepared kernels"):
+            PatchSampler(data, [0.25], patch=32, batch=4, kernels=wrong)
 
 
 def test_patch_sampler_thicker_slices_average_adjacent_ones(prepared):
