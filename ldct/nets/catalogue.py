@@ -4,8 +4,8 @@ Titles and supervision strings say what the shipped training really was (README 
 denoisers"): pan, pdml and alden spend most of their steps on a supervised warm-up on simulated
 low/normal-dose pairs and then a short unpaired GAN stage anchored to it (their first versions,
 from which the shipped ones were retrained on four reconstruction kernels, shared one warm-up run
-for pan and alden); the shipped n2n25d's recorruption noise came from the physics simulator
-(its recipe now measures it from each scan, a retraining that did not ship yet).
+for pan and alden); n2n25d learns from the low-dose scans alone (its recorruption noise
+measured from each scan).
 """
 
 from __future__ import annotations
@@ -19,8 +19,11 @@ from ldct.registry import register
 
 WARMED_UP = ("supervised warm-up on simulated low/normal-dose pairs (most steps), then a short "
              "unpaired GAN stage L1-anchored to the warmed-up generator; retrained from the "
-             "first version's weights by the same two stages (the warm-up's MSE relative to "
-             "each sample's input) on 4 reconstruction kernels and doses 0.05-0.5")
+             "first version's weights by the same two stages{rounds} (the warm-up's MSE relative "
+             "to each sample's input) on 4 reconstruction kernels and doses 0.05-0.5")
+# the retraining rounds on the kernel library: (warm-up steps, all steps) of each
+ONE_ROUND = ((1200, 2000),)
+THREE_ROUNDS = ((1200, 2000), (3000, 4000), (3000, 4000))
 
 # every network: the output is the input minus the high band of the predicted noise (the
 # input's band below a 2-pixel Gaussian, 4 for n2n25d, passes untouched), at half resolution
@@ -38,16 +41,32 @@ CT_ENCODER = ("Perceptual/semantic features come from the project's 293k-paramet
               "downloaded here (`--pvm` takes local torchvision weights).")
 WARMED_UP_GAN = ("The paper trains unpaired throughout; what ships spent most of its steps on a "
                  "supervised warm-up (MSE from the simulated low dose of normal-dose patches to "
-                 "that normal dose; first version {first} of {total} steps, then this retraining "
-                 "1200 of 2000 steps with each sample's MSE relative to its input's), and its "
-                 "short GAN stage is L1-anchored to the warmed-up generator (weight {anchor}).")
+                 "that normal dose; first version {first} of {total} steps, then {retraining} "
+                 "with each sample's MSE relative to its input's), and its short GAN stage is "
+                 "L1-anchored to the warmed-up generator (weight {anchor}).")
+
+
+def warmed_up(rounds: tuple[tuple[int, int], ...]) -> str:
+    """The supervision string of a model retrained in ``rounds`` (warm-up, all steps)."""
+    return WARMED_UP.format(rounds="" if len(rounds) == 1 else f" in {len(rounds)} rounds, "
+                            "each from the previous one's weights")
+
+
+def warmed_up_gan(first: int, total: int, anchor: float,
+                  rounds: tuple[tuple[int, int], ...]) -> str:
+    """The paper difference of a warmed-up GAN: the supervised share of every training."""
+    each = ", ".join(f"{w} of {n}" for w, n in rounds)
+    retraining = (f"this retraining {each} steps" if len(rounds) == 1 else
+                  f"{len(rounds)} retraining rounds of {each} steps")
+    return WARMED_UP_GAN.format(first=first, total=total, anchor=anchor, retraining=retraining)
 
 register("pan", "Cycle-GAN with perceptual attention U-Net (after a supervised warm-up)",
          "pan-cyclegan-liver-ldct.txt",
-         WARMED_UP + " (the first version's warm-up was shared with alden)",
-         differences=(WARMED_UP_GAN.format(first=9350, total=11000, anchor=10),
+         warmed_up(THREE_ROUNDS) + " (the first version's warm-up was shared with alden)",
+         differences=(warmed_up_gan(9350, 11000, 10, THREE_ROUNDS),
                       "The second generator (normal -> low dose) starts untrained when the GAN "
-                      "stage starts (1650 steps in the first version, 800 in the retraining).",
+                      "stage starts (1650 steps in the first version, then 800, 1000 and 1000 in "
+                      "the retraining rounds: only the deployable generator carries over).",
                       "Cycle weight 2 (Cycle-GAN's is 10: with it the cycle term pulled the "
                       "generator back to the noisy input); the paper does not state its weights.",
                       "Generator and alden's are the same network (269,326 parameters); the "
@@ -55,17 +74,17 @@ register("pan", "Cycle-GAN with perceptual attention U-Net (after a supervised w
                       "and differed only in their GAN stage.",
                       CT_ENCODER, *COMMON))(pan_generator)
 register("pdml", "Patch-wise deep metric learning (after a supervised warm-up)",
-         "patchwise-deep-metric-learning.txt", WARMED_UP,
-         differences=(WARMED_UP_GAN.format(first=9000, total=12000, anchor=10),
+         "patchwise-deep-metric-learning.txt", warmed_up(ONE_ROUND),
+         differences=(warmed_up_gan(9000, 12000, 10, ONE_ROUND),
                       "Metric loss weight 0.5 over 64 locations per image (the abstract gives "
                       "no weights or counts; the paper preset uses 1 and 256, as CUT).",
                       *COMMON))(pdml_generator)
 register("alden", "Attention U-Net with a cross-attention discriminator and an input-anchored "
          "contrastive loss (after a supervised warm-up; not the paper's anatomy-aware recipe)",
          "alden-anatomy-aware.txt",
-         WARMED_UP + " with an unrelated normal-dose patch as reference (the first version's "
-         "warm-up was shared with pan)",
-         differences=(WARMED_UP_GAN.format(first=9000, total=12000, anchor=1),
+         warmed_up(THREE_ROUNDS) + " with an unrelated normal-dose patch as reference (the "
+         "first version's warm-up was shared with pan)",
+         differences=(warmed_up_gan(9000, 12000, 1, THREE_ROUNDS),
                       "The semantic contrastive loss runs in the reverse direction: its "
                       "positive is the same region of the low-dose input and its negatives the "
                       "input's other regions and an unrelated normal-dose patch's regions; the "
@@ -79,23 +98,26 @@ register("alden", "Attention U-Net with a cross-attention discriminator and an i
                       "one warm-up run.", CT_ENCODER, *COMMON))(alden_generator)
 register("n2n25d", "MSR2AU adjacent-slice denoiser with recorrupted centre (stage 1 of the paper)",
          "msr2au-fluoroscopy-unsupervised.txt",
-         "no clean targets (noisy stacks predict their centre slice), but the shipped weights' "
-         "recorruption noise was drawn from the physics simulator (Hann kernel), not measured "
-         "from the scans (the recipe now measures it; that retraining did not ship yet)",
+         "self-supervised on the low-dose scans alone: noisy 5-slice stacks predict their "
+         "centre slice, with recorruption noise measured from each scan (no normal dose, no "
+         "simulator noise model); the scans were simulated low doses",
          differences=("Stage 1 only: the paper's stage 2 (knowledge distillation for "
                       "uncorrelated noise, recursive filtering with motion compensation for "
                       "correlated noise) does not ship; the teacher's own network ships, as "
                       "every student distilled from it on the CPU budget ended below it (the "
                       "paper preset turns both on: `--set recursive=...`, `teacher_input`).",
-                      "The teacher also sees the centre slice, recorrupted (R2R), besides its "
-                      "neighbours; the recorruption noise of the shipped weights came from the "
-                      "physics simulator at the training dose plus the normal dose's texture, "
-                      "so its training used the simulator's noise model and the normal-dose "
-                      "volumes, unlike the paper's training on noisy data alone.",
+                      "The teacher also sees the centre slice, recorrupted (R2R: input y + 0.5 m, "
+                      "target y - 2 m), besides its neighbours; m has the texture and local "
+                      "level measured from the scan's own across-slice differences "
+                      "(`ldct/noise_bank.py`). The first version (git history) drew it from the "
+                      "physics simulator instead.",
+                      "The loss is each sample's squared error relative to its measured noise "
+                      "power (one scale for every kernel and dose).",
                       "The teacher trains on the full band but ships high-passed (the input "
                       "below a 4-pixel Gaussian kept).",
                       "The paper denoises fluoroscopy frames; here the frames are CT slices.",
-                      DATA.format(kernels="with the simulator's Hann kernel only")
+                      DATA.format(kernels="through 4 reconstruction kernels, 1-2 slices thick, "
+                                  "of which only the low doses were used")
                       ))(n2n25d_student)
 register("vagan", "Visual-attention GAN (reduced: fewer layers than the paper)",
          "vagan-visual-attention-gan.txt", "paired (simulated low doses 0.05-0.5 through 4 "
