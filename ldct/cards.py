@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,15 @@ def training_metadata(weights: Path) -> dict[str, Any]:
             # recipe's code has changed since (n2n25d's recorruption noise source)
             "predates_current_recipe": "kernels" not in hp,
             "parameters": sum(v.numel() for v in blob["state_dict"].values())}
+
+
+def drawn(items: list, separator: str) -> str:
+    """A list training draws from, in words: each item once, with its share of the draws
+    where the list repeats items to draw them more often."""
+    counts = Counter(map(str, items))
+    if len(counts) == len(items):
+        return separator.join(counts)
+    return separator.join(f"{item} ({n} of {len(items)} draws)" for item, n in counts.items())
 
 
 def training_command(name: str, train: dict[str, Any]) -> str:
@@ -98,11 +108,11 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
             "supervision": info.supervision,
             "training_data": "ircadb01 (1.6 mm slices) + tcia_pancreas001 (3 mm slices) "
                              f"(ldct prepare), simulated doses {train['doses']}, each with the "
-                             f"reconstruction kernel(s) {', '.join(train['kernels'])} (the same "
+                             f"reconstruction kernel(s) {drawn(train['kernels'], ', ')} (the same "
                              "projection noise through each kernel), slice thickness as "
                              "prepared"
                              + ("" if train["thickness"] == [1] else
-                                f" and {' or '.join(map(str, train['thickness']))} slices "
+                                f" and {drawn(train['thickness'], ' or ')} slices "
                                 "averaged (thicker reconstructions)")
                              + (f", {train['texture']:.0%} of patches retextured to a random "
                                 "sharper cosine-window kernel's (gain capped at 8)"

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ldct import registry
-from ldct.cards import METRIC_KEYS, training_metadata, write_card
+from ldct.cards import METRIC_KEYS, drawn, training_metadata, write_card
 from ldct.ct_guard import THRESHOLD_HU
 from ldct.nets.catalogue import n2n25d_student
 
@@ -82,3 +82,13 @@ def test_the_committed_recommendation_follows_its_rule():
     keeping = [m for m in candidates if bias[m] <= THRESHOLD_HU] or candidates
     assert record["model"] == max(keeping, key=worst.get)
     assert record["model"] in registry.names() and registry.get(record["model"]).available()
+
+
+def test_a_card_states_how_often_training_drew_each_kernel_and_thickness():
+    """A kernel listed three times in six was drawn half the time: the card says so, and
+    names a list without repeats plainly."""
+    assert drawn(["hann", "hann", "hann", "ram-lak", "sharp-ee", "shepp-logan"], ", ") == (
+        "hann (3 of 6 draws), ram-lak (1 of 6 draws), sharp-ee (1 of 6 draws), "
+        "shepp-logan (1 of 6 draws)")
+    assert drawn([1, 1, 2], " or ") == "1 (2 of 3 draws) or 2 (1 of 3 draws)"
+    assert drawn(["hann", "ram-lak"], ", ") == "hann, ram-lak"
