@@ -42,6 +42,8 @@ def main() -> None:
                     help="> 1 adds the --thick-kernel's slabs with this many slices averaged "
                          "into one (as the held-out sweep's thick-slice case)")
     ap.add_argument("--thick-kernel", choices=KERNELS, default="hann")
+    ap.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE,
+                    help="flipped views a network averages (the default is what ships)")
     ap.add_argument("--out", default="benchmarks/quality/selection.md")
     ap.add_argument("--write", action="store_true", help="write models/recommended.json")
     ap.add_argument("--reference", default="ldct-nlm",
@@ -76,7 +78,7 @@ def main() -> None:
             for spec in scored:
                 name, _, weights = spec.partition("=")
                 out = denoise(low, name, weights=weights or None, device="cpu",
-                              ensemble=DEFAULT_ENSEMBLE).hu
+                              ensemble=args.ensemble).hu
                 gains[spec][condition].append(metrics.psnr(out[inner], normal.hu[inner])
                                               - base)
                 bias[spec] = max(bias[spec], *(abs(metrics.hu_bias(out[inner], normal.hu[inner],
@@ -95,7 +97,7 @@ def main() -> None:
     lines = ["# Model selection by the worst kernel (training cases only)", "",
              f"Command: `{command}`. Dose {args.dose:g}; slabs "
              + ", ".join(f"{c} {a}:{b}" for c, a, b in SLABS)
-             + f" (inner slices scored); {DEFAULT_ENSEMBLE} view(s) per slice"
+             + f" (inner slices scored); {args.ensemble} view(s) per slice"
              + (f"; '{thick}': the same slab {args.thickness} times thicker (slices "
                 "averaged)" if thick else "")
              + ". PSNR gain over the input (liver window), mean over the slabs, and the worst "
