@@ -6,7 +6,9 @@ the training cases at one dose with each kernel's noise, and the recommended mod
 whose smallest PSNR gain over the input, over all kernels and slabs, is largest, among those
 that keep CT numbers (mean HU in flat soft tissue and fat within the CT-number guard's limit,
 3 HU, of the normal dose's on every slab and kernel: a model whose results the product itself
-would flag is no default, whatever its PSNR). The held-out ircadb17 is never used. Writes the
+would flag is no default, whatever its PSNR) and raise SSIM over the input's on every slab and
+kernel (a smoother image that loses structure is no better). The held-out ircadb17 is never
+used. Writes the
 table and ``models/recommended.json`` (read by the registry: the demo's model, the Slicer
 default, /info/).
 
@@ -18,7 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +31,55 @@ from ldct.ct_guard import THRESHOLD_HU
 from ldct.data import PreparedData
 from ldct.evaluate import Regions, soft_tissue, thicker
 from ldct.infer import DEFAULT_ENSEMBLE, denoise
+from ldct.io import CTVolume
 from ldct.simulate import KERNELS, simulate_low_dose
 
 SLABS = (("ircadb01", 64, 80), ("tcia_pancreas001", 56, 72))  # (case, first, stop slice)
+
+
+@dataclass
+class Slab:
+    """A training slab at one dose and kernel (or thickness): the low dose to denoise, the
+    inner slices that are scored (the ends are context only), their normal dose and regions."""
+
+    case: str
+    condition: str
+    low: CTVolume
+    inner: slice
+    reference: np.ndarray
+    regions: Regions
+
+    def max_abs_bias(self, out: np.ndarray) -> float:
+        """The larger |mean HU change| of ``out`` (inner slices) in flat soft tissue and fat."""
+        return max(abs(metrics.hu_bias(out, self.reference, region))
+                   for region in (self.regions.liver, self.regions.fat))
+
+
+def training_slabs(data: PreparedData, dose: float, kernels: list[str], thickness: int = 1,
+                   thick_kernel: str = "hann") -> Iterator[Slab]:
+    """Each slab of `SLABS` with each kernel's noise at ``dose`` (seeded), and with
+    ``thick_kernel``'s at ``thickness`` times the slice thickness when that is > 1."""
+    thick = f"{thick_kernel} x{thickness}" if thickness > 1 else None
+    for case, first, stop in SLABS:
+        if data.manifest["cases"][case]["role"] != "train":
+            raise SystemExit(f"{case} is not a training case: select models on training data")
+        whole = data.volume(case)
+        scored: dict[int, tuple[np.ndarray, Regions]] = {}  # per thickness
+        for condition in [*kernels, *([thick] if thick else [])]:
+            t = thickness if condition == thick else 1
+            kernel = thick_kernel if condition == thick else condition
+            # a thick slab covers the same slices' count after averaging t into one
+            normal = replace(whole, hu=whole.hu[first:first + (stop - first) * t])
+            low = simulate_low_dose(normal, data.simulation(dose, kernel), seed=11,
+                                    progress=False)
+            if t > 1:
+                normal, low = thicker(normal, t), thicker(low, t)
+            inner = slice(2, normal.hu.shape[0] - 2)
+            if t not in scored:
+                scored[t] = normal.hu[inner], Regions.from_case(
+                    normal.hu[inner], {"liver": soft_tissue(normal.hu[inner])},
+                    min(normal.spacing[:2]))
+            yield Slab(case, condition, low, inner, *scored[t])
 
 
 def main() -> None:
@@ -57,37 +106,23 @@ def main() -> None:
     gains: dict[str, dict[str, list[float]]] = {m: {k: [] for k in conditions}
                                                 for m in scored}
     bias: dict[str, float] = {m: 0.0 for m in scored}  # largest |mean HU change|, any region
-    for case, first, stop in SLABS:
-        if data.manifest["cases"][case]["role"] != "train":
-            raise SystemExit(f"{case} is not a training case: select models on training data")
-        whole = data.volume(case)
-        for condition in conditions:
-            t = args.thickness if condition == thick else 1
-            kernel = args.thick_kernel if condition == thick else condition
-            # a thick slab covers the same slices' count after averaging t into one
-            normal = replace(whole, hu=whole.hu[first:first + (stop - first) * t])
-            low = simulate_low_dose(normal, data.simulation(args.dose, kernel), seed=11,
-                                    progress=False)
-            if t > 1:
-                normal, low = thicker(normal, t), thicker(low, t)
-            inner = slice(2, normal.hu.shape[0] - 2)  # the ends are context only
-            regions = Regions.from_case(normal.hu[inner],
-                                        {"liver": soft_tissue(normal.hu[inner])},
-                                        min(normal.spacing[:2]))
-            base = metrics.psnr(low.hu[inner], normal.hu[inner])
-            for spec in scored:
-                name, _, weights = spec.partition("=")
-                out = denoise(low, name, weights=weights or None, device="cpu",
-                              ensemble=args.ensemble).hu
-                gains[spec][condition].append(metrics.psnr(out[inner], normal.hu[inner])
-                                              - base)
-                bias[spec] = max(bias[spec], *(abs(metrics.hu_bias(out[inner], normal.hu[inner],
-                                                                   region))
-                                               for region in (regions.liver, regions.fat)))
-            print(case, condition, {m: round(g[condition][-1], 2) for m, g in gains.items()},
-                  flush=True)
+    ssim_gain: dict[str, float] = {m: np.inf for m in scored}  # smallest, any kernel and slab
+    for slab in training_slabs(data, args.dose, args.kernels, args.thickness,
+                               args.thick_kernel):
+        base = metrics.psnr(slab.low.hu[slab.inner], slab.reference)
+        base_ssim = metrics.ssim(slab.low.hu[slab.inner], slab.reference)
+        for spec in scored:
+            name, _, weights = spec.partition("=")
+            out = denoise(slab.low, name, weights=weights or None, device="cpu",
+                          ensemble=args.ensemble).hu[slab.inner]
+            gains[spec][slab.condition].append(metrics.psnr(out, slab.reference) - base)
+            ssim_gain[spec] = min(ssim_gain[spec],
+                                  metrics.ssim(out, slab.reference) - base_ssim)
+            bias[spec] = max(bias[spec], slab.max_abs_bias(out))
+        print(slab.case, slab.condition,
+              {m: round(g[slab.condition][-1], 2) for m, g in gains.items()}, flush=True)
     worst = {m: min(min(v) for v in g.values()) for m, g in gains.items()}
-    keeping = [m for m in args.models if bias[m] <= THRESHOLD_HU]
+    keeping = [m for m in args.models if bias[m] <= THRESHOLD_HU and ssim_gain[m] > 0]
     best = max(keeping or args.models, key=worst.get)
     margin = min(a - b for k in conditions
                  for a, b in zip(gains[best][k], gains[args.reference][k]))
@@ -102,14 +137,17 @@ def main() -> None:
                 "averaged)" if thick else "")
              + ". PSNR gain over the input (liver window), mean over the slabs, and the worst "
              "over kernels and slabs; the largest |mean HU change| in flat soft tissue and fat "
-             "over kernels and slabs.", "",
-             "| model | " + " | ".join(conditions) + " | worst | max abs bias HU |",
-             "|---|" + "---|" * (len(conditions) + 2)]
+             "over kernels and slabs; the smallest SSIM gain over the input (liver window) over "
+             "kernels and slabs.", "",
+             "| model | " + " | ".join(conditions)
+             + " | worst | max abs bias HU | worst SSIM gain |",
+             "|---|" + "---|" * (len(conditions) + 3)]
     lines += [f"| {m} | " + " | ".join(f"{np.mean(g[k]):+.2f}" for k in conditions)
-              + f" | {worst[m]:+.2f} | {bias[m]:.2f} |" for m, g in gains.items()]
+              + f" | {worst[m]:+.2f} | {bias[m]:.2f} | {ssim_gain[m]:+.4f} |"
+              for m, g in gains.items()]
     kept = (f"among the models that keep CT numbers within {THRESHOLD_HU:g} HU (the CT-number "
-            "guard's limit)" if keeping else
-            f"(no model kept CT numbers within {THRESHOLD_HU:g} HU)")
+            "guard's limit) and raise SSIM everywhere" if keeping else
+            f"(no model kept CT numbers within {THRESHOLD_HU:g} HU and raised SSIM everywhere)")
     across = f"the {', '.join(args.kernels)} kernels" + (f" and {thick} thickness"
                                                            if thick else "")
     reason = (f"largest worst-case PSNR gain over the input across {across} at dose "
@@ -123,6 +161,8 @@ def main() -> None:
         record = {"model": best.partition("=")[0], "reason": reason, "command": command,
                   "worst_gain_db": {m.partition("=")[0]: round(v, 3) for m, v in worst.items()},
                   "max_abs_bias_hu": {m.partition("=")[0]: round(v, 3) for m, v in bias.items()},
+                  "worst_ssim_gain": {m.partition("=")[0]: round(v, 4)
+                                      for m, v in ssim_gain.items()},
                   "margin_over_reference_db": round(margin, 3)}
         registry.RECOMMENDED_FILE.write_text(json.dumps(record, indent=1) + "\n")
 

@@ -64,6 +64,7 @@ def _load_weights(name: str, device: str, weights: str) -> HUPreservingDenoiser:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     net = info.build(**blob["kwargs"])
     net.load_state_dict(blob["state_dict"])
+    net.gain = float(blob.get("gain", 1.0))  # its calibration, when it has one
     return net.to(device).eval()
 
 

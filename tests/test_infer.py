@@ -58,6 +58,21 @@ def test_network_keeps_geometry_and_strength_blends(phantom, student_weights):
         denoise(volume, "n2n25d", strength=1.5, weights=student_weights)
 
 
+def test_a_calibrated_gain_scales_what_the_network_removes(phantom, student_weights, tmp_path):
+    """model.pt's ``gain`` (benchmarks/calibrate_gain.py): the share of its noise estimate a
+    network removes at full strength; strength still blends on top of it."""
+    blob = torch.load(student_weights, weights_only=True)
+    calibrated = tmp_path / "model.pt"
+    torch.save({**blob, "gain": 0.8}, calibrated)
+    volume = phantom.volume
+    full = denoise(volume, "n2n25d", weights=student_weights, device="cpu").hu - volume.hu
+    gained = denoise(volume, "n2n25d", weights=calibrated, device="cpu").hu - volume.hu
+    half = denoise(volume, "n2n25d", weights=calibrated, device="cpu", strength=0.5).hu
+    assert np.abs(full).max() > 1.0  # it removes something
+    np.testing.assert_allclose(gained, 0.8 * full, atol=1e-3)
+    np.testing.assert_allclose(half - volume.hu, 0.4 * full, atol=1e-3)
+
+
 def test_self_ensemble_averages_views_turned_back_onto_the_input_grid(phantom, student_weights):
     """Each view's output is turned back before averaging: the ensemble equals the mean of
     one-pass results on flipped/rotated copies of the volume (done here with numpy), also on a

@@ -39,7 +39,7 @@ def test_paper_preset_describes_the_paper():
     assert conv_layers(core.attention) == 1 + 3 * 2 + 1 + 1
     assert d["networks"]["g"]["conv_layers"] == d["ships"]["conv_layers"] == 25
     assert d["ships"]["kwargs"] == {"width": 32, "base": 96, "upsample": "transpose",
-                                    "depth": "paper", "blocks": 3, "factor": 1}
+                                    "depth": "paper", "blocks": 3, "factor": 1, "context": 1}
     assert core.factor == 1 and core.attention.steps == len(ATTENTION_WEIGHTS) == 4
     # discriminator: eight 3x3 convs, FC 512, one output (+ the attention map's conv)
     disc = method.nets["d"]
@@ -137,7 +137,7 @@ def test_paper_preset_trains_both_stages_and_ships_a_rebuildable_model(prepared,
     blob = torch.load(tmp_path / "model.pt", weights_only=True)
     assert blob["preset"] == "paper" and blob["hp"]["gan_loss"] == "bce"
     assert blob["kwargs"] == {"width": 4, "base": 8, "upsample": "transpose", "depth": "paper",
-                              "blocks": 3, "factor": 1}
+                              "blocks": 3, "factor": 1, "context": 1}
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 6
     trained = build_method("vagan", ckpt["hp"], tiny_pvm)
@@ -149,6 +149,34 @@ def test_paper_preset_trains_both_stages_and_ships_a_rebuildable_model(prepared,
     with torch.no_grad():
         assert torch.equal(net(x), shipped(x))
         assert not torch.allclose(net(x), x)  # it does something
+
+
+def test_a_one_slice_model_starts_a_three_slice_one_that_learns_from_the_neighbours(
+        prepared, tiny_pvm, tmp_path):
+    """`--set context=3 --init ONE_SLICE.pt`: the widened model starts with the one-slice
+    model's outputs exactly (the neighbours' weights start at zero); after a few steps on
+    3-slice stacks the neighbours change its result, and it reloads as a 3-slice model with
+    the one-slice model's calibrated gain."""
+    one = vagan_generator().eval()
+    torch.save({"method": "vagan", "kwargs": {}, "context": 1, "state_dict": one.state_dict(),
+                "gain": 0.9}, tmp_path / "one.pt")
+    overrides = {"patch": 32, "batch": 2, "steps": 4, "ckpt_every": 4, "log_every": 1,
+                 "lr": 1e-3, "pretrain_fraction": 1.0, "context": 3}
+    hp = hyper_parameters("vagan", "cpu", overrides, finetuning=True)
+    widened_start = build_method("vagan", hp, tiny_pvm)
+    widened_start.start_from(one.state_dict())
+    stack = 40 + 30 * torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    other = stack.clone()
+    other[:, 0] += 30 * torch.randn(2, 48, 48, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(widened_start.deployable().eval()(stack), one(stack[:, 1:2]))
+    train("vagan", prepared, tmp_path / "run", overrides=overrides, pvm_path=tiny_pvm,
+          progress=False, init_weights=tmp_path / "one.pt")
+    trained = load_network("vagan", "cpu", str(tmp_path / "run" / "model.pt"))
+    assert trained.context == 3
+    assert trained.gain == 0.9  # a calibrated model's versions keep its gain
+    with torch.no_grad():
+        assert not torch.allclose(trained(stack), trained(other))
 
 
 def test_log_loss_and_lsgan_differ_and_push_real_up_and_fake_down():

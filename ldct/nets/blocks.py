@@ -188,14 +188,18 @@ def gaussian_lowpass(x: torch.Tensor, sigma: float) -> torch.Tensor:
 class HUPreservingDenoiser(nn.Module):
     """Wraps a core network that predicts the noise of the centre slice, in network units.
 
-    Output HU = input HU - highpass(predicted noise) * strength: the low-frequency band of the
-    input is kept exactly (the CT-number preserving idea of the metric-learning paper), so a
-    denoiser cannot shift mean CT numbers, only remove high-frequency content.
+    Output HU = input HU - highpass(predicted noise) * gain * strength: the low-frequency band
+    of the input is kept exactly (the CT-number preserving idea of the metric-learning paper),
+    so a denoiser cannot shift mean CT numbers, only remove high-frequency content. ``gain``
+    is the share of its estimate a trained network removes at full strength: 1 unless a
+    calibration on training slabs (``benchmarks/calibrate_gain.py``, stored in model.pt) found
+    that it systematically removes too much or too little.
     """
 
     def __init__(self, core: nn.Module, context: int = 1, keep_sigma: float = KEEP_SIGMA) -> None:
         super().__init__()
         self.core, self.context, self.keep_sigma = core, context, keep_sigma
+        self.gain = 1.0
 
     def centre(self, hu: torch.Tensor) -> torch.Tensor:
         """The centre slice (B, 1, H, W) of a (B, context, H, W) stack."""
@@ -206,7 +210,7 @@ class HUPreservingDenoiser(nn.Module):
         noise = raw * HU_SCALE
         if self.keep_sigma > 0:
             noise = noise - gaussian_lowpass(noise, self.keep_sigma)
-        return self.centre(hu) - strength * noise
+        return self.centre(hu) - strength * self.gain * noise
 
     def forward(self, hu: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
         return self.remove(hu, self.core(hu_to_net(hu)), strength)

@@ -140,40 +140,68 @@ GENERATORS = {"reduced": REDGenerator, "paper": DeepREDGenerator}
 class VAGANCore(nn.Module):
     """Attentive block + generator at 1/factor resolution (pixel-unshuffled, lossless).
 
+    Input: a stack of ``context`` adjacent slices (B, context, H, W), the centre one denoised.
+    The attentive block sees the centre slice; the generator sees it with the final attention
+    map and, when ``context`` > 1, the neighbours too (their noise is independent of the
+    centre's while the anatomy barely changes; the paper's network sees one image).
     ``forward_all`` returns the T attention maps and the 1/4, 1/2, full-scale noise estimates
     (full image resolution); ``forward`` gives the full-scale noise for inference.
     """
 
     def __init__(self, width: int = 8, base: int = 32, factor: int = 2,
-                 upsample: str = "bilinear", depth: str = "reduced", blocks: int = 1) -> None:
+                 upsample: str = "bilinear", depth: str = "reduced", blocks: int = 1,
+                 context: int = 1) -> None:
         super().__init__()
         if depth not in GENERATORS:
             raise ValueError(f"vagan depth {depth!r}: choose from {', '.join(GENERATORS)}")
-        self.factor = factor
+        if context < 1 or context % 2 == 0:
+            raise ValueError(f"vagan context {context}: give an odd number of slices (1, 3, ..)")
+        self.factor, self.context = factor, context
         f2 = factor * factor
         self.attention = AttentiveRecurrentBlock(width, channels=f2, blocks=blocks)
-        self.generator = GENERATORS[depth](2 * f2, base, f2, upsample)
+        # input channels: centre, attention map, then the neighbours (appended last, so that a
+        # one-slice model's weights fill the first ones: see `widened`)
+        self.generator = GENERATORS[depth]((context + 1) * f2, base, f2, upsample)
+
+    def _run(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Attention maps and noise estimates at 1/factor resolution."""
+        c = self.context // 2
+        small = F.pixel_unshuffle(x[:, c:c + 1], self.factor)
+        maps = self.attention(small)
+        neighbours = [F.pixel_unshuffle(torch.cat([x[:, :c], x[:, c + 1:]], 1), self.factor)
+                      ] if self.context > 1 else []
+        return maps, self.generator(torch.cat([small, maps[-1], *neighbours], 1))
 
     def forward_all(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        small = F.pixel_unshuffle(x, self.factor)
-        maps = self.attention(small)
-        noises = self.generator(torch.cat([small, maps[-1]], 1))
+        maps, noises = self._run(x)
         return ([F.pixel_shuffle(m, self.factor) for m in maps],
                 [F.pixel_shuffle(n, self.factor) for n in noises])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        small = F.pixel_unshuffle(x, self.factor)
-        maps = self.attention(small)
-        return F.pixel_shuffle(self.generator(torch.cat([small, maps[-1]], 1))[-1], self.factor)
+        return F.pixel_shuffle(self._run(x)[1][-1], self.factor)
+
+
+def widened(state_dict: dict[str, torch.Tensor],
+            own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A one-slice vagan's weights for a model of more context slices (``own``: its state
+    dict): the generator's first convolution gets zero weights on the neighbours' channels,
+    so the wider model starts as the trained one-slice model and learns to use them."""
+    out = {}
+    for key, value in state_dict.items():
+        shape = own[key].shape if key in own else value.shape
+        if value.dim() == 4 and value.shape[1] < shape[1] and value.shape[2:] == shape[2:]:
+            value = F.pad(value, (0, 0, 0, 0, 0, shape[1] - value.shape[1]))
+        out[key] = value
+    return out
 
 
 def vagan_generator(width: int = 8, base: int = 32, upsample: str = "bilinear",
-                    depth: str = "reduced", blocks: int = 1,
-                    factor: int = 2) -> HUPreservingDenoiser:
-    """The defaults rebuild the shipped reduced model; the paper's: width 32, base 96,
-    upsample "transpose", depth "paper", blocks 3, factor 1."""
-    return HUPreservingDenoiser(VAGANCore(width, base, factor, upsample, depth, blocks),
-                                context=1)
+                    depth: str = "reduced", blocks: int = 1, factor: int = 2,
+                    context: int = 1) -> HUPreservingDenoiser:
+    """The reduced model by default; the paper's: width 32, base 96, upsample "transpose",
+    depth "paper", blocks 3, factor 1 (one slice)."""
+    return HUPreservingDenoiser(VAGANCore(width, base, factor, upsample, depth, blocks, context),
+                                context=context)
 
 
 class AttentiveDiscriminator(nn.Module):

@@ -47,6 +47,7 @@ from ldct.nets.vagan import (
     downsample,
     noise_mask,
     vagan_generator,
+    widened,
 )
 from ldct.train.losses import log_loss, lsgan, perceptual
 from ldct.train.method import Method, Phase
@@ -75,15 +76,24 @@ class VAGANMethod(Method):
                 "blocks": 1, "factor": 2, "discriminator": "patch", "d_base": 16,
                 "gan_loss": "lsgan", "gan": 0.005, "multiscale": 0.01, "perceptual": 0.5,
                 "d_attention": 0.05, "pretrain_fraction": 0.5,
-                "lr_g": 1e-4, "lr_d": 1e-4, "relative": False}
+                "lr_g": 1e-4, "lr_d": 1e-4, "relative": False, "context": 1}
 
     def __init__(self, hp, pvm=None):
         super().__init__(hp, pvm)
         self.gan_loss = GAN_LOSSES[self.option("gan_loss", GAN_LOSSES)]
 
+    @property
+    def context(self) -> int:
+        """Adjacent slices the generator sees (1: the paper's single image)."""
+        return self.hp["context"]
+
     def factory_kwargs(self):
         return {k: self.hp[k] for k in ("width", "base", "upsample", "depth", "blocks",
-                                        "factor")}
+                                        "factor", "context")}
+
+    def start_from(self, state_dict):
+        """A one-slice model's weights also start a model of more slices (`widened`)."""
+        super().start_from(widened(state_dict, self.deployable().state_dict()))
 
     def build(self):
         kind = self.option("discriminator", DISCRIMINATORS)
@@ -107,6 +117,9 @@ class VAGANMethod(Method):
         doses = hp["doses"] or "every prepared dose"
         data = (f"simulated low dose (doses: {doses}) -> its own normal dose at the same place, "
                 f"{hp['patch']}x{hp['patch']} patches, batch {hp['batch']}")
+        if self.context > 1:
+            data += (f"; stacks of {self.context} adjacent slices in, the centre slice's "
+                     "normal dose the target")
         terms = [f"attention_mse: MSE of each recurrent map to M (1 where |LD - ND| > its "
                  f"mean), step weights {ATTENTION_WEIGHTS}",
                  ("multiscale_mse: image MSE (each sample's relative to its input's) at scales "
@@ -129,11 +142,11 @@ class VAGANMethod(Method):
         return [pretrain, adversarial]
 
     def losses(self, group, batch):
-        ld, nd = batch["ld"], batch["nd"]
         g, d = self.nets["g"], self.nets["d"]
         with torch.set_grad_enabled(group != "d"):
-            maps, noises = g.core.forward_all(hu_to_net(ld))
-            fake = g.remove(ld, noises[-1])
+            maps, noises = g.core.forward_all(hu_to_net(batch["ld"]))
+            fake = g.remove(batch["ld"], noises[-1])
+        ld, nd = g.centre(batch["ld"]), g.centre(batch["nd"])  # what is denoised, its target
         target = noise_mask(ld, nd)
         if group == "d":
             logits_fake, map_fake = d(win(fake.detach()))

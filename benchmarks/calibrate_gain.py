@@ -1,0 +1,99 @@
+"""Calibrate how much of its noise estimate a shipped network removes, on training slabs.
+
+A network can systematically remove too much: n2n25d learned on recorrupted inputs, y + a m,
+which are noisier than the scans it is then given, so at full strength it smooths past the
+best estimate. Its output is the input minus its (high-band) noise estimate, so removing a
+share ``gain`` of that estimate is exactly ``input + gain * (output - input)``. Each candidate
+gain is scored on the same training slabs, kernels and thick case as
+``benchmarks/select_model.py``; the chosen gain has the largest worst-case PSNR gain over the
+input among those that keep CT numbers (the CT-number guard's 3 HU) and raise SSIM everywhere.
+The held-out ircadb17 is never used. ``--write`` stores it in the model's model.pt (``gain``,
+read at load time; retrained and site-adapted versions keep it).
+
+    python benchmarks/calibrate_gain.py --data DIR --thickness 2 n2n25d --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ldct import metrics, registry
+from ldct.ct_guard import THRESHOLD_HU
+from ldct.data import PreparedData
+from ldct.infer import DEFAULT_ENSEMBLE, denoise
+from ldct.simulate import KERNELS
+
+sys.path.insert(0, str(Path(__file__).parent))
+from select_model import training_slabs  # noqa: E402  (the selection's own slabs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", required=True, help="a folder made by `ldct prepare`")
+    ap.add_argument("--dose", type=float, default=0.25)
+    ap.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
+    ap.add_argument("--thickness", type=int, default=2)
+    ap.add_argument("--thick-kernel", choices=KERNELS, default="hann")
+    ap.add_argument("--gains", nargs="+", type=float,
+                    default=[0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1])
+    ap.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE)
+    ap.add_argument("--out", help="report (default benchmarks/quality/gain_NAME.md)")
+    ap.add_argument("--write", action="store_true", help="store the chosen gain in model.pt")
+    ap.add_argument("model", help="registry name, or NAME=weights.pt")
+    args = ap.parse_args()
+    name, _, weights = args.model.partition("=")
+    path = Path(weights) if weights else registry.get(name).weights
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    stored = float(blob.get("gain", 1.0))
+    psnr_gain: dict[float, dict[str, list[float]]] = {g: {} for g in args.gains}
+    ssim_gain = {g: np.inf for g in args.gains}
+    bias = {g: 0.0 for g in args.gains}
+    for slab in training_slabs(PreparedData(args.data), args.dose, args.kernels,
+                               args.thickness, args.thick_kernel):
+        x = slab.low.hu[slab.inner]
+        out = denoise(slab.low, name, weights=str(path), device="cpu",
+                      ensemble=args.ensemble).hu[slab.inner]
+        removed = (out - x) / stored  # what gain 1 removes
+        base, base_ssim = metrics.psnr(x, slab.reference), metrics.ssim(x, slab.reference)
+        for g in args.gains:
+            y = x + g * removed
+            psnr_gain[g].setdefault(slab.condition, []).append(
+                metrics.psnr(y, slab.reference) - base)
+            ssim_gain[g] = min(ssim_gain[g], metrics.ssim(y, slab.reference) - base_ssim)
+            bias[g] = max(bias[g], slab.max_abs_bias(y))
+        print(slab.case, slab.condition,
+              {g: round(v[slab.condition][-1], 2) for g, v in psnr_gain.items()}, flush=True)
+    worst = {g: min(min(v) for v in by.values()) for g, by in psnr_gain.items()}
+    keeping = [g for g in args.gains if bias[g] <= THRESHOLD_HU and ssim_gain[g] > 0]
+    best = max(keeping or args.gains, key=worst.get)
+    conditions = list(psnr_gain[args.gains[0]])
+    argv = sys.argv[1:]
+    command = "python benchmarks/calibrate_gain.py " + " ".join(
+        "DIR" if k and argv[k - 1] == "--data" else a for k, a in enumerate(argv))
+    lines = [f"# {name}: share of its noise estimate removed (training cases only)", "",
+             f"Command: `{command}`. Dose {args.dose:g}, the slabs of `select_model.py`, "
+             f"{args.ensemble} view(s) per slice; weights {path.name} (stored gain "
+             f"{stored:g}). PSNR gain over the input (liver window), mean over the slabs, the "
+             "worst over conditions and slabs, the largest |mean HU change| in flat soft tissue "
+             "and fat, the smallest SSIM gain.", "",
+             "| gain | " + " | ".join(conditions) + " | worst | max abs bias HU | worst SSIM "
+             "gain |", "|---|" + "---|" * (len(conditions) + 3)]
+    lines += [f"| {g:g} | " + " | ".join(f"{np.mean(psnr_gain[g][k]):+.2f}" for k in conditions)
+              + f" | {worst[g]:+.2f} | {bias[g]:.2f} | {ssim_gain[g]:+.4f} |"
+              for g in args.gains]
+    lines += ["", f"Chosen: **{best:g}** (worst {worst[best]:+.2f} dB against "
+              f"{worst.get(1.0, float('nan')):+.2f} dB at gain 1)."]
+    out = Path(args.out or f"benchmarks/quality/gain_{name}.md")
+    out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if args.write:
+        torch.save({**blob, "gain": best}, path)
+
+
+if __name__ == "__main__":
+    main()
