@@ -38,6 +38,7 @@ def training_metadata(weights: Path) -> dict[str, Any]:
             # weights trained before the kernel library (2026-11-28) recorded no kernels; the
             # recipe's code has changed since (n2n25d's recorruption noise source)
             "predates_current_recipe": "kernels" not in hp,
+            "gain": float(blob.get("gain", 1.0)),  # benchmarks/calibrate_gain.py
             "parameters": sum(v.numel() for v in blob["state_dict"].values())}
 
 
@@ -132,7 +133,10 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
              f"{train['patch']}x{train['patch']} patches)",
              f"- Network: {train['parameters']:,} parameters, {train['context']} slice(s) in, "
              f"normalization {train['normalization']}, the input's band below a "
-             f"{keep_sigma:g}-pixel Gaussian kept exactly",
+             f"{keep_sigma:g}-pixel Gaussian kept exactly"
+             + ("" if train["gain"] == 1.0 else
+                f"; it removes {train['gain']:g} of its noise estimate (calibrated on training "
+                f"slabs: `benchmarks/quality/gain_{name}.md`)"),
              f"- Held-out evaluation: {evaluation['case']}, simulated dose {evaluation['dose']:g}, "
              f"command `{evaluation['command']}`, networks averaging "
              f"{evaluation['views_per_slice']} flipped/rotated view(s) per slice (`--ensemble`)",

@@ -24,7 +24,7 @@ def test_card_round_trip(tmp_path, monkeypatch):
                 "hp": {"patch": 64, "batch": 8, "doses": [0.5, 0.1], "kernels": ["hann", "ram-lak"],
                        "overrides": {"steps": 1234, "warmup_fraction": 0.6},
                        "init": "models/n2n25d/model.pt"},
-                "state_dict": net.state_dict()}, folder / "model.pt")
+                "state_dict": net.state_dict(), "gain": 0.9}, folder / "model.pt")
     metrics = {k: float(i) for i, k in enumerate(METRIC_KEYS)}
     baseline = {k: 10.0 + i for i, k in enumerate(METRIC_KEYS)}
     evaluation = {"case": "ircadb17", "dose": 0.25, "command": "ldct evaluate ...",
@@ -49,6 +49,8 @@ def test_card_round_trip(tmp_path, monkeypatch):
     assert ("ldct train n2n25d --data DIR --preset cpu --steps 1234 --set warmup_fraction=0.6 "
             "--init models/n2n25d/model.pt") in text
     assert "reconstruction kernel(s) hann, ram-lak" in card["training_data"]
+    assert card["training"]["gain"] == 0.9
+    assert "it removes 0.9 of its noise estimate (calibrated on training slabs" in text
     assert card["per_kernel"] == [{"kernel": "ram-lak", "input_psnr_db": 14.5, "psnr_db": 19.25,
                                    "ssim": 0.7, "noise_vs_ld": 0.33, "liver_bias_hu": 0.2,
                                    "fat_bias_hu": -1.5}]
@@ -75,11 +77,14 @@ def test_the_recommended_model_is_the_selections_when_it_has_weights(tmp_path, m
 
 def test_the_committed_recommendation_follows_its_rule():
     """models/recommended.json: the best worst-kernel model among those that kept CT numbers
-    within the CT-number guard's 3 HU on the training slabs (benchmarks/select_model.py)."""
+    within the CT-number guard's 3 HU and raised SSIM at every kernel on the training slabs
+    (benchmarks/select_model.py)."""
     record = registry.recommendation()
     worst, bias = record["worst_gain_db"], record["max_abs_bias_hu"]
+    ssim = record["worst_ssim_gain"]
     candidates = [m for m in worst if registry.get(m).kind == "network"]
-    keeping = [m for m in candidates if bias[m] <= THRESHOLD_HU] or candidates
+    keeping = [m for m in candidates
+               if bias[m] <= THRESHOLD_HU and ssim[m] > 0] or candidates
     assert record["model"] == max(keeping, key=worst.get)
     assert record["model"] in registry.names() and registry.get(record["model"]).available()
 

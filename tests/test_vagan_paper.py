@@ -84,8 +84,9 @@ def test_paper_preset_describes_the_paper():
 def test_cpu_preset_still_describes_what_ships():
     shipped = _shipped_state()
     d = describe("vagan", "cpu")
-    assert VAGANMethod.presets["cpu"] == {"steps": 8000}
-    assert d["ships"]["parameters"] == sum(v.numel() for v in shipped.values()) == 68008
+    assert VAGANMethod.presets["cpu"] == {"steps": 8000, "context": 3}
+    assert d["ships"]["parameters"] == sum(v.numel() for v in shipped.values()) == 70312
+    assert d["ships"]["kwargs"]["context"] == d["data"]["slices_per_sample"] == 3
     assert d["networks"]["g"]["conv_layers"] == 15 and d["networks"]["d"]["conv_layers"] == 5
     vagan_generator(**d["ships"]["kwargs"]).load_state_dict(shipped)  # strict: same layout
     assert [p["steps"] for p in d["phases"]] == [4000, 4000]
@@ -93,13 +94,14 @@ def test_cpu_preset_still_describes_what_ships():
     assert d["data"]["batch"] == 8 and d["data"]["patch"] == 64
 
 
-def test_shipped_model_rebuilds_from_the_default_kwargs_with_the_same_outputs():
+def test_shipped_model_rebuilds_from_the_cpu_kwargs_with_the_same_outputs():
     shipped = load_network("vagan", "cpu", str(SHIPPED))
-    rebuilt = vagan_generator()
+    rebuilt = vagan_generator(context=3)
     rebuilt.load_state_dict(_shipped_state())
-    x = 40 + 30 * torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    stack = 40 + 30 * torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(shipped(x), rebuilt.eval()(x))
+        assert torch.equal(shipped(stack), rebuilt.eval()(stack))
+    x = 40 + 30 * torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
     # the default architecture, seeded, gives what the code before the paper variant gave
     # (ce0efdb's ldct/nets/vagan.py, same seed and input): no drift, whatever weights ship
     torch.manual_seed(0)

@@ -24,6 +24,7 @@ WARMED_UP = ("supervised warm-up on simulated low/normal-dose pairs (most steps)
 # the retraining rounds on the kernel library: (warm-up steps, all steps) of each
 ONE_ROUND = ((1200, 2000),)
 THREE_ROUNDS = ((1200, 2000), (3000, 4000), (3000, 4000))
+VAGAN_MSE_ROUNDS = 4  # vagan's final rounds without the GAN stage
 
 # every network: the output is the input minus the high band of the predicted noise (the
 # input's band below a 2-pixel Gaussian, 4 for n2n25d, passes untouched), at half resolution
@@ -113,24 +114,43 @@ register("n2n25d", "MSR2AU adjacent-slice denoiser with recorrupted centre (stag
                       "physics simulator instead.",
                       "The loss is each sample's squared error relative to its measured noise "
                       "power (one scale for every kernel and dose).",
+                      "It removes a calibrated share of its noise estimate (the card's Network "
+                      "line): trained on recorrupted inputs, noisier than the scans it is then "
+                      "given, it smoothed past the best estimate when removing all of it (R2R "
+                      "averages passes over fresh recorruptions instead; the share was chosen on "
+                      "the training slabs, `benchmarks/quality/gain_n2n25d.md`).",
                       "The teacher trains on the full band but ships high-passed (the input "
                       "below a 4-pixel Gaussian kept).",
                       "The paper denoises fluoroscopy frames; here the frames are CT slices.",
                       DATA.format(kernels="through 4 reconstruction kernels, 1-2 slices thick, "
                                   "of which only the low doses were used")
                       ))(n2n25d_student)
-register("vagan", "Visual-attention GAN (reduced: fewer layers than the paper)",
+register("vagan", "Visual-attention GAN (reduced: fewer layers than the paper; 3 adjacent "
+         "slices in; its last rounds without the GAN stage)",
          "vagan-visual-attention-gan.txt", "paired (simulated low doses 0.05-0.5 through 4 "
          "reconstruction kernels with their own normal dose; retrained three times from the "
-         "first version, which had the Hann kernel with half the patches retextured)",
+         "first version, which had the Hann kernel with half the patches retextured, then "
+         f"widened to 3 adjacent slices in: one round with the GAN stage, {VAGAN_MSE_ROUNDS} "
+         "without it)",
          differences=("Reduced networks: the attentive block has 1 of the paper's 3 conv blocks, "
-                      "the generator 7 conv layers against 14 (68k parameters), the "
+                      "the generator 7 conv layers against 14 (70k parameters), the "
                       "discriminator 4 convs with a patch map and a least-squares loss against "
                       "8 convs + a 512-unit fully connected layer and the log loss (the paper "
                       "preset has the paper's).",
+                      "2.5D: the generator also sees the two adjacent slices, whose noise is "
+                      "independent of the centre's while the anatomy is close (the attentive "
+                      "block sees the centre only); the paper's network sees one image. The "
+                      "one-slice weights started it, the neighbours' input weights at zero.",
+                      f"Its last {VAGAN_MSE_ROUNDS} rounds trained the generator alone with the "
+                      "attention and multi-scale losses (the paper's first, PSNR-oriented stage, "
+                      "Adam at 5e-5), with no GAN stage after them: a GAN-ended round lost to "
+                      "non-local means on the training slabs' worst case, these beat it "
+                      "(`models/vagan/training_note.md`). Its texture is that stage's, smoother "
+                      "than a GAN-finished model's.",
                       "The multi-scale loss trains the full band, but the network ships "
                       "high-passed (the input below a 2-pixel Gaussian kept).",
                       "8000 steps of batch 8, then 2000 + 4000 + 4000 retraining steps with the "
-                      "multi-scale MSE relative to each sample's input (the paper: 20 epochs of "
-                      "140,000 patches at batch 32, then the GAN stage, plain MSE).",
+                      "multi-scale MSE relative to each sample's input, then 6000 (3 slices in) "
+                      f"+ {VAGAN_MSE_ROUNDS} x 4000 (the paper: 20 epochs of 140,000 patches at "
+                      "batch 32, then the GAN stage, plain MSE).",
                       CT_ENCODER, *COMMON))(vagan_generator)
