@@ -19,17 +19,15 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from ldct import metrics, registry
-from ldct.ct_guard import THRESHOLD_HU
+from ldct import registry
 from ldct.data import PreparedData
 from ldct.infer import DEFAULT_ENSEMBLE, denoise
 from ldct.simulate import KERNELS
 
 sys.path.insert(0, str(Path(__file__).parent))
-from select_model import training_slabs  # noqa: E402  (the selection's own slabs)
+from select_model import Scores, best, training_slabs  # noqa: E402  (the selection's own)
 
 
 def main() -> None:
@@ -50,28 +48,19 @@ def main() -> None:
     path = Path(weights) if weights else registry.get(name).weights
     blob = torch.load(path, map_location="cpu", weights_only=True)
     stored = float(blob.get("gain", 1.0))
-    psnr_gain: dict[float, dict[str, list[float]]] = {g: {} for g in args.gains}
-    ssim_gain = {g: np.inf for g in args.gains}
-    bias = {g: 0.0 for g in args.gains}
+    scores = {g: Scores() for g in args.gains}
     for slab in training_slabs(PreparedData(args.data), args.dose, args.kernels,
                                args.thickness, args.thick_kernel):
         x = slab.low.hu[slab.inner]
         out = denoise(slab.low, name, weights=str(path), device="cpu",
                       ensemble=args.ensemble).hu[slab.inner]
         removed = (out - x) / stored  # what gain 1 removes
-        base, base_ssim = metrics.psnr(x, slab.reference), metrics.ssim(x, slab.reference)
-        for g in args.gains:
-            y = x + g * removed
-            psnr_gain[g].setdefault(slab.condition, []).append(
-                metrics.psnr(y, slab.reference) - base)
-            ssim_gain[g] = min(ssim_gain[g], metrics.ssim(y, slab.reference) - base_ssim)
-            bias[g] = max(bias[g], slab.max_abs_bias(y))
+        for g, s in scores.items():
+            s.add(slab, x + g * removed)
         print(slab.case, slab.condition,
-              {g: round(v[slab.condition][-1], 2) for g, v in psnr_gain.items()}, flush=True)
-    worst = {g: min(min(v) for v in by.values()) for g, by in psnr_gain.items()}
-    keeping = [g for g in args.gains if bias[g] <= THRESHOLD_HU and ssim_gain[g] > 0]
-    best = max(keeping or args.gains, key=worst.get)
-    conditions = list(psnr_gain[args.gains[0]])
+              {g: round(s.psnr[slab.condition][-1], 2) for g, s in scores.items()}, flush=True)
+    chosen = best(scores)
+    conditions = list(scores[args.gains[0]].psnr)
     argv = sys.argv[1:]
     command = "python benchmarks/calibrate_gain.py " + " ".join(
         "DIR" if k and argv[k - 1] == "--data" else a for k, a in enumerate(argv))
@@ -83,16 +72,15 @@ def main() -> None:
              "and fat, the smallest SSIM gain.", "",
              "| gain | " + " | ".join(conditions) + " | worst | max abs bias HU | worst SSIM "
              "gain |", "|---|" + "---|" * (len(conditions) + 3)]
-    lines += [f"| {g:g} | " + " | ".join(f"{np.mean(psnr_gain[g][k]):+.2f}" for k in conditions)
-              + f" | {worst[g]:+.2f} | {bias[g]:.2f} | {ssim_gain[g]:+.4f} |"
-              for g in args.gains]
-    lines += ["", f"Chosen: **{best:g}** (worst {worst[best]:+.2f} dB against "
-              f"{worst.get(1.0, float('nan')):+.2f} dB at gain 1)."]
+    lines += [f"| {g:g} | {s.row()}" for g, s in scores.items()]
+    at_one = f"{scores[1.0].worst():+.2f} dB at gain 1" if 1.0 in scores else "gain 1 unscored"
+    lines += ["", f"Chosen: **{chosen:g}** (worst {scores[chosen].worst():+.2f} dB against "
+              f"{at_one})."]
     out = Path(args.out or f"benchmarks/quality/gain_{name}.md")
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if args.write:
-        torch.save({**blob, "gain": best}, path)
+        torch.save({**blob, "gain": chosen}, path)
 
 
 if __name__ == "__main__":

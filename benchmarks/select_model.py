@@ -21,8 +21,9 @@ import argparse
 import json
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from ldct.infer import DEFAULT_ENSEMBLE, denoise
 from ldct.io import CTVolume
 from ldct.simulate import KERNELS, simulate_low_dose
 
+K = TypeVar("K")
 SLABS = (("ircadb01", 64, 80), ("tcia_pancreas001", 56, 72))  # (case, first, stop slice)
 
 
@@ -53,6 +55,41 @@ class Slab:
         """The larger |mean HU change| of ``out`` (inner slices) in flat soft tissue and fat."""
         return max(abs(metrics.hu_bias(out, self.reference, region))
                    for region in (self.regions.liver, self.regions.fat))
+
+
+@dataclass
+class Scores:
+    """One candidate over the training slabs: its PSNR gains over the input per condition (one
+    per slab), its smallest SSIM gain and its largest |mean HU change| on any slab."""
+
+    psnr: dict[str, list[float]] = field(default_factory=dict)
+    ssim: float = np.inf
+    bias: float = 0.0
+
+    def add(self, slab: Slab, out: np.ndarray) -> None:
+        """Score ``out`` (the slab's inner slices, denoised) against the slab's input."""
+        low = slab.low.hu[slab.inner]
+        self.psnr.setdefault(slab.condition, []).append(
+            metrics.psnr(out, slab.reference) - metrics.psnr(low, slab.reference))
+        self.ssim = min(self.ssim, metrics.ssim(out, slab.reference)
+                        - metrics.ssim(low, slab.reference))
+        self.bias = max(self.bias, slab.max_abs_bias(out))
+
+    def worst(self) -> float:
+        """The smallest PSNR gain over conditions and slabs."""
+        return min(min(v) for v in self.psnr.values())
+
+    def row(self) -> str:
+        """Mean gain per condition, the worst, the largest bias and smallest SSIM gain."""
+        return (" | ".join(f"{np.mean(v):+.2f}" for v in self.psnr.values())
+                + f" | {self.worst():+.2f} | {self.bias:.2f} | {self.ssim:+.4f} |")
+
+
+def best(scores: dict[K, Scores]) -> K:
+    """The candidate with the largest worst-case PSNR gain among those that keep CT numbers
+    (within the CT-number guard's limit) and raise SSIM everywhere (else among all)."""
+    keeping = [k for k, s in scores.items() if s.bias <= THRESHOLD_HU and s.ssim > 0]
+    return max(keeping or list(scores), key=lambda k: scores[k].worst())
 
 
 def training_slabs(data: PreparedData, dose: float, kernels: list[str], thickness: int = 1,
@@ -103,29 +140,20 @@ def main() -> None:
     scored = [*args.models, args.reference]
     thick = f"{args.thick_kernel} x{args.thickness}" if args.thickness > 1 else None
     conditions = [*args.kernels, *([thick] if thick else [])]
-    gains: dict[str, dict[str, list[float]]] = {m: {k: [] for k in conditions}
-                                                for m in scored}
-    bias: dict[str, float] = {m: 0.0 for m in scored}  # largest |mean HU change|, any region
-    ssim_gain: dict[str, float] = {m: np.inf for m in scored}  # smallest, any kernel and slab
+    scores = {m: Scores() for m in scored}
     for slab in training_slabs(data, args.dose, args.kernels, args.thickness,
                                args.thick_kernel):
-        base = metrics.psnr(slab.low.hu[slab.inner], slab.reference)
-        base_ssim = metrics.ssim(slab.low.hu[slab.inner], slab.reference)
         for spec in scored:
             name, _, weights = spec.partition("=")
-            out = denoise(slab.low, name, weights=weights or None, device="cpu",
-                          ensemble=args.ensemble).hu[slab.inner]
-            gains[spec][slab.condition].append(metrics.psnr(out, slab.reference) - base)
-            ssim_gain[spec] = min(ssim_gain[spec],
-                                  metrics.ssim(out, slab.reference) - base_ssim)
-            bias[spec] = max(bias[spec], slab.max_abs_bias(out))
+            scores[spec].add(slab, denoise(slab.low, name, weights=weights or None, device="cpu",
+                                           ensemble=args.ensemble).hu[slab.inner])
         print(slab.case, slab.condition,
-              {m: round(g[slab.condition][-1], 2) for m, g in gains.items()}, flush=True)
-    worst = {m: min(min(v) for v in g.values()) for m, g in gains.items()}
-    keeping = [m for m in args.models if bias[m] <= THRESHOLD_HU and ssim_gain[m] > 0]
-    best = max(keeping or args.models, key=worst.get)
+              {m: round(s.psnr[slab.condition][-1], 2) for m, s in scores.items()}, flush=True)
+    candidates = {m: scores[m] for m in args.models}
+    chosen, top = best(candidates), scores[best(candidates)]
+    keeping = any(s.bias <= THRESHOLD_HU and s.ssim > 0 for s in candidates.values())
     margin = min(a - b for k in conditions
-                 for a, b in zip(gains[best][k], gains[args.reference][k]))
+                 for a, b in zip(top.psnr[k], scores[args.reference].psnr[k]))
     argv = sys.argv[1:]  # the data folder is the reader's own: DIR
     command = "python benchmarks/select_model.py " + " ".join(
         "DIR" if k and argv[k - 1] == "--data" else a for k, a in enumerate(argv))
@@ -142,27 +170,25 @@ def main() -> None:
              "| model | " + " | ".join(conditions)
              + " | worst | max abs bias HU | worst SSIM gain |",
              "|---|" + "---|" * (len(conditions) + 3)]
-    lines += [f"| {m} | " + " | ".join(f"{np.mean(g[k]):+.2f}" for k in conditions)
-              + f" | {worst[m]:+.2f} | {bias[m]:.2f} | {ssim_gain[m]:+.4f} |"
-              for m, g in gains.items()]
+    lines += [f"| {m} | {s.row()}" for m, s in scores.items()]
     kept = (f"among the models that keep CT numbers within {THRESHOLD_HU:g} HU (the CT-number "
             "guard's limit) and raise SSIM everywhere" if keeping else
             f"(no model kept CT numbers within {THRESHOLD_HU:g} HU and raised SSIM everywhere)")
     across = f"the {', '.join(args.kernels)} kernels" + (f" and {thick} thickness"
                                                            if thick else "")
     reason = (f"largest worst-case PSNR gain over the input across {across} at dose "
-              f"{args.dose:g} on training slabs {kept} ({worst[best]:+.2f} dB, "
-              f"max |bias| {bias[best]:.2f} HU; its smallest margin over {args.reference} at "
+              f"{args.dose:g} on training slabs {kept} ({top.worst():+.2f} dB, "
+              f"max |bias| {top.bias:.2f} HU; its smallest margin over {args.reference} at "
               f"any {'kernel, thickness' if thick else 'kernel'} and slab {margin:+.2f} dB)")
-    lines += ["", f"Recommended: **{best.partition('=')[0]}**: {reason}."]
+    lines += ["", f"Recommended: **{chosen.partition('=')[0]}**: {reason}."]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     if args.write:
-        record = {"model": best.partition("=")[0], "reason": reason, "command": command,
-                  "worst_gain_db": {m.partition("=")[0]: round(v, 3) for m, v in worst.items()},
-                  "max_abs_bias_hu": {m.partition("=")[0]: round(v, 3) for m, v in bias.items()},
-                  "worst_ssim_gain": {m.partition("=")[0]: round(v, 4)
-                                      for m, v in ssim_gain.items()},
+        names = {m: m.partition("=")[0] for m in scores}
+        record = {"model": names[chosen], "reason": reason, "command": command,
+                  "worst_gain_db": {names[m]: round(s.worst(), 3) for m, s in scores.items()},
+                  "max_abs_bias_hu": {names[m]: round(s.bias, 3) for m, s in scores.items()},
+                  "worst_ssim_gain": {names[m]: round(s.ssim, 4) for m, s in scores.items()},
                   "margin_over_reference_db": round(margin, 3)}
         registry.RECOMMENDED_FILE.write_text(json.dumps(record, indent=1) + "\n")
 
