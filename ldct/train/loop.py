@@ -111,8 +111,9 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     if init_weights:
         blob = torch.load(init_weights, map_location="cpu", weights_only=True)
         method.start_from(blob["state_dict"])
-        # a calibrated model's gain stays with its retrained or site-adapted versions
-        method.deployable().gain = float(blob.get("gain", 1.0))
+        # a calibrated model's gain stays with its retrained or site-adapted versions (written
+        # with the weights; training itself runs at gain 1, what the losses were chosen for)
+        method.hp["gain"] = float(blob.get("gain", 1.0))
     method.nets.to(dev)
     if method.pvm is not None:
         method.pvm.to(dev)
@@ -200,7 +201,7 @@ def export(method: Method, name: str, hp: dict[str, Any], preset: str, step: int
     path = out_dir / "model.pt"
     _save_atomic({"method": name, "kwargs": method.factory_kwargs(), "context": method.context,
                   "normalization": "(HU + 1000) / 2000", "state_dict": net.state_dict(),
-                  "gain": net.gain,
+                  "gain": hp.get("gain", 1.0),
                   "steps": step, "wall_s": wall, "preset": preset,
                   "hp": {k: v for k, v in hp.items() if not isinstance(v, torch.Tensor)}}, path)
     return path
