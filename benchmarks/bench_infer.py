@@ -20,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ldct import registry
-from ldct.infer import DEFAULT_ENSEMBLE, _run_network
+from ldct.infer import DEFAULT_ENSEMBLE, _run_network, load_network
 
 SLICES = 8
 
@@ -53,11 +53,7 @@ def main() -> None:
         if info.kind != "network":
             continue
         trained = info.weights.exists()
-        net = info.build().eval()
-        if trained:
-            blob = torch.load(info.weights, map_location="cpu", weights_only=True)
-            net = info.build(**blob["kwargs"]).eval()
-            net.load_state_dict(blob["state_dict"])
+        net = load_network(name, "cpu") if trained else info.build().eval()
         cells = []
         for device in devices:
             net.to(device)

@@ -27,7 +27,12 @@ from ldct.infer import DEFAULT_ENSEMBLE, denoise
 from ldct.simulate import KERNELS
 
 sys.path.insert(0, str(Path(__file__).parent))
-from select_model import Scores, best, training_slabs  # noqa: E402  (the selection's own)
+from select_model import (  # noqa: E402  (the selection's own)
+    Scores,
+    best,
+    slab_conditions,
+    training_slabs,
+)
 
 
 def main() -> None:
@@ -60,7 +65,7 @@ def main() -> None:
         print(slab.case, slab.condition,
               {g: round(s.psnr[slab.condition][-1], 2) for g, s in scores.items()}, flush=True)
     chosen = best(scores)
-    conditions = list(scores[args.gains[0]].psnr)
+    conditions = slab_conditions(args.kernels, args.thickness, args.thick_kernel)
     argv = sys.argv[1:]
     command = "python benchmarks/calibrate_gain.py " + " ".join(
         "DIR" if k and argv[k - 1] == "--data" else a for k, a in enumerate(argv))

@@ -42,7 +42,8 @@ SLABS = (("ircadb01", 64, 80), ("tcia_pancreas001", 56, 72))  # (case, first, st
 @dataclass
 class Slab:
     """A training slab at one dose and kernel (or thickness): the low dose to denoise, the
-    inner slices that are scored (the ends are context only), their normal dose and regions."""
+    inner slices that are scored (the ends are context only), their normal dose and regions,
+    and the low dose's own PSNR and SSIM there (each candidate's gain is over these)."""
 
     case: str
     condition: str
@@ -50,6 +51,13 @@ class Slab:
     inner: slice
     reference: np.ndarray
     regions: Regions
+    input_psnr: float = field(init=False)
+    input_ssim: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        low = self.low.hu[self.inner]
+        self.input_psnr = metrics.psnr(low, self.reference)
+        self.input_ssim = metrics.ssim(low, self.reference)
 
     def max_abs_bias(self, out: np.ndarray) -> float:
         """The larger |mean HU change| of ``out`` (inner slices) in flat soft tissue and fat."""
@@ -68,12 +76,14 @@ class Scores:
 
     def add(self, slab: Slab, out: np.ndarray) -> None:
         """Score ``out`` (the slab's inner slices, denoised) against the slab's input."""
-        low = slab.low.hu[slab.inner]
         self.psnr.setdefault(slab.condition, []).append(
-            metrics.psnr(out, slab.reference) - metrics.psnr(low, slab.reference))
-        self.ssim = min(self.ssim, metrics.ssim(out, slab.reference)
-                        - metrics.ssim(low, slab.reference))
+            metrics.psnr(out, slab.reference) - slab.input_psnr)
+        self.ssim = min(self.ssim, metrics.ssim(out, slab.reference) - slab.input_ssim)
         self.bias = max(self.bias, slab.max_abs_bias(out))
+
+    def keeps(self) -> bool:
+        """CT numbers within the CT-number guard's limit and SSIM raised on every slab."""
+        return self.bias <= THRESHOLD_HU and self.ssim > 0
 
     def worst(self) -> float:
         """The smallest PSNR gain over conditions and slabs."""
@@ -88,23 +98,31 @@ class Scores:
 def best(scores: dict[K, Scores]) -> K:
     """The candidate with the largest worst-case PSNR gain among those that keep CT numbers
     (within the CT-number guard's limit) and raise SSIM everywhere (else among all)."""
-    keeping = [k for k, s in scores.items() if s.bias <= THRESHOLD_HU and s.ssim > 0]
+    keeping = [k for k, s in scores.items() if s.keeps()]
     return max(keeping or list(scores), key=lambda k: scores[k].worst())
+
+
+def slab_conditions(kernels: list[str], thickness: int = 1,
+                    thick_kernel: str = "hann") -> list[str]:
+    """The kernels, then ``thick_kernel`` at ``thickness`` times the slice thickness (as
+    'hann x2') when that is > 1."""
+    return [*kernels, *([f"{thick_kernel} x{thickness}"] if thickness > 1 else [])]
 
 
 def training_slabs(data: PreparedData, dose: float, kernels: list[str], thickness: int = 1,
                    thick_kernel: str = "hann") -> Iterator[Slab]:
     """Each slab of `SLABS` with each kernel's noise at ``dose`` (seeded), and with
     ``thick_kernel``'s at ``thickness`` times the slice thickness when that is > 1."""
-    thick = f"{thick_kernel} x{thickness}" if thickness > 1 else None
+    conditions = slab_conditions(kernels, thickness, thick_kernel)
     for case, first, stop in SLABS:
         if data.manifest["cases"][case]["role"] != "train":
             raise SystemExit(f"{case} is not a training case: select models on training data")
         whole = data.volume(case)
         scored: dict[int, tuple[np.ndarray, Regions]] = {}  # per thickness
-        for condition in [*kernels, *([thick] if thick else [])]:
-            t = thickness if condition == thick else 1
-            kernel = thick_kernel if condition == thick else condition
+        for condition in conditions:
+            thick = condition not in kernels
+            t = thickness if thick else 1
+            kernel = thick_kernel if thick else condition
             # a thick slab covers the same slices' count after averaging t into one
             normal = replace(whole, hu=whole.hu[first:first + (stop - first) * t])
             low = simulate_low_dose(normal, data.simulation(dose, kernel), seed=11,
@@ -138,8 +156,8 @@ def main() -> None:
     args = ap.parse_args()
     data = PreparedData(args.data)
     scored = [*args.models, args.reference]
-    thick = f"{args.thick_kernel} x{args.thickness}" if args.thickness > 1 else None
-    conditions = [*args.kernels, *([thick] if thick else [])]
+    conditions = slab_conditions(args.kernels, args.thickness, args.thick_kernel)
+    thick = conditions[-1] if args.thickness > 1 else None
     scores = {m: Scores() for m in scored}
     for slab in training_slabs(data, args.dose, args.kernels, args.thickness,
                                args.thick_kernel):
@@ -150,8 +168,9 @@ def main() -> None:
         print(slab.case, slab.condition,
               {m: round(s.psnr[slab.condition][-1], 2) for m, s in scores.items()}, flush=True)
     candidates = {m: scores[m] for m in args.models}
-    chosen, top = best(candidates), scores[best(candidates)]
-    keeping = any(s.bias <= THRESHOLD_HU and s.ssim > 0 for s in candidates.values())
+    chosen = best(candidates)
+    top = scores[chosen]
+    keeping = top.keeps()  # the rule's fallback chose among all when none keeps
     margin = min(a - b for k in conditions
                  for a, b in zip(top.psnr[k], scores[args.reference].psnr[k]))
     argv = sys.argv[1:]  # the data folder is the reader's own: DIR
