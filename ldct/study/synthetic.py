@@ -42,3 +42,22 @@ def synthetic_scores(effects: dict[str, float], readers: int = 3, cases: int = 2
                                      "chosen": int(chosen == name),
                                      "reading_seconds": round(float(rng.gamma(4, 8)), 1)})
     return rows
+
+
+def roe_metz(readers: int, cases: int, separation: tuple[float, float], rng: np.random.Generator,
+             prevalence: float = 0.5, case_sd: float = 0.7, reader_sd: float = 0.25,
+             interaction_sd: float = 0.15, noise_sd: float = 0.6,
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence ratings of a simulated ROC study, (2 modalities, readers, cases), and the
+    truth (cases,). A Roe-Metz-like latent model: a diseased case's score is raised by the
+    modality's ``separation`` plus a reader effect and a modality-by-reader effect (so AUC
+    varies over readers); every case has a case effect shared by all readers and modalities
+    and a modality-by-case effect; each reading adds its own noise."""
+    truth = np.zeros(cases, dtype=bool)
+    truth[: max(1, int(round(prevalence * cases)))] = True
+    mean = np.asarray(separation, dtype=float)[:, None, None]
+    reader = rng.normal(0, reader_sd, (1, readers, 1)) + rng.normal(0, interaction_sd,
+                                                                     (2, readers, 1))
+    case = rng.normal(0, case_sd, (1, 1, cases)) + rng.normal(0, case_sd / 2, (2, 1, cases))
+    ratings = (mean + reader) * truth + case + rng.normal(0, noise_sd, (2, readers, cases))
+    return ratings, truth
