@@ -265,8 +265,12 @@ def cmd_study(args: argparse.Namespace) -> None:
     if args.action == "report":
         result = write_report(read_scores(args.target), args.out,
                               title=f"Reader study: {Path(args.target).stem}")
-        console.print(f"wrote {args.out}/report.md, report.html, figures and scores.csv "
-                      f"({len(result.readers)} readers, {len(result.conditions)} conditions)")
+        console.print(f"wrote {args.out}/report.md, report.html, mrmc.csv, figures and "
+                      f"scores.csv ({len(result.readers)} readers, {len(result.conditions)} "
+                      "conditions)")
+        return
+    if args.action == "plan":
+        _study_plan(args)
         return
     service = StudyService(args.root or study_root())
     if args.action == "create":
@@ -302,6 +306,32 @@ def cmd_study(args: argparse.Namespace) -> None:
         rows = service.export_rows(args.target, token)
         write_scores(rows, args.out)
         console.print(f"wrote {len(rows)} score rows to {args.out}")
+
+
+def _study_plan(args: argparse.Namespace) -> None:
+    """Readers x cases for a FOM difference and power, from a pilot's OR components."""
+    from ldct.study.analysis import pilot_components
+    from ldct.study.mrmc import plan
+
+    if args.effect is None or args.effect <= 0:
+        raise ValueError("plan needs --effect: the difference of figures of merit to detect "
+                         "(AUC for a detection criterion, e.g. 0.05; Likert points, e.g. 0.3)")
+    low, _, high = args.readers.partition("-")
+    if not (low.isdigit() and high.isdigit() and 2 <= int(low) <= int(high)):
+        raise ValueError(f"--readers must be a range like 3-15 (at least 2), got "
+                         f"{args.readers!r}")
+    components, pilot_cases, row = pilot_components(args.target, args.criterion, args.model)
+    console.print(f"pilot: {row['criterion']} / {row['model']}, {pilot_cases} cases; OR "
+                  f"var(TR) {components.var_treatment_reader:.3g}, Var "
+                  f"{components.var_error:.3g}, Cov1 {components.cov1:.3g}, Cov2 "
+                  f"{components.cov2:.3g}, Cov3 {components.cov3:.3g}\nHillis-Obuchowski-"
+                  f"Berbaum sample size, random readers and cases: difference {args.effect}, "
+                  f"power {args.power}, alpha {args.alpha}", highlight=False)
+    print("readers,cases,power", flush=True)
+    for entry in plan(args.effect, components, pilot_cases,
+                      range(int(low), int(high) + 1), args.power, args.alpha):
+        print(f"{entry['readers']},{entry['cases'] or 'unreachable'},"
+              f"{'' if entry['power'] is None else round(entry['power'], 3)}", flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -430,17 +460,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("study", help="reader studies: create, add-reader, status, close, "
-                                     "export, report")
+                                     "export, report, plan")
     p.add_argument("action", choices=["create", "add-reader", "status", "close", "export",
-                                       "report"])
-    p.add_argument("target", help="create: the study YAML; report: an exported CSV; "
-                                  "otherwise: the study id")
+                                       "report", "plan"])
+    p.add_argument("target", help="create: the study YAML; report: an exported CSV; plan: a "
+                                  "pilot's exported CSV or its report's mrmc.csv; otherwise: "
+                                  "the study id")
     p.add_argument("--root", help="folder of the studies (default $LDCT_STUDY_ROOT or "
                                   "~/.cache/ldct/reader_studies)")
     p.add_argument("--token", help="the coordinator token printed by create")
     p.add_argument("--reader", help="add-reader: the reader id to add (or to give a new token)")
     p.add_argument("--out", help="export: the CSV to write; report: the output folder")
     p.add_argument("--device", default="auto", help="create: where the models run")
+    p.add_argument("--effect", type=float, help="plan: the FOM difference to detect")
+    p.add_argument("--power", type=float, default=0.8, help="plan: the power wanted")
+    p.add_argument("--alpha", type=float, default=0.05, help="plan: the test's level")
+    p.add_argument("--readers", default="3-15", help="plan: the reader counts to consider")
+    p.add_argument("--criterion", help="plan: the pilot's criterion (if it has several)")
+    p.add_argument("--model", help="plan: the pilot's model (if it has several)")
     p.set_defaults(func=cmd_study)
     return parser
 

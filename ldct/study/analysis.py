@@ -1,6 +1,10 @@
 """Statistics of a reader study from its exported score table (one row per reader, item side,
 criterion: see ``StudyService.export_rows``).
 
+The primary analysis is MRMC (`ldct.study.mrmc`): Obuchowski-Rockette with Hillis's df, random
+readers and cases, of each model against the reference per criterion: AUC for a detection
+criterion, mean score for a Likert one. The rest is secondary, on the Likert criteria:
+
 - per condition and criterion: mean with a 95 % t confidence interval;
 - paired Wilcoxon signed-rank tests of each model against the reference, pairing the mean
   score of a (reader, case) under both conditions, Holm-corrected over all tests;
@@ -23,20 +27,32 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score
 
+from ldct.study.mrmc import Components, obuchowski_rockette
+
 ALPHA = 0.05
 FIELDS = ("reader", "case", "position", "presentation", "reference", "condition",
-          "compared_with", "side", "criterion", "score", "chosen", "reading_seconds")
+          "compared_with", "side", "criterion", "score", "chosen", "reading_seconds", "task",
+          "truth")
+OPTIONAL = {"task": "likert", "truth": ""}  # exports made before detection tasks lack them
+MRMC_FIELDS = ("criterion", "task", "model", "fom", "fom_model", "fom_original", "difference",
+               "ci_low", "ci_high", "df", "p", "F", "readers", "cases", "covariance",
+               "fixed_readers_ci_low", "fixed_readers_ci_high", "fixed_readers_p",
+               "fixed_cases_ci_low", "fixed_cases_ci_high", "fixed_cases_df", "fixed_cases_p",
+               "var_reader", "var_treatment_reader", "var_error", "cov1", "cov2", "cov3")
 
 
 def read_scores(path: str | Path) -> list[dict[str, Any]]:
     """The exported CSV, typed."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    missing = set(FIELDS) - set(rows[0] if rows else FIELDS)
+    missing = set(FIELDS) - set(OPTIONAL) - set(rows[0] if rows else FIELDS)
     if missing or not rows:
         raise ValueError(f"{path}: not a study export (missing columns {sorted(missing)} or "
                          "no rows); export it with `ldct study export`.")
     for row in rows:
+        for key, default in OPTIONAL.items():
+            row.setdefault(key, default)
+        row["truth"] = None if row["truth"] in ("", None) else int(row["truth"])
         row["score"] = int(row["score"])
         row["chosen"] = None if row["chosen"] == "" else int(row["chosen"])
         row["reading_seconds"] = float(row["reading_seconds"])
@@ -51,7 +67,8 @@ def write_scores(rows: list[dict[str, Any]], target: str | Path | TextIO) -> Non
         return
     writer = csv.DictWriter(target, fieldnames=FIELDS)
     writer.writeheader()
-    writer.writerows({k: row[k] for k in FIELDS} for row in rows)
+    writer.writerows({k: "" if row.get(k) is None else row.get(k, OPTIONAL.get(k))
+                      for k in FIELDS} for row in rows)
 
 
 @dataclass
@@ -116,11 +133,13 @@ def krippendorff_alpha_ordinal(units: list[list[int]], categories: tuple[int, ..
 
 
 def analyse(rows: list[dict[str, Any]]) -> Analysis:
-    """Every statistic of the report from the exported rows."""
+    """Every secondary statistic of the report from the exported rows (scores of detection
+    criteria are confidence ratings: only the MRMC analysis uses them)."""
     conditions = sorted({r["condition"] for r in rows})
-    criteria = sorted({r["criterion"] for r in rows})
     readers = sorted({r["reader"] for r in rows})
     reference = rows[0]["reference"]
+    everything, rows = rows, [r for r in rows if r.get("task") != "detection"]
+    criteria = sorted({r["criterion"] for r in rows})
     cell: dict[tuple, list[int]] = defaultdict(list)  # (criterion, condition, reader, case)
     for r in rows:
         cell[(r["criterion"], r["condition"], r["reader"], r["case"])].append(r["score"])
@@ -156,7 +175,7 @@ def analyse(rows: list[dict[str, Any]]) -> Analysis:
 
     preferences = []
     choices = {}
-    for r in rows:
+    for r in everything:
         if r["chosen"] is not None and r["compared_with"]:
             choices[(r["reader"], r["case"], r["condition"], r["compared_with"])] = r["chosen"]
     for condition in (c for c in conditions if c != reference):
@@ -192,7 +211,7 @@ def analyse(rows: list[dict[str, Any]]) -> Analysis:
 
     reading = []
     seen = {}
-    for r in rows:
+    for r in everything:
         seen[(r["reader"], r["case"], r["condition"], r["compared_with"])] = r["reading_seconds"]
     for condition in conditions:
         times = np.array([t for (_, _, c, _), t in seen.items() if c == condition])
@@ -201,7 +220,105 @@ def analyse(rows: list[dict[str, Any]]) -> Analysis:
 
     per_reader = {reader: {condition: float(np.mean(
         [r["score"] for r in rows if r["reader"] == reader and r["condition"] == condition]))
-        for condition in conditions} for reader in readers}
+        for condition in conditions} for reader in readers} if rows else {}
     return Analysis(reference, conditions, criteria, readers, means, tests, preferences,
                     agreement, reading, per_reader)
 
+
+
+def mrmc_inputs(rows: list[dict[str, Any]], criterion: str, model: str
+                ) -> tuple[np.ndarray, np.ndarray | None, list[str], list[str]]:
+    """Ratings (reference and ``model``, readers, cases) of one criterion, for the MRMC
+    analysis: a reader's score of a case under a condition, averaged where it was scored more
+    than once (the reference side of each pair with this model; in ``single``, each
+    presentation); only cases every reader scored under both; the truth for detection."""
+    reference = rows[0]["reference"]
+    cell: dict[tuple, list[int]] = defaultdict(list)
+    truth: dict[str, int] = {}
+    for r in rows:
+        if r["criterion"] != criterion:
+            continue
+        if r["condition"] == model or (r["condition"] == reference
+                                       and r["compared_with"] in (model, "")):
+            cell[(r["condition"] == model, r["reader"], r["case"])].append(r["score"])
+            if r.get("task") == "detection":
+                truth[r["case"]] = r["truth"]
+    readers = sorted({reader for _, reader, _ in cell})
+    cases = sorted(case for case in {case for _, _, case in cell}
+                   if all((side, reader, case) in cell for side in (False, True)
+                          for reader in readers))
+    ratings = np.array([[[np.mean(cell[(side, reader, case)]) for case in cases]
+                         for reader in readers] for side in (False, True)], dtype=float)
+    return ratings, (np.array([truth[c] for c in cases], dtype=bool) if truth else None), \
+        readers, cases
+
+
+def mrmc_table(rows: list[dict[str, Any]], alpha: float = ALPHA) -> list[dict[str, Any]]:
+    """The MRMC analysis (``MRMC_FIELDS``), one row per criterion and model against the
+    reference: OR with Hillis's df (random readers and cases), and the fixed-reader and
+    fixed-case analyses, with the OR variance components."""
+    reference = rows[0]["reference"]
+    tasks = {r["criterion"]: r.get("task", "likert") for r in rows}
+    table = []
+    for criterion in sorted(tasks):
+        for model in sorted({r["condition"] for r in rows} - {reference}):
+            ratings, truth, readers, cases = mrmc_inputs(rows, criterion, model)
+            if len(readers) < 2 or len(cases) < 2:
+                continue  # nothing an MRMC analysis can generalize from
+            result = obuchowski_rockette(ratings, truth, alpha=alpha)
+            random, fixed_r, fixed_c = result.random, result.fixed_readers, result.fixed_cases
+            table.append({
+                "criterion": criterion, "task": tasks[criterion], "model": model,
+                "fom": "AUC (empirical)" if truth is not None else "mean score",
+                "fom_model": result.fom[1], "fom_original": result.fom[0],
+                "difference": random.difference, "ci_low": random.ci_low,
+                "ci_high": random.ci_high, "df": random.df, "p": random.p,
+                "F": random.statistic, "readers": len(readers), "cases": len(cases),
+                "covariance": result.covariance,
+                "fixed_readers_ci_low": fixed_r.ci_low, "fixed_readers_ci_high": fixed_r.ci_high,
+                "fixed_readers_p": fixed_r.p, "fixed_cases_ci_low": fixed_c.ci_low,
+                "fixed_cases_ci_high": fixed_c.ci_high, "fixed_cases_df": fixed_c.df,
+                "fixed_cases_p": fixed_c.p,
+                **{name: getattr(result.components, name) for name in
+                   ("var_reader", "var_treatment_reader", "var_error", "cov1", "cov2",
+                    "cov3")}})
+    return table
+
+
+def write_mrmc(table: list[dict[str, Any]], path: str | Path) -> None:
+    """mrmc.csv: one row per criterion and model (``MRMC_FIELDS``)."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=MRMC_FIELDS)
+        writer.writeheader()
+        writer.writerows(table)
+
+
+def pilot_components(path: str | Path, criterion: str | None = None,
+                     model: str | None = None) -> tuple[Components, int, dict[str, Any]]:
+    """OR components and the number of cases of a pilot study, for planning: from its
+    ``mrmc.csv`` (a report's) or its exported scores; the row of ``criterion`` and ``model``
+    (either may be omitted when the file has one)."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        is_mrmc = set(MRMC_FIELDS) <= set(reader.fieldnames or [])
+        table = [{k: _number(v) for k, v in row.items()} for row in reader] if is_mrmc else []
+    if not is_mrmc:
+        table = mrmc_table(read_scores(path))
+    chosen = [row for row in table if criterion in (None, row["criterion"])
+              and model in (None, row["model"])]
+    if len(chosen) != 1:
+        raise ValueError(f"{path}: {len(chosen)} MRMC rows match criterion={criterion} "
+                         f"model={model}; choose one of " + ", ".join(
+                             f"{row['criterion']}/{row['model']}" for row in table))
+    row = chosen[0]
+    values = {name: float(row[name]) for name in ("var_reader", "var_treatment_reader",
+                                                    "var_error", "cov1", "cov2", "cov3")}
+    return Components(**values, ms_t=float("nan"), ms_r=float("nan"), ms_tr=float("nan")), \
+        int(row["cases"]), row
+
+
+def _number(text: str) -> Any:
+    try:
+        return float(text)
+    except ValueError:
+        return text

@@ -18,6 +18,20 @@ Example::
       - name: noise
         question: Image noise
         anchors: {1: unacceptable, 3: acceptable, 5: excellent}
+
+A detection task (ROC) adds the truth to every case and a confidence criterion::
+
+    cases:
+      - {id: c1, image: volumes/c1.nrrd, lesion: true, location: [212, 240, 31]}  # voxel i, j, k
+      - {id: c2, image: volumes/c2.nrrd, lesion: false}
+    criteria:
+      - name: lesion
+        task: detection          # a confidence rating per image, analysed as ROC AUC
+        question: Is there a liver lesion?
+        scale: [1, 5]            # or [0, 100]; the Slicer panel shows 1-5
+        anchors: {1: definitely no lesion, 3: unsure, 5: definitely a lesion}
+
+The truth (lesion, location) never reaches a reader.
 """
 
 from __future__ import annotations
@@ -31,6 +45,9 @@ import yaml
 
 PRESENTATIONS = ("single", "pairs")
 LIKERT = (1, 2, 3, 4, 5)
+TASKS = ("likert", "detection")
+DETECTION_SCALES = ((1, 5), (0, 100))
+DETECTION_ANCHORS = {1: "definitely no lesion", 3: "unsure", 5: "definitely a lesion"}
 
 
 class StudyDefinitionError(ValueError):
@@ -43,6 +60,8 @@ class Case:
     image: str = ""  # a file path
     datastore: str = ""  # a datastore image id
     dicomweb: dict[str, str] = field(default_factory=dict)  # url, study, series
+    lesion: bool | None = None  # the truth of a detection task (None: not stated)
+    location: tuple[float, ...] = ()  # the lesion's voxel (i, j, k), when known
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,13 @@ class Criterion:
     name: str
     question: str
     anchors: dict[int, str]
+    task: str = "likert"  # or "detection": a confidence rating scored against the truth
+    scale: tuple[int, int] = (1, 5)  # the lowest and highest rating
+
+    def accepts(self, value: Any) -> bool:
+        """An integer rating on this criterion's scale."""
+        return (isinstance(value, int) and not isinstance(value, bool)
+                and self.scale[0] <= value <= self.scale[1])
 
 
 @dataclass(frozen=True)
@@ -92,7 +118,8 @@ class StudyDefinition:
         return {"study": self.study_id, "name": self.name, "presentation": self.presentation,
                 "window": {"width": self.window[0], "level": self.window[1]},
                 "criteria": [{"name": c.name, "question": c.question,
-                              "anchors": {str(k): v for k, v in c.anchors.items()}}
+                              "anchors": {str(k): v for k, v in c.anchors.items()},
+                              "task": c.task, "scale": list(c.scale)}
                              for c in self.criteria],
                 "forced_choice": self.presentation == "pairs"}
 
@@ -146,7 +173,7 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
                 raise StudyDefinitionError(f"{where}: dicomweb needs url, study and series")
         cases.append(Case(str(_need(entry, "id", where, (str, int))),
                           str(entry.get("image", "")), str(entry.get("datastore", "")),
-                          dict(entry.get("dicomweb", {}))))
+                          dict(entry.get("dicomweb", {})), *_truth(entry, where)))
     if not cases:
         raise StudyDefinitionError("cases must list at least one case")
     _unique([c.id for c in cases], "case ids")
@@ -173,24 +200,69 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
         where = f"criteria[{k}]"
         if not isinstance(entry, dict):
             raise StudyDefinitionError(f"{where} must be a mapping with name, question, anchors")
-        anchors = entry.get("anchors", {})
+        task = entry.get("task", "likert")
+        if task not in TASKS:
+            raise StudyDefinitionError(f"{where}: task must be one of {TASKS}, got {task!r}")
+        scale = _scale(entry, task, where)
+        anchors = entry.get("anchors", DETECTION_ANCHORS if task == "detection" else {})
         if isinstance(anchors, dict):  # JSON (the stored copy) has the points as strings
             anchors = {int(k) if str(k).isdigit() else k: v for k, v in anchors.items()}
-        if not isinstance(anchors, dict) or not anchors or not set(anchors) <= set(LIKERT):
-            raise StudyDefinitionError(f"{where}: anchors must label points of the 1-5 scale, "
-                                       "e.g. {1: unacceptable, 5: excellent}")
+        if (not isinstance(anchors, dict) or not anchors
+                or not all(isinstance(k, int) and scale[0] <= k <= scale[1] for k in anchors)):
+            raise StudyDefinitionError(f"{where}: anchors must label points of the "
+                                       f"{scale[0]}-{scale[1]} scale, e.g. "
+                                       f"{{{scale[0]}: unacceptable, {scale[1]}: excellent}}")
         criteria.append(Criterion(str(_need(entry, "name", where)),
                                   str(entry.get("question", entry["name"])),
-                                  {int(k): str(v) for k, v in sorted(anchors.items())}))
+                                  {int(k): str(v) for k, v in sorted(anchors.items())},
+                                  task, scale))
     if not criteria:
         raise StudyDefinitionError("criteria must list at least one criterion")
     _unique([c.name for c in criteria], "criterion names")
+    if any(c.task == "detection" for c in criteria):
+        _check_truth(cases)
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise StudyDefinitionError(f"study: seed must be a whole number, got {seed!r}")
     return StudyDefinition(str(_need(data, "name", "study")), seed,
                            presentation, (width, level), tuple(readers), tuple(cases),
                            tuple(conditions), tuple(criteria), base_dir)
+
+
+def _truth(entry: dict, where: str) -> tuple[bool | None, tuple[float, ...]]:
+    """A case's lesion truth and location (voxel i, j, k), checked."""
+    lesion = entry.get("lesion")
+    if lesion is not None and not isinstance(lesion, bool):
+        raise StudyDefinitionError(f"{where}: lesion must be true or false, got {lesion!r}")
+    location = entry.get("location", [])
+    if location and (not lesion or not isinstance(location, list) or len(location) != 3
+                     or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                for v in location)):
+        raise StudyDefinitionError(f"{where}: location is the lesion's voxel [i, j, k] and "
+                                   "needs lesion: true")
+    return lesion, tuple(float(v) for v in location)
+
+
+def _scale(entry: dict, task: str, where: str) -> tuple[int, int]:
+    """A criterion's rating scale: 1-5 for Likert, 1-5 or 0-100 for a detection confidence."""
+    scale = entry.get("scale", [1, 5])
+    allowed = DETECTION_SCALES if task == "detection" else ((LIKERT[0], LIKERT[-1]),)
+    if not isinstance(scale, list) or tuple(scale) not in allowed:
+        raise StudyDefinitionError(f"{where}: scale must be one of "
+                                   f"{[list(s) for s in allowed]} for a {task} criterion, got "
+                                   f"{scale!r}")
+    return int(scale[0]), int(scale[1])
+
+
+def _check_truth(cases: list[Case]) -> None:
+    """A detection task needs the truth of every case, with and without lesions."""
+    unknown = [c.id for c in cases if c.lesion is None]
+    if unknown:
+        raise StudyDefinitionError(f"a detection criterion needs every case's truth: add "
+                                   f"lesion: true or false to cases {', '.join(unknown)}")
+    if all(c.lesion for c in cases) or not any(c.lesion for c in cases):
+        raise StudyDefinitionError("a detection study needs cases with and without a lesion "
+                                   "(ROC AUC compares them)")
 
 
 def load(path: str | Path) -> StudyDefinition:

@@ -1,4 +1,5 @@
-"""`ldct study report`: the analysis as figures, a markdown and an HTML report, and the raw CSV."""
+"""`ldct study report`: the analysis as figures, a markdown and an HTML report, the MRMC table
+(mrmc.csv) and the raw CSV."""
 
 from __future__ import annotations
 
@@ -13,23 +14,33 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ldct.study.analysis import Analysis, analyse, write_scores  # noqa: E402
+from ldct.study.analysis import (  # noqa: E402
+    Analysis,
+    analyse,
+    mrmc_table,
+    write_mrmc,
+    write_scores,
+)
 
 
 def write_report(rows: list[dict[str, Any]], out_dir: str | Path, title: str = "Reader study"
                  ) -> Analysis:
-    """Analyse ``rows`` and write scores.csv, the PNG figures, report.md and report.html."""
+    """Analyse ``rows`` and write scores.csv, mrmc.csv, the PNG figures, report.md and
+    report.html."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = analyse(rows)
+    table = mrmc_table(rows)
     write_scores(rows, out_dir / "scores.csv")
-    figures = {"scores.png": _bars(result), "readers.png": _heatmap(result)}
+    write_mrmc(table, out_dir / "mrmc.csv")
+    figures = {"scores.png": _bars(result), "readers.png": _heatmap(result)} \
+        if result.criteria else {}
     if result.preferences:
         figures["preference.png"] = _preference(result)
     for name, fig in figures.items():
         fig.savefig(out_dir / name, dpi=110)
         plt.close(fig)
-    markdown = _markdown(result, title, list(figures))
+    markdown = _markdown(result, table, title, list(figures))
     (out_dir / "report.md").write_text(markdown)
     (out_dir / "report.html").write_text(_html(markdown, out_dir, list(figures), title))
     return result
@@ -83,19 +94,63 @@ def _preference(a: Analysis):
     return fig
 
 
-def _markdown(a: Analysis, title: str, figures: list[str]) -> str:
-    lines = [f"# {title}", "",
-             f"Readers: {', '.join(a.readers)}. Reference: `{a.reference}`. Scores 1-5 "
-             "(higher is better). Tests: paired Wilcoxon signed-rank on the mean score of each "
-             "(reader, case), Holm-corrected over all tests, alpha 0.05.", "",
-             "## Scores (mean, 95 % CI)", "", "| condition | " + " | ".join(a.criteria) + " |",
+def _mrmc_markdown(table: list[dict[str, Any]]) -> list[str]:
+    """The primary analysis: OR random readers and cases; fixed readers, fixed cases; the
+    variance components."""
+    lines = ["## MRMC analysis (primary)", "",
+             "Obuchowski-Rockette with Hillis's denominator df: readers and cases random, so "
+             "the result generalizes to other readers and cases. Figure of merit: empirical "
+             "(trapezoidal, Wilcoxon) AUC of the confidence ratings for a detection criterion "
+             "(covariances over cases by DeLong's method), the mean score for a Likert "
+             "criterion (jackknife covariances). Each model against the reference, 95 % CIs. "
+             "All columns are in mrmc.csv.", ""]
+    if not table:
+        return lines + ["No criterion has 2 readers who scored 2 common cases under a model "
+                        "and the reference: no MRMC analysis.", ""]
+    lines += ["| criterion | model | FOM | reference | model | difference [95 % CI] | df | "
+              "p | finding |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in table:
+        finding = ("no significant difference" if row["p"] >= 0.05 else
+                   "significantly higher" if row["difference"] > 0 else "significantly lower")
+        lines.append(f"| {row['criterion']} | {row['model']} | {row['fom']} | "
+                     f"{row['fom_original']:.3f} | {row['fom_model']:.3f} | "
+                     f"{row['difference']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]"
+                     f" | {row['df']:.1f} | {row['p']:.3g} | {finding} |")
+    lines += ["", "Fixed readers (inference for these readers only; random cases) and fixed "
+              "cases (these cases only; random readers):", "",
+              "| criterion | model | fixed readers: 95 % CI | p | fixed cases: 95 % CI | df | p |",
+              "|---|---|---|---|---|---|---|"]
+    for row in table:
+        lines.append(f"| {row['criterion']} | {row['model']} | "
+                     f"[{row['fixed_readers_ci_low']:+.3f}, {row['fixed_readers_ci_high']:+.3f}]"
+                     f" | {row['fixed_readers_p']:.3g} | [{row['fixed_cases_ci_low']:+.3f}, "
+                     f"{row['fixed_cases_ci_high']:+.3f}] | {row['fixed_cases_df']:.0f} | "
+                     f"{row['fixed_cases_p']:.3g} |")
+    lines += ["", "OR variance components (reader, treatment x reader; error variance and "
+              "covariances of the FOM over cases):", "",
+              "| criterion | model | readers x cases | var(R) | var(TR) | Var | Cov1 | Cov2 | "
+              "Cov3 |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in table:
+        lines.append(f"| {row['criterion']} | {row['model']} | {row['readers']} x "
+                     f"{row['cases']} | " + " | ".join(
+                         f"{row[name]:.3g}" for name in ("var_reader", "var_treatment_reader",
+                                                        "var_error", "cov1", "cov2", "cov3"))
+                     + " |")
+    return lines + [""]
+
+
+def _likert_markdown(a: Analysis) -> list[str]:
+    lines = ["Likert scores 1-5 (higher is better). Tests: paired Wilcoxon signed-rank on the "
+             "mean score of each (reader, case), Holm-corrected over all tests, alpha 0.05; "
+             "they treat readers as fixed and cases as independent.", "",
+             "### Scores (mean, 95 % CI)", "", "| condition | " + " | ".join(a.criteria) + " |",
              "|---|" + "---|" * len(a.criteria)]
     for condition in a.conditions:
         cells = {m["criterion"]: m for m in a.means if m["condition"] == condition}
         lines.append(f"| {condition} | " + " | ".join(
             f"{cells[c]['mean']:.2f} [{cells[c]['ci_low']:.2f}, {cells[c]['ci_high']:.2f}]"
             for c in a.criteria) + " |")
-    lines += ["", f"## Against `{a.reference}`", "",
+    lines += ["", f"### Against `{a.reference}`", "",
               "| condition | criterion | pairs | mean difference | p | p (Holm) | finding |",
               "|---|---|---|---|---|---|---|"]
     for t in a.tests:
@@ -103,24 +158,32 @@ def _markdown(a: Analysis, title: str, figures: list[str]) -> str:
                    "significantly higher" if t["mean_diff"] > 0 else "significantly lower")
         lines.append(f"| {t['condition']} | {t['criterion']} | {t['n_pairs']} | "
                      f"{t['mean_diff']:+.2f} | {t['p']:.3g} | {t['p_holm']:.3g} | {finding} |")
+    return lines
+
+
+def _markdown(a: Analysis, table: list[dict[str, Any]], title: str, figures: list[str]) -> str:
+    lines = [f"# {title}", "", f"Readers: {', '.join(a.readers)}. Reference: `{a.reference}`.",
+             "", *_mrmc_markdown(table), "## Secondary statistics", ""]
+    if a.criteria:
+        lines += _likert_markdown(a)
     if a.preferences:
-        lines += ["", "## Forced choice", "", "| condition | preferred / pairs | rate (95 % CI) "
+        lines += ["", "### Forced choice", "", "| condition | preferred / pairs | rate (95 % CI) "
                   "| p (binomial vs 0.5) |", "|---|---|---|---|"]
         for p in a.preferences:
             lines.append(f"| {p['condition']} | {p['preferred']} / {p['n']} | {p['rate']:.2f} "
                          f"[{p['ci_low']:.2f}, {p['ci_high']:.2f}] | {p['p']:.3g} |")
     if a.agreement:
-        lines += ["", "## Inter-reader agreement", "", "| criterion | statistic | value | items |",
+        lines += ["", "### Inter-reader agreement", "", "| criterion | statistic | value | items |",
                   "|---|---|---|---|"]
         for g in a.agreement:
             lines.append(f"| {g['criterion']} | {g['statistic']} | {g['value']:.3f} | "
                          f"{g['n_items']} |")
-    lines += ["", "## Reading time per item", "", "| condition | items | median (s) | mean (s) |",
+    lines += ["", "### Reading time per item", "", "| condition | items | median (s) | mean (s) |",
               "|---|---|---|---|"]
     for r in a.reading:
         lines.append(f"| {r['condition']} | {r['n']} | {r['median_s']:.1f} | {r['mean_s']:.1f} |")
     lines += ["", "## Figures", ""] + [f"![{name}]({name})" for name in figures]
-    lines += ["", "Raw scores: [scores.csv](scores.csv)", ""]
+    lines += ["", "Raw scores: [scores.csv](scores.csv); MRMC table: [mrmc.csv](mrmc.csv)", ""]
     return "\n".join(lines)
 
 
@@ -132,4 +195,5 @@ def _html(markdown: str, out_dir: Path, figures: list[str], title: str) -> str:
     text = markdown.split("## Figures")[0]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
             f"</title></head><body><pre>{html.escape(text)}</pre>{images}"
-            "<p>Raw scores: <a href='scores.csv'>scores.csv</a></p></body></html>")
+            "<p>Raw scores: <a href='scores.csv'>scores.csv</a>; MRMC table: "
+            "<a href='mrmc.csv'>mrmc.csv</a></p></body></html>")

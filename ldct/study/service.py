@@ -31,7 +31,7 @@ from ldct.access import reader_refusal
 from ldct.auth import TokenStore
 from ldct.infer import denoise
 from ldct.io import CTVolume, read_volume, write_volume
-from ldct.study.definition import LIKERT, StudyDefinition, parse
+from ldct.study.definition import StudyDefinition, parse
 from ldct.study.store import StudyStore
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
@@ -344,6 +344,8 @@ class StudyService:
         """Unblinded scores, one row per (reader, item side, criterion)."""
         store = self._coordinator(study, token)
         definition = parse(store.meta()["definition"])
+        tasks = {c.name: c.task for c in definition.criteria}
+        truth = {c.id: c.lesion for c in definition.cases}
         rows = []
         for r in store.scored_rows():
             payload = json.loads(r["payload"])
@@ -359,7 +361,10 @@ class StudyService:
                                  "side": side, "criterion": criterion, "score": score,
                                  "chosen": "" if r["choice"] is None
                                  else int(r["choice"] == side),
-                                 "reading_seconds": round(r["reading_seconds"] or 0.0, 2)})
+                                 "reading_seconds": round(r["reading_seconds"] or 0.0, 2),
+                                 "task": tasks[criterion],
+                                 "truth": "" if tasks[criterion] != "detection"
+                                 else int(truth[r["case_id"]])})
         return rows
 
     # -- helpers --------------------------------------------------------------------------
@@ -414,15 +419,18 @@ def _validate(body: dict[str, Any], sides: list[str], definition: StudyDefinitio
     scores = body.get("scores")
     if not isinstance(scores, dict) or sorted(scores) != sides:
         raise StudyError(422, f"scores must hold exactly the sides {sides}")
-    names = [c.name for c in definition.criteria]
+    criteria = {c.name: c for c in definition.criteria}
     payload = {}
     for side in sides:
         given = scores[side]
-        if not isinstance(given, dict) or sorted(given) != sorted(names):
-            raise StudyError(422, f"scores[{side}] must score every criterion: {names}")
-        if any(not isinstance(v, int) or isinstance(v, bool) or v not in LIKERT
-               for v in given.values()):
-            raise StudyError(422, f"scores[{side}]: each score is an integer 1-5")
+        if not isinstance(given, dict) or sorted(given) != sorted(criteria):
+            raise StudyError(422, f"scores[{side}] must score every criterion: "
+                                  f"{list(criteria)}")
+        for name, value in given.items():
+            low, high = criteria[name].scale
+            if not criteria[name].accepts(value):
+                raise StudyError(422, f"scores[{side}][{name}]: each score is an integer "
+                                      f"{low}-{high}, got {value!r}")
         payload[side] = {k: int(v) for k, v in given.items()}
     choice = body.get("choice")
     if len(sides) == 2 and choice not in CHOICES:
@@ -444,12 +452,15 @@ def _as_yaml_data(definition: StudyDefinition) -> dict[str, Any]:
             "cases": [{"id": c.id, **({"image": str(_absolute(definition, c.image))}
                                       if c.image else {}),
                        **({"datastore": c.datastore} if c.datastore else {}),
-                       **({"dicomweb": c.dicomweb} if c.dicomweb else {})}
+                       **({"dicomweb": c.dicomweb} if c.dicomweb else {}),
+                       **({"lesion": c.lesion} if c.lesion is not None else {}),
+                       **({"location": list(c.location)} if c.location else {})}
                       for c in definition.cases],
             "conditions": [{"name": c.name, **({"model": c.model, "strength": c.strength}
                                                if c.model else {})}
                            for c in definition.conditions],
-            "criteria": [{"name": c.name, "question": c.question, "anchors": c.anchors}
+            "criteria": [{"name": c.name, "question": c.question, "anchors": c.anchors,
+                          "task": c.task, "scale": list(c.scale)}
                          for c in definition.criteria]}
 
 

@@ -61,3 +61,35 @@ def roe_metz(readers: int, cases: int, separation: tuple[float, float], rng: np.
     case = rng.normal(0, case_sd, (1, 1, cases)) + rng.normal(0, case_sd / 2, (2, 1, cases))
     ratings = (mean + reader) * truth + case + rng.normal(0, noise_sd, (2, readers, cases))
     return ratings, truth
+
+
+def synthetic_detection_scores(separations: dict[str, float], readers: int = 5,
+                               cases: int = 60, criterion: str = "lesion", seed: int = 0
+                               ) -> list[dict[str, Any]]:
+    """Detection rows of a pairs study (as ``export_rows`` writes them): half the cases have a
+    lesion; every reader rates every case's original and each model's image (one item per
+    case and model) on a 1-5 confidence scale, binned from the Roe-Metz-like latent score of
+    :func:`roe_metz` whose lesion separation is ``separations[condition]`` ('original' is the
+    reference): a model with a larger separation has a higher AUC."""
+    rng = np.random.default_rng(seed)
+    models = [name for name in separations if name != "original"]
+    latent = {}
+    for model in models:  # the same cases and readers under every pair
+        pair_rng = np.random.default_rng(rng.integers(2 ** 32))
+        latent[model], truth = roe_metz(readers, cases, (separations["original"],
+                                                          separations[model]), pair_rng)
+    thresholds = [-0.6, 0.2, 0.9, 1.6]
+    rows = []
+    for r in range(readers):
+        for c in range(cases):
+            for m, model in enumerate(models):
+                for side, (name, index) in zip("AB", (("original", 0), (model, 1))):
+                    score = 1 + int(np.searchsorted(thresholds, latent[model][index, r, c]))
+                    rows.append({"reader": f"reader{r + 1}", "case": f"case{c + 1:02d}",
+                                 "position": c * len(models) + m + 1, "presentation": "pairs",
+                                 "reference": "original", "condition": name,
+                                 "compared_with": model if name == "original" else "original",
+                                 "side": side, "criterion": criterion, "score": score,
+                                 "chosen": None, "reading_seconds": 20.0, "task": "detection",
+                                 "truth": int(truth[c])})
+    return rows
