@@ -1,0 +1,130 @@
+"""Detection tasks with truth: the definition, blinded reading, the export with truth, and
+`ldct study report` / `ldct study plan` on the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import uuid
+
+import pytest
+
+from ldct.cli import main
+from ldct.io import write_volume
+from ldct.phantom import make_phantom
+from ldct.study.analysis import read_scores, write_scores
+from ldct.study.definition import StudyDefinitionError, parse
+from ldct.study.service import StudyError, StudyService
+from ldct.study.synthetic import synthetic_detection_scores, synthetic_scores
+
+
+def _detection(folder, scale=(0, 100)) -> dict:
+    for k in range(3):
+        path = folder / f"case{k}.nrrd"
+        if not path.exists():
+            write_volume(make_phantom(size=96, slices=2, seed=k).volume, path, dtype="int16")
+    return {"name": "Lesion study", "seed": 3, "presentation": "single",
+            "readers": ["r1", "r2"],
+            "cases": [{"id": "c1", "image": "case0.nrrd", "lesion": True,
+                       "location": [40, 52, 1]},
+                      {"id": "c2", "image": "case1.nrrd", "lesion": False},
+                      {"id": "c3", "image": "case2.nrrd", "lesion": True}],
+            "conditions": [{"name": "original"},
+                           {"name": "smooth", "model": "ldct-gauss", "strength": 1.0}],
+            "criteria": [{"name": "lesion", "task": "detection", "scale": list(scale),
+                          "question": "Is there a liver lesion?",
+                          "anchors": {scale[0]: "surely not", scale[1]: "surely"}},
+                         {"name": "noise", "question": "Image noise",
+                          "anchors": {1: "severe", 5: "none"}}]}
+
+
+def test_detection_definition_errors_name_the_field(tmp_path):
+    good = _detection(tmp_path)
+    assert parse(good).criteria[0].scale == (0, 100)
+    cases = good["cases"]
+    for change, message in [
+            ({"cases": [{"id": "c1", "image": "case0.nrrd"}, *cases[1:]]},
+             "lesion: true or false to cases c1"),
+            ({"cases": [{**c, "lesion": True} for c in cases]}, "with and without a lesion"),
+            ({"cases": [{**cases[1], "location": [1, 2, 3]}]}, "needs lesion: true"),
+            ({"cases": [{**cases[0], "lesion": "yes"}]}, "lesion must be true or false"),
+            ({"criteria": [{**good["criteria"][0], "scale": [0, 10]}]}, "scale must be one of"),
+            ({"criteria": [{**good["criteria"][1], "scale": [0, 100]}]}, "for a likert"),
+            ({"criteria": [{**good["criteria"][0], "task": "roc"}]}, "task must be one of"),
+            ({"criteria": [{**good["criteria"][0], "anchors": {101: "x"}}]}, "0-100 scale")]:
+        with pytest.raises(StudyDefinitionError, match=message):
+            parse({**good, **change})
+
+
+def test_detection_study_is_blind_to_truth_and_exports_it(tmp_path):
+    """Readers never see the truth or a condition; ratings are checked against the criterion's
+    own scale; the coordinator's export carries task and truth per row, and the stored
+    definition keeps the truth (a reader added later gets the same items)."""
+    service = StudyService(tmp_path / "studies")
+    created = service.create(parse(_detection(tmp_path), tmp_path))
+    study, token = created["study"], created["coordinator_token"]
+    session = service.session(study, "r1")
+    assert session["criteria"][0]["task"] == "detection"
+    assert session["criteria"][0]["scale"] == [0, 100]
+    seen = json.dumps(session)
+    for _ in range(6):
+        item = service.next_item(study, "r1")
+        seen += json.dumps(item)
+        with pytest.raises(StudyError, match=r"lesion\]: each score is an integer 0-100") as err:
+            service.submit(study, "r1", item["item"], {"submission_id": "x", "scores": {
+                "A": {"lesion": 101, "noise": 3}}})
+        assert err.value.status == 422
+        with pytest.raises(StudyError, match=r"noise\]: each score is an integer 1-5"):
+            service.submit(study, "r1", item["item"], {"submission_id": "x", "scores": {
+                "A": {"lesion": 50, "noise": 0}}})
+        service.submit(study, "r1", item["item"], {"submission_id": uuid.uuid4().hex,
+                                                   "scores": {"A": {"lesion": 0, "noise": 4}}})
+    for hidden in ("truth", "location", "true", "original", "smooth", "ldct-gauss", "c1", "52"):
+        assert hidden not in seen.lower(), hidden
+    assert service.next_item(study, "r1")["finished"]
+    rows = service.export_rows(study, token)
+    truth = {(r["case"], r["criterion"]): (r["task"], r["truth"]) for r in rows}
+    assert truth[("c1", "lesion")] == ("detection", 1)
+    assert truth[("c2", "lesion")] == ("detection", 0)
+    assert truth[("c3", "lesion")] == ("detection", 1)
+    assert truth[("c2", "noise")] == ("likert", "")
+    added = service.add_reader(study, "r3")  # parses the stored definition again
+    assert added["reader_token"] and service.session(study, "r3")["total"] == 6
+    write_scores(rows, tmp_path / "export.csv")
+    again = read_scores(tmp_path / "export.csv")
+    assert [(r["task"], r["truth"]) for r in again] == [
+        (r["task"], r["truth"] if r["truth"] != "" else None) for r in rows]
+
+
+def test_report_and_plan_on_the_command_line(tmp_path, ldct_command, capsys):
+    """`ldct study report` writes mrmc.csv: a model with a known AUC gain (larger lesion
+    separation) and a known +1 Likert point is found, one without an effect is not;
+    `ldct study plan` reads that mrmc.csv and answers readers x cases."""
+    rows = synthetic_scores({"model_better": 1.0, "model_same": 0.0}, readers=5, cases=40,
+                            seed=1)
+    rows += synthetic_detection_scores({"original": 1.2, "model_better": 2.6,
+                                        "model_same": 1.2}, readers=5, cases=60, seed=1)
+    write_scores(rows, tmp_path / "export.csv")
+    out = tmp_path / "report"
+    done = subprocess.run([*ldct_command, "study", "report", str(tmp_path / "export.csv"),
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with open(out / "mrmc.csv", newline="") as f:
+        table = {(r["criterion"], r["model"]): r for r in csv.DictReader(f)}
+    assert {"criterion", "model", "fom_model", "fom_original", "difference", "ci_low",
+            "ci_high", "df", "p"} <= set(next(iter(table.values())))
+    for criterion in ("lesion", "noise", "sharpness", "confidence"):
+        better, same = table[(criterion, "model_better")], table[(criterion, "model_same")]
+        assert float(better["p"]) < 0.05 and float(better["ci_low"]) > 0, criterion
+        assert float(same["p"]) > 0.05, criterion
+        assert float(same["ci_low"]) < 0 < float(same["ci_high"]), criterion
+    assert table[("lesion", "model_better")]["fom"] == "AUC (empirical)"
+    assert table[("lesion", "model_better")]["covariance"] == "delong"
+    assert "## MRMC analysis (primary)" in (out / "report.md").read_text()
+    assert main(["study", "plan", str(out / "mrmc.csv"), "--effect", "0.1", "--criterion",
+                 "lesion", "--model", "model_better", "--readers", "4-6"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-4] == "readers,cases,power" and len(lines[-3:]) == 3
+    assert main(["study", "plan", str(out / "mrmc.csv"), "--effect", "0.1"]) == 2
+    assert "choose one of" in capsys.readouterr().out
