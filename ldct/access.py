@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ldct.auth import Identity, TokenStore
+from ldct.study.page import PAGE_PATH
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,10 @@ ROUTES = (
     Route(("GET",), "/study/{study}/export", ("coordinator", "admin")),
 )
 
+# The browser reader page's static files: no data, no secret; a browser opening a link cannot
+# send a token, so they are served to anyone (`ldct.study.page` says how the token reaches it).
+PUBLIC = (Route(("GET",), PAGE_PATH, ()), Route(("GET",), PAGE_PATH + "/{asset}", ()))
+
 ANONYMOUS_ADMIN = Identity("anonymous (--insecure-no-auth)", "admin")
 
 
@@ -85,6 +90,9 @@ class Decision:
 
 def decide(method: str, path: str, identity: Identity | None) -> Decision:
     """The guard's verdict for one request (pure, so every rule is tested directly)."""
+    if any(route.match("GET" if method == "HEAD" else method, path) is not None
+           for route in PUBLIC):
+        return Decision(identity=identity)
     if identity is None:
         return Decision(401, "this server needs a token: send 'Authorization: Bearer <token>' "
                              "(ask the server's admin; `ldct token add NAME --role ROLE`)")

@@ -19,6 +19,7 @@ from ldct.access import caller
 from ldct.auth import Identity
 from ldct.study.analysis import write_scores
 from ldct.study.definition import StudyDefinitionError, parse
+from ldct.study.page import HEADERS, asset
 from ldct.study.service import StudyError, StudyService
 from lib.routes import pacs_errors
 
@@ -33,6 +34,15 @@ def study_router(service: StudyService) -> APIRouter:
     """The routes, each a thin call into ``service`` with its errors as HTTP answers."""
     router = APIRouter(prefix="/study", tags=["Reader study"])
 
+    # first, so that no /study/{study}/... route takes the page's paths
+    @router.get("/_reader/", summary="The browser reader page (its token goes in #token=)")
+    @router.get("/_reader/{name}", summary="The reader page's script and style")
+    def page(name: str = "") -> Response:
+        found = asset(name)
+        if found is None:
+            raise HTTPException(status_code=404, detail=f"the reader page has no file '{name}'")
+        return Response(found[0], media_type=found[1], headers=HEADERS)
+
     def call(function, *args):
         try:
             return function(*args)
@@ -44,7 +54,10 @@ def study_router(service: StudyService) -> APIRouter:
     @router.get("/", summary="Open studies (a reader sees their own)")
     def studies(request: Request) -> list[dict[str, Any]]:
         reader = _reader(request)
-        return [s for s in service.studies() if reader is None or s["study"] == reader.study]
+        if reader is None:
+            return service.studies()
+        return [{**s, "reader": reader.reader} for s in service.studies()
+                if s["study"] == reader.study]
 
     @router.post("/", summary="Create a study from its YAML (volumes are denoised up front)")
     def create(definition: str = Body(..., media_type="text/plain")) -> dict[str, Any]:
