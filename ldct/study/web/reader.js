@@ -264,7 +264,7 @@
     return rated && (Object.keys(state.answers).length === 1 || state.choice !== null);
   }
 
-  function checkComplete() { $("submit").disabled = state.sending || !complete(); }
+  function checkComplete() { $("submit").disabled = state.sending || !state.item || !complete(); }
 
   function rateActive(value) {
     const row = state.rows[state.active];
@@ -290,10 +290,12 @@
 
   async function loadNext() {
     say("Loading the next item…");
+    state.item = null; // nothing can be rated or sent until the next item is shown
+    $("scores").replaceChildren();
+    checkComplete();
     const item = await (await api("GET", `/study/${encodeURIComponent(state.study)}/readers/${encodeURIComponent(state.reader)}/next`)).json();
-    $("progress").textContent = item.finished ? "" : `Item ${item.number} of ${item.total}`;
     if (item.finished) {
-      state.item = null;
+      $("progress").textContent = "";
       $("finished-text").textContent = `All ${item.total} items scored. Thank you.`;
       show("finished");
       say("");
@@ -310,6 +312,7 @@
     buildForm(sides);
     resetView();
     state.shownAt = performance.now();
+    $("progress").textContent = `Item ${item.number} of ${item.total}`; // the item is ready
     say("");
   }
 
@@ -397,6 +400,7 @@
     if (token) { sessionStorage.setItem(TOKEN_KEY, token); start(); }
   });
   $("submit").addEventListener("click", submit);
+  window.addEventListener("hashchange", start); // a new link opened in this tab
   bindViews();
   start();
 })();
