@@ -34,10 +34,11 @@ def study_router(service: StudyService) -> APIRouter:
     """The routes, each a thin call into ``service`` with its errors as HTTP answers."""
     router = APIRouter(prefix="/study", tags=["Reader study"])
 
-    # first, so that no /study/{study}/... route takes the page's paths
-    @router.get("/_reader/", summary="The browser reader page (its token goes in #token=)")
-    @router.get("/_reader/{name}", summary="The reader page's script and style")
+    # first, so that no /study/{study}/... route takes the page's paths; static files, not API
+    @router.get("/_reader/", include_in_schema=False)
+    @router.get("/_reader/{name}", include_in_schema=False)
     def page(name: str = "") -> Response:
+        """The browser reader page (its token goes in the link's #token=), script, style."""
         found = asset(name)
         if found is None:
             raise HTTPException(status_code=404, detail=f"the reader page has no file '{name}'")
