@@ -21,7 +21,7 @@ MRMCaov / OR-DBM MRMC:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -73,12 +73,6 @@ class Result:
     fixed_cases: Test
     readers: int
     cases: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"fom": self.fom, "components": asdict(self.components),
-                "covariance": self.covariance, "readers": self.readers, "cases": self.cases,
-                **{name: asdict(getattr(self, name))
-                   for name in ("random", "fixed_readers", "fixed_cases")}}
 
 
 # -- figures of merit and their covariance over cases ---------------------------------------
@@ -138,7 +132,7 @@ def jackknife_covariance(ratings: np.ndarray, truth: np.ndarray | None = None) -
 
 
 # -- Obuchowski-Rockette --------------------------------------------------------------------
-def components(foms: np.ndarray, covariance: np.ndarray) -> Components:
+def or_components(foms: np.ndarray, covariance: np.ndarray) -> Components:
     """OR components from the FOMs (t, r) and their covariance matrix (t*r, t*r)."""
     t, r = foms.shape
     modality = np.repeat(np.arange(t), r)
@@ -190,7 +184,7 @@ def obuchowski_rockette(ratings: np.ndarray, truth: np.ndarray | None = None,
     foms = fom(ratings, truth)
     cov = (delong_covariance(ratings, truth) if covariance == "delong"
            else jackknife_covariance(ratings, truth))
-    c = components(foms, cov)
+    c = or_components(foms, cov)
     difference = float(foms[1].mean() - foms[0].mean())
     spread = max(c.cov2 - c.cov3, 0.0)
 
