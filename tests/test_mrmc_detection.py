@@ -128,3 +128,32 @@ def test_report_and_plan_on_the_command_line(tmp_path, ldct_command, capsys):
     assert lines[-4] == "readers,cases,power" and len(lines[-3:]) == 3
     assert main(["study", "plan", str(out / "mrmc.csv"), "--effect", "0.1"]) == 2
     assert "choose one of" in capsys.readouterr().out
+
+
+def test_mrmc_inputs_pair_scores_by_reader_and_case_by_hand():
+    """A hand-made `single` export: reader r2 never scored c3's original, so c3 drops out;
+    FOMs by hand over c1, c2: original (2.5 + 3) / 2 = 2.75, model (4 + 5) / 2 = 4.5. With fixed
+    cases the OR test of two modalities is the paired t-test of the readers' differences
+    (1.5 and 2.0; scipy's ttest_1samp as the key)."""
+    from scipy import stats
+
+    from ldct.study.analysis import mrmc_table
+
+    scores = {("r1", "original"): {"c1": 2, "c2": 3, "c3": 4},
+              ("r1", "m"): {"c1": 4, "c2": 4, "c3": 5},
+              ("r2", "original"): {"c1": 3, "c2": 3},
+              ("r2", "m"): {"c1": 5, "c2": 5, "c3": 4}}
+    rows = [{"reader": reader, "case": case, "position": 1, "presentation": "single",
+             "reference": "original", "condition": condition, "compared_with": "",
+             "side": "A", "criterion": "noise", "score": score, "chosen": None,
+             "reading_seconds": 1.0, "task": "likert", "truth": None}
+            for (reader, condition), cases in scores.items() for case, score in cases.items()]
+    (row,) = mrmc_table(rows)
+    assert (row["readers"], row["cases"]) == (2, 2)
+    assert (row["fom_original"], row["fom_model"]) == (pytest.approx(2.75), pytest.approx(4.5))
+    assert row["difference"] == pytest.approx(1.75)
+    key = stats.ttest_1samp([1.5, 2.0], 0.0)
+    low, high = key.confidence_interval(0.95)
+    assert row["fixed_cases_p"] == pytest.approx(key.pvalue, rel=1e-9)
+    assert (row["fixed_cases_ci_low"], row["fixed_cases_ci_high"]) == (pytest.approx(low),
+                                                                       pytest.approx(high))

@@ -178,6 +178,7 @@ def test_other_tokens_see_nothing_of_the_study(served, browser):
     page.goto(f"{url}/study/_reader/#token={other_token}")  # a reader of another study
     expect(page.locator("#study-name")).to_have_text("Other study")
     expect(page.locator("#progress")).to_have_text("Item 1 of 2")
+    expect(page.locator("#figure-B")).to_be_hidden()  # `single`: one image
     statuses = page.evaluate("""async token => {
         const get = path => fetch(path, {headers: {Authorization: 'Bearer ' + token}})
             .then(r => r.status);
