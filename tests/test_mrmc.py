@@ -9,7 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ldct.study.mrmc import Components, jackknife_covariance, obuchowski_rockette, plan, power
+from ldct.study.mrmc import (
+    Components,
+    cases_needed,
+    jackknife_covariance,
+    obuchowski_rockette,
+    plan,
+    power,
+)
 from ldct.study.synthetic import roe_metz
 
 VAN_DYKE = Path(__file__).parent / "data" / "VD.lrc"
@@ -107,6 +114,20 @@ def test_van_dyke_jackknife_random_readers_matches_hillis():
     assert round(test.statistic, 2) == 4.46
     assert round(test.df, 2) == 15.26
     assert round(test.p, 4) == 0.0517
+
+
+def test_sample_size_matches_rjafroc_on_van_dyke():
+    """RJafroc (dataset02 = Van Dyke, Wilcoxon AUC, OR with jackknife components, random
+    readers and cases, effect = the observed difference): its tests ("Sample Size ROC":
+    SsPowerGivenJK(J = 6, K = 111) power 0.5526116 within 5e-8; SsSampleSizeKGivenJ(J = 6)
+    K = 251, power 0.801) and its sample-size vignette (J = 10: K = 163, power 0.8015625)."""
+    result = obuchowski_rockette(*read_lrc(VAN_DYKE), covariance="jackknife")
+    effect, c = result.random.difference, result.components
+    assert power(effect, 6, 111, c, pilot_cases=114) == pytest.approx(0.5526116, abs=5e-8)
+    assert cases_needed(effect, 6, c, pilot_cases=114) == 251
+    assert round(power(effect, 6, 251, c, pilot_cases=114), 3) == 0.801
+    assert cases_needed(effect, 10, c, pilot_cases=114) == 163
+    assert power(effect, 10, 163, c, pilot_cases=114) == pytest.approx(0.8015625, abs=5e-8)
 
 
 def test_mean_score_covariance_is_the_variance_of_a_mean():
