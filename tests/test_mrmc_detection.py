@@ -157,3 +157,22 @@ def test_mrmc_inputs_pair_scores_by_reader_and_case_by_hand():
     assert row["fixed_cases_p"] == pytest.approx(key.pvalue, rel=1e-9)
     assert (row["fixed_cases_ci_low"], row["fixed_cases_ci_high"]) == (pytest.approx(low),
                                                                        pytest.approx(high))
+
+
+def test_plan_from_published_components(tmp_path, capsys):
+    """`ldct study plan` from OR components typed in from a publication: Van Dyke's jackknife
+    components as MRMCaov prints them ("Fixed Factors": treatment:reader 0.0002004025, Error
+    0.0008022883, Cov1 0.0003466137, Cov2 0.0003440748, Cov3 0.0002390284; 114 cases) and the
+    observed AUC difference 0.04380032 give RJafroc's published 251 cases for 6 readers and
+    163 for 10 (tests/test_mrmc.py quotes them)."""
+    pilot = tmp_path / "published.csv"
+    pilot.write_text("criterion,model,cases,var_reader,var_treatment_reader,var_error,cov1,cov2,"
+                     "cov3\nvandyke,SE MRI,114,0.0015349993,0.0002004025,0.0008022883,"
+                     "0.0003466137,0.0003440748,0.0002390284\n")
+    assert main(["study", "plan", str(pilot), "--effect", "0.04380032", "--readers",
+                 "6-10"]) == 0
+    rows = dict(line.split(",")[:2] for line in capsys.readouterr().out.splitlines()
+                if line[:1].isdigit())
+    assert (rows["6"], rows["10"]) == ("251", "163")
+    assert main(["study", "plan", str(pilot), "--effect", "0.05", "--readers", "1-3"]) == 2
+    assert "--readers must be a range like 3-15" in capsys.readouterr().out

@@ -33,12 +33,14 @@ ALPHA = 0.05
 FIELDS = ("reader", "case", "position", "presentation", "reference", "condition",
           "compared_with", "side", "criterion", "score", "chosen", "reading_seconds", "task",
           "truth")
+COMPONENTS = ("var_reader", "var_treatment_reader", "var_error", "cov1", "cov2", "cov3")
+PILOT_FIELDS = ("criterion", "model", "cases", *COMPONENTS)  # enough of mrmc.csv to plan
 OPTIONAL = {"task": "likert", "truth": ""}  # exports made before detection tasks lack them
 MRMC_FIELDS = ("criterion", "task", "model", "fom", "fom_model", "fom_original", "difference",
                "ci_low", "ci_high", "df", "p", "F", "readers", "cases", "covariance",
                "fixed_readers_ci_low", "fixed_readers_ci_high", "fixed_readers_p",
                "fixed_cases_ci_low", "fixed_cases_ci_high", "fixed_cases_df", "fixed_cases_p",
-               "var_reader", "var_treatment_reader", "var_error", "cov1", "cov2", "cov3")
+               *COMPONENTS)
 
 
 def read_scores(path: str | Path) -> list[dict[str, Any]]:
@@ -279,9 +281,7 @@ def mrmc_table(rows: list[dict[str, Any]], alpha: float = ALPHA) -> list[dict[st
                 "fixed_readers_p": fixed_r.p, "fixed_cases_ci_low": fixed_c.ci_low,
                 "fixed_cases_ci_high": fixed_c.ci_high, "fixed_cases_df": fixed_c.df,
                 "fixed_cases_p": fixed_c.p,
-                **{name: getattr(result.components, name) for name in
-                   ("var_reader", "var_treatment_reader", "var_error", "cov1", "cov2",
-                    "cov3")}})
+                **{name: getattr(result.components, name) for name in COMPONENTS}})
     return table
 
 
@@ -296,11 +296,12 @@ def write_mrmc(table: list[dict[str, Any]], path: str | Path) -> None:
 def pilot_components(path: str | Path, criterion: str | None = None,
                      model: str | None = None) -> tuple[Components, int, dict[str, Any]]:
     """OR components and the number of cases of a pilot study, for planning: from its
-    ``mrmc.csv`` (a report's) or its exported scores; the row of ``criterion`` and ``model``
-    (either may be omitted when the file has one)."""
+    ``mrmc.csv`` (a report's, or any CSV with the columns ``PILOT_FIELDS``, e.g. published
+    components) or its exported scores; the row of ``criterion`` and ``model`` (either may be
+    omitted when the file has one)."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        is_mrmc = set(MRMC_FIELDS) <= set(reader.fieldnames or [])
+        is_mrmc = set(PILOT_FIELDS) <= set(reader.fieldnames or [])
         table = [{k: _number(v) for k, v in row.items()} for row in reader] if is_mrmc else []
     if not is_mrmc:
         table = mrmc_table(read_scores(path))
@@ -311,8 +312,7 @@ def pilot_components(path: str | Path, criterion: str | None = None,
                          f"model={model}; choose one of " + ", ".join(
                              f"{row['criterion']}/{row['model']}" for row in table))
     row = chosen[0]
-    values = {name: float(row[name]) for name in ("var_reader", "var_treatment_reader",
-                                                    "var_error", "cov1", "cov2", "cov3")}
+    values = {name: float(row[name]) for name in COMPONENTS}
     return Components(**values, ms_t=float("nan"), ms_r=float("nan"), ms_tr=float("nan")), \
         int(row["cases"]), row
 
