@@ -121,11 +121,12 @@ def test_reader_page_scores_resumes_and_stores_as_the_panel(served, browser, tok
     expect(page.locator("#window-readout")).to_have_text("W 400 L 40")
     expect(page.locator("#slice-readout")).to_have_text("Slice 2 / 3")
     box = page.locator("#view-A").bounding_box()
-    before = _canvas_sum(page, "A")
-    assert before > 0 and _canvas_sum(page, "B") > 0
+    before, other = _canvas_sum(page, "A"), _canvas_sum(page, "B")
+    assert before > 0 and other > 0
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.mouse.wheel(0, 120)  # scroll: both images move one slice
+    page.mouse.wheel(0, 120)  # scroll over A: both images move one slice
     expect(page.locator("#slice-readout")).to_have_text("Slice 3 / 3")
+    assert _canvas_sum(page, "B") != other
     page.keyboard.press("ArrowUp")
     expect(page.locator("#slice-readout")).to_have_text("Slice 2 / 3")
     page.mouse.down()
