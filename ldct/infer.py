@@ -1,11 +1,11 @@
 """Volume inference: every denoiser (network or baseline) through one path.
 
 Slices are stacked with their neighbours (mirrored about the centre at the ends) as the
-model's context, batched, run on CUDA with mixed precision when available (else CPU,
-float32), averaged over flipped and rotated views of the slices (self-ensemble), filtered
-across slices when the model asks for it (n2n25d's recursive filter), and blended with the input
-by ``strength``. The result has the input's geometry; a network is loaded once per process and
-device.
+model's context, batched, run on CUDA when available (else the CPU) in IEEE float32 (the
+measured policy in `ldct.device`: reduced precision moved CT numbers), averaged over flipped
+and rotated views of the slices (self-ensemble), filtered across slices when the model asks
+for it (n2n25d's recursive filter), and blended with the input by ``strength``. The result has
+the input's geometry; a network is loaded once per process and device.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ldct import registry
-from ldct.device import autocast, pick_device, to_device
+from ldct.device import INFERENCE, pick_device, precision, to_device
 from ldct.io import CTVolume
 from ldct.nets.blocks import HUPreservingDenoiser
 from ldct.recursive_filter import recursive_filter
@@ -115,7 +115,7 @@ def _run_network(net: HUPreservingDenoiser, hu: np.ndarray, strength: float,
             end = min(start + batch_size, hu.shape[0])
             stack = np.stack([context_stack(hu, k, net.context) for k in range(start, end)])
             x = to_device(stack.astype(np.float32), device)
-            with autocast(device):
+            with precision(device, INFERENCE):
                 y = self_ensemble(net, x, strength, ensemble, stop)
             out[start:end] = y[:, 0].cpu().numpy()
             if batch_done is not None:
