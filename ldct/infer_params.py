@@ -67,7 +67,7 @@ class Param:
             return value in self.choices or value in self.also
         if self.kind == "flag":
             return isinstance(value, bool)
-        return isinstance(value, str)
+        return value is None or isinstance(value, str)  # MONAI Label's client sends null
 
     def advertise(self) -> Any:
         """The value in MONAI Label's task config: the choices (default first), else the
@@ -77,7 +77,7 @@ class Param:
     def schema(self) -> dict[str, Any]:
         """This parameter as a JSON Schema property (``x-source``: who defines it)."""
         types = {"number": "number", "whole": "integer", "choice": "string", "flag": "boolean",
-                 "text": "string"}
+                 "text": ["string", "null"]}
         out: dict[str, Any] = {"type": types[self.kind], "default": self.default,
                                "description": self.meaning, "x-source": self.source}
         if self.kind in ("number", "whole"):
@@ -100,7 +100,8 @@ PARAMS: tuple[Param, ...] = (
           "(a datastore image of a server started with --studies URL)", takes="true or false"),
     Param("result_extension", "choice", ".nrrd", "the result file's format (MONAI Label's "
           "writer): NRRD, NIfTI (gzipped or not) or MetaImage; empty means NRRD",
-          source=MONAI_LABEL, choices=(".nrrd", ".nii.gz", ".nii", ".mha"), also=("",)),
+          source=MONAI_LABEL, choices=(".nrrd", ".nii.gz", ".nii", ".mha"), also=("",),
+          takes="one of .nrrd, .nii.gz, .nii, .mha (empty: .nrrd)"),
     Param("result_dtype", "choice", "float32", "the result's voxel type (MONAI Label's "
           "writer): float32 HU, or int16 whole HU; uint8, int8 and uint16 cannot hold CT "
           "numbers and are written as int16", source=MONAI_LABEL,
@@ -112,7 +113,7 @@ PARAMS: tuple[Param, ...] = (
           "OHIF plugin: no effect, a denoiser has no labels", source=MONAI_LABEL,
           takes="true or false", advertised=False, used=False),
     Param("client_id", "text", "", "the id MONAI Label's client adds to every request: no "
-          "effect", source=MONAI_LABEL, takes="a string", advertised=False, used=False),
+          "effect", source=MONAI_LABEL, takes="a string or null", advertised=False, used=False),
 )
 BY_NAME = {p.name: p for p in PARAMS}
 RESULT_EXTENSIONS = BY_NAME["result_extension"].choices
