@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ldct import registry
-from ldct.device import INFERENCE, pick_device, precision, to_device
+from ldct.device import INFERENCE, Precision, pick_device, precision, to_device
 from ldct.io import CTVolume
 from ldct.nets.blocks import HUPreservingDenoiser
 from ldct.recursive_filter import recursive_filter
@@ -107,7 +107,10 @@ def self_ensemble(net: HUPreservingDenoiser, x: torch.Tensor, strength: float,
 def _run_network(net: HUPreservingDenoiser, hu: np.ndarray, strength: float,
                  device: torch.device, batch_size: int, ensemble: int,
                  progress: bool, stop: StopCheck | None = None,
-                 batch_done: BatchDone | None = None) -> np.ndarray:
+                 batch_done: BatchDone | None = None,
+                 policy: Precision = INFERENCE) -> np.ndarray:
+    """The network's result for every slice; ``policy``: how CUDA computes (benchmarks time
+    the others)."""
     out = np.empty_like(hu, dtype=np.float32)
     starts = range(0, hu.shape[0], batch_size)
     with torch.inference_mode():
@@ -115,7 +118,7 @@ def _run_network(net: HUPreservingDenoiser, hu: np.ndarray, strength: float,
             end = min(start + batch_size, hu.shape[0])
             stack = np.stack([context_stack(hu, k, net.context) for k in range(start, end)])
             x = to_device(stack.astype(np.float32), device)
-            with precision(device, INFERENCE):
+            with precision(device, policy):
                 y = self_ensemble(net, x, strength, ensemble, stop)
             out[start:end] = y[:, 0].cpu().numpy()
             if batch_done is not None:
