@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldct import registry
 from ldct.device import INFERENCE, Precision
 from ldct.infer import _run_network, load_network
 from ldct.phantom import make_phantom
 
-NETWORKS = ("alden", "n2n25d", "pan", "pdml", "vagan")
+NETWORKS = [n for n in registry.names() if registry.get(n).kind == "network"]
 BATCHES = (1, 8, 32)
 SLICES = 32
 POLICIES = {"IEEE float32 (policy)": INFERENCE,

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ldct import registry
 from ldct.device import INFERENCE, Precision, emulated_on_cpu
 from ldct.infer import context_stack, load_network
 from ldct.io import read_volume
@@ -26,7 +27,7 @@ CANDIDATES = {"bfloat16 autocast (the policy before issue 33)": Precision(torch.
               "float16 autocast": Precision(torch.float16, True),
               "float32 with TF32 convolutions (PyTorch's default)": Precision(None, True),
               "IEEE float32 (the policy)": INFERENCE}
-NETWORKS = ("alden", "n2n25d", "pan", "pdml", "vagan")
+NETWORKS = [n for n in registry.names() if registry.get(n).kind == "network"]
 
 
 def quarter_dose_slices(series: Path, centres: list[int], half: int = 2) -> np.ndarray:

@@ -1,12 +1,13 @@
 """Device choice and numeric precision, shared by training and inference.
 
-The CUDA precision policy (measured on the CPU by emulating each dtype on simulated
-quarter-dose slices of ircadb17, every shipped network; tests/test_precision.py keeps it):
-inference runs in IEEE float32 - bfloat16 moved results by mean 1.1-2.0 HU / max 12-50 HU from
-float32, float16 by mean 0.13-0.26 / max 1.1-10 HU and TF32 convolutions by up to 5 HU, against
-the bound of mean 0.5 / max 5 HU; these networks are small, so float32 costs little. Training
-runs under float16 autocast with a gradient scaler: its 10-bit mantissa puts the HU the losses
-see 8x closer to float32 than bfloat16's 7 bits (the losses themselves are reduced in float32).
+The CUDA precision policy, measured on the CPU by emulating each candidate on simulated
+quarter-dose ircadb17 slices for every shipped network (benchmarks/precision_cpu.md; the bound:
+mean < 0.5, max < 5 HU from float32; tests/test_precision.py keeps it): inference runs in IEEE
+float32, because bfloat16 moved HU by mean 1.1-2.0 / max 12-50 HU, float16 by max up to 10.6 HU
+and TF32 convolutions (PyTorch's float32 default) by max up to 11.6 HU; these networks are
+small, so float32 costs little. Training runs under float16 autocast with a gradient scaler:
+its 10-bit mantissa put the HU the losses see about 8x closer to float32 than bfloat16's 7 bits
+(mean 0.13-0.26 HU against 1.1-2.0 HU), and the losses are reduced in float32.
 """
 
 from __future__ import annotations
