@@ -137,7 +137,8 @@ def test_monailabel_plugins_label_dtype_gives_whole_hu_in_int16(server, tmp_path
                                                      "result_dtype": "uint8"})
     assert b"type: short" in Path(path).read_bytes()[:400]
     np.testing.assert_array_equal(_hu(path), np.rint(reference).astype(np.int16))
-    assert params["result_dtype"] == "int16" and "uint8 cannot hold CT numbers" in params["notes"][0]
+    assert params["result_dtype"] == "int16"
+    assert "uint8 cannot hold CT numbers" in params["notes"][0]
 
 
 def test_an_ohif_shaped_request_gets_its_image(server, tmp_path):

@@ -38,8 +38,8 @@ from fastapi import (
 )
 from fastapi.concurrency import run_in_threadpool
 from monailabel.endpoints.infer import ResultType, send_response
-from monailabel.utils.others.generic import remove_file
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.utils.others.generic import remove_file
 
 from ldct.access import caller
 from ldct.finetune import check_settings
