@@ -105,7 +105,8 @@ PARAMS: tuple[Param, ...] = (
     Param("result_dtype", "choice", "float32", "the result's voxel type (MONAI Label's "
           "writer): float32 HU, or int16 whole HU; uint8, int8 and uint16 cannot hold CT "
           "numbers and are written as int16", source=MONAI_LABEL,
-          choices=("float32", "int16"), also=tuple(WIDENED_DTYPES)),
+          choices=("float32", "int16"), also=tuple(WIDENED_DTYPES),
+          takes="one of float32, int16 (uint8, int8 and uint16 are written as int16)"),
     Param("result_compress", "flag", True, "compress the result file (MONAI Label's writer; "
           "NRRD and MetaImage: .nii.gz is always compressed, .nii never)",
           source=MONAI_LABEL, takes="true or false"),
