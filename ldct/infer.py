@@ -1,11 +1,11 @@
 """Volume inference: every denoiser (network or baseline) through one path.
 
 Slices are stacked with their neighbours (mirrored about the centre at the ends) as the
-model's context, batched, run on CUDA with mixed precision when available (else CPU,
-float32), averaged over flipped and rotated views of the slices (self-ensemble), filtered
-across slices when the model asks for it (n2n25d's recursive filter), and blended with the input
-by ``strength``. The result has the input's geometry; a network is loaded once per process and
-device.
+model's context, batched, run on CUDA when available (else the CPU) in IEEE float32 (the
+measured policy in `ldct.device`: reduced precision moved CT numbers), averaged over flipped
+and rotated views of the slices (self-ensemble), filtered across slices when the model asks
+for it (n2n25d's recursive filter), and blended with the input by ``strength``. The result has
+the input's geometry; a network is loaded once per process and device.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from ldct import registry
-from ldct.device import autocast, pick_device, to_device
+from ldct.device import INFERENCE, Precision, pick_device, precision, to_device
 from ldct.io import CTVolume
 from ldct.nets.blocks import HUPreservingDenoiser
 from ldct.recursive_filter import recursive_filter
@@ -107,7 +107,10 @@ def self_ensemble(net: HUPreservingDenoiser, x: torch.Tensor, strength: float,
 def _run_network(net: HUPreservingDenoiser, hu: np.ndarray, strength: float,
                  device: torch.device, batch_size: int, ensemble: int,
                  progress: bool, stop: StopCheck | None = None,
-                 batch_done: BatchDone | None = None) -> np.ndarray:
+                 batch_done: BatchDone | None = None,
+                 policy: Precision = INFERENCE) -> np.ndarray:
+    """The network's result for every slice; ``policy``: how CUDA computes (benchmarks time
+    the others)."""
     out = np.empty_like(hu, dtype=np.float32)
     starts = range(0, hu.shape[0], batch_size)
     with torch.inference_mode():
@@ -115,7 +118,7 @@ def _run_network(net: HUPreservingDenoiser, hu: np.ndarray, strength: float,
             end = min(start + batch_size, hu.shape[0])
             stack = np.stack([context_stack(hu, k, net.context) for k in range(start, end)])
             x = to_device(stack.astype(np.float32), device)
-            with autocast(device):
+            with precision(device, policy):
                 y = self_ensemble(net, x, strength, ensemble, stop)
             out[start:end] = y[:, 0].cpu().numpy()
             if batch_done is not None:

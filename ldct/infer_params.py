@@ -1,21 +1,31 @@
-"""The parameters of a denoising request, checked by name before any work starts.
+"""The parameters of a denoising request: one table, checked by name before any work starts.
+
+Each row is one parameter: its default, what it takes, what it means and who defines it - this
+project, or MONAI Label, whose clients send its writer's parameters (``result_extension``,
+``result_dtype``, ``result_compress``) and a few of their own with every request. The same
+table gives the task config MONAI Label clients read from ``/info/`` (choices as a list, the
+default first) and the JSON Schema shown beside it, so a new parameter is one row here and one
+field in `DenoiseParams`.
 
 A value of the wrong type or out of range is refused with the parameter's name and what it
-takes (never coerced: ``ensemble: 2.7`` is an error, not 2); unknown keys are refused too, so
-a misspelt ``strenght`` does not silently run at full strength.
+takes (never coerced: ``ensemble: 2.7`` is an error, not 2); unknown keys are refused too, so a
+misspelt ``strenght`` does not silently run at full strength.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ldct.infer import DEFAULT_ENSEMBLE, DIHEDRAL_VIEWS
 
-DEVICES = ("auto", "cuda", "cpu")
-RESULT_DTYPES = ("float32", "int16")
-CLIENT_KEYS = ("client_id",)  # MONAI Label's own client adds it to every request
+LDCT, MONAI_LABEL = "ldct", "monailabel"  # who defines a parameter
+
+# Integer types MONAI Label's clients ask for (its Slicer and OHIF plugins always send uint8,
+# being made for label maps) that cannot hold CT numbers (air is -1000 HU): the result is
+# written in the narrowest type that can, whole HU, and the answer says so.
+WIDENED_DTYPES = {"uint8": "int16", "int8": "int16", "uint16": "int16"}
 
 
 class ParamError(ValueError):
@@ -23,25 +33,127 @@ class ParamError(ValueError):
 
 
 @dataclass(frozen=True)
+class Param:
+    """One request parameter. ``kind`` is number, whole, choice, flag or text; ``choices``
+    are advertised (the first is the default), ``also`` accepted beyond them; a parameter
+    that is not ``used`` is accepted for a client's sake and has no effect."""
+
+    name: str
+    kind: str
+    default: Any
+    meaning: str
+    source: str = LDCT
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    also: tuple[str, ...] = ()
+    takes: str = ""  # how an error message words the values it takes, when not the choices
+    advertised: bool = True
+    used: bool = True
+
+    def check(self, value: Any) -> Any:
+        """``value`` if this parameter takes it, else a `ParamError` naming what it takes."""
+        if self._accepts(value):
+            return float(value) if self.kind == "number" else value
+        takes = self.takes or ("one of " + ", ".join(self.choices + self.also))
+        raise ParamError(f"{self.name} must be {takes}, got {value!r}")
+
+    def _accepts(self, value: Any) -> bool:
+        if self.kind in ("number", "whole"):
+            wanted = (int, float) if self.kind == "number" else (int,)
+            return (isinstance(value, wanted) and not isinstance(value, bool)
+                    and self.low <= value <= self.high)
+        if self.kind == "choice":
+            return value in self.choices or value in self.also
+        if self.kind == "flag":
+            return isinstance(value, bool)
+        return value is None or isinstance(value, str)  # MONAI Label's client sends null
+
+    def advertise(self) -> Any:
+        """The value in MONAI Label's task config: the choices (default first), else the
+        default (its clients show a list as a menu, a bool as a check box)."""
+        return list(self.choices) if self.choices else self.default
+
+    def schema(self) -> dict[str, Any]:
+        """This parameter as a JSON Schema property (``x-source``: who defines it)."""
+        types = {"number": "number", "whole": "integer", "choice": "string", "flag": "boolean",
+                 "text": ["string", "null"]}
+        out: dict[str, Any] = {"type": types[self.kind], "default": self.default,
+                               "description": self.meaning, "x-source": self.source}
+        if self.kind in ("number", "whole"):
+            out.update(minimum=self.low, maximum=self.high)
+        if self.kind == "choice":
+            out["enum"] = list(self.choices + self.also)
+        return out
+
+
+PARAMS: tuple[Param, ...] = (
+    Param("strength", "number", 1.0, "blend between the input (0) and the full result (1)",
+          low=0.0, high=1.0, takes="a number from 0 (the input) to 1 (full)"),
+    Param("ensemble", "whole", DEFAULT_ENSEMBLE,
+          "flipped/rotated views of each slice averaged (more: a little less noise, slower)",
+          low=1, high=len(DIHEDRAL_VIEWS),
+          takes=f"a whole number of views from 1 (one pass, fastest) to {len(DIHEDRAL_VIEWS)}"),
+    Param("device", "choice", "auto", "where the network runs: auto is CUDA when present",
+          choices=("auto", "cuda", "cpu")),
+    Param("write_back", "flag", False, "store the result in the PACS as a derived series "
+          "(a datastore image of a server started with --studies URL)", takes="true or false"),
+    Param("result_extension", "choice", ".nrrd", "the result file's format (MONAI Label's "
+          "writer): NRRD, NIfTI (gzipped or not) or MetaImage; empty means NRRD",
+          source=MONAI_LABEL, choices=(".nrrd", ".nii.gz", ".nii", ".mha"), also=("",),
+          takes="one of .nrrd, .nii.gz, .nii, .mha (empty: .nrrd)"),
+    Param("result_dtype", "choice", "float32", "the result's voxel type (MONAI Label's "
+          "writer): float32 HU, or int16 whole HU; uint8, int8 and uint16 cannot hold CT "
+          "numbers and are written as int16", source=MONAI_LABEL,
+          choices=("float32", "int16"), also=tuple(WIDENED_DTYPES),
+          takes="one of float32, int16 (uint8, int8 and uint16 are written as int16)"),
+    Param("result_compress", "flag", True, "compress the result file (MONAI Label's writer; "
+          "NRRD and MetaImage: .nii.gz is always compressed, .nii never)",
+          source=MONAI_LABEL, takes="true or false"),
+    Param("restore_label_idx", "flag", False, "MONAI Label's label-index mapping, sent by its "
+          "OHIF plugin: no effect, a denoiser has no labels", source=MONAI_LABEL,
+          takes="true or false", advertised=False, used=False),
+    Param("client_id", "text", "", "the id MONAI Label's client adds to every request: no "
+          "effect", source=MONAI_LABEL, takes="a string or null", advertised=False, used=False),
+)
+BY_NAME = {p.name: p for p in PARAMS}
+RESULT_EXTENSIONS = BY_NAME["result_extension"].choices
+
+
+@dataclass(frozen=True)
 class DenoiseParams:
+    """The checked values of the parameters that have an effect (one field per used row)."""
+
     strength: float = 1.0
     ensemble: int = DEFAULT_ENSEMBLE
     device: str = "auto"
-    result_dtype: str = "float32"
     write_back: bool = False
+    result_extension: str = ".nrrd"
+    result_dtype: str = "float32"
+    result_compress: bool = True
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def extension(self) -> str:
+        """The result file's suffix (MONAI Label's empty extension: the default, NRRD)."""
+        return self.result_extension or BY_NAME["result_extension"].default
+
+    @property
+    def written_dtype(self) -> str:
+        """The voxel type the result is written in (a label type widened to int16)."""
+        return WIDENED_DTYPES.get(self.result_dtype, self.result_dtype)
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+        """The parameters as a request carries them (without the notes)."""
+        values = asdict(self)
+        del values["notes"]
+        return values
 
 
 def parse_params(raw: str | dict[str, Any] | None) -> DenoiseParams:
     """The request's ``params`` (a JSON object, as text or parsed), checked field by field."""
     if raw is None or raw == "":
-        return DenoiseParams()
+        raw = {}
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
@@ -50,29 +162,25 @@ def parse_params(raw: str | dict[str, Any] | None) -> DenoiseParams:
                              '{"strength": 0.8}') from exc
     if not isinstance(raw, dict):
         raise ParamError(f"params must be a JSON object, got {type(raw).__name__}")
-    known = set(DenoiseParams.__dataclass_fields__)
-    unknown = sorted(set(raw) - known - set(CLIENT_KEYS))
+    unknown = sorted(set(raw) - set(BY_NAME))
     if unknown:
         raise ParamError(f"unknown parameter(s) {', '.join(unknown)}; this server takes "
-                         f"{', '.join(sorted(known))}")
-    fields = {k: v for k, v in raw.items() if k in known}
-    strength = fields.get("strength", 1.0)
-    if not _number(strength) or not 0.0 <= strength <= 1.0:
-        raise ParamError(f"strength must be a number from 0 (the input) to 1 (full), got "
-                         f"{strength!r}")
-    ensemble = fields.get("ensemble", DEFAULT_ENSEMBLE)
-    if (not isinstance(ensemble, int) or isinstance(ensemble, bool)
-            or not 1 <= ensemble <= len(DIHEDRAL_VIEWS)):
-        raise ParamError(f"ensemble must be a whole number of views from 1 (one pass, fastest) "
-                         f"to {len(DIHEDRAL_VIEWS)}, got {ensemble!r}")
-    device = fields.get("device", "auto")
-    if device not in DEVICES:
-        raise ParamError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    dtype = fields.get("result_dtype", "float32")
-    if dtype not in RESULT_DTYPES:
-        raise ParamError(f"result_dtype must be one of {', '.join(RESULT_DTYPES)}, got "
-                         f"{dtype!r}")
-    write_back = fields.get("write_back", False)
-    if not isinstance(write_back, bool):
-        raise ParamError(f"write_back must be true or false, got {write_back!r}")
-    return DenoiseParams(float(strength), ensemble, device, dtype, write_back)
+                         f"{', '.join(sorted(p.name for p in PARAMS if p.advertised))}")
+    values = {p.name: p.check(raw[p.name]) for p in PARAMS if p.name in raw}
+    params = DenoiseParams(**{k: v for k, v in values.items() if BY_NAME[k].used})
+    if params.written_dtype != params.result_dtype:
+        params = DenoiseParams(**params.as_dict(), notes=(
+            f"result_dtype {params.result_dtype} cannot hold CT numbers (air is -1000 HU): "
+            f"the result was written as {params.written_dtype}, whole HU",))
+    return params
+
+
+def task_config() -> dict[str, Any]:
+    """The infer task's config as MONAI Label shows it in /info/ (what its clients send)."""
+    return {p.name: p.advertise() for p in PARAMS if p.advertised}
+
+
+def json_schema() -> dict[str, Any]:
+    """Every parameter a request may carry, ours and MONAI Label's, as a JSON Schema."""
+    return {"type": "object", "additionalProperties": False,
+            "properties": {p.name: p.schema() for p in PARAMS}}

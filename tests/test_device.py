@@ -1,4 +1,5 @@
-"""Device choice and mixed precision: the CUDA branches are chosen correctly, checked on CPU."""
+"""Device choice: the CUDA branches are chosen correctly, checked on CPU; the CUDA path's
+HU and training run when a GPU is lent (benchmarks/cuda_check.sh)."""
 
 from __future__ import annotations
 
@@ -22,17 +23,6 @@ def test_asking_for_cuda_without_a_gpu_says_so():
         dev.pick_device("cuda")
 
 
-def test_cpu_runs_in_float32_and_cuda_in_reduced_precision(monkeypatch):
-    with dev.autocast(torch.device("cpu")):
-        y = torch.nn.Linear(4, 4)(torch.ones(1, 4))
-    assert y.dtype == torch.float32
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
-    ctx = dev.autocast(torch.device("cuda"))
-    assert ctx.device == "cuda" and ctx.fast_dtype == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
-    assert dev.autocast(torch.device("cuda")).fast_dtype == torch.float16
-
-
 def test_batches_move_to_the_device():
     tensor = dev.to_device(np.ones((2, 1, 4, 4), np.float32), torch.device("cpu"))
     assert tensor.device.type == "cpu" and tensor.dtype == torch.float32
@@ -43,12 +33,14 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(),
 
 
 @CUDA
-def test_cuda_mixed_precision_keeps_hu_within_half_a_unit(phantom):
-    """The CUDA path (AMP, pinned memory) gives what float32 on the CPU gives, within 0.5 HU."""
+@pytest.mark.parametrize("name", ["alden", "n2n25d", "pan", "pdml", "vagan"])
+def test_cuda_keeps_hu_within_half_a_unit(phantom, name):
+    """The CUDA path (its precision policy, pinned memory) gives what float32 on the CPU
+    gives: mean < 0.5 HU, max < 5 HU (tests/test_precision.py checks it emulated)."""
     from ldct.infer import denoise
 
-    cpu = denoise(phantom.volume, "vagan", device="cpu", ensemble=1).hu
-    cuda = denoise(phantom.volume, "vagan", device="cuda", ensemble=1).hu
+    cpu = denoise(phantom.volume, name, device="cpu", ensemble=1).hu
+    cuda = denoise(phantom.volume, name, device="cuda", ensemble=1).hu
     assert np.abs(cuda - cpu).mean() < 0.5 and np.abs(cuda - cpu).max() < 5.0
 
 

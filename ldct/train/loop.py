@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from ldct import registry
 from ldct.data import PatchSampler, PreparedData
-from ldct.device import autocast, pick_device, to_device
+from ldct.device import TRAINING, grad_scaler, pick_device, precision, to_device
 from ldct.nets.encoder import load_pvm
 from ldct.train import METHODS
 from ldct.train.method import Method
@@ -123,8 +123,7 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     optims = {g: torch.optim.Adam([p for n in nets for p in method.nets[n].parameters()],
                                   lr=hp.get(f"lr_{g}", hp["lr"]), betas=(0.5, 0.999))
               for g, nets in method.optim_groups().items()}
-    use_scaler = dev.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    scaler = grad_scaler(dev)
     data = PreparedData(data_dir)
     hp["doses"] = hp["doses"] or data.manifest["doses"]  # default: every prepared dose
     hp["kernels"] = hp["kernels"] or data.kernels()
@@ -164,9 +163,9 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
             method.at_step(step)
             for group in method.schedule(step):
                 optims[group].zero_grad(set_to_none=True)
-                with autocast(dev):
+                with precision(dev, TRAINING):
                     terms = method.losses(group, batch)
-                scaler.scale(terms["total"]).backward()
+                scaler.scale(terms["total"].float()).backward()  # the sum in float32
                 scaler.step(optims[group])
                 scaler.update()
                 last.update({f"{group}/{k}": float(v.detach()) for k, v in terms.items()})

@@ -39,6 +39,7 @@ from fastapi import (
 from fastapi.concurrency import run_in_threadpool
 from monailabel.endpoints.infer import ResultType, send_response
 from monailabel.interfaces.app import MONAILabelApp
+from monailabel.utils.others.generic import remove_file
 
 from ldct.access import caller
 from ldct.finetune import check_settings
@@ -48,6 +49,13 @@ from ldct.jobs import JOBS, Job, JobError
 RETRY_AFTER_S = 30
 CT_CHECK_HEADER = "X-CT-Number-Check"  # the CT-number guard's verdict beside a result file
 DISCONNECT_CHECK_S = 0.5  # how often a waiting request checks that its client is still there
+# MONAI Label's answers (ResultType) a denoiser gives: none is its multipart (all), and why the
+# others are refused
+OUTPUTS = ("image", "json", "all")
+REFUSED_OUTPUTS = {
+    ResultType.dicom_seg.value: "a denoiser has no segmentation to store as DICOM SEG; ask "
+    "output=image for the denoised volume (its format: params.result_extension), or send "
+    "write_back: true to store it in the PACS as a derived image series"}
 
 
 class InferenceQueue:
@@ -187,9 +195,11 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
 
     @router.post("/infer/{model}", summary="Denoise an uploaded volume or a datastore image")
     async def infer(http: Request, background: BackgroundTasks, model: str, image: str = "",
-                    output: ResultType | None = None, job: str = "",
-                    params: str = Form("{}"), file: UploadFile | None = File(None)):
+                    output: str | None = None, job: str = "", session_id: str = "",
+                    params: str = Form("{}"), file: UploadFile | None = File(None),
+                    label: UploadFile | None = File(None)):
         _known(model, app.configs, "model")  # the served denoisers, without building /info/
+        _check_request(output, session_id, label)
         checked = _checked(parse_params, params)
         if file is None and not image:
             raise HTTPException(status_code=422, detail=(
@@ -225,7 +235,12 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
                 raise
         JOBS.finish(work, "done")
         background.add_task(shutil.rmtree, folder, True)
-        response = send_response(app.datastore(), result, output, background)
+        try:
+            response = send_response(app.datastore(), result, output, background)
+        except BaseException:  # its background clean-up never runs: clean up here
+            shutil.rmtree(folder, ignore_errors=True)
+            remove_file(result.get("file"))
+            raise
         check = result["params"].get("ct_check")
         if check is not None and hasattr(response, "headers"):  # the result file alone, too
             response.headers[CT_CHECK_HEADER] = json.dumps(
@@ -233,6 +248,26 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
         return response
 
     return router
+
+
+def _check_request(output: str | None, session_id: str, label: UploadFile | None) -> None:
+    """422 for what MONAI Label's infer takes but a denoiser cannot give or use, saying why."""
+    if output in REFUSED_OUTPUTS:
+        raise HTTPException(status_code=422, detail=f"output={output} is refused: "
+                                                    f"{REFUSED_OUTPUTS[output]}")
+    if output is not None and output not in OUTPUTS:
+        raise HTTPException(status_code=422, detail=(
+            f"output={output} is not an answer this server gives; ask one of "
+            f"{', '.join(OUTPUTS)} (none: all, the result file and its params in one "
+            "multipart answer)"))
+    if session_id:
+        raise HTTPException(status_code=422, detail=(
+            "this server keeps no sessions: upload the volume as the 'file' form field or name "
+            "a datastore image with ?image=ID"))
+    if label is not None:
+        raise HTTPException(status_code=422, detail=(
+            "a denoiser takes no label: send the CT volume alone (the 'file' field or "
+            "?image=ID)"))
 
 
 def _known(name: str, names: Iterable[str], what: str) -> None:

@@ -2,12 +2,14 @@
 
 Reads the request's image with `ldct.io` (NRRD, NIfTI, a zipped DICOM series or a DICOM
 folder), denoises it in HU, measures the CT-number shift of the result (`ldct.ct_guard`, in the
-response as ``ct_check``), and writes the result as NRRD with exactly the input geometry, in
-float32 or int16 as `result_dtype` asks - our own writer, much faster than the stock one.
+response as ``ct_check``), and writes the result with exactly the input geometry in the format,
+voxel type and compression MONAI Label's ``result_extension``, ``result_dtype`` and
+``result_compress`` ask (`ldct.infer_params`) - our own writer, much faster than the stock one.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from typing import Any
@@ -17,8 +19,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ldct import registry
 from ldct.ct_guard import check_ct_numbers
-from ldct.infer import DEFAULT_ENSEMBLE, DenoiseCancelled, denoise
-from ldct.infer_params import DEVICES, RESULT_DTYPES, DenoiseParams, parse_params
+from ldct.infer import DenoiseCancelled, denoise
+from ldct.infer_params import PARAMS, json_schema, parse_params, task_config
 from ldct.io import CTInputError, read_volume, write_volume
 from ldct.jobs import JOBS
 
@@ -30,14 +32,13 @@ class DenoiseInfer(InferTask):
         info = registry.get(model)
         super().__init__(type=InferType.OTHERS, labels=None, dimension=3,
                          description=f"{info.title} - {info.paper}, {info.supervision}",
-                         config={"strength": 1.0, "ensemble": DEFAULT_ENSEMBLE,
-                                 "device": list(DEVICES),
-                                 "result_dtype": list(RESULT_DTYPES), "write_back": False})
+                         config=task_config())
         self.model = model
 
     def info(self) -> dict[str, Any]:
         details = super().info()
         details["ldct"] = registry.get(self.model).summary()  # method, paper, card
+        details["params"] = json_schema()  # every parameter, ours and MONAI Label's
         return details
 
     def is_valid(self) -> bool:
@@ -46,8 +47,7 @@ class DenoiseInfer(InferTask):
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """``request`` holds the image's file and the parameters the route checked
         (`ldct.infer_params`) and its job's id (progress and cancel, `ldct.jobs`)."""
-        params = parse_params({k: request[k] for k in DenoiseParams.__dataclass_fields__
-                               if k in request})
+        params = parse_params({p.name: request[p.name] for p in PARAMS if p.name in request})
         start = time.perf_counter()
         info = registry.get(self.model)
         weights = info.weights if info.kind == "network" else None  # fixed for this request
@@ -70,11 +70,19 @@ class DenoiseInfer(InferTask):
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         model_s = time.perf_counter() - model_start
         ct_check = check_ct_numbers(volume.hu, result.hu).as_dict()
-        out = tempfile.NamedTemporaryFile(suffix=".nrrd", delete=False).name
-        write_volume(result, out, dtype=params.result_dtype)
+        handle, out = tempfile.mkstemp(prefix="ldct-result-", suffix=params.extension)
+        os.close(handle)
+        try:
+            write_volume(result, out, dtype=params.written_dtype, compress=params.result_compress)
+        except BaseException:
+            os.unlink(out)
+            raise
         return out, {"model": self.model, "version": version, "strength": params.strength,
                      "ensemble": params.ensemble, "device": params.device,
-                     "result_dtype": params.result_dtype, "shape": list(volume.hu.shape),
+                     "result_extension": params.extension,
+                     "result_dtype": params.written_dtype,
+                     "result_compress": params.result_compress, "notes": list(params.notes),
+                     "shape": list(volume.hu.shape),
                      "job": job.id if job else "", "ct_check": ct_check,
                      "model_seconds": round(model_s, 3),
                      "total_seconds": round(time.perf_counter() - start, 3)}
