@@ -18,6 +18,7 @@ from ldct.batch import worklist
 from ldct.batch.ledger import Ledger
 from ldct.batch.run import run_batch
 from ldct.batch.workers import Job, model_version
+from ldct.cli import main
 from ldct.io import read_volume, write_dicom_series, write_volume
 from ldct.phantom import make_phantom
 
@@ -199,43 +200,45 @@ def test_a_lost_ledger_still_writes_nothing_twice(pacs, first_run, ray_address, 
     assert _series(url).keys() == before.keys()
 
 
-def test_a_folder_and_a_csv_of_datastore_ids_to_a_folder(ray_address, tmp_path, ldct_command):
-    """A folder of series (DICOM and NRRD) denoised to --out; a CSV naming two of them."""
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    """`ldct ARGS` in this process (its Ray is the module's); exit code and last line."""
+    code = main(list(args))
+    return code, capsys.readouterr().out.strip().splitlines()[-1]
+
+
+def test_a_folder_and_a_csv_of_datastore_ids_to_a_folder(ray_address, tmp_path, capsys):
+    """A folder of series (DICOM and NRRD) denoised to --out and re-run; a CSV naming one of
+    them; a CSV id that is a path is refused."""
     source = tmp_path / "series"
-    truth = {}
-    for k, name in enumerate(["a", "b.nrrd"]):
-        phantom, noisy = _noisy(30 + k)
-        if name.endswith(".nrrd"):
-            write_volume(noisy, source / name)
-        else:
-            write_dicom_series(noisy, source / name, description="LD folder")
-        truth[name.split(".")[0]] = phantom
+    write_dicom_series(_noisy(30)[1], source / "a", description="LD folder")
+    write_volume(_noisy(31)[1], source / "b.nrrd")
     out = tmp_path / "out"
-    command = [*ldct_command, "batch", str(source), "--model", "vagan", "--out", str(out),
-               "--address", ray_address]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert first.stdout.strip().splitlines()[-1].startswith("done 2, skipped 0, failed 0")
+    command = ["batch", str(source), "--model", "vagan", "--out", str(out)]
+    code, last = _cli(capsys, *command)
+    assert code == 0 and last.startswith("done 2, skipped 0, failed 0 ("), last
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a", "b.nrrd"]
     dicom = read_volume(out / "a")
     assert list(dicom.dicom.ImageType)[:2] == ["DERIVED", "SECONDARY"]
     assert dicom.dicom.SeriesDescription == "LD folder denoised (vagan, strength 1)"
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert again.stdout.strip().splitlines()[-1].startswith("done 0, skipped 2, failed 0")
+    assert _cli(capsys, *command)[1].startswith("done 0, skipped 2, failed 0")
     table = tmp_path / "ids.csv"
     table.write_text("id\nb\n")
-    by_id = subprocess.run([*ldct_command, "batch", str(table), "--datastore", str(source),
-                            "--model", "vagan", "--out", str(tmp_path / "by-id"),
-                            "--address", ray_address], capture_output=True, text=True,
-                           timeout=300)
-    assert by_id.stdout.strip().splitlines()[-1].startswith("done 1, skipped 0, failed 0")
-    assert [p.name for p in (tmp_path / "by-id").iterdir() if not p.name.startswith(".")] == [
-        "b.nrrd"]
+    by_id = tmp_path / "by-id"
+    code, last = _cli(capsys, "batch", str(table), "--datastore", str(source), "--model",
+                      "vagan", "--out", str(by_id))
+    assert last.startswith("done 1, skipped 0, failed 0")
+    assert [p.name for p in by_id.iterdir() if not p.name.startswith(".")] == ["b.nrrd"]
     table.write_text("id\n../series/a\n")
-    refused = subprocess.run([*ldct_command, "batch", str(table), "--datastore", str(source),
-                              "--model", "vagan", "--out", str(tmp_path / "x")],
-                             capture_output=True, text=True, timeout=300)
-    assert refused.returncode == 2 and "is not an image of the datastore" in refused.stdout
+    code = main(["batch", str(table), "--datastore", str(source), "--model", "vagan", "--out",
+                 str(tmp_path / "x")])
+    said = " ".join(capsys.readouterr().out.split())
+    assert code == 2 and "id '../series/a' is not an image of the datastore" in said
+
+
+def _cli(capsys, *args: str) -> tuple[int, str]:
+    """`ldct ARGS` in this process (joining the module's Ray): exit code, last output line."""
+    code = main(list(args))
+    return code, capsys.readouterr().out.strip().splitlines()[-1]
 
 
 def test_a_ledger_row_per_series_and_job(first_run, pacs):

@@ -102,7 +102,7 @@ def run_batch(items: Iterable[Item], job: Job, ledger: Ledger, audit: Path, work
         actor = ray.remote(SeriesWorker).options(
             num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
             max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
-        pool = [actor.remote(job, cpus_per_worker) for _ in range(workers)]
+        pool: list = []  # started at the first series to denoise (a re-run may need none)
         exclude = frozenset(ledger.derived(job.key, other_versions=True))
         todo = iter(items)
         pending: dict[ray.ObjectRef, tuple[Item, int]] = {}
@@ -132,6 +132,8 @@ def run_batch(items: Iterable[Item], job: Job, ledger: Ledger, audit: Path, work
                     record(item, Outcome(item.key, "skipped", item.series, item.study,
                                          reason="done in an earlier run (ledger)"))
                     continue
+                if not pool:
+                    pool.extend(actor.remote(job, cpus_per_worker) for _ in range(workers))
                 slot = load.index(min(load))
                 ledger.started(item.key, job.key)
                 pending[pool[slot].process.remote(item, exclude)] = (item, slot)
