@@ -98,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out or f"runs/{args.method}")
     result = train(args.method, args.data, out, preset=args.preset, overrides=overrides,
                    resume=args.resume, pvm_path=args.pvm, device=args.device,
-                   init_weights=args.init)
+                   init_weights=args.init, nproc=args.nproc)
     losses = ", ".join(f"{k} {v:.4g}" for k, v in result.last.items() if k.endswith("total"))
     console.print(f"trained {args.method}: {result.steps} steps in {result.wall_s / 60:.1f} min "
                   f"({losses}); outputs in {out}")
@@ -408,6 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="start the network from these trained weights (a model.pt)")
     p.add_argument("--pvm", help="PVM weights: CT encoder or torchvision VGG19/ResNet state dict")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train on N local processes under DistributedDataParallel (gloo on "
+                        "CPU, NCCL with one GPU each); --batch stays the global batch. Several "
+                        "nodes: torchrun --nnodes ... -m ldct.cli train ...")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list the denoisers (names first; details with -v); "
