@@ -171,6 +171,7 @@ def test_a_second_run_skips_everything(pacs, first_run, ray_address, ldct_comman
     url, _, bad = pacs
     _, _, _, ledger, home = first_run
     before = _series(url)
+    audited = len((home / "audit.log").read_text().splitlines())
     ledger.close()
     out = subprocess.run(
         [*ldct_command, "batch", f"{url}/dicom-web", "--model", "vagan", "--write-back",
@@ -182,6 +183,9 @@ def test_a_second_run_skips_everything(pacs, first_run, ray_address, ldct_comman
     last = out.stdout.strip().splitlines()[-1]
     assert last.startswith("done 0, skipped 7, failed 1"), out.stdout[-2000:]
     assert _series(url).keys() == before.keys()  # nothing written
+    lines = (home / "audit.log").read_text().splitlines()[audited:]
+    assert sum("done in an earlier run (ledger)" in line for line in lines) == GOOD
+    assert sum(f"series={bad} " in line and "status=failed" in line for line in lines) == 1
 
 
 def test_a_lost_ledger_still_writes_nothing_twice(pacs, first_run, ray_address, tmp_path):

@@ -17,7 +17,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS series (
     source TEXT NOT NULL,       -- series UID, or the path of a file/folder
     model TEXT NOT NULL,
-    version TEXT NOT NULL,      -- the weights' version and SHA-256 prefix ('baseline' for baselines)
+    version TEXT NOT NULL,      -- weights version and SHA-256 prefix, or 'baseline'
     strength REAL NOT NULL,
     destination TEXT NOT NULL,  -- 'pacs:<url>' or 'dir:<folder>'
     state TEXT NOT NULL,        -- started | done | failed

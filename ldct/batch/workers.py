@@ -119,9 +119,7 @@ class SeriesWorker:
         if volume.dicom is None:
             return volume, set()
         if path.is_dir():
-            sops = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
-                    for f in path.rglob("*") if f.is_file() and f.suffix in ("", ".dcm")}
-            return volume, sops
+            return volume, _instances(path, str(volume.dicom.SeriesInstanceUID))
         return volume, {str(volume.dicom.SOPInstanceUID)}
 
     def _process(self, item: Item, exclude: frozenset[str], tmp: Path) -> Outcome:
@@ -169,3 +167,18 @@ class SeriesWorker:
             write_volume(result, partial)
         os.replace(partial, target)
         return target.name
+
+
+def _instances(folder: Path, series: str) -> set[str]:
+    """The SOPInstanceUIDs of ``series`` among the DICOM files of ``folder``."""
+    found = set()
+    for path in folder.rglob("*"):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
+                "SeriesInstanceUID", "SOPInstanceUID"])
+        except Exception:  # noqa: BLE001 - not a DICOM file (or a folder): not an instance
+            continue
+        if str(ds.get("SeriesInstanceUID", "")) == series and "SOPInstanceUID" in ds:
+            found.add(str(ds.SOPInstanceUID))
+    return found
+
