@@ -217,7 +217,7 @@ def test_a_folder_and_a_csv_of_datastore_ids_to_a_folder(ray_address, tmp_path, 
     write_dicom_series(_noisy(30)[1], source / "a", description="LD folder")
     write_volume(_noisy(31)[1], source / "b.nrrd")
     out = tmp_path / "out"
-    command = ["batch", str(source), "--model", "vagan", "--out", str(out)]
+    command = ["batch", str(source), "--model", "vagan", "--out", str(out), "--workers", "1"]
     code, last = _cli(capsys, *command)
     assert code == 0 and last.startswith("done 2, skipped 0, failed 0 ("), last
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a", "b.nrrd"]
