@@ -254,6 +254,10 @@ def cmd_batch(args: argparse.Namespace) -> None:
     from ldct.batch.workers import Job, model_version
     from ldct.pacs import PacsError
 
+    if args.workers < 1 or args.cpus_per_worker < 1:
+        raise ValueError("--workers and --cpus-per-worker take whole numbers >= 1")
+    if not 0.0 <= args.strength <= 1.0:
+        raise ValueError(f"--strength must be in [0, 1], got {args.strength}")
     source = args.source
     pacs_source = source.startswith(("http://", "https://"))
     if args.write_back and not (pacs_source or args.pacs):

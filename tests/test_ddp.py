@@ -84,3 +84,10 @@ def test_a_run_killed_mid_way_resumes_exactly(prepared, two_ranks, tmp_path, ldc
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     a, b = _weights(straight), _weights(tmp_path)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_global_batch_that_does_not_split_is_refused_before_any_process_starts(prepared,
+                                                                                  tmp_path):
+    with pytest.raises(ValueError, match="--batch 3 .* does not split over --nproc 2"):
+        train("pdml", prepared, tmp_path, overrides={**HP, "batch": 3}, progress=False, nproc=2)
+    assert not any(tmp_path.iterdir())

@@ -106,6 +106,10 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     ``nproc`` > 1 trains on that many local processes (DDP); ``batch`` stays the global batch.
     """
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        batch = hyper_parameters(method_name, preset, overrides, bool(init_weights))["batch"]
+        if batch % nproc:
+            raise ValueError(f"--batch {batch} (the global batch) does not split over --nproc "
+                             f"{nproc}; give a multiple of {nproc}")
         return ddp.launch(nproc, method_name=method_name, data_dir=data_dir, out_dir=out_dir,
                           preset=preset, overrides=overrides, resume=resume, pvm_path=pvm_path,
                           device=device, progress=progress, init_weights=init_weights)
