@@ -13,7 +13,7 @@ import shutil
 import socket
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pydicom
@@ -105,8 +105,7 @@ class SeriesWorker:
                 for place in filter(None, (tmp, item.path)):
                     reason = reason.replace(place, "<series>")  # no paths (names) in the log
                 outcome = Outcome(item.key, "failed", item.series, item.study, reason=reason)
-        return Outcome(**{**outcome.__dict__, "seconds": time.perf_counter() - start,
-                          "worker": self.name})
+        return replace(outcome, seconds=time.perf_counter() - start, worker=self.name)
 
     def _read(self, item: Item, folder: Path) -> tuple[CTVolume, set[str]]:
         """The source volume and the SOPInstanceUIDs its derived series may reference."""
@@ -130,7 +129,7 @@ class SeriesWorker:
         study = str(header.get("StudyInstanceUID", "")) if header is not None else ""
         known = Outcome(item.key, "skipped", series, study)
         if header is not None and "ldct" in str(header.get("DerivationDescription", "")).lower():
-            return Outcome(**{**known.__dict__, "reason": "an ldct result, not a source"})
+            return replace(known, reason="an ldct result, not a source")
         if self.target is not None:
             if header is None:
                 raise ValueError("write-back needs a DICOM source (it is stored in the source's "
@@ -139,13 +138,11 @@ class SeriesWorker:
                 self.target, study, derived_description(volume, job.model, job.strength), sops,
                 volume.hu.shape[0], set(exclude))
             if existing:
-                return Outcome(**{**known.__dict__, "derived": existing,
-                                  "reason": "already in the PACS"})
+                return replace(known, derived=existing, reason="already in the PACS")
         else:
             target = Path(job.out) / (item.name if header is not None else f"{item.name}.nrrd")
             if target.exists():
-                return Outcome(**{**known.__dict__, "derived": target.name,
-                                  "reason": "already written"})
+                return replace(known, derived=target.name, reason="already written")
         result = denoise(volume, job.model, strength=job.strength, device=job.device,
                          ensemble=job.ensemble)
         if self.target is not None:
