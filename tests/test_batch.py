@@ -204,6 +204,29 @@ def test_a_lost_ledger_still_writes_nothing_twice(pacs, first_run, ray_address, 
     assert _series(url).keys() == before.keys()
 
 
+def test_a_csv_of_pacs_series_ids_to_a_folder(pacs, ray_address, tmp_path, capsys):
+    """Ids as a PACS-backed server's datastore lists them (series UIDs) fetched from the PACS
+    and written to a folder, each named by its UID; an id the PACS lacks is refused."""
+    url, good, _ = pacs
+    chosen = sorted(good)[:2]
+    table = tmp_path / "ids.csv"
+    table.write_text("id\n" + "\n".join(chosen) + "\n")
+    out = tmp_path / "out"
+    code, last = _cli(capsys, "batch", str(table), "--pacs", f"{url}/dicom-web", "--model",
+                      "vagan", "--out", str(out), "--workers", "1")
+    assert code == 0 and last.startswith("done 2, skipped 0, failed 0"), last
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == chosen
+    for uid in chosen:
+        result = read_volume(out / uid)
+        assert result.dicom.StudyInstanceUID == good[uid][0].StudyInstanceUID
+        assert list(result.dicom.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    table.write_text("id\n1.2.3.4\n")
+    code = main(["batch", str(table), "--pacs", f"{url}/dicom-web", "--model", "vagan",
+                 "--out", str(out)])
+    said = " ".join(capsys.readouterr().out.split())
+    assert code == 2 and "series 1.2.3.4 is not in the PACS" in said
+
+
 def _cli(capsys, *args: str) -> tuple[int, str]:
     """`ldct ARGS` in this process (its Ray is the module's); exit code and last line."""
     code = main(list(args))
