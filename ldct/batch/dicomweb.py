@@ -60,15 +60,14 @@ def search_series(pacs: DICOMwebClient, filters: dict[str, str]) -> Iterator[pyd
         offset += len(page)
 
 
-def fetch_series(pacs: DICOMwebClient, study: str, series: str, folder: Path) -> list[str]:
-    """Save the series' instances (WADO-RS) as files in ``folder``; their SOPInstanceUIDs."""
+def fetch_series(pacs: DICOMwebClient, study: str, series: str, folder: Path) -> None:
+    """Save the series' instances (WADO-RS) as files in ``folder``."""
     instances = _pacs_call(f"send series {series}", pacs.base_url, pacs.retrieve_series,
                            study, series)
     if not instances:
         raise PacsError(f"the PACS holds no instances of series {series}")
     for k, ds in enumerate(instances):
         ds.save_as(folder / f"{k:05d}.dcm", write_like_original=False)
-    return [str(ds.SOPInstanceUID) for ds in instances]
 
 
 def find_derived(pacs: DICOMwebClient, study: str, description: str, sources: set[str],

@@ -88,9 +88,6 @@ class SeriesWorker:
         self.target = dicomweb.client(job.write_pacs) if job.write_pacs else None
         self.name = f"{os.getpid()}@{socket.gethostname()}"
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def process(self, item: Item, exclude: frozenset[str] = frozenset()) -> Outcome:
         """Denoise and write one series; never raises for the series' own faults.
 
