@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 from rich.console import Console
@@ -97,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out or f"runs/{args.method}")
     result = train(args.method, args.data, out, preset=args.preset, overrides=overrides,
                    resume=args.resume, pvm_path=args.pvm, device=args.device,
-                   init_weights=args.init)
+                   init_weights=args.init, nproc=args.nproc)
     losses = ", ".join(f"{k} {v:.4g}" for k, v in result.last.items() if k.endswith("total"))
     console.print(f"trained {args.method}: {result.steps} steps in {result.wall_s / 60:.1f} min "
                   f"({losses}); outputs in {out}")
@@ -247,6 +248,61 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     console.print(f"report: {Path(args.out) / 'quality.md'}")
 
 
+def cmd_batch(args: argparse.Namespace) -> None:
+    from ldct.batch.ledger import Ledger
+    from ldct.batch.run import run_batch
+    from ldct.batch.workers import Job, model_version
+    from ldct.pacs import PacsError
+
+    if args.workers < 1 or args.cpus_per_worker < 1:
+        raise ValueError("--workers and --cpus-per-worker take whole numbers >= 1")
+    if not 0.0 <= args.strength <= 1.0:
+        raise ValueError(f"--strength must be in [0, 1], got {args.strength}")
+    source = args.source
+    pacs_source = source.startswith(("http://", "https://"))
+    if args.write_back and not (pacs_source or args.pacs):
+        raise ValueError("--write-back stores results in a PACS: give a DICOMweb URL as SOURCE "
+                         "or --pacs URL")
+    out = str(Path(args.out).resolve()) if args.out else ""
+    job = Job(args.model, model_version(args.model), args.strength,
+              source_pacs=source if pacs_source else (args.pacs or ""),
+              write_pacs=(source if pacs_source else args.pacs) if args.write_back else "",
+              out=out, ensemble=_views(args), device=args.device)
+    home = Path(out) / ".ldct-batch" if out else Path.home() / ".cache" / "ldct" / "batch"
+    ledger = Ledger(args.ledger or home / "ledger.sqlite")
+    try:
+        items = list(_batch_items(args, ledger, job))
+    except PacsError as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    audit = ledger.path.with_name("audit.log")
+    summary = run_batch(items, job, ledger, audit, workers=args.workers,
+                        cpus_per_worker=args.cpus_per_worker, address=args.address)
+    for failure in summary.failures:
+        console.print(f"failed {failure.series or failure.key}: {failure.reason}",
+                      style="red", highlight=False)
+    console.print(f"ledger {ledger.path}, audit log {audit}", highlight=False)
+    print(summary.line(), flush=True)  # the last line, unwrapped, for scripts
+
+
+def _batch_items(args: argparse.Namespace, ledger, job) -> Iterable:
+    """The worklist SOURCE names; a PACS query leaves out the results the ledger recorded."""
+    from ldct.batch import worklist
+
+    source = args.source
+    if source.startswith(("http://", "https://")):
+        return worklist.from_query(source, args.study_date or "", args.description or "",
+                                    exclude=ledger.derived(job.key) | ledger.derived(
+                                        job.key, other_versions=True))
+    if source.lower().endswith(".csv"):
+        return worklist.from_csv(source, pacs=args.pacs, datastore=args.datastore)
+    if Path(source).is_dir():
+        return worklist.from_folder(source)
+    raise ValueError(f"{source}: SOURCE is a DICOMweb URL (http...), a folder of series or a "
+                     ".csv of datastore ids")
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from ldct.serve import serve
 
@@ -386,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", help="start the network from these trained weights (a model.pt)")
     p.add_argument("--pvm", help="PVM weights: CT encoder or torchvision VGG19/ResNet state dict")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train on N local processes under DistributedDataParallel (gloo on "
+                        "CPU, NCCL with one GPU each); --batch stays the global batch. Several "
+                        "nodes: torchrun --nnodes ... -m ldct.cli train ...")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("models", help="list the denoisers (names first; details with -v); "
@@ -444,6 +504,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-cards", action="store_true",
                    help="write models/<name>/card.{json,md} with these held-out metrics")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("batch", help="denoise a worklist (PACS query, folder, CSV of ids) on "
+                                     "Ray; resumable")
+    p.add_argument("source", help="a DICOMweb URL (its CT series, filtered by --study-date and "
+                                  "--description), a folder of series/volumes, or a CSV of "
+                                  "datastore ids")
+    p.add_argument("--model", required=True, help="a name from `ldct models`")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="write each result to this folder")
+    where.add_argument("--write-back", action="store_true",
+                       help="store each result in the PACS as a derived series (STOW-RS)")
+    p.add_argument("--strength", type=float, default=1.0, help="0 (input) .. 1 (full)")
+    p.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the model "
+                                                          "once (default 2)")
+    p.add_argument("--address", help="a Ray cluster to join (e.g. HEAD:6379; default: a local "
+                                     "Ray on this machine)")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPU cores per worker")
+    p.add_argument("--study-date", help="PACS query: StudyDate or range, e.g. "
+                                        "20260101-20260131")
+    p.add_argument("--description", help="PACS query: SeriesDescription, * wildcards")
+    p.add_argument("--pacs", help="the DICOMweb URL CSV ids name series of, and where "
+                                  "--write-back stores a folder's DICOM series")
+    p.add_argument("--datastore", help="the local datastore folder CSV ids name images of")
+    p.add_argument("--ledger", help="the ledger file (default OUT/.ldct-batch/ledger.sqlite, "
+                                    "or ~/.cache/ldct/batch/ledger.sqlite with --write-back)")
+    _add_ensemble_option(p)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.set_defaults(func=cmd_batch)
 
     p = sub.add_parser("serve", help="start the MONAI Label server with the denoisers")
     p.add_argument("--studies", help="datastore folder or DICOMweb URL (default: a demo study)")

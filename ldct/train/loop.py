@@ -1,8 +1,9 @@
 """The one training loop every method shares: sampling, optimizers, AMP, checkpoints, logs.
 
-`ldct train METHOD --data DIR [--preset cpu|paper] [--resume]` runs :func:`train`. Runs are
-resumable (a checkpoint every ``ckpt_every`` steps holds nets, optimizers, RNG states and the
-wall time so far) and deterministic for a seed on the CPU.
+`ldct train METHOD --data DIR [--preset cpu|paper] [--resume] [--nproc N]` runs :func:`train`.
+Runs are resumable (a checkpoint every ``ckpt_every`` steps holds nets, optimizers, RNG states and
+the wall time so far) and deterministic for a seed on the CPU; with several processes the same
+loop runs under DistributedDataParallel (`ldct.train.ddp`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from tqdm import tqdm
 
 from ldct import registry
 from ldct.data import PatchSampler, PreparedData
-from ldct.device import TRAINING, grad_scaler, pick_device, precision, to_device
+from ldct.device import TRAINING, grad_scaler, precision, to_device
 from ldct.nets.encoder import load_pvm
-from ldct.train import METHODS
+from ldct.train import METHODS, ddp
 from ldct.train.method import Method
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -96,16 +97,27 @@ def _save_atomic(obj: Any, path: Path) -> None:
 def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: str = "cpu",
           overrides: dict[str, Any] | None = None, resume: bool = False,
           pvm_path: str | Path | None = None, device: str = "auto",
-          progress: bool = True, init_weights: str | Path | None = None) -> TrainResult:
+          progress: bool = True, init_weights: str | Path | None = None,
+          nproc: int = 1) -> TrainResult:
     """Train ``method_name`` on the prepared data; writes checkpoint, log.csv and model.pt.
 
     ``init_weights`` (a model.pt) starts the deployable network from trained weights - the
     fine-tuning case; the method's ``finetune`` overrides then skip its from-scratch stages.
+    ``nproc`` > 1 trains on that many local processes (DDP); ``batch`` stays the global batch.
     """
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        batch = hyper_parameters(method_name, preset, overrides, bool(init_weights))["batch"]
+        if batch % nproc:
+            raise ValueError(f"--batch {batch} (the global batch) does not split over --nproc "
+                             f"{nproc}; give a multiple of {nproc}")
+        return ddp.launch(nproc, method_name=method_name, data_dir=data_dir, out_dir=out_dir,
+                          preset=preset, overrides=overrides, resume=resume, pvm_path=pvm_path,
+                          device=device, progress=progress, init_weights=init_weights)
     hp = hyper_parameters(method_name, preset, overrides, bool(init_weights))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dev = pick_device(device)
+    rank = ddp.setup(device)
+    dev = rank.device
     torch.manual_seed(hp["seed"])
     method = build_method(method_name, hp, pvm_path)
     if init_weights:
@@ -141,7 +153,7 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
         sampler.rng.bit_generator.state = ckpt["sampler_rng"]
         torch.set_rng_state(ckpt["torch_rng"])
         step, wall = ckpt["step"], ckpt["wall_s"]
-    elif (out_dir / "log.csv").exists():
+    elif rank.main and (out_dir / "log.csv").exists():
         (out_dir / "log.csv").unlink()  # a fresh run starts a fresh log
 
     def checkpoint() -> None:
@@ -150,21 +162,22 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
                       "sampler_rng": sampler.rng.bit_generator.state,
                       "torch_rng": torch.get_rng_state()}, ckpt_path)
 
-    log_file = open(out_dir / "log.csv", "a", newline="")
-    writer = csv.writer(log_file)
+    log_file = open(out_dir / "log.csv", "a", newline="") if rank.main else None
+    writer = csv.writer(log_file) if log_file else None
     last: dict[str, float] = {}
     bar = tqdm(total=hp["steps"], initial=step, desc=f"train {method_name}", unit="step",
-               disable=not progress)
+               disable=not (progress and rank.main))
+    losses = ddp.losses_of(method, rank)
     method.nets.train()
     try:
         while step < hp["steps"]:
             start = time.perf_counter()
-            batch = {k: to_device(v, dev) for k, v in sampler.sample().items()}
+            batch = {k: to_device(v, dev) for k, v in rank.shard(sampler.sample()).items()}
             method.at_step(step)
             for group in method.schedule(step):
                 optims[group].zero_grad(set_to_none=True)
                 with precision(dev, TRAINING):
-                    terms = method.losses(group, batch)
+                    terms = losses(group, batch)
                 scaler.scale(terms["total"].float()).backward()  # the sum in float32
                 scaler.step(optims[group])
                 scaler.update()
@@ -172,19 +185,24 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
             step += 1
             wall += time.perf_counter() - start
             if step % hp["log_every"] == 0 or step == hp["steps"]:
-                for key, value in last.items():
-                    writer.writerow([step, f"{wall:.1f}", key, f"{value:.6g}"])
-                log_file.flush()
+                last = rank.mean(last)
+                if writer:
+                    for key, value in last.items():
+                        writer.writerow([step, f"{wall:.1f}", key, f"{value:.6g}"])
+                    log_file.flush()
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3g}" for k, v in last.items()
                                  if k.endswith("total")})
-            if step % hp["ckpt_every"] == 0 or step == hp["steps"]:
+            if rank.main and (step % hp["ckpt_every"] == 0 or step == hp["steps"]):
                 checkpoint()
             bar.update(1)
     finally:
         bar.close()
-        log_file.close()
+        if log_file:
+            log_file.close()
     method.at_step(step)
-    export(method, method_name, hp, preset, step, wall, out_dir)
+    if rank.main:
+        export(method, method_name, hp, preset, step, wall, out_dir)
+    rank.close()
     return TrainResult(out_dir, step, wall, last)
 
 
