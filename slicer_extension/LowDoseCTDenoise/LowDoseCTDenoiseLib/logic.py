@@ -41,6 +41,7 @@ DIFFERENCE_SAMPLES = 200_000
 STUDY_ATTRIBUTE = "LowDoseCTDenoise.studyItem"
 DIFFERENCE_REFERENCE = "LowDoseCTDenoise.difference"  # result node -> its difference node
 MODEL_ATTRIBUTE, STRENGTH_ATTRIBUTE = "LowDoseCTDenoise.model", "LowDoseCTDenoise.strength"
+SOURCE_ATTRIBUTE = "LowDoseCTDenoise.source"  # result -> the ID of the input it denoises
 DERIVED_SERIES_OFFSET = 1000  # a derived series' number: the input's + 1000, as ldct.pacs does
 
 
@@ -72,6 +73,18 @@ def _copy_geometry(source, target) -> None:
     target.SetSpacing(spacing)
     target.SetOrigin([2 * v + 1 for v in origin])
     target.SetOrigin(origin)
+
+
+def blend(original: np.ndarray, full: np.ndarray, strength: float, out: np.ndarray) -> None:
+    """``out`` := ``original + strength * (full - original)`` rounded to whole HU (int16), as
+    the server blends and as the derived DICOM series stores it; a slice at a time, so the
+    float work never needs a full-size temporary."""
+    for k in range(out.shape[0]):
+        mixed = full[k] - original[k].astype(np.float32)
+        mixed *= np.float32(strength)
+        mixed += original[k]
+        np.rint(mixed, out=mixed)
+        out[k] = np.clip(mixed, -32768, 32767)
 
 
 @dataclass(frozen=True)
@@ -118,17 +131,20 @@ class DicomExport:
     study: str
 
 
-def _weakly(method: Callable[..., None]) -> Callable[..., None]:
+def _weakly(method: Callable[..., None], with_node: bool = False) -> Callable[..., None]:
     """An observer callback that holds its Logic weakly. A strong one (a bound method) makes a
     cycle through VTK (scene -> observer -> Logic -> scene) that Python's garbage collector
     may tear down in any order, calling back a half-cleared Logic; weakly held, a Logic left
-    without cleanup() is simply freed and its callbacks do nothing."""
+    without cleanup() is simply freed and its callbacks do nothing. ``with_node``: the event
+    carries a node (the scene's node events), passed on as a third argument."""
     ref = weakref.WeakMethod(method)
 
-    def callback(caller, event) -> None:
+    def callback(caller, event, *node) -> None:
         bound = ref()
         if bound is not None:
-            bound(caller, event)
+            bound(caller, event, *node)
+    if with_node:
+        callback.CallDataType = vtk.VTK_OBJECT
     return callback
 
 
@@ -150,6 +166,9 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                          _weakly(self._scene_closed))
         self.addObserver(self.scene, slicer.vtkMRMLScene.EndImportEvent,
                          _weakly(self._scene_loaded))
+        self.on_node_removed: Callable[[object], None] = lambda node: None  # the panel follows
+        self.addObserver(self.scene, slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent,
+                         _weakly(self._node_removed, with_node=True))
         self.own_windows: dict[str, tuple[float, float]] = {}  # node id -> window it came with
         self._own_labels: dict[str, str] = {}  # view -> its label before the module's
         self._synced: tuple = ()  # the two display nodes whose windows follow each other
@@ -192,9 +211,42 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                             tuple(lps[:, 3]))
         return VolumeExport(node.GetName(), header, voxels)
 
-    def load_result(self, path: str | Path, input_node, model: str, strength: float = 1.0):
+    def study_of(self, node) -> int:
+        """The subject-hierarchy item ``node`` is under (its study when loaded from DICOM);
+        a job captures it when it starts."""
+        sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(self.scene)
+        item = sh.GetItemByDataNode(node)
+        return sh.GetItemParent(item) if item else 0
+
+    def in_scene(self, node) -> bool:
+        """Whether ``node`` is still in the scene (not deleted while a job ran)."""
+        return node.GetScene() is not None and self.scene.GetNodeByID(node.GetID()) is node
+
+    def results_of(self, input_node) -> list:
+        """The denoised results of ``input_node`` in the scene, oldest first."""
+        kind = "vtkMRMLScalarVolumeNode"
+        nodes = [self.scene.GetNthNodeByClass(k, kind)
+                 for k in range(self.scene.GetNumberOfNodesByClass(kind))]
+        return [node for node in nodes if node.GetAttribute(MODEL_ATTRIBUTE)
+                and node.GetAttribute(SOURCE_ATTRIBUTE) == input_node.GetID()]
+
+    def remove_results(self, input_node, keep=None) -> int:
+        """Remove the results of ``input_node`` (but ``keep``) and their differences from the
+        scene; returns how many results were removed."""
+        results = [node for node in self.results_of(input_node) if node is not keep]
+        for node in results:
+            difference = node.GetNodeReference(DIFFERENCE_REFERENCE)
+            if difference is not None:
+                self.scene.RemoveNode(difference)
+            self.scene.RemoveNode(node)
+        return len(results)
+
+    def load_result(self, path: str | Path, input_node, model: str, strength: float = 1.0,
+                    study: int = 0, replace: bool = False):
         """A new volume node with the input's geometry, named ``<input> <model> s=<strength>``
-        (unique in the scene): the server's full-strength result blended with the input."""
+        (unique in the scene): the server's full-strength result blended with the input,
+        placed under ``study`` (the input's when its job started; 0: where the input is now).
+        ``replace``: the input's earlier results are removed."""
         node = self._read(path)
         expected, got = _matrix(input_node), _matrix(node)
         same_size = (node.GetImageData().GetDimensions()
@@ -205,11 +257,13 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                                    "not loaded. Report this with the server log.")
         _copy_geometry(input_node, node)  # exactly the input's, bit for bit
         node.SetAttribute(MODEL_ATTRIBUTE, model)
-        node.SetAttribute("LowDoseCTDenoise.source", input_node.GetID())
+        node.SetAttribute(SOURCE_ATTRIBUTE, input_node.GetID())
+        if replace:
+            self.remove_results(input_node, keep=node)
         node.CreateDefaultDisplayNodes()
         # the downloaded voxels stay referenced here when the node gets a blend (a new array)
         self._full = (node, slicer.util.arrayFromVolume(node))
-        self._blend(input_node, node, strength)
+        self._blend(input_node, node, strength, study)
         return node
 
     def set_strength(self, strength: float) -> str:
@@ -220,28 +274,32 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         self._fill_views()  # the labels say the new strength
         return denoised.GetName()
 
-    def _blend(self, original, result, strength: float) -> None:
-        """``result`` := the blend at ``strength`` in float32, computed into the node's own
-        new array (no other full-size copy); at 1 the downloaded voxels are kept as they are."""
+    def _blend(self, original, result, strength: float, study: int = 0) -> None:
+        """``result`` := the blend at ``strength`` rounded to whole HU in int16, as DICOM will
+        store it (:func:`blend`), in the node's own new array; at 1 the downloaded voxels are
+        kept as they are."""
         node, full = self._full or (None, None)
         if node is not result:
             raise RuntimeError("The full-strength result of this pair is gone; denoise again.")
         if strength != 1.0 or result.GetImageData().GetScalarType() != vtk.VTK_SHORT:
-            result.GetImageData().AllocateScalars(vtk.VTK_FLOAT, 1)
-            out = slicer.util.arrayFromVolume(result)
-            before = slicer.util.arrayFromVolume(original)
-            np.subtract(full, before, out=out, dtype=np.float32)
-            out *= np.float32(strength)
-            out += before
+            result.GetImageData().AllocateScalars(vtk.VTK_SHORT, 1)
+            blend(slicer.util.arrayFromVolume(original), full, strength,
+                  slicer.util.arrayFromVolume(result))
             slicer.util.arrayFromVolumeModified(result)
         result.SetAttribute(STRENGTH_ATTRIBUTE, f"{strength:g}")
         model = result.GetAttribute(MODEL_ATTRIBUTE)
         self._rename(result, result_name(original.GetName(), model, strength))
         self._place_as_derived(result, original, f"Denoised with {model} "
-                                                 f"({strength_label(strength)}) by ldct")
+                                                 f"({strength_label(strength)}) by ldct", study)
         difference = result.GetNodeReference(DIFFERENCE_REFERENCE)
         if difference is not None:  # shown next to this result: it follows the strength
             self._fill_difference(original, result, difference)
+
+    @property
+    def shows_result(self) -> bool:
+        """The pair shown is an original and its denoised result (not a blinded study pair,
+        which no compare tool may touch)."""
+        return self._shows_result()
 
     def show_study_item(self, files: dict[str, Path], window: tuple[float, float]) -> list:
         """A reader-study item, blinded: volumes named only "A" (and "B") replace the previous
@@ -276,12 +334,13 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                 self.scene.RemoveNode(node)
 
     def difference(self, original, denoised):
-        """``denoised - original`` as a float volume with a symmetric grey window around 0,
-        tied to ``denoised`` by a node reference (never found by its name)."""
+        """``denoised - original`` as an int16 volume (both are whole HU) with a symmetric
+        grey window around 0, tied to ``denoised`` by a node reference (never found by its
+        name); made when shown, removed when hidden."""
         node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
         image = vtk.vtkImageData()
         image.SetDimensions(original.GetImageData().GetDimensions())
-        image.AllocateScalars(vtk.VTK_FLOAT, 1)
+        image.AllocateScalars(vtk.VTK_SHORT, 1)
         node.SetAndObserveImageData(image)
         _copy_geometry(original, node)
         node.CreateDefaultDisplayNodes()
@@ -292,8 +351,9 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
     def _fill_difference(self, original, denoised, node) -> None:
         """The difference's voxels, window and name from the result as it is now."""
         diff = slicer.util.arrayFromVolume(node)
-        np.subtract(slicer.util.arrayFromVolume(denoised),
-                    slicer.util.arrayFromVolume(original), out=diff, dtype=np.float32)
+        after, before = slicer.util.arrayFromVolume(denoised), slicer.util.arrayFromVolume(original)
+        for k in range(diff.shape[0]):  # a slice at a time: no full-size wider temporary
+            diff[k] = np.clip(after[k].astype(np.int32) - before[k], -32768, 32767)
         slicer.util.arrayFromVolumeModified(node)
         step = max(1, diff.size // DIFFERENCE_SAMPLES)
         width, level = symmetric_window(diff.ravel()[::step].tolist())
@@ -302,13 +362,15 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         self._place_as_derived(node, original, f"Difference: '{denoised.GetName()}' minus "
                                                "the original")
 
-    def _place_as_derived(self, node, source, description: str) -> None:
-        """In the subject hierarchy beside ``source`` (under its study and patient, where
-        Slicer's DICOM export looks for them), with DICOM series attributes that say it is
-        derived from it."""
+    def _place_as_derived(self, node, source, description: str, study: int = 0) -> None:
+        """In the subject hierarchy beside ``source`` (under ``study``, the one its job
+        captured, else its own study and patient), with DICOM series attributes that say it
+        is derived from it."""
         sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(self.scene)
         source_item = sh.GetItemByDataNode(source)
         parent = sh.GetItemParent(source_item) if source_item else sh.GetSceneItemID()
+        if study and sh.GetItemName(study):  # the study the job captured still exists
+            parent = study
         item = sh.GetItemByDataNode(node) or sh.CreateItem(parent, node)
         sh.SetItemParent(item, parent)
         modality = sh.GetItemAttribute(source_item, "DICOM.Modality") if source_item else ""
@@ -458,11 +520,13 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
     def show_difference(self, on: bool) -> Optional[object]:
         """The denoised volume's views: its difference volume (made once) instead, or back."""
         original, denoised = self._require_pair()
-        self._difference = None
+        shown, self._difference = self._difference, None
         if on:
             self._difference = (denoised.GetNodeReference(DIFFERENCE_REFERENCE)
                                 or self.difference(original, denoised))
         self._fill_views()
+        if not on and shown is not None:  # hidden: its voxels are freed
+            self.scene.RemoveNode(shown)
         return self._difference
 
     def flicker(self) -> str:
@@ -504,11 +568,30 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
 
     def _scene_closed(self, caller=None, event=None) -> None:
         """Drop every node and voxel reference (a CT and its result are hundreds of MB)."""
+        self._drop_pair()
+        self.own_windows = {}
+        self.on_scene_closed()
+
+    def _drop_pair(self) -> None:
         self._unsync()
         self.restore_view_labels()
-        self.pair, self._full, self.own_windows = None, None, {}
-        self._difference = None
-        self.on_scene_closed()
+        self.pair, self._full, self._difference = None, None, None
+
+    def _node_removed(self, caller, event, node) -> None:
+        """A node is being deleted (Data module, a script): no reference to it stays here or
+        in the panel; the pair it belonged to is no longer shown as one."""
+        if node is None or self.scene.IsClosing():  # a closing scene: _scene_closed does all
+            return
+        if self.pair is not None and node in self.pair:
+            self._drop_pair()
+        elif self._difference is not None and node is self._difference:
+            self._difference = None
+            if self.pair is not None:
+                self._fill_views()
+        if self._full is not None and node is self._full[0]:
+            self._full = None
+        self.own_windows.pop(node.GetID(), None)
+        self.on_node_removed(node)
 
     def _scene_loaded(self, caller=None, event=None) -> None:
         self.on_scene_loaded()
