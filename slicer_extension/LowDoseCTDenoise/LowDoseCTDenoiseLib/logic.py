@@ -276,12 +276,13 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
 
     def _blend(self, original, result, strength: float, study: int = 0) -> None:
         """``result`` := the blend at ``strength`` rounded to whole HU in int16, as DICOM will
-        store it (:func:`blend`), in the node's own new array; at 1 the downloaded voxels are
-        kept as they are."""
+        store it (:func:`blend`), in the node's own new array; at 1 on load the downloaded
+        voxels are shown as they are."""
         node, full = self._full or (None, None)
         if node is not result:
             raise RuntimeError("The full-strength result of this pair is gone; denoise again.")
-        if strength != 1.0 or result.GetImageData().GetScalarType() != vtk.VTK_SHORT:
+        shown = slicer.util.arrayFromVolume(result)
+        if strength != 1.0 or not np.shares_memory(shown, full):
             result.GetImageData().AllocateScalars(vtk.VTK_SHORT, 1)
             blend(slicer.util.arrayFromVolume(original), full, strength,
                   slicer.util.arrayFromVolume(result))
