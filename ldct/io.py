@@ -414,7 +414,8 @@ def _slice_headers(volume: CTVolume, source: Dataset | None) -> list[Dataset]:
             ("PatientBirthDate", ""), ("PatientSex", ""), ("ReferringPhysicianName", ""),
             ("StudyID", ""), ("AccessionNumber", ""), ("Manufacturer", ""),
             ("PositionReferenceIndicator", ""), ("PatientPosition", ""), ("KVP", ""),
-            ("AcquisitionNumber", ""), ("ImageType", ["ORIGINAL", "PRIMARY", "AXIAL"]),
+            ("AcquisitionNumber", ""), ("Laterality", ""),
+            ("ImageType", ["ORIGINAL", "PRIMARY", "AXIAL"]),
             ("RescaleIntercept", "0"), ("RescaleSlope", "1"), ("RescaleType", "HU"),
             ("WindowCenter", "40"), ("WindowWidth", "400")):
         if keyword not in base:
