@@ -26,7 +26,7 @@ from LowDoseCTDenoiseLib import (
     StudyState,
     UrlHistory,
 )
-from LowDoseCTDenoiseLib.logic import DicomExport, ShownResult
+from LowDoseCTDenoiseLib.logic import DerivedSeries, ShownResult
 from test_slicer_client import DENOISER_INFO, fake_server  # noqa: F401 - the fixture
 
 QUICK_S = 0.5  # a click that returns within this did not wait for a server that never answers
@@ -71,7 +71,7 @@ class FakeLogic:
         self.exports: list[_Export] = []
         self.gate: threading.Event | None = None  # holds the worker's export until set
         self.series = ""  # the input's DICOM series UID
-        self.no_study = ""  # when set, prepare_dicom_export raises with this message
+        self.no_study = ""  # when set, write_derived raises with this message
         self.removed: set = set()  # nodes deleted from the scene
         self.results: dict = {}  # input -> its result names
 
@@ -102,9 +102,9 @@ class FakeLogic:
         return self.exports[-1]
 
     def load_result(self, path: Path, node, model: str, strength: float, study: str,
-                    replace: bool) -> _Node:
+                    replace: bool, version: str) -> _Node:
         self.calls.append(("load", Path(path).read_bytes(), node, model, strength, study,
-                           replace))
+                           replace, version))
         result = _Node(f"{node} {model} s={strength:g}")
         self.results[node] = [result.name] + ([] if replace else self.results.get(node, []))
         return result
@@ -133,11 +133,13 @@ class FakeLogic:
         self.calls.append(("shown result",))
         return ShownResult(self.pair[1].GetName(), "m", 0.6, self.series)
 
-    def prepare_dicom_export(self) -> DicomExport:
+    def write_derived(self, folder: Path) -> DerivedSeries:
         self.calls.append(("dicom export",))
         if self.no_study:
             raise ValueError(self.no_study)
-        return DicomExport(42, self.pair[1].GetName(), "CT abdomen")
+        (folder / "IM1.dcm").write_bytes(b"dicom")
+        return DerivedSeries(folder, [folder / "IM1.dcm"], self.pair[1].GetName(),
+                             "CT denoised (m shipped, strength 1)")
 
     def flicker(self) -> str:
         self.calls.append(("flicker",))
@@ -318,7 +320,8 @@ def test_denoise_shows_the_result_then_strength_is_blended_locally(panel):
     assert controller.state is State.DENOISING and controller.working
     _settle(controller)
     assert controller.state is State.DONE and controller.view().progress == 100
-    assert logic.calls == [("export", "CT"), ("load", b"denoised volume", "CT", "m", 0.6, "study of CT", True),
+    assert logic.calls == [("export", "CT"), ("load", b"denoised volume", "CT", "m", 0.6, "study of CT", True,
+                                              ""),
                            ("show", "CT", "CT m s=0.6", "Liver narrow", "Axial + coronal")]
     assert shown == [True] and not alerts
     assert controller.status.startswith("Loaded 'CT m s=0.6'. The server sent no CT-number")
@@ -586,18 +589,19 @@ def test_send_to_pacs_goes_through_the_servers_write_back_when_it_has_the_series
     assert ("dicom export",) not in logic.calls
 
 
-def test_send_to_pacs_prepares_slicers_dicom_export_otherwise(panel):
+def test_send_to_pacs_writes_the_derived_series_otherwise(panel):
     """A series the server's PACS does not have, or a volume not loaded from DICOM (asked
-    nowhere): prepared for Slicer's DICOM export, whose dialog opens; the status line says
-    that the DICOM module sends it."""
+    nowhere): written here as a derived series, handed to the widget (Slicer's DICOM
+    database); the status line says that the DICOM module sends it."""
     controller, url, handler, logic, alerts, shown, _ = panel
     _reach(State.DONE, controller, url, handler)
     hits = len(handler.hits)
     controller.send_to_pacs()  # no series UID: the server is not asked
     assert len(handler.hits) == hits and not controller.working
-    assert controller.state is State.DONE and shown == [True, 42]
-    assert controller.status.startswith("'CT m s=1' is ready for Slicer's DICOM export in "
-                                        "study 'CT abdomen'")
+    assert controller.state is State.DONE and len(shown) == 2
+    assert [p.name for p in shown[1].iterdir()] == ["IM1.dcm"]
+    assert controller.status.startswith("'CT m s=1' was written as a derived DICOM series ('CT "
+                                        "denoised (m shipped, strength 1)', 1 images)")
     assert "the DICOM module (right-click the series > Send)" in controller.status
     logic.series = "4.5.6"
     handler.routes["/datastore/"] = (200, json.dumps({"objects": {"1.2.3": {}}}).encode())
@@ -605,14 +609,15 @@ def test_send_to_pacs_prepares_slicers_dicom_export_otherwise(panel):
     controller.send_to_pacs()
     _settle(controller)
     assert controller.status.startswith(f"{url} does not have the input's series in its PACS. "
-                                        "'CT m s=1' is ready for Slicer's DICOM export")
-    assert shown == [True, 42, 42] and not alerts
+                                        "'CT m s=1' was written as a derived DICOM series")
+    assert len(shown) == 3 and not alerts
     assert not any(h.startswith("/infer/m?image") for h in handler.hits)
     logic.no_study = "'CT' is not in a patient's study"
     controller.send_to_pacs()
     _settle(controller)
     assert controller.state is State.ERROR and alerts[-1][1].endswith(logic.no_study)
     assert "pacs" in controller.enabled()  # the panel stays usable
+    assert len(list(Path(controller.temp_root).iterdir())) == 2  # the failed one is removed
 
 
 def test_send_to_pacs_shows_the_servers_reason_and_cancels(panel):
@@ -670,7 +675,7 @@ def test_a_job_is_bound_to_the_input_it_started_with(panel):
     _settle(controller)
     assert controller.state is State.DONE and not alerts
     assert [c for c in logic.calls if c[0] == "load"] == [
-        ("load", b"denoised volume", "CT", "m", 1.0, "study of CT", True)]
+        ("load", b"denoised volume", "CT", "m", 1.0, "study of CT", True, "")]
     assert logic.pair[0] == "CT"
 
 
@@ -737,7 +742,7 @@ def test_replace_is_the_default_and_results_can_be_removed(panel):
     controller.set_replace(False)
     _click_denoise(controller)
     _settle(controller)
-    assert [c[-1] for c in logic.calls if c[0] == "load"] == [True, False]
+    assert [c[-2] for c in logic.calls if c[0] == "load"] == [True, False]
     assert "remove" in controller.enabled()
     controller.remove_results()
     assert controller.status == "Removed 2 results of 'CT'."

@@ -136,20 +136,20 @@ class DenoiseController(_Worker):
 
     ``logic``: the module's Logic (``prepare_export``, ``study_of``, ``in_scene``,
     ``load_result``, ``show_side_by_side``, ``set_strength``, ``apply_window``, ``set_layout``,
-    ``show_difference``, ``flicker``, ``shown_result``, ``prepare_dicom_export``,
+    ``show_difference``, ``flicker``, ``shown_result``, ``write_derived``,
     ``results_of``, ``remove_results``, ``node_ids``, ``restore``, ``pair``,
     ``difference_shown``). Every job is bound to its input when it starts (:class:`Binding`);
     the input selector and the strength are disabled while it runs.
     ``on_shown`` is called after a result is shown (the widget fits the views to it);
-    ``on_dicom_export(item)`` when a result is ready for Slicer's DICOM export (the widget
-    opens Slicer's export dialog on that subject-hierarchy item).
+    ``on_dicom_export(folder)`` when a result was written as a derived DICOM series in
+    ``folder`` (the widget imports it into Slicer's DICOM database and removes the folder).
     """
 
     def __init__(self, logic: Any, history: UrlHistory, alert: Alert,
                  save_history: Callable[[UrlHistory], None] = lambda history: None,
                  on_shown: Callable[[], None] = lambda: None, temp_root: Optional[str] = None,
                  info_timeout: float = INFO_TIMEOUT_S,
-                 on_dicom_export: Callable[[int], None] = lambda item: None) -> None:
+                 on_dicom_export: Callable[[Path], None] = lambda folder: None) -> None:
         super().__init__(alert)
         self.logic, self.history = logic, history
         self.save_history, self.on_shown, self.temp_root = save_history, on_shown, temp_root
@@ -296,6 +296,10 @@ class DenoiseController(_Worker):
         other choice about the blend, is applied here by :meth:`set_strength`)."""
         return {"strength": 1.0, "device": self.device, "result_dtype": "int16"}
 
+    def _version(self, model: str) -> str:
+        """The weights version the server lists for ``model`` (it goes into the DICOM)."""
+        return next((str(m.card.get("version", "")) for m in self.models if m.name == model), "")
+
     def _send(self, export: Any, binding: Binding) -> None:
         """Compress, upload, denoise and download ``export`` on the worker thread; the result
         goes to ``binding``'s node, never to whatever is selected when the job ends."""
@@ -350,7 +354,8 @@ class DenoiseController(_Worker):
         node = binding.node
         try:
             result = self.logic.load_result(job.result, node, job.model, self.strength,
-                                            study=binding.study, replace=self.replace)
+                                            study=binding.study, replace=self.replace,
+                                            version=self._version(job.model))
             self.logic.show_side_by_side(node, result, self.window, self.layout)
         except (RuntimeError, ValueError, OSError) as exc:
             self._fail(f"Could not show the result: {exc}")
@@ -366,7 +371,7 @@ class DenoiseController(_Worker):
         """Send the result shown to PACS. An input that is a series of the server's PACS goes
         through the server's write-back (on the worker: the server denoises that series again
         with the result's model and strength and stores it in its study); any other result
-        is prepared for Slicer's DICOM export, and the DICOM module's Send sends it."""
+        is written here as a derived series (:meth:`_export_dicom`)."""
         if "pacs" not in self.enabled():
             return
         try:
@@ -394,18 +399,23 @@ class DenoiseController(_Worker):
                        f"({job.result}), computed by the server from the PACS series.")
 
     def _export_dicom(self, why: str) -> None:
-        """The result prepared for Slicer's DICOM export; the widget opens its dialog."""
+        """The result written here as a derived DICOM series of the input's study (never
+        Slicer's generic exporter, which writes an ORIGINAL series with a new frame of
+        reference); the widget imports it into Slicer's DICOM database, where the DICOM
+        module's Send sends it."""
+        folder = Path(tempfile.mkdtemp(prefix="ldct-derived-", dir=self.temp_root))
         try:
-            export = self.logic.prepare_dicom_export()
-        except (RuntimeError, ValueError) as exc:
+            series = self.logic.write_derived(folder)
+        except (RuntimeError, ValueError, OSError) as exc:
+            shutil.rmtree(folder, ignore_errors=True)
             self._fail(f"{why}{exc}")
             return
         self.state = State.DONE
-        self.status = (f"{why}'{export.name}' is ready for Slicer's DICOM export in study "
-                       f"'{export.study}': export it in the dialog, then send it to PACS with "
-                       "the DICOM module (right-click the series > Send); this module does "
-                       "not send it.")
-        self.on_dicom_export(export.item)
+        self.status = (f"{why}'{series.name}' was written as a derived DICOM series "
+                       f"('{series.description}', {len(series.files)} images) of the input's "
+                       "study and added to Slicer's DICOM database: send it to PACS with the "
+                       "DICOM module (right-click the series > Send).")
+        self.on_dicom_export(series.folder)
 
     # -- Compare ---------------------------------------------------------------------------
     def set_strength(self, strength: float) -> None:

@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
+import pydicom
 import slicer
 import vtk
 
+from .derived import denoising, match_sources, write_derived_series
 from .display import (
     LAYOUT_ID_BASE,
     LAYOUTS,
@@ -42,7 +44,8 @@ STUDY_ATTRIBUTE = "LowDoseCTDenoise.studyItem"
 DIFFERENCE_REFERENCE = "LowDoseCTDenoise.difference"  # result node -> its difference node
 MODEL_ATTRIBUTE, STRENGTH_ATTRIBUTE = "LowDoseCTDenoise.model", "LowDoseCTDenoise.strength"
 SOURCE_ATTRIBUTE = "LowDoseCTDenoise.source"  # result -> the ID of the input it denoises
-DERIVED_SERIES_OFFSET = 1000  # a derived series' number: the input's + 1000, as ldct.pacs does
+VERSION_ATTRIBUTE = "LowDoseCTDenoise.version"  # the model's weights version on the server
+INSTANCE_UIDS = "DICOM.instanceUIDs"  # set on a volume by Slicer's DICOM module
 
 
 class GeometryMismatch(RuntimeError):
@@ -122,13 +125,13 @@ class ShownResult:
 
 
 @dataclass(frozen=True)
-class DicomExport:
-    """The result ready for Slicer's DICOM export: its subject-hierarchy item (the export
-    dialog opens on it) under the input's study."""
+class DerivedSeries:
+    """The shown result written as a derived DICOM series of its input's study."""
 
-    item: int
-    name: str
-    study: str
+    folder: Path
+    files: list
+    name: str  # the result's
+    description: str  # its SeriesDescription
 
 
 def _weakly(method: Callable[..., None], with_node: bool = False) -> Callable[..., None]:
@@ -156,9 +159,14 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
     another pair is shown, all of them by :meth:`cleanup`.
     """
 
-    def __init__(self, scene=None) -> None:
+    def __init__(self, scene=None, find_instance: Optional[Callable[[str], str]] = None
+                 ) -> None:
+        """``find_instance``: the file of a SOP instance UID (Slicer's DICOM database's
+        ``fileForInstance`` by default), where the input's source headers are read."""
         slicer.util.VTKObservationMixin.__init__(self)
         self.scene = scene if scene is not None else slicer.mrmlScene
+        self.find_instance = find_instance or (lambda uid: slicer.dicomDatabase.fileForInstance(
+            uid))
         self.on_scene_closed: Callable[[], None] = lambda: None  # the panel follows
         self.on_scene_loaded: Callable[[], None] = lambda: None  # the panel restores itself
         self._window_changed = _weakly(self._on_window_changed)
@@ -242,7 +250,7 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         return len(results)
 
     def load_result(self, path: str | Path, input_node, model: str, strength: float = 1.0,
-                    study: int = 0, replace: bool = False):
+                    study: int = 0, replace: bool = False, version: str = ""):
         """A new volume node with the input's geometry, named ``<input> <model> s=<strength>``
         (unique in the scene): the server's full-strength result blended with the input,
         placed under ``study`` (the input's when its job started; 0: where the input is now).
@@ -257,6 +265,7 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                                    "not loaded. Report this with the server log.")
         _copy_geometry(input_node, node)  # exactly the input's, bit for bit
         node.SetAttribute(MODEL_ATTRIBUTE, model)
+        node.SetAttribute(VERSION_ATTRIBUTE, version)
         node.SetAttribute(SOURCE_ATTRIBUTE, input_node.GetID())
         if replace:
             self.remove_results(input_node, keep=node)
@@ -393,24 +402,33 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                            float(denoised.GetAttribute(STRENGTH_ATTRIBUTE)),
                            sh.GetItemUID(item, uid) if item else "")
 
-    def prepare_dicom_export(self) -> DicomExport:
-        """The shown result as Slicer's DICOM export takes it: a series under the input's
-        study and patient (placed there when loaded), marked as derived, numbered after the
-        input's series. The export dialog and the DICOM module's Send do the rest."""
+    def write_derived(self, folder: str | Path) -> DerivedSeries:
+        """The shown result, voxel for voxel as displayed (int16 whole HU), as a derived DICOM
+        series of its input's study in the empty ``folder`` (`derived`: the same writer as
+        the server's write-back and ``ldct denoise``). The input must have been loaded by
+        Slicer's DICOM module: each slice takes its source slice's header and points at it."""
         original, denoised = self._require_result()
-        sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(self.scene)
-        item = sh.GetItemByDataNode(denoised)
-        study = sh.GetItemParent(item)
-        if (sh.GetItemLevel(study) != "Study"
-                or sh.GetItemLevel(sh.GetItemParent(study)) != "Patient"):
-            raise ValueError(
-                f"'{original.GetName()}' is not in a patient's study, so Slicer's DICOM export "
-                f"has no study for '{denoised.GetName()}': load the CT with the DICOM module "
-                "(or, in the Data module, put it under a patient and a study) and denoise again.")
-        number = sh.GetItemAttribute(sh.GetItemByDataNode(original), "DICOM.SeriesNumber")
-        sh.SetItemAttribute(item, "DICOM.SeriesNumber", str(
-            DERIVED_SERIES_OFFSET + (int(number) if number.strip().isdigit() else 0)))
-        return DicomExport(item, denoised.GetName(), sh.GetItemName(study))
+        uids = (original.GetAttribute(INSTANCE_UIDS) or "").split()
+        if not uids:
+            raise ValueError(f"'{original.GetName()}' was not loaded from DICOM, so there is no "
+                             "study to add the result to: load the CT with the DICOM module "
+                             "and denoise again.")
+        headers = []
+        for uid in uids:
+            path = self.find_instance(uid)
+            if not path:
+                raise ValueError(f"The DICOM file of '{original.GetName()}' (instance {uid}) is "
+                                 "no longer in Slicer's DICOM database; import it again.")
+            headers.append(pydicom.dcmread(path, stop_before_pixels=True))
+        lps = np.diag([-1.0, -1.0, 1.0]) @ _matrix(denoised)[:3]
+        voxels = slicer.util.arrayFromVolume(denoised)
+        sources = match_sources(headers, lps[:, 3], lps[:, :3], voxels.shape[0])
+        made_by = denoising(str(sources[0].get("SeriesDescription", "CT")),
+                            denoised.GetAttribute(MODEL_ATTRIBUTE),
+                            denoised.GetAttribute(VERSION_ATTRIBUTE) or "",
+                            float(denoised.GetAttribute(STRENGTH_ATTRIBUTE)))
+        files = write_derived_series(voxels, sources, folder, made_by)
+        return DerivedSeries(Path(folder), files, denoised.GetName(), made_by.description)
 
     def _require_result(self):
         """The pair shown, when its second volume is a denoised result (not a study item)."""
