@@ -15,7 +15,11 @@ from pathlib import Path
 
 import qt
 import slicer
-from LowDoseCTDenoiseLib import (
+from LowDoseCTDenoiseLib.version import check_slicer
+
+check_slicer(slicer.app.majorVersion, slicer.app.minorVersion, slicer.app.applicationVersion)
+
+from LowDoseCTDenoiseLib import (  # noqa: E402 - after the version check, with a clear message
     LAYOUTS,
     SHORTCUTS,
     VOLUME_PRESET,
@@ -26,11 +30,11 @@ from LowDoseCTDenoiseLib import (
     UrlHistory,
     selftest,
 )
-from LowDoseCTDenoiseLib.logic import LowDoseCTDenoiseLogic
-from LowDoseCTDenoiseLib.state import PanelState
-from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
+from LowDoseCTDenoiseLib.logic import LowDoseCTDenoiseLogic  # noqa: E402
+from LowDoseCTDenoiseLib.state import PanelState  # noqa: E402
+from slicer.i18n import tr as _  # noqa: E402
+from slicer.parameterNodeWrapper import parameterNodeWrapper  # noqa: E402
+from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModule,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
