@@ -170,17 +170,21 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.controller.restore(self.logic.load_state())
 
     def enter(self):
-        """The module is shown: its keys (flicker, window presets) work, its views are
-        labelled."""
+        """The module is shown: its keys (flicker, window presets) work; the user's layout is
+        kept (Logic) and a scene loaded meanwhile is shown (controller)."""
         for shortcut in self.shortcuts:
             shortcut.setEnabled(True)
-        self.logic.label_views()
+        self.logic.module_entered()
+        self.controller.module_shown(True)
+        self.render()
 
     def exit(self):
-        """Another module is shown: its keys and the views' labels are Slicer's again."""
+        """Another module is shown: its keys, the layout, views and labels are the user's
+        again."""
         for shortcut in self.shortcuts:
             shortcut.setEnabled(False)
-        self.logic.restore_view_labels()
+        self.controller.module_shown(False)
+        self.logic.module_left()
 
     def cleanup(self):
         for shortcut in self.shortcuts:

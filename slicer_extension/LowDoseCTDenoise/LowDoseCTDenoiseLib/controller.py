@@ -170,6 +170,8 @@ class DenoiseController(_Worker):
         self._pending: Optional[tuple[Any, Binding]] = None  # (export, input) awaiting consent
         self._bound: Optional[Binding] = None  # the input of the running denoise job
         self.replace = True  # a new result replaces the previous results of its input
+        self.shown = False  # the module is shown (entered, not left)
+        self._scene_state: Optional[PanelState] = None  # a loaded scene's, until shown
         self._consented: set[str] = set()  # servers agreed to in this session
 
     # -- what the panel shows ------------------------------------------------------------
@@ -480,10 +482,22 @@ class DenoiseController(_Worker):
         return PanelState(self.model, self.strength, self.window, self.layout,
                           **self.logic.node_ids(self.input))
 
+    def module_shown(self, shown: bool) -> None:
+        """The module was entered (a scene loaded while it was hidden is restored now) or
+        left."""
+        self.shown = shown
+        if shown and self._scene_state is not None:
+            state, self._scene_state = self._scene_state, None
+            self.restore(state)
+
     def restore(self, state: PanelState) -> None:
-        """A scene was loaded: its panel state comes back, and the pair it showed. The
-        full-strength result is not saved with a scene, so a new strength needs a new
-        Denoise."""
+        """A scene was loaded: its panel state comes back, and the pair it showed, once the
+        module is shown (a loaded scene never changes the layout of a user working in
+        another module). The full-strength result is not saved with a scene, so a new
+        strength needs a new Denoise."""
+        if not self.shown:
+            self._scene_state = state
+            return
         if self.state not in SETTLED:
             return
         self.model, self.strength = state.model, state.strength

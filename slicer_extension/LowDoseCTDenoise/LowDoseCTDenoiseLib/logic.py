@@ -186,6 +186,7 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         self._flickered = False  # the original's views show the denoised volume
         self._difference = None  # the difference shown in the result's views, if any
         self._full: Optional[tuple[object, np.ndarray]] = None  # last result, full strength
+        self._user_views: Optional[tuple] = None  # the user's layout and views, on enter
 
     # -- input and result ---------------------------------------------------------------
     def export_input(self, node, path: str | Path) -> Path:
@@ -493,10 +494,45 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         self._own_labels.setdefault(view, node.GetLayoutLabel())
         node.SetLayoutLabel(label)
 
-    def label_views(self) -> None:
-        """The module is shown again: the views say what they show."""
+    def module_entered(self) -> None:
+        """The module is shown: the user's layout, each slice view's orientation (its
+        slice-to-RAS matrix) and links are kept to put back on exit; a pair shown before is
+        shown again in the module's layout."""
+        layout = self.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+        views = {}
+        for k in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+            node = self.scene.GetNthNodeByClass(k, "vtkMRMLSliceNode")
+            matrix = vtk.vtkMatrix4x4()
+            matrix.DeepCopy(node.GetSliceToRAS())
+            composite = self._find(node.GetLayoutName(), "vtkMRMLSliceCompositeNode")
+            links = ((composite.GetLinkedControl(), composite.GetHotLinkedControl())
+                     if composite is not None else None)
+            views[node.GetLayoutName()] = (node.GetOrientation(), matrix, links)
+        self._user_views = (layout.GetViewArrangement() if layout is not None else None, views)
         if self.pair is not None:
-            self._fill_views()
+            self.set_layout(self.layout)
+
+    def module_left(self) -> None:
+        """Another module is shown: layout, orientations, links and labels as the user had
+        them when the module was entered."""
+        self.restore_view_labels()
+        if self._user_views is None:
+            return
+        (arrangement, views), self._user_views = self._user_views, None
+        for view, (orientation, matrix, links) in views.items():
+            node = self._find(view, "vtkMRMLSliceNode")
+            if node is None:
+                continue
+            node.SetOrientation(orientation)
+            node.GetSliceToRAS().DeepCopy(matrix)
+            node.UpdateMatrices()
+            composite = self._find(view, "vtkMRMLSliceCompositeNode")
+            if composite is not None and links is not None:
+                composite.SetLinkedControl(links[0])
+                composite.SetHotLinkedControl(links[1])
+        layout = self.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+        if layout is not None and arrangement is not None:
+            layout.SetViewArrangement(arrangement)
 
     def restore_view_labels(self) -> None:
         """The module is left (or the scene closed): the views' labels are Slicer's own."""
