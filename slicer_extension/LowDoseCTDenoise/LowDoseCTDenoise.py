@@ -43,6 +43,7 @@ from slicer.ScriptedLoadableModule import (  # noqa: E402
 SETTINGS = "LowDoseCTDenoise"
 DEFAULT_URL = "http://127.0.0.1:8000"
 POLL_MS = 200
+FULL_KEEP_MS = 120_000  # the full-strength result is kept this long after a strength change
 FLICKER_MS = 700
 
 
@@ -96,7 +97,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                              consented=self._setting("consent", []) or [])
         self.controller = c = DenoiseController(
             self.logic, history, self.alert, save_history=self._save_history,
-            on_shown=slicer.util.resetSliceViews, temp_root=slicer.app.temporaryPath,
+            on_shown=self.on_shown, temp_root=slicer.app.temporaryPath,
             on_dicom_export=self.import_derived)
         self.logic.on_scene_closed = self._then_render(self.scene_closed)
         self.logic.on_node_removed = self._then_render(c.node_removed)
@@ -162,6 +163,10 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.poll_timer = self._timer(POLL_MS, self._then_render(self.on_poll))
         self.flicker_timer = self._timer(FLICKER_MS, self._then_render(c.flicker))
         self.poll_timer.start()
+        self.full_timer = self._timer(FULL_KEEP_MS, self._then_render(c.release_full))
+        self.full_timer.singleShot = True
+        ui.strengthSliderWidget.connect("valueChanged(double)",
+                                        lambda value: self.full_timer.start())
         self.restore()  # a scene loaded before the module was opened
         self.render()
 
@@ -191,6 +196,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
             shortcut.setParent(None)  # removed from the main window
         self.poll_timer.stop()
         self.flicker_timer.stop()
+        self.full_timer.stop()
         self.controller.close()
         shutil.rmtree(self.study_dir, ignore_errors=True)
         self.logic.cleanup()
@@ -219,6 +225,11 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.score_groups, self.choice_group = {}, None
         if self.ui.criteriaFrame.layout() is not None:
             qt.QWidget().setLayout(self.ui.criteriaFrame.layout())
+
+    def on_shown(self):
+        """A result is shown: views fitted to it; its full-strength voxels kept a while."""
+        slicer.util.resetSliceViews()
+        self.full_timer.start()
 
     def on_poll(self):
         self.controller.poll()

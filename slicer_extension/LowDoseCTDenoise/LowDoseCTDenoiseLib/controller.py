@@ -435,6 +435,13 @@ class DenoiseController(_Worker):
                 return
             self.status = f"Strength {strength:g} blended locally: '{name}'."
 
+    def release_full(self) -> None:
+        """The user is done with the strength control (the widget calls this a while after
+        the last change): the full-strength voxels are freed; another strength then needs a
+        new Denoise."""
+        if self.state in SETTLED and self.logic.release_full():
+            self.status += " (Full-strength voxels freed; another strength needs a new Denoise.)"
+
     def set_replace(self, on: bool) -> None:
         """Whether a new result replaces the input's earlier results (the default: a day of
         comparing models does not pile up full-size volumes)."""

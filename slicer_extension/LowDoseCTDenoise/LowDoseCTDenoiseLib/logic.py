@@ -306,6 +306,15 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         if difference is not None:  # shown next to this result: it follows the strength
             self._fill_difference(original, result, difference)
 
+    def release_full(self) -> bool:
+        """Free the full-strength voxels kept for local re-blending (as large as the input);
+        the result keeps its blend. Returns whether there was something to free."""
+        if self._full is None or np.shares_memory(
+                slicer.util.arrayFromVolume(self._full[0]), self._full[1]):
+            return False  # nothing kept, or shown at strength 1: the full voxels are the node's
+        self._full = None
+        return True
+
     @property
     def shows_result(self) -> bool:
         """The pair shown is an original and its denoised result (not a blinded study pair,
