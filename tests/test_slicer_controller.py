@@ -320,8 +320,8 @@ def test_denoise_shows_the_result_then_strength_is_blended_locally(panel):
     assert controller.state is State.DENOISING and controller.working
     _settle(controller)
     assert controller.state is State.DONE and controller.view().progress == 100
-    assert logic.calls == [("export", "CT"), ("load", b"denoised volume", "CT", "m", 0.6, "study of CT", True,
-                                              ""),
+    assert logic.calls == [("export", "CT"),
+                           ("load", b"denoised volume", "CT", "m", 0.6, "study of CT", True, ""),
                            ("show", "CT", "CT m s=0.6", "Liver narrow", "Axial + coronal")]
     assert shown == [True] and not alerts
     assert controller.status.startswith("Loaded 'CT m s=0.6'. The server sent no CT-number")

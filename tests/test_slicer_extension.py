@@ -8,7 +8,6 @@ import sys
 import xml.etree.ElementTree as ET
 
 import pytest
-
 from conftest import ROOT, SLICER_MODULE
 
 EXTENSION = ROOT / "slicer_extension"

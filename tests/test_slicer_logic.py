@@ -147,7 +147,8 @@ def test_the_panel_denoises_end_to_end(scene, dicom_node, ldct_server, tokens, t
     assert "compare" in panel.enabled() and list(tmp_path.iterdir()) == []
     scene.Clear(0)
     assert logic.pair is None and panel.state is State.READY
-    assert panel.enabled() == {"connect", "input", "model", "device", "strength"}  # no input, no result
+    # no input, no result
+    assert panel.enabled() == {"connect", "input", "model", "device", "strength"}
 
 
 def test_the_compressed_upload_round_trip_is_bit_exact(scene, dicom_node, client, tmp_path):

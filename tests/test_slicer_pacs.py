@@ -164,7 +164,8 @@ def test_a_series_the_server_does_not_have_is_written_here_as_a_derived_series(
     assert {int(h.SeriesNumber) for h in headers} == {int(volume.dicom.SeriesNumber) + 1000}
     assert panel.status.startswith(f"{server} does not have the input's series in its PACS. "
                                    f"'{result.GetName()}' was written as a derived DICOM "
-                                   f"series ('LD abdomen denoised ({MODEL} baseline, strength 0.8)'")
+                                   f"series ('LD abdomen denoised ({MODEL} baseline, "
+                                   "strength 0.8)'")
     assert _series_of_study(orthanc, str(volume.dicom.StudyInstanceUID)) == before
 
 
