@@ -20,38 +20,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "slicer_extension" / "LowDoseCTDenoise"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from slicer_export_memory import ct_node, rss_mb  # noqa: E402 - the same CT, the same reading
+
 SHAPE = (600, 512, 512)  # slices, rows, columns
 STRENGTH = 0.6
 
 
-def _rss_mb(field: str = "VmRSS") -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def _reset_peak() -> float:
+    """The high-water mark := the resident memory now, which is returned."""
     Path("/proc/self/clear_refs").write_text("5")
-    return _rss_mb()
-
-
-def _ct_node(slicer):
-    """A body-shaped int16 CT (air -1000, tissue 40 HU, noise SD 15), filled a slice at a time."""
-    node = slicer.util.addVolumeFromArray(np.zeros(SHAPE, np.int16), name="CT")
-    node.SetSpacing(0.78, 0.78, 1.0)
-    voxels = slicer.util.arrayFromVolume(node)
-    y, x = np.mgrid[:SHAPE[1], :SHAPE[2]]
-    body = ((x - 256) / 230.0) ** 2 + ((y - 256) / 180.0) ** 2 < 1
-    rng = np.random.default_rng(0)
-    for k in range(SHAPE[0]):
-        voxels[k] = np.rint(np.where(body, 40.0, -1000.0) + rng.normal(0, 15, body.shape))
-    slicer.util.arrayFromVolumeModified(node)
-    return node
+    return rss_mb()
 
 
 def measure(folder: Path) -> dict:
@@ -59,10 +40,9 @@ def measure(folder: Path) -> dict:
     from LowDoseCTDenoiseLib.logic import LowDoseCTDenoiseLogic
     from LowDoseCTDenoiseLib.transfer import write_nrrd
 
-    slicer.mrmlScene = slicer.vtkMRMLScene()
+    empty = rss_mb()
+    node = ct_node(SHAPE)
     logic = LowDoseCTDenoiseLogic()
-    empty = _rss_mb()
-    node = _ct_node(slicer)
     input_mb = slicer.util.arrayFromVolume(node).nbytes / 2**20
     export = logic.prepare_export(node)
     # the server's answer: the input minus 7 HU, int16, the input's geometry (as it sends it)
@@ -70,22 +50,22 @@ def measure(folder: Path) -> dict:
                         (s - 7 for s in slicer.util.arrayFromVolume(node)))
     with_input = _reset_peak()
     logic.export_input(node, folder / "upload.nrrd")  # the upload file (the panel's worker)
-    upload_peak = _rss_mb("VmHWM") - with_input
+    upload_peak = rss_mb("VmHWM") - with_input
     rows = []
     for k in range(3):
         before = _reset_peak()
         result = logic.load_result(answer, node, "vagan", STRENGTH)
         logic.show_side_by_side(node, result)
-        rows.append({"result": k + 1, "load_peak_mb": _rss_mb("VmHWM") - before,
-                     "after_mb": _rss_mb() - with_input})
+        rows.append({"result": k + 1, "load_peak_mb": rss_mb("VmHWM") - before,
+                     "after_mb": rss_mb() - with_input})
     before = _reset_peak()
     logic.show_difference(True)
-    shown = _rss_mb() - before
-    difference_peak = _rss_mb("VmHWM") - before
+    shown = rss_mb() - before
+    difference_peak = rss_mb("VmHWM") - before
     logic.show_difference(False)
-    hidden = _rss_mb() - before
+    hidden = rss_mb() - before
     logic.release_full()
-    steady = _rss_mb() - with_input
+    steady = rss_mb() - with_input
     return {"input_mb": input_mb, "process_before_input_mb": empty,
             "input_rss_mb": with_input - empty, "upload_peak_mb": upload_peak, "rows": rows,
             "difference_shown_mb": shown, "difference_peak_mb": difference_peak,

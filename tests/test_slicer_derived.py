@@ -15,6 +15,7 @@ import slicer
 from derived_checks import SOURCE_DESCRIPTION, dciodvfy_errors, scanner_series
 from dicomweb_client.api import DICOMwebClient
 from LowDoseCTDenoiseLib.logic import INSTANCE_UIDS, LowDoseCTDenoiseLogic
+from test_slicer_logic import scene  # noqa: F401 - the fixture
 
 from ldct.io import CTVolume, write_volume
 
@@ -22,15 +23,7 @@ SHAPE, SPACING = (3, 64, 64), (0.7, 0.7, 2.5)
 
 
 @pytest.fixture()
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
-
-
-@pytest.fixture()
-def loaded(scene, tmp_path):
+def loaded(scene, tmp_path):  # noqa: F811
     """A scanner's series on disk and as Slicer's DICOM module loads it: int16 HU, its
     IJK->RAS from the headers, the instance UIDs on the node."""
     hu = np.random.default_rng(3).integers(-1000, 400, SHAPE).astype(np.int16)
@@ -57,7 +50,7 @@ def _result(logic, node, tmp_path, hu, strength: float):
     return result
 
 
-def test_the_result_shown_is_written_as_a_true_derived_series(scene, loaded, tmp_path,
+def test_the_result_shown_is_written_as_a_true_derived_series(scene, loaded, tmp_path,  # noqa: F811
                                                                orthanc):
     node, hu, files, headers, files_by_uid = loaded
     logic = LowDoseCTDenoiseLogic(scene, find_instance=files_by_uid.get)
@@ -96,7 +89,7 @@ def test_the_result_shown_is_written_as_a_true_derived_series(scene, loaded, tmp
 
 
 def test_a_volume_not_from_dicom_or_not_its_slices_is_refused_with_the_reason(
-        scene, loaded, tmp_path):
+        scene, loaded, tmp_path):  # noqa: F811
     node, hu, files, headers, files_by_uid = loaded
     logic = LowDoseCTDenoiseLogic(scene, find_instance=files_by_uid.get)
     _result(logic, node, tmp_path, hu, 1.0)

@@ -14,19 +14,12 @@ import slicer
 from LowDoseCTDenoiseLib import DenoiseController, State, UrlHistory
 from LowDoseCTDenoiseLib.logic import LowDoseCTDenoiseLogic
 from test_slicer_client import DENOISER_INFO, fake_server  # noqa: F401 - the fixture
+from test_slicer_logic import scene  # noqa: F401 - the fixture
 
 SHAPE = (3, 64, 64)
 
 
-@pytest.fixture()
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
-
-
-def _patient(scene, name: str, value: int):
+def _patient(scene, name: str, value: int):  # noqa: F811
     """A CT volume under ``Patient <name>`` / ``Patient <name> study``, as the DICOM module
     loads one; every patient's has the same grid."""
     hu = np.full(SHAPE, value, np.int16)
@@ -83,19 +76,19 @@ def _finish(panel) -> None:
     panel.poll()
 
 
-def _volumes(scene) -> list[str]:
+def _volumes(scene) -> list[str]:  # noqa: F811
     kind = "vtkMRMLScalarVolumeNode"
     return sorted(scene.GetNthNodeByClass(k, kind).GetName()
                   for k in range(scene.GetNumberOfNodesByClass(kind)))
 
 
-def _placed(scene, node) -> tuple[str, str]:
+def _placed(scene, node) -> tuple[str, str]:  # noqa: F811
     sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(scene)
     study = sh.GetItemParent(sh.GetItemByDataNode(node))
     return sh.GetItemName(sh.GetItemParent(study)), sh.GetItemName(study)
 
 
-def test_b_selected_while_a_is_denoised_the_result_is_as(scene, two_patients):
+def test_b_selected_while_a_is_denoised_the_result_is_as(scene, two_patients):  # noqa: F811
     panel, logic, handler, alerts, (a, *_), (b, *_) = two_patients
     _denoise(panel)
     assert panel.state is State.DENOISING
@@ -112,7 +105,7 @@ def test_b_selected_while_a_is_denoised_the_result_is_as(scene, two_patients):
     assert _volumes(scene) == ["patient A CT", "patient A CT m s=1", "patient B CT"]
 
 
-def test_a_input_moved_to_another_study_during_the_job_keeps_its_study(scene, two_patients):
+def test_a_input_moved_to_another_study_during_the_job_keeps_its_study(scene, two_patients):  # noqa: F811
     """The study is captured when the job starts: the result is filed where A was sent from."""
     panel, logic, handler, alerts, (a, _, a_study), (b, _, b_study) = two_patients
     _denoise(panel)
@@ -124,7 +117,7 @@ def test_a_input_moved_to_another_study_during_the_job_keeps_its_study(scene, tw
 
 
 def test_deleting_a_during_its_job_cancels_it_creates_nothing_and_the_panel_works(
-        scene, two_patients):
+        scene, two_patients):  # noqa: F811
     panel, logic, handler, alerts, (a, *_), (b, *_) = two_patients
     _denoise(panel)
     scene.RemoveNode(a)  # Data module > Delete
@@ -146,7 +139,7 @@ def test_deleting_a_during_its_job_cancels_it_creates_nothing_and_the_panel_work
     assert _placed(scene, logic.pair[1]) == ("Patient B", "Patient B study")
 
 
-def test_deleting_the_result_or_its_difference_leaves_no_reference(scene, two_patients):
+def test_deleting_the_result_or_its_difference_leaves_no_reference(scene, two_patients):  # noqa: F811
     panel, logic, handler, alerts, (a, *_), _ = two_patients
     handler.held = ()
     _denoise(panel)
