@@ -101,6 +101,9 @@ class FakeLogic:
         self.exports.append(_Export(node, self.gate))
         return self.exports[-1]
 
+    def read_result(self, path: Path, export: _Export, strength: float) -> Path:
+        return path  # the worker's reading: the real Logic's is tested on MRML
+
     def load_result(self, path: Path, node, model: str, strength: float, study: str,
                     replace: bool, version: str) -> _Node:
         self.calls.append(("load", Path(path).read_bytes(), node, model, strength, study,
@@ -321,7 +324,8 @@ def test_denoise_shows_the_result_then_strength_is_blended_locally(panel):
     _settle(controller)
     assert controller.state is State.DONE and controller.view().progress == 100
     assert logic.calls == [("export", "CT"),
-                           ("load", b"denoised volume", "CT", "m", 0.6, "study of CT", True, ""),
+                           ("load", b"denoised volume", "CT", "m", 0.6, "study of CT", True,
+                            "baseline"),
                            ("show", "CT", "CT m s=0.6", "Liver narrow", "Axial + coronal")]
     assert shown == [True] and not alerts
     assert controller.status.startswith("Loaded 'CT m s=0.6'. The server sent no CT-number")
@@ -675,7 +679,7 @@ def test_a_job_is_bound_to_the_input_it_started_with(panel):
     _settle(controller)
     assert controller.state is State.DONE and not alerts
     assert [c for c in logic.calls if c[0] == "load"] == [
-        ("load", b"denoised volume", "CT", "m", 1.0, "study of CT", True, "")]
+        ("load", b"denoised volume", "CT", "m", 1.0, "study of CT", True, "baseline")]
     assert logic.pair[0] == "CT"
 
 

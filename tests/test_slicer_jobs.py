@@ -8,6 +8,8 @@ result is A's, under Patient A, or nothing at all; the panel never stays stuck.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import slicer
@@ -158,3 +160,28 @@ def test_deleting_the_result_or_its_difference_leaves_no_reference(scene, two_pa
                                                                              "")
     scene.RemoveNode(a)
     assert panel.input is None and "denoise" not in panel.enabled()
+
+
+def test_the_result_is_read_and_blended_on_the_worker(scene, two_patients):  # noqa: F811
+    """The file is decompressed and blended off the GUI thread; the GUI thread only puts the
+    worker's image in a node (the very same vtkImageData, no copy)."""
+    panel, logic, handler, alerts, (a, *_), _ = two_patients
+    reads = []
+    read = logic.read_result
+
+    def recorded(path, export, strength):
+        reads.append((threading.current_thread() is threading.main_thread(),
+                      read(path, export, strength)))
+        return reads[-1][1]
+    logic.read_result = recorded
+    handler.held = ()
+    panel.set_strength(0.6)
+    _denoise(panel)
+    _finish(panel)
+    assert panel.state is State.DONE, panel.status
+    (on_main, prepared), = reads
+    assert not on_main
+    result = logic.pair[1]
+    assert result.GetImageData() is prepared.shown and prepared.strength == 0.6
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(result),
+                                  slicer.util.arrayFromVolume(a) - 3)  # 0.6 x -5 = -3 HU

@@ -306,9 +306,11 @@ class DenoiseController(_Worker):
         """Compress, upload, denoise and download ``export`` on the worker thread; the result
         goes to ``binding``'s node, never to whatever is selected when the job ends."""
         self._workdir = Path(tempfile.mkdtemp(prefix="ldct-slicer-", dir=self.temp_root))
+        strength = self.strength  # fixed while the job runs (the control is disabled)
         job = DenoiseJob(DenoiseClient(self.url, token=self.token), self.model,
                          self._workdir / "input.nrrd", self._workdir / "result.nrrd",
-                         self._job_params(), export=export.write)
+                         self._job_params(), export=export.write,
+                         prepare=lambda path: self.logic.read_result(path, export, strength))
         self.state, self.status, self._bound = State.DENOISING, "Starting", binding
         self._start(job, lambda done: self._denoised(done, binding))
 

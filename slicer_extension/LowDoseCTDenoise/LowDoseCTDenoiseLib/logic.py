@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import slicer
 import vtk
+from vtk.util import numpy_support
 
 from .derived import denoising, match_sources, write_derived_series
 from .display import (
@@ -34,7 +35,7 @@ from .display import (
     view_label,
 )
 from .state import NODE_ROLES, PanelState
-from .transfer import NrrdHeader, write_nrrd
+from .transfer import NrrdHeader, read_nrrd_into, write_nrrd
 
 MODULE_NAME = "LowDoseCTDenoise"
 LEFT, RIGHT = "Red", "Yellow"  # the top row of every layout: original | denoised
@@ -112,6 +113,50 @@ class VolumeExport:
               ) -> Path:
         """The upload file at ``path``; ``on_slice(fraction)`` may raise to stop."""
         return write_nrrd(path, self.header, self.slices(), on_slice)
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    """The server's result read and blended off the GUI thread: plain VTK images in no scene
+    (the GUI thread only puts them in a node)."""
+
+    header: NrrdHeader
+    full: object  # vtkImageData, int16: the server's full-strength voxels
+    shown: object  # vtkImageData, int16: the blend at ``strength`` (``full`` itself at 1)
+    strength: float
+
+
+def _image(shape: tuple) -> tuple[object, np.ndarray]:
+    """A new int16 vtkImageData of ``shape`` (slices, rows, columns) and its voxels as numpy."""
+    image = vtk.vtkImageData()
+    image.SetDimensions(shape[2], shape[1], shape[0])
+    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    return image, voxels.reshape(shape)
+
+
+def read_result(path: str | Path, original: np.ndarray, strength: float) -> ReadResult:
+    """The server's int16 NRRD decompressed straight into a new image, and its blend with
+    ``original`` (the input's voxels) at ``strength``: run on the worker thread (no scene, no
+    MRML), so the GUI thread only makes the node. Another size or type is refused before a
+    voxel is read."""
+    images: dict = {}
+
+    def allocate(header: NrrdHeader) -> memoryview:
+        if header.type != "int16" or header.sizes != tuple(reversed(original.shape)):
+            raise GeometryMismatch(f"The server returned a volume with another geometry or type "
+                                   f"({header.type}, {header.sizes}; the input: "
+                                   f"{tuple(reversed(original.shape))}); it was not loaded. "
+                                   "Report this with the server log.")
+        images["full"] = _image(original.shape)
+        return memoryview(images["full"][1])
+
+    header = read_nrrd_into(path, allocate)
+    full, shown = images["full"][0], images["full"][0]
+    if strength != 1.0:
+        shown, voxels = _image(original.shape)
+        blend(original, images["full"][1], strength, voxels)
+    return ReadResult(header, full, shown, strength)
 
 
 @dataclass(frozen=True)
@@ -250,20 +295,31 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
             self.scene.RemoveNode(node)
         return len(results)
 
-    def load_result(self, path: str | Path, input_node, model: str, strength: float = 1.0,
-                    study: int = 0, replace: bool = False, version: str = ""):
+    def read_result(self, path: str | Path, export: VolumeExport, strength: float
+                    ) -> ReadResult:
+        """:func:`read_result` for the input ``export`` (checked on the GUI thread when the
+        job started): what the panel's worker runs after the download."""
+        return read_result(path, export.voxels, strength)
+
+    def load_result(self, result: str | Path | ReadResult, input_node, model: str,
+                    strength: float = 1.0, study: int = 0, replace: bool = False,
+                    version: str = ""):
         """A new volume node with the input's geometry, named ``<input> <model> s=<strength>``
-        (unique in the scene): the server's full-strength result blended with the input,
-        placed under ``study`` (the input's when its job started; 0: where the input is now).
-        ``replace``: the input's earlier results are removed."""
-        node = self._read(path)
-        expected, got = _matrix(input_node), _matrix(node)
-        same_size = (node.GetImageData().GetDimensions()
-                     == input_node.GetImageData().GetDimensions())
-        if not same_size or np.abs(expected - got).max() > GEOMETRY_TOLERANCE_MM:
-            self.scene.RemoveNode(node)
+        (unique in the scene): the server's full-strength result (a file, or already read and
+        blended by the worker) blended with the input, placed under ``study`` (the input's when
+        its job started; 0: where the input is now). ``replace``: the input's earlier results
+        are removed."""
+        read = result if isinstance(result, ReadResult) else read_result(
+            result, slicer.util.arrayFromVolume(input_node), strength)
+        lps = np.eye(4)
+        lps[:3, :3] = np.array(read.header.directions, dtype=float).T
+        lps[:3, 3] = read.header.origin
+        got = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # ITK's LPS -> Slicer's RAS
+        if np.abs(_matrix(input_node) - got).max() > GEOMETRY_TOLERANCE_MM:
             raise GeometryMismatch("The server returned a volume with another geometry; it was "
                                    "not loaded. Report this with the server log.")
+        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        node.SetAndObserveImageData(read.shown)
         _copy_geometry(input_node, node)  # exactly the input's, bit for bit
         node.SetAttribute(MODEL_ATTRIBUTE, model)
         node.SetAttribute(VERSION_ATTRIBUTE, version)
@@ -271,9 +327,11 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         if replace:
             self.remove_results(input_node, keep=node)
         node.CreateDefaultDisplayNodes()
-        # the downloaded voxels stay referenced here when the node gets a blend (a new array)
-        self._full = (node, slicer.util.arrayFromVolume(node))
-        self._blend(input_node, node, strength, study)
+        # the downloaded voxels stay referenced here for a new strength (released later)
+        self._full = (node, numpy_support.vtk_to_numpy(
+            read.full.GetPointData().GetScalars()).reshape(
+            slicer.util.arrayFromVolume(input_node).shape))
+        self._blend(input_node, node, strength, study, computed=read.strength == strength)
         return node
 
     def set_strength(self, strength: float) -> str:
@@ -284,15 +342,16 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         self._fill_views()  # the labels say the new strength
         return denoised.GetName()
 
-    def _blend(self, original, result, strength: float, study: int = 0) -> None:
+    def _blend(self, original, result, strength: float, study: int = 0,
+               computed: bool = False) -> None:
         """``result`` := the blend at ``strength`` rounded to whole HU in int16, as DICOM will
-        store it (:func:`blend`), in the node's own new array; at 1 on load the downloaded
-        voxels are shown as they are."""
+        store it (:func:`blend`), in the node's own new array (unless ``computed``: the worker
+        did it); at 1 the downloaded voxels are shown as they are."""
         node, full = self._full or (None, None)
         if node is not result:
             raise RuntimeError("The full-strength result of this pair is gone; denoise again.")
         shown = slicer.util.arrayFromVolume(result)
-        if strength != 1.0 or not np.shares_memory(shown, full):
+        if not computed and (strength != 1.0 or not np.shares_memory(shown, full)):
             result.GetImageData().AllocateScalars(vtk.VTK_SHORT, 1)
             blend(slicer.util.arrayFromVolume(original), full, strength,
                   slicer.util.arrayFromVolume(result))
