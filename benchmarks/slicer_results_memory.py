@@ -1,6 +1,6 @@
 """Benchmark: memory of the Slicer module's results of a 512x512x600 CT, one and three at once.
 
-Run: `nice -n 10 .venv/bin/python benchmarks/slicer_results_memory.py --out
+Run: `.venv/bin/python benchmarks/slicer_results_memory.py --out
 benchmarks/slicer_results_memory.md` (slicer-core from the venv gives real MRML volume nodes).
 
 On real MRML, through the Logic the panel uses: the input node (int16), the upload file
@@ -81,7 +81,7 @@ def main() -> None:
     budget = 1.2 * 3 * r["input_mb"]
     lines = [
         "# Slicer module: memory of results (512x512x600 CT)", "",
-        "Command: `nice -n 10 .venv/bin/python benchmarks/slicer_results_memory.py --out "
+        "Command: `.venv/bin/python benchmarks/slicer_results_memory.py --out "
         f"{args.out}`", "",
         f"Real MRML (slicer-core) in one process on {platform.machine()} "
         f"({platform.python_version()}); resident memory read from /proc (VmRSS, VmHWM). The "
