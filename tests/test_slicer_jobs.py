@@ -185,3 +185,25 @@ def test_the_result_is_read_and_blended_on_the_worker(scene, two_patients):  # n
     assert result.GetImageData() is prepared.shown and prepared.strength == 0.6
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(result),
                                   slicer.util.arrayFromVolume(a) - 3)  # 0.6 x -5 = -3 HU
+
+
+def test_hidden_differences_and_removed_results_leave_nothing_behind(scene, two_patients):  # noqa: F811
+    """A display node left in the scene keeps its volume's voxels alive (its pipeline holds
+    them): hiding the difference and removing results take their display nodes too."""
+    panel, logic, handler, alerts, (a, *_), _ = two_patients
+    handler.held = ()
+
+    def counts() -> tuple[int, int]:
+        return (scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode"),
+                scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeDisplayNode"))
+    inputs = counts()
+    _denoise(panel)
+    _finish(panel)
+    shown = counts()
+    assert shown == (inputs[0] + 1, inputs[1] + 1)
+    panel.show_difference(True)
+    assert counts() == (shown[0] + 1, shown[1] + 1)
+    panel.show_difference(False)
+    assert counts() == shown
+    panel.remove_results()
+    assert counts() == inputs and panel.status == "Removed 1 result of 'patient A CT'."

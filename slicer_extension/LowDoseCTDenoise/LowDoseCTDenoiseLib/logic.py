@@ -291,8 +291,8 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         for node in results:
             difference = node.GetNodeReference(DIFFERENCE_REFERENCE)
             if difference is not None:
-                self.scene.RemoveNode(difference)
-            self.scene.RemoveNode(node)
+                self._remove_volume(difference)
+            self._remove_volume(node)
         return len(results)
 
     def read_result(self, path: str | Path, export: VolumeExport, strength: float
@@ -410,7 +410,7 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                  for k in range(self.scene.GetNumberOfNodesByClass(kind))]
         for node in nodes:
             if node.GetAttribute(STUDY_ATTRIBUTE):
-                self.scene.RemoveNode(node)
+                self._remove_volume(node)
 
     def difference(self, original, denoised):
         """``denoised - original`` as an int16 volume (both are whole HU) with a symmetric
@@ -649,7 +649,7 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                                 or self.difference(original, denoised))
         self._fill_views()
         if not on and shown is not None:  # hidden: its voxels are freed
-            self.scene.RemoveNode(shown)
+            self._remove_volume(shown)
         return self._difference
 
     def flicker(self) -> str:
@@ -790,6 +790,15 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
             self.scene.RemoveNode(node)
             raise RuntimeError(f"Could not read the volume {path}.")
         return node
+
+    def _remove_volume(self, node) -> None:
+        """``node`` and its display nodes out of the scene: a display node left behind keeps
+        the volume's voxels alive through its pipeline (measured: 100 MB stay resident)."""
+        displays = [node.GetNthDisplayNode(k) for k in range(node.GetNumberOfDisplayNodes())]
+        self.scene.RemoveNode(node)
+        for display in displays:
+            if display is not None:
+                self.scene.RemoveNode(display)
 
     def _rename(self, node, name: str) -> None:
         """``name``, or ``name_1``, ``name_2``... when another node has it."""
