@@ -158,6 +158,10 @@ def test_deleting_the_result_or_its_difference_leaves_no_reference(scene, two_pa
     state = panel.panel_state()  # what the parameter node keeps
     assert (state.input, state.original, state.result, state.difference) == (a.GetID(), "", "",
                                                                              "")
+    logic.save_state(state)  # as the widget does after each render
+    parameters = logic.parameter_node()
+    assert [parameters.GetNodeReferenceID(role) for role in ("original", "result",
+                                                             "difference")] == [None] * 3
     scene.RemoveNode(a)
     assert panel.input is None and "denoise" not in panel.enabled()
 
