@@ -28,27 +28,28 @@ LIBRARY = "slicer_extension/LowDoseCTDenoise/LowDoseCTDenoiseLib"
 SHAPE = (300, 512, 512)  # slices, rows, columns
 
 
-def _rss_mb(field: str) -> float:
+def rss_mb(field: str = "VmRSS") -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def _ct_node():
-    """A body-shaped int16 CT in HU (air -1000, soft tissue 40, noise SD 15 HU), filled a
-    slice at a time so that building it leaves no full-size temporary behind."""
+def ct_node(shape: tuple[int, int, int] = SHAPE):
+    """A body-shaped int16 CT in HU (air -1000, soft tissue 40, noise SD 15 HU) in a new
+    scene, filled a slice at a time so that building it leaves no full-size temporary
+    behind."""
     import numpy as np
     import slicer
 
     slicer.mrmlScene = slicer.vtkMRMLScene()
-    node = slicer.util.addVolumeFromArray(np.zeros(SHAPE, np.int16), name="CT")
+    node = slicer.util.addVolumeFromArray(np.zeros(shape, np.int16), name="CT")
     node.SetSpacing(0.78, 0.78, 1.0)
     voxels = slicer.util.arrayFromVolume(node)
-    y, x = np.mgrid[:SHAPE[1], :SHAPE[2]]
+    y, x = np.mgrid[:shape[1], :shape[2]]
     body = ((x - 256) / 230.0) ** 2 + ((y - 256) / 180.0) ** 2 < 1
     rng = np.random.default_rng(0)
-    for k in range(SHAPE[0]):
+    for k in range(shape[0]):
         voxels[k] = np.rint(np.where(body, 40.0, -1000.0) + rng.normal(0, 15, body.shape))
     slicer.util.arrayFromVolumeModified(node)
     return node
@@ -60,18 +61,18 @@ def measure(library_parent: Path) -> dict:
     import slicer
     from LowDoseCTDenoiseLib.logic import LowDoseCTDenoiseLogic
 
-    node = _ct_node()
+    node = ct_node()
     logic = LowDoseCTDenoiseLogic()
     with tempfile.TemporaryDirectory() as folder:
         Path("/proc/self/clear_refs").write_text("5")  # high-water mark := current RSS
-        before = _rss_mb("VmRSS")
+        before = rss_mb("VmRSS")
         tracemalloc.start()
         start = time.perf_counter()
         path = logic.export_input(node, Path(folder) / "input.nrrd")
         seconds = time.perf_counter() - start
         traced = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
-        return {"peak_rss_mb": _rss_mb("VmHWM") - before, "traced_mb": traced,
+        return {"peak_rss_mb": rss_mb("VmHWM") - before, "traced_mb": traced,
                 "seconds": seconds, "file_mb": path.stat().st_size / 2**20,
                 "volume_mb": slicer.util.arrayFromVolume(node).nbytes / 2**20}
 

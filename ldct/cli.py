@@ -180,7 +180,9 @@ class CTNumbersMoved(RuntimeError):
 
 
 def cmd_denoise(args: argparse.Namespace) -> None:
+    from ldct import registry
     from ldct.ct_guard import THRESHOLD_HU, check_ct_numbers
+    from ldct.derived import denoising
     from ldct.infer import denoise
     from ldct.io import read_mask, read_volume, write_volume
 
@@ -192,15 +194,17 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     many = len(inputs) > 1
     if many:
         out.mkdir(parents=True, exist_ok=True)
+    info = registry.get(args.model)
+    version = info.version() if info.kind == "network" else info.kind
     moved = 0
     for source in inputs:
         volume = read_volume(source)
         result = denoise(volume, args.model, strength=args.strength, device=args.device,
                          progress=True, ensemble=views)
         target = _output_path(source, out, many, args.format)
-        write_volume(result, target, description=f"denoised ({args.model})",
-                     derivation=f"ldct denoise --model {args.model} --strength {args.strength:g} "
-                                f"--ensemble {views}")
+        write_volume(result, target, made_by=denoising(
+            str(volume.dicom.get("SeriesDescription", "CT")) if volume.dicom else "CT",
+            args.model, version, args.strength))
         masks = {Path(args.check_mask).name: read_mask(args.check_mask, like=volume)} \
             if args.check_mask else None
         check = check_ct_numbers(volume.hu, result.hu, masks)

@@ -8,6 +8,7 @@ original: it is carried through unchanged and checked by the round-trip tests.
 
 from __future__ import annotations
 
+import copy
 import datetime
 import math
 import tempfile
@@ -19,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 
-CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+from ldct.derived import SOFTWARE, Derivation, match_sources, write_derived_series
+
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 ITK_FORMATS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 PICTURE_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
@@ -55,7 +57,8 @@ class CTVolume:
     ``hu`` has shape (slices, rows, columns); ``spacing`` and ``origin`` are (x, y, z) in mm;
     ``direction`` is a 3x3 matrix whose columns are the x, y, z axes in patient space.
     ``dicom`` keeps one source header (when read from DICOM) so derived series can keep
-    patient/study tags.
+    patient/study tags; ``sources`` every slice's header (no pixels), so that each derived
+    slice can point at its source instance.
     """
 
     hu: np.ndarray
@@ -63,6 +66,7 @@ class CTVolume:
     origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
     direction: np.ndarray = field(default_factory=lambda: np.eye(3))
     dicom: Dataset | None = None
+    sources: tuple[Dataset, ...] = ()
 
     def with_hu(self, hu: np.ndarray) -> CTVolume:
         """The same geometry and header with new voxel values (e.g. a denoised result)."""
@@ -303,7 +307,7 @@ def _stack_slices(items: list[tuple[Path, Dataset]], where: str) -> CTVolume:
     direction = np.stack([row_dir, col_dir, normal], axis=1)
     return CTVolume(hu=hu, spacing=(spacing_rc[1], spacing_rc[0], dz),
                     origin=tuple(float(v) for v in position(items[0][1])),
-                    direction=direction, dicom=first)
+                    direction=direction, dicom=first, sources=tuple(ds for _, ds in items))
 
 
 def read_mask(path: str | Path, like: CTVolume | None = None) -> np.ndarray:
@@ -364,40 +368,65 @@ def _ds_number(value: float) -> str:
 
 
 def write_dicom_series(volume: CTVolume, folder: str | Path, description: str = "ldct derived",
-                       derivation: str = "", series_number: int = 1001,
-                       reference: Dataset | None = None) -> list[Path]:
-    """Write a derived CT series (int16 + rescale) keeping patient/study tags of the source.
+                       derivation: str = "", series_number: int | None = None,
+                       reference: Dataset | None = None,
+                       made_by: Derivation | None = None) -> list[Path]:
+    """Write ``volume`` as a derived CT series (`ldct.derived`: int16 rounded, DERIVED).
 
-    New Series and SOP Instance UIDs; ImageType DERIVED\\SECONDARY; values are rounded to whole
-    HU as scanners store them. ``reference`` overrides the header taken from ``volume.dicom``.
+    Read from a DICOM series (and still slice for slice its geometry), each slice keeps its
+    source slice's header and points at it (Source Image Sequence). Otherwise the header is
+    made here: patient/study tags of ``reference`` (or ``volume.dicom``), else placeholders
+    and a new study. ``made_by`` (e.g. :func:`ldct.derived.denoising`) says what made it;
+    without it, ``description`` and ``derivation`` do.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    if any(folder.glob("*.dcm")):
-        raise FileExistsError(f"{folder} already holds DICOM files; write to an empty folder.")
-    source = reference if reference is not None else volume.dicom
-    hu = np.rint(volume.hu)
-    if hu.min() < -32768 or hu.max() > 32767:
-        raise CTInputError("values exceed the int16 range of a DICOM CT series.")
-    pixels = hu.astype(np.int16)
+    made_by = made_by or Derivation(description, derivation or f"written by {SOFTWARE}")
+    hu = volume.hu
+    sources: list[Dataset] = []
+    if reference is None and volume.sources:
+        direction = np.asarray(volume.direction, dtype=np.float64)
+        try:
+            sources = match_sources(volume.sources, volume.origin,
+                                    direction * np.asarray(volume.spacing), hu.shape[0])
+        except ValueError:  # cropped or resampled since it was read: no slice-for-slice source
+            sources = []
+    referenced = bool(sources)
+    if not referenced:
+        sources = _slice_headers(volume, reference if reference is not None else volume.dicom)
+    return write_derived_series(hu, sources, folder, made_by, series_number, referenced)
+
+
+def _slice_headers(volume: CTVolume, source: Dataset | None) -> list[Dataset]:
+    """A CT image header per slice for a volume without its own DICOM slices: ``source``'s
+    patient, study and equipment tags (or placeholders and a new study), the volume's
+    geometry, and every Type 1 and 2 attribute of the CT Image IOD."""
     now = datetime.datetime.now()
-    series_uid = generate_uid()
-    new_study = {"StudyInstanceUID": generate_uid(), "FrameOfReferenceUID": generate_uid()}
+    base = Dataset()
+    base.SpecificCharacterSet = "ISO_IR 100"
+    base.Modality = "CT"
+    if source is not None:
+        for keyword in KEPT_TAGS:
+            if keyword in source:
+                setattr(base, keyword, source.data_element(keyword).value)
+    for keyword, value in (
+            ("PatientName", "Anonymous"), ("PatientID", "ldct-anonymous"),
+            ("StudyInstanceUID", generate_uid()), ("StudyDate", now.strftime("%Y%m%d")),
+            ("StudyTime", now.strftime("%H%M%S")), ("FrameOfReferenceUID", generate_uid()),
+            ("PatientBirthDate", ""), ("PatientSex", ""), ("ReferringPhysicianName", ""),
+            ("StudyID", ""), ("AccessionNumber", ""), ("Manufacturer", ""),
+            ("PositionReferenceIndicator", ""), ("PatientPosition", ""), ("KVP", ""),
+            ("AcquisitionNumber", ""), ("Laterality", ""),
+            ("ImageType", ["ORIGINAL", "PRIMARY", "AXIAL"]),
+            ("RescaleIntercept", "0"), ("RescaleSlope", "1"), ("RescaleType", "HU"),
+            ("WindowCenter", "40"), ("WindowWidth", "400")):
+        if keyword not in base:
+            setattr(base, keyword, value)
     direction = np.asarray(volume.direction, dtype=np.float64)
     origin = np.asarray(volume.origin, dtype=np.float64)
-    written = []
-    for k in range(pixels.shape[0]):
-        ds = _slice_header(source, now, new_study)
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = series_number
-        ds.SeriesDescription = description[:64]
-        if derivation:
-            ds.DerivationDescription = derivation[:1024]
-        ds.InstanceNumber = k + 1
-        sop_uid = generate_uid()
-        ds.SOPInstanceUID = sop_uid
-        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    headers = []
+    for k in range(volume.hu.shape[0]):
+        ds = copy.deepcopy(base)
         position = origin + k * volume.spacing[2] * direction[:, 2]
+        ds.InstanceNumber = k + 1
         ds.ImagePositionPatient = [_ds_number(v) for v in position]
         ds.ImageOrientationPatient = [_ds_number(v) for v in
                                       np.concatenate([direction[:, 0], direction[:, 1]])]
@@ -405,55 +434,5 @@ def write_dicom_series(volume: CTVolume, folder: str | Path, description: str = 
         ds.PixelSpacing = [_ds_number(volume.spacing[1]), _ds_number(volume.spacing[0])]
         ds.SliceThickness = _ds_number(volume.spacing[2])
         ds.SpacingBetweenSlices = _ds_number(volume.spacing[2])
-        ds.Rows, ds.Columns = pixels.shape[1:]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation = 1
-        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
-        ds.WindowCenter, ds.WindowWidth = "40", "400"
-        ds.PixelData = pixels[k].tobytes()
-        out = folder / f"IM{k + 1:05d}.dcm"
-        ds.save_as(out, write_like_original=False)
-        written.append(out)
-    return written
-
-
-def _slice_header(source: Dataset | None, now: datetime.datetime,
-                  new_study: dict[str, str]) -> Dataset:
-    """A fresh CT image header, carrying the kept tags of ``source`` (or placeholders).
-
-    ``new_study`` holds the study and frame-of-reference UIDs used when the source has none:
-    made once per series, so that every slice lands in the same study.
-    """
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.SOPClassUID = CT_IMAGE_STORAGE
-    ds.Modality = "CT"
-    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    if source is not None:
-        for keyword in KEPT_TAGS:
-            if keyword in source:
-                setattr(ds, keyword, source.data_element(keyword).value)
-        if "SOPInstanceUID" in source:
-            ref = Dataset()
-            ref.ReferencedSOPClassUID = source.get("SOPClassUID", CT_IMAGE_STORAGE)
-            ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
-            ds.SourceImageSequence = [ref]
-    if "PatientName" not in ds:
-        ds.PatientName = "Anonymous"
-    if "PatientID" not in ds:
-        ds.PatientID = "ldct-anonymous"
-    if "StudyInstanceUID" not in ds:
-        ds.StudyInstanceUID = new_study["StudyInstanceUID"]
-        ds.StudyDate, ds.StudyTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    if "FrameOfReferenceUID" not in ds:
-        ds.FrameOfReferenceUID = new_study["FrameOfReferenceUID"]
-    ds.SeriesDate, ds.SeriesTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
-    ds.ContentDate, ds.ContentTime = ds.SeriesDate, ds.SeriesTime
-    return ds
+        headers.append(ds)
+    return headers

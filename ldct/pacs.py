@@ -1,8 +1,9 @@
 """Store a denoised volume back in a PACS, next to its original, as a derived DICOM series.
 
-The series is written by :func:`ldct.io.write_dicom_series` (same patient, study and frame of
-reference as the source, new series and instance UIDs, DERIVED\\SECONDARY) and sent with
-STOW-RS, so a radiologist finds it in the same study as the original.
+The series is written by :func:`ldct.io.write_dicom_series` (`ldct.derived`: each slice keeps
+its source slice's patient, study and frame of reference and points at it; new series and
+instance UIDs, DERIVED\\SECONDARY, model, version and strength) and sent with STOW-RS, so a
+radiologist finds it in the same study as the original.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import pydicom
 import requests
 from dicomweb_client.api import DICOMwebClient
 
+from ldct.derived import denoising
 from ldct.io import CTVolume, write_dicom_series
 
 
@@ -20,26 +22,18 @@ class PacsError(RuntimeError):
     """The PACS refused or could not be reached; the message says which and what to check."""
 
 
-def derived_description(source: CTVolume, model: str, strength: float) -> str:
-    """SeriesDescription of the derived series: the source's, marked with model and strength."""
-    original = str(source.dicom.get("SeriesDescription", "CT")) if source.dicom else "CT"
-    return f"{original} denoised ({model}, strength {strength:g})"
-
-
 def store_derived_series(client: DICOMwebClient, source: CTVolume, result: CTVolume,
-                         model: str, strength: float) -> str:
+                         model: str, strength: float, version: str = "") -> str:
     """STOW-RS ``result`` as a new series in ``source``'s study; returns its SeriesInstanceUID."""
     if source.dicom is None:
         raise PacsError("the source volume was not read from DICOM, so there is no study to "
                         "store the result in; write it to a file instead.")
     if not source.same_geometry(result, atol=1e-6):
         raise PacsError("the result does not cover the source's voxels; refusing to store it.")
-    series_number = int(source.dicom.get("SeriesNumber", 0) or 0) + 1000
+    made_by = denoising(str(source.dicom.get("SeriesDescription", "CT")), model, version,
+                        strength)
     with tempfile.TemporaryDirectory(prefix="ldct-stow-") as folder:
-        files = write_dicom_series(
-            result, folder, description=derived_description(source, model, strength),
-            derivation=f"denoised by ldct model {model}, strength {strength:g}",
-            series_number=series_number, reference=source.dicom)
+        files = write_dicom_series(source.with_hu(result.hu), folder, made_by=made_by)
         datasets = [pydicom.dcmread(path) for path in files]
         try:
             client.store_instances(datasets)

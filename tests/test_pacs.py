@@ -7,6 +7,7 @@ import pydicom
 import pytest
 import requests
 from conftest import free_port, monai_client, orthanc_server, running, serve_command
+from derived_checks import dciodvfy_errors
 from dicomweb_client.api import DICOMwebClient
 from monailabel.client.client import MONAILabelClientException
 
@@ -82,17 +83,25 @@ def test_write_back_stores_a_derived_series_in_the_same_study(pacs_server, ortha
     stored = read_volume(folder)
     assert stored.same_geometry(source, atol=1e-6)
     np.testing.assert_array_equal(stored.hu, np.rint(read_volume(result_file).hu))
+    sources = {float(h.ImagePositionPatient[2]): h.SOPInstanceUID for h in source.sources}
+    for ds in instances:  # each slice points at the PACS instance it was computed from
+        ref = ds.SourceImageSequence[0]
+        assert ref.ReferencedSOPInstanceUID == sources[float(ds.ImagePositionPatient[2])]
+    errors = [e for f in sorted(folder.glob("*.dcm")) for e in dciodvfy_errors(f)]
+    assert errors == []  # its source is valid (uploaded by the fixture): so is it
     header = instances[0]
+    equipment = header.ContributingEquipmentSequence[-1]
+    assert (equipment.ManufacturerModelName, equipment.SoftwareVersions) == ("vagan", "shipped")
     assert header.PatientID == source.dicom.PatientID
     assert header.FrameOfReferenceUID == source.dicom.FrameOfReferenceUID
     assert list(header.ImageType)[:2] == ["DERIVED", "SECONDARY"]
-    assert header.SeriesDescription == "LD abdomen denoised (vagan, strength 0.8)"
+    assert header.SeriesDescription == "LD abdomen denoised (vagan shipped, strength 0.8)"
     assert int(header.SeriesNumber) == int(source.dicom.SeriesNumber) + 1000
     listing = client.datastore()["objects"][new_uid]["image"]["info"]  # the PACS listing
     assert listing == {"SeriesInstanceUID": new_uid, "StudyInstanceUID": study_uid,
                        "PatientID": str(source.dicom.PatientID),
                        "StudyDate": str(source.dicom.StudyDate),
-                       "SeriesDescription": "LD abdomen denoised (vagan, strength 0.8)",
+                       "SeriesDescription": "LD abdomen denoised (vagan shipped, strength 0.8)",
                        "Modality": "CT"}
     assert len(web.retrieve_series(study_uid, series_uid)) == source.hu.shape[0]  # untouched
 

@@ -26,7 +26,7 @@ from LowDoseCTDenoiseLib import (
     StudyState,
     UrlHistory,
 )
-from LowDoseCTDenoiseLib.logic import DicomExport, ShownResult
+from LowDoseCTDenoiseLib.logic import DerivedSeries, ShownResult
 from test_slicer_client import DENOISER_INFO, fake_server  # noqa: F401 - the fixture
 
 QUICK_S = 0.5  # a click that returns within this did not wait for a server that never answers
@@ -71,7 +71,28 @@ class FakeLogic:
         self.exports: list[_Export] = []
         self.gate: threading.Event | None = None  # holds the worker's export until set
         self.series = ""  # the input's DICOM series UID
-        self.no_study = ""  # when set, prepare_dicom_export raises with this message
+        self.no_study = ""  # when set, write_derived raises with this message
+        self.removed: set = set()  # nodes deleted from the scene
+        self.results: dict = {}  # input -> its result names
+
+    @property
+    def shows_result(self) -> bool:
+        return self.pair is not None and not str(self.pair[0]).startswith("study")
+
+    def study_of(self, node) -> str:
+        return f"study of {node}"
+
+    def in_scene(self, node) -> bool:
+        return node not in self.removed
+
+    def results_of(self, node) -> list:
+        return self.results.get(node, [])
+
+    def remove_results(self, node) -> int:
+        self.calls.append(("remove", node))
+        if self.pair is not None and self.pair[0] == node:
+            self.pair = None
+        return len(self.results.pop(node, []))
 
     def prepare_export(self, node) -> _Export:
         self.calls.append(("export", node))
@@ -80,9 +101,16 @@ class FakeLogic:
         self.exports.append(_Export(node, self.gate))
         return self.exports[-1]
 
-    def load_result(self, path: Path, node, model: str, strength: float) -> _Node:
-        self.calls.append(("load", Path(path).read_bytes(), node, model, strength))
-        return _Node(f"{node} {model} s={strength:g}")
+    def read_result(self, path: Path, export: _Export, strength: float) -> Path:
+        return path  # the worker's reading: the real Logic's is tested on MRML
+
+    def load_result(self, path: Path, node, model: str, strength: float, study: str,
+                    replace: bool, version: str) -> _Node:
+        self.calls.append(("load", Path(path).read_bytes(), node, model, strength, study,
+                           replace, version))
+        result = _Node(f"{node} {model} s={strength:g}")
+        self.results[node] = [result.name] + ([] if replace else self.results.get(node, []))
+        return result
 
     def show_side_by_side(self, original, result, window, layout) -> None:
         self.calls.append(("show", original, result.GetName(), window, layout))
@@ -108,11 +136,13 @@ class FakeLogic:
         self.calls.append(("shown result",))
         return ShownResult(self.pair[1].GetName(), "m", 0.6, self.series)
 
-    def prepare_dicom_export(self) -> DicomExport:
+    def write_derived(self, folder: Path) -> DerivedSeries:
         self.calls.append(("dicom export",))
         if self.no_study:
             raise ValueError(self.no_study)
-        return DicomExport(42, self.pair[1].GetName(), "CT abdomen")
+        (folder / "IM1.dcm").write_bytes(b"dicom")
+        return DerivedSeries(folder, [folder / "IM1.dcm"], self.pair[1].GetName(),
+                             "CT denoised (m shipped, strength 1)")
 
     def flicker(self) -> str:
         self.calls.append(("flicker",))
@@ -191,11 +221,12 @@ def _reach(state: State, controller, url: str, handler) -> None:
         _settle(controller)
 
 
-SETTLED = {"connect", "model", "device", "denoise"}
-ENABLED = {State.IDLE: {"connect", "model", "device"}, State.CONNECTING: set(),
+SETTLED = {"connect", "input", "model", "device", "strength", "denoise"}
+ENABLED = {State.IDLE: {"connect", "input", "model", "device", "strength"},
+           State.CONNECTING: set(),
            State.READY: SETTLED, State.CONSENT: set(), State.DENOISING: {"cancel"},
            State.SENDING: {"cancel", "compare"}, State.CANCELLING: set(),
-           State.CANCELLED: SETTLED, State.DONE: SETTLED | {"compare", "pacs"},
+           State.CANCELLED: SETTLED, State.DONE: SETTLED | {"compare", "pacs", "remove"},
            State.ERROR: SETTLED}
 
 
@@ -211,11 +242,13 @@ def test_every_click_in_every_state(panel, state):
     assert view.state is state
     assert view.enabled == ENABLED[state]
     clicks = {"connect": [lambda: controller.connect(url, "")],
+              "input": [lambda: controller.select_input("another CT")],
+              "strength": [lambda: controller.set_strength(0.5)],
+              "remove": [controller.remove_results],
               "denoise": [controller.denoise], "cancel": [controller.cancel],
               "consent": [] if state is State.CONSENT else [
                   lambda: controller.answer_consent(True, remember=True)],
-              "compare": [lambda: controller.set_strength(0.5),
-                          lambda: controller.set_window("Abdomen"),
+              "compare": [lambda: controller.set_window("Abdomen"),
                           lambda: controller.set_layout("Side by side"),
                           lambda: controller.press("1"), lambda: controller.press("Space"),
                           lambda: controller.show_difference(True), controller.flicker,
@@ -227,11 +260,13 @@ def test_every_click_in_every_state(panel, state):
         for action in actions:
             before = (controller.state, controller.status, controller.connection,
                       len(handler.hits), len(logic.calls), len(alerts), controller.working,
-                      list(controller.history.consented))
+                      list(controller.history.consented), controller.input,
+                      controller.strength)
             action()
             assert (controller.state, controller.status, controller.connection,
                     len(handler.hits), len(logic.calls), len(alerts), controller.working,
-                    list(controller.history.consented)) == before, (state, control)
+                    list(controller.history.consented), controller.input,
+                    controller.strength) == before, (state, control)
             assert not controller.auto_flicker
 
 
@@ -288,7 +323,9 @@ def test_denoise_shows_the_result_then_strength_is_blended_locally(panel):
     assert controller.state is State.DENOISING and controller.working
     _settle(controller)
     assert controller.state is State.DONE and controller.view().progress == 100
-    assert logic.calls == [("export", "CT"), ("load", b"denoised volume", "CT", "m", 0.6),
+    assert logic.calls == [("export", "CT"),
+                           ("load", b"denoised volume", "CT", "m", 0.6, "study of CT", True,
+                            "baseline"),
                            ("show", "CT", "CT m s=0.6", "Liver narrow", "Axial + coronal")]
     assert shown == [True] and not alerts
     assert controller.status.startswith("Loaded 'CT m s=0.6'. The server sent no CT-number")
@@ -556,18 +593,19 @@ def test_send_to_pacs_goes_through_the_servers_write_back_when_it_has_the_series
     assert ("dicom export",) not in logic.calls
 
 
-def test_send_to_pacs_prepares_slicers_dicom_export_otherwise(panel):
+def test_send_to_pacs_writes_the_derived_series_otherwise(panel):
     """A series the server's PACS does not have, or a volume not loaded from DICOM (asked
-    nowhere): prepared for Slicer's DICOM export, whose dialog opens; the status line says
-    that the DICOM module sends it."""
+    nowhere): written here as a derived series, handed to the widget (Slicer's DICOM
+    database); the status line says that the DICOM module sends it."""
     controller, url, handler, logic, alerts, shown, _ = panel
     _reach(State.DONE, controller, url, handler)
     hits = len(handler.hits)
     controller.send_to_pacs()  # no series UID: the server is not asked
     assert len(handler.hits) == hits and not controller.working
-    assert controller.state is State.DONE and shown == [True, 42]
-    assert controller.status.startswith("'CT m s=1' is ready for Slicer's DICOM export in "
-                                        "study 'CT abdomen'")
+    assert controller.state is State.DONE and len(shown) == 2
+    assert [p.name for p in shown[1].iterdir()] == ["IM1.dcm"]
+    assert controller.status.startswith("'CT m s=1' was written as a derived DICOM series ('CT "
+                                        "denoised (m shipped, strength 1)', 1 images)")
     assert "the DICOM module (right-click the series > Send)" in controller.status
     logic.series = "4.5.6"
     handler.routes["/datastore/"] = (200, json.dumps({"objects": {"1.2.3": {}}}).encode())
@@ -575,14 +613,15 @@ def test_send_to_pacs_prepares_slicers_dicom_export_otherwise(panel):
     controller.send_to_pacs()
     _settle(controller)
     assert controller.status.startswith(f"{url} does not have the input's series in its PACS. "
-                                        "'CT m s=1' is ready for Slicer's DICOM export")
-    assert shown == [True, 42, 42] and not alerts
+                                        "'CT m s=1' was written as a derived DICOM series")
+    assert len(shown) == 3 and not alerts
     assert not any(h.startswith("/infer/m?image") for h in handler.hits)
     logic.no_study = "'CT' is not in a patient's study"
     controller.send_to_pacs()
     _settle(controller)
     assert controller.state is State.ERROR and alerts[-1][1].endswith(logic.no_study)
     assert "pacs" in controller.enabled()  # the panel stays usable
+    assert len(list(Path(controller.temp_root).iterdir())) == 2  # the failed one is removed
 
 
 def test_send_to_pacs_shows_the_servers_reason_and_cancels(panel):
@@ -624,3 +663,92 @@ def test_show_difference_follows_a_new_result(panel):
     _click_denoise(controller)
     _settle(controller)
     assert controller.state is State.DONE and not controller.view().difference
+
+
+def test_a_job_is_bound_to_the_input_it_started_with(panel):
+    """Patient A is denoised; the user picks patient B before the result arrives: the
+    selector is disabled (the pick is ignored) and the result goes to A, in A's study."""
+    controller, url, handler, logic, alerts, *_ = panel
+    _reach(State.DENOISING, controller, url, handler)  # "CT" is patient A's volume
+    assert {"input", "strength"}.isdisjoint(controller.enabled())
+    controller.select_input("patient B CT")
+    controller.set_strength(0.3)
+    assert controller.view().input == "CT" and controller.strength == 1.0
+    controller.input = "patient B CT"  # even a selection changed behind the panel's back
+    handler.release.set()
+    _settle(controller)
+    assert controller.state is State.DONE and not alerts
+    assert [c for c in logic.calls if c[0] == "load"] == [
+        ("load", b"denoised volume", "CT", "m", 1.0, "study of CT", True, "baseline")]
+    assert logic.pair[0] == "CT"
+
+
+def test_deleting_the_input_during_a_job_cancels_it_and_creates_nothing(panel):
+    controller, url, handler, logic, alerts, shown, _ = panel
+    _reach(State.DENOISING, controller, url, handler)
+    logic.removed.add("CT")
+    controller.node_removed("CT")
+    assert controller.state is State.CANCELLING and controller.input is None
+    _settle(controller)
+    assert controller.state is State.CANCELLED and not alerts and not shown
+    assert controller.status == ("'CT' was deleted while it was being denoised: the job was "
+                                 "cancelled and nothing was created.")
+    assert [c[0] for c in logic.calls] == ["export"]
+    assert list(Path(controller.temp_root).iterdir()) == []
+    handler.held = ()  # the panel is usable: another input is denoised
+    controller.select_input("CT2")
+    controller.denoise()
+    _settle(controller)
+    assert controller.state is State.DONE and logic.pair[0] == "CT2"
+
+
+def test_an_input_deleted_as_its_result_arrives_gets_nothing(panel):
+    controller, url, handler, logic, alerts, shown, _ = panel
+    _reach(State.DENOISING, controller, url, handler)
+    logic.removed.add("CT")  # gone, and the panel not told yet: the result is dropped
+    handler.release.set()
+    _settle(controller)
+    assert controller.state is State.CANCELLED and not shown and not alerts
+    assert "deleted" in controller.status and "nothing was created" in controller.status
+    assert [c[0] for c in logic.calls] == ["export"]
+
+
+def test_deleting_the_volume_asked_about_sends_nothing(panel):
+    controller, url, handler, logic, alerts, *_ = panel
+    _reach(State.CONSENT, controller, url, handler)
+    controller.node_removed("CT")
+    assert controller.state is State.READY and controller.input is None
+    assert controller.status == "'CT' was deleted: nothing was sent."
+    assert not [h for h in handler.hits if h.startswith("/infer")]
+
+
+def test_no_exception_escapes_the_timer_and_the_panel_recovers(panel):
+    """An unexpected error while the result is shown (here the scene raises AttributeError,
+    as a deleted node did) leaves the panel usable, never stuck in "denoising"."""
+    controller, url, handler, logic, alerts, *_ = panel
+    _reach(State.DENOISING, controller, url, handler)
+
+    def broken(*args, **kwargs):
+        raise AttributeError("'NoneType' object has no attribute 'GetImageData'")
+    logic.load_result = broken
+    handler.release.set()
+    _settle(controller)  # the timer's poll: must not raise
+    assert controller.state is State.ERROR and not controller.working
+    assert "AttributeError" in controller.status and alerts == [("error", controller.status)]
+    assert "denoise" in controller.enabled() and "cancel" not in controller.enabled()
+    assert list(Path(controller.temp_root).iterdir()) == []
+
+
+def test_replace_is_the_default_and_results_can_be_removed(panel):
+    controller, url, handler, logic, alerts, *_ = panel
+    _reach(State.DONE, controller, url, handler)
+    handler.held = ()
+    controller.set_replace(False)
+    _click_denoise(controller)
+    _settle(controller)
+    assert [c[-2] for c in logic.calls if c[0] == "load"] == [True, False]
+    assert "remove" in controller.enabled()
+    controller.remove_results()
+    assert controller.status == "Removed 2 results of 'CT'."
+    assert controller.state is State.READY and "remove" not in controller.enabled()
+    assert "compare" not in controller.enabled()

@@ -7,6 +7,7 @@ import re
 import sys
 import xml.etree.ElementTree as ET
 
+import pytest
 from conftest import ROOT, SLICER_MODULE
 
 EXTENSION = ROOT / "slicer_extension"
@@ -74,15 +75,17 @@ def test_slicer_loads_one_module_from_the_module_folder():
 
 def test_library_is_pure_python_39_standard_library():
     """Slicer's Python 3.9 and nothing installed: the standard library, and for the Logic
-    and the self-test (logic.py, selftest.py) Slicer's own slicer, vtk and numpy; no Qt
-    anywhere in the library."""
+    and the self-test (logic.py, selftest.py) Slicer's own slicer, vtk, numpy and pydicom; no
+    Qt anywhere in the library."""
     for path in [*LIBRARY.glob("*.py"), *SLICER_MODULE.glob("*.py")]:
         tree = ast.parse(path.read_text(), feature_version=(3, 9))  # runs on Slicer's Python
         if path.parent != LIBRARY:
             continue
         allowed = sys.stdlib_module_names - {"cgi"}
         if path.name in ("logic.py", "selftest.py"):
-            allowed = allowed | {"slicer", "vtk", "numpy"}
+            allowed = allowed | {"slicer", "vtk", "numpy", "pydicom"}
+        if path.name == "derived.py":  # ldct's own writer, which Slicer's numpy and pydicom run
+            allowed = allowed | {"numpy", "pydicom"}
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 roots = {a.name.split(".")[0] for a in node.names}
@@ -105,3 +108,22 @@ def test_the_modules_visible_texts_are_translatable():
         value = assigned[name]
         assert isinstance(value, ast.Call) and getattr(value.func, "id", "") == "_", name
     assert "from slicer.i18n import tr as _" in source
+
+
+def test_the_derived_dicom_writer_is_ldcts_own_file():
+    """One writer: the Lib's derived.py is ldct/derived.py itself (a link the build copies),
+    never a copy that could drift."""
+    assert (LIBRARY / "derived.py").resolve() == (ROOT / "ldct" / "derived.py").resolve()
+
+
+@pytest.mark.parametrize(("major", "minor", "loads"), [(5, 4, False), (5, 6, True),
+                                                       (5, 8, True), (6, 0, True)])
+def test_an_older_slicer_is_told_which_version_it_needs(major, minor, loads):
+    from LowDoseCTDenoiseLib.version import check_slicer
+
+    if loads:
+        check_slicer(major, minor, f"{major}.{minor}.0")
+    else:
+        with pytest.raises(ImportError, match=r"needs 3D Slicer 5\.6 or newer; this is Slicer "
+                                              r"5\.4\.0"):
+            check_slicer(major, minor, f"{major}.{minor}.0")

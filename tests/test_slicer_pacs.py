@@ -55,9 +55,10 @@ def _loaded_from_dicom(scene, volume, series_uid: str):  # noqa: F811 - the fixt
     return node, sh, study
 
 
-def _denoised_panel(scene, node, server: str, token: str, tmp_path, exported: list):  # noqa: F811
+def _denoised_panel(scene, node, server: str, token: str, tmp_path, exported: list,  # noqa: F811
+                    find_instance=None):
     """The panel after Denoise at STRENGTH with the real Logic, as the widget binds them."""
-    logic = LowDoseCTDenoiseLogic(scene)
+    logic = LowDoseCTDenoiseLogic(scene, find_instance=find_instance)
     alerts = []
     panel = DenoiseController(logic, UrlHistory(), lambda kind, text: alerts.append(text),
                               temp_root=str(tmp_path), on_dicom_export=exported.append)
@@ -106,7 +107,8 @@ def test_a_series_of_the_servers_pacs_goes_back_through_the_server(scene, pacs, 
     back = read_volume(tmp_path)
     header = stored[0]
     assert list(header.ImageType)[:2] == ["DERIVED", "SECONDARY"]
-    assert header.SeriesDescription == f"LD abdomen denoised ({MODEL}, strength {STRENGTH:g})"
+    assert header.SeriesDescription == (f"LD abdomen denoised ({MODEL} baseline, strength "
+                                        f"{STRENGTH:g})")
     assert header.PatientID == volume.dicom.PatientID
     shown = slicer.util.arrayFromVolume(logic.pair[1])
     assert np.abs(back.hu - shown).max() <= 1.0  # the server's blend, stored as whole HU
@@ -130,30 +132,40 @@ def test_the_server_refuses_a_token_without_the_role_and_says_why(scene, pacs, t
     assert _series_of_study(orthanc, str(volume.dicom.StudyInstanceUID)) == before
 
 
-def test_a_series_the_server_does_not_have_is_prepared_for_slicers_dicom_export(
+def test_a_series_the_server_does_not_have_is_written_here_as_a_derived_series(
         scene, pacs, tokens, tmp_path):  # noqa: F811
-    """Another series (not in the server's PACS): nothing is stored by the server; the result
-    is a series of the input's study, numbered after the input's, for Slicer's DICOM export
-    (its dialog opens on the result's item) and the DICOM module's Send."""
+    """Another series (not in the server's PACS; here: its UID changed): nothing is stored by
+    the server; the Logic writes the derived series from the input's DICOM headers (as
+    Slicer's DICOM database holds them) and hands its folder to the widget, which adds it to
+    that database for the DICOM module's Send."""
     orthanc, server, _, volume = pacs
     node, sh, study = _loaded_from_dicom(scene, volume, "1.2.826.0.1.3680043.99.1")
+    node.SetAttribute("DICOM.instanceUIDs", " ".join(h.SOPInstanceUID for h in volume.sources))
+    database = tmp_path / "database"
+    database.mkdir()
+    for header in volume.sources:  # the input's files in Slicer's DICOM database
+        pydicom.dcmwrite(database / f"{header.SOPInstanceUID}.dcm", header,
+                         write_like_original=False)
     exported = []
-    panel, logic, alerts = _denoised_panel(scene, node, server, tokens["radiologist"],
-                                           tmp_path, exported)
+    panel, logic, alerts = _denoised_panel(
+        scene, node, server, tokens["radiologist"], tmp_path, exported,
+        find_instance=lambda uid: str(database / f"{uid}.dcm"))
     before = _series_of_study(orthanc, str(volume.dicom.StudyInstanceUID))
     panel.send_to_pacs()
     assert panel.wait(60)
     panel.poll()
     result = logic.pair[1]
-    item = sh.GetItemByDataNode(result)
-    assert panel.state is State.DONE and not alerts and exported == [item]
-    assert sh.GetItemParent(item) == study
-    assert sh.GetItemAttribute(item, "DICOM.SeriesNumber") == str(
-        int(volume.dicom.SeriesNumber) + 1000)
-    assert sh.GetItemAttribute(item, "DICOM.ImageType") == "DERIVED\\SECONDARY"
+    assert panel.state is State.DONE and not alerts and len(exported) == 1, panel.status
+    written = sorted(exported[0].glob("*.dcm"))
+    headers = [pydicom.dcmread(f) for f in written]
+    assert len(headers) == 3
+    assert {h.SourceImageSequence[0].ReferencedSOPInstanceUID for h in headers} == {
+        h.SOPInstanceUID for h in volume.sources}
+    assert {int(h.SeriesNumber) for h in headers} == {int(volume.dicom.SeriesNumber) + 1000}
     assert panel.status.startswith(f"{server} does not have the input's series in its PACS. "
-                                   f"'{result.GetName()}' is ready for Slicer's DICOM export "
-                                   "in study 'CT abdomen'")
+                                   f"'{result.GetName()}' was written as a derived DICOM "
+                                   f"series ('LD abdomen denoised ({MODEL} baseline, "
+                                   "strength 0.8)'")
     assert _series_of_study(orthanc, str(volume.dicom.StudyInstanceUID)) == before
 
 
@@ -168,5 +180,5 @@ def test_a_volume_outside_any_study_cannot_be_exported_and_says_what_to_do(scene
                                        exported)
     panel.send_to_pacs()  # not from DICOM: decided here, no server call
     assert not panel.working and panel.state is State.ERROR and not exported
-    assert alerts == [panel.status] and "is not in a patient's study" in panel.status
+    assert alerts == [panel.status] and "was not loaded from DICOM" in panel.status
     assert "load the CT with the DICOM module" in panel.status

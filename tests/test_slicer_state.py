@@ -10,6 +10,7 @@ import pytest
 import slicer
 import vtk
 from LowDoseCTDenoiseLib import DenoiseController, State, UrlHistory
+from LowDoseCTDenoiseLib.display import LAYOUT_ID_BASE
 from LowDoseCTDenoiseLib.logic import LEFT, RIGHT, LowDoseCTDenoiseLogic
 from LowDoseCTDenoiseLib.state import NODE_ROLES, PanelState
 from test_slicer_logic import (  # noqa: F401 - the fixtures
@@ -78,6 +79,7 @@ def test_scene_save_and_load_restore_the_panel(scene, dicom_node, tmp_path):  # 
                               temp_root=str(tmp_path))
     logic.on_scene_closed = panel.scene_closed
     logic.on_scene_loaded = lambda: panel.restore(logic.load_state())  # as the widget binds
+    panel.module_shown(True)
     path, _ = _server_result(logic, dicom_node, tmp_path, "pan", 5.0)
     result = logic.load_result(path, dicom_node, "pan", 0.4)
     logic.show_side_by_side(dicom_node, result, "Abdomen", "Axial + coronal")
@@ -124,7 +126,8 @@ def test_observers_are_removed_on_scene_close_and_cleanup(scene, dicom_node, tmp
     closes = []
     logic.on_scene_closed = lambda: closes.append(True)
     scene_events = {("vtkMRMLScene", slicer.vtkMRMLScene.EndCloseEvent),
-                    ("vtkMRMLScene", slicer.vtkMRMLScene.EndImportEvent)}
+                    ("vtkMRMLScene", slicer.vtkMRMLScene.EndImportEvent),
+                    ("vtkMRMLScene", slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent)}
     assert _observed(logic) == scene_events
     path, _ = _server_result(logic, dicom_node, tmp_path, "pan", 5.0)
     result = logic.load_result(path, dicom_node, "pan")
@@ -134,7 +137,7 @@ def test_observers_are_removed_on_scene_close_and_cleanup(scene, dicom_node, tmp
         ("vtkMRMLScalarVolumeDisplayNode", vtk.vtkCommand.ModifiedEvent)}
     assert {id(obj) for obj, *_ in logic.Observations} >= {id(d) for d in displays}
     logic.show_side_by_side(dicom_node, result)  # shown again: no second observer
-    assert len(logic.Observations) == 4
+    assert len(logic.Observations) == 5  # 3 on the scene, 2 windows
     scene.Clear(0)
     assert _observed(logic) == scene_events and closes == [True]
     logic.cleanup()
@@ -153,7 +156,7 @@ def test_view_labels_are_put_back_when_leaving_the_module(scene, dicom_node, tmp
     logic.restore_view_labels()  # the module is left
     labels = {view: logic.slice_node(view).GetLayoutLabel() for view in (LEFT, RIGHT)}
     assert labels == {LEFT: "R", RIGHT: "Y"}  # Slicer's own
-    logic.label_views()  # shown again
+    logic.module_entered()  # shown again
     assert logic.slice_node(RIGHT).GetLayoutLabel() == "pan s=0.8"
     assert logic.slice_node("Green").GetLayoutLabel() == "original"
     scene.Clear(0)  # a closed scene's views say nothing of the module's
@@ -174,4 +177,49 @@ def test_a_new_result_is_shown_without_its_difference(scene, dicom_node, tmp_pat
     assert not logic.difference_shown
     assert logic.composite_node(RIGHT).GetBackgroundVolumeID() == second.GetID()
     assert math.isclose(float(second.GetAttribute("LowDoseCTDenoise.strength")), 0.5)
+    logic.cleanup()
+
+
+def test_the_users_layout_and_views_come_back_on_exit(scene, dicom_node, tmp_path):  # noqa: F811
+    """Entering keeps the user's layout, orientations and links; leaving puts them back;
+    a scene loaded while the module is hidden does not switch the layout until it is shown."""
+    logic = LowDoseCTDenoiseLogic(scene)
+    panel = DenoiseController(logic, UrlHistory(), lambda kind, text: None,
+                              temp_root=str(tmp_path))
+    logic.on_scene_loaded = lambda: panel.restore(logic.load_state())
+    logic._layout_node().SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView)
+    yellow = logic.slice_node(RIGHT)
+    yellow.SetOrientation("Coronal")  # the user's own choices
+    logic.composite_node(RIGHT).SetLinkedControl(False)
+    user_matrix = [yellow.GetSliceToRAS().GetElement(i, j) for i in range(4) for j in range(4)]
+    logic.module_entered()
+    panel.module_shown(True)
+    path, _ = _server_result(logic, dicom_node, tmp_path, "pan", 5.0)
+    result = logic.load_result(path, dicom_node, "pan", 0.4)
+    logic.show_side_by_side(dicom_node, result, "Abdomen", "Side by side")
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    assert layout.GetViewArrangement() == LAYOUT_ID_BASE
+    assert yellow.GetOrientationString() == "Axial"
+    panel.module_shown(False)
+    logic.module_left()
+    assert layout.GetViewArrangement() == slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpView
+    assert yellow.GetOrientationString() == "Coronal"
+    assert [yellow.GetSliceToRAS().GetElement(i, j)
+            for i in range(4) for j in range(4)] == user_matrix
+    assert not logic.composite_node(RIGHT).GetLinkedControl()
+    assert yellow.GetLayoutLabel() == "Y"
+    panel.panel_state()
+    logic.save_state(panel.panel_state())
+    xml = _saved_scene(scene)
+    scene.Clear(0)
+    layout = logic._layout_node()
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+    scene.SetLoadFromXMLString(1)
+    scene.SetSceneXMLString(xml)
+    scene.Import()  # loaded while the user is in another module
+    layout = scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    assert logic.pair is None and layout.GetViewArrangement() != LAYOUT_ID_BASE
+    logic.module_entered()
+    panel.module_shown(True)  # shown: now the pair comes back
+    assert logic.pair is not None and layout.GetViewArrangement() == LAYOUT_ID_BASE
     logic.cleanup()

@@ -9,10 +9,12 @@ import slicer
 from conftest import free_port, running, serve_command
 from LowDoseCTDenoiseLib import (
     AuthenticationFailed,
+    DenoiseController,
     ReaderSession,
     StudyClient,
     StudyController,
     StudyState,
+    UrlHistory,
 )
 from LowDoseCTDenoiseLib.logic import LEFT, RIGHT, LowDoseCTDenoiseLogic
 
@@ -25,7 +27,7 @@ from ldct.study.service import StudyService
 
 @pytest.fixture(scope="module")
 def study_url(tmp_path_factory):
-    """A server whose study root holds a prepared pairs study for readers r1 and r2."""
+    """A server whose study root holds a prepared pairs study for readers r1, r2 and r3."""
     folder = tmp_path_factory.mktemp("slicer-study")
     root = folder / "studies"
     noisy = simulate_low_dose(make_phantom(size=256, slices=2, pixel_mm=0.78).volume,
@@ -33,7 +35,7 @@ def study_url(tmp_path_factory):
                               seed=3, progress=False)
     write_volume(noisy, folder / "c.nrrd", dtype="int16")
     definition = parse({
-        "name": "Panel study", "seed": 1, "presentation": "pairs", "readers": ["r1", "r2"],
+        "name": "Panel study", "seed": 1, "presentation": "pairs", "readers": ["r1", "r2", "r3"],
         "window": {"width": 350, "level": 50},
         "cases": [{"id": "c", "image": str(folder / "c.nrrd")}],
         "conditions": [{"name": "original"}, {"name": "smooth", "model": "ldct-gauss"},
@@ -135,3 +137,37 @@ def test_reader_panel_clicks_run_off_the_gui_thread(study_url, scene, tmp_path):
     assert panel.state is StudyState.FINISHED and len(items) == 2
     assert panel.view().progress == "All 2 items scored. Thank you."
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+
+
+def test_a_study_item_is_blinded_from_compare_tools_and_a_closed_scene_resets_the_panel(
+        study_url, scene, tmp_path):
+    """While A/B is scored, no compare tool of the Denoise panel may act on it (a difference
+    or a flicker shows which side is processed); closing the scene resets the study panel
+    (no Submit on an item that is gone), and Start resumes where the server has it."""
+    url, readers = study_url
+    logic = LowDoseCTDenoiseLogic(scene)
+    alerts = []
+    study = StudyController(logic, lambda kind, text: alerts.append(text), tmp_path)
+    denoise = DenoiseController(logic, UrlHistory(), lambda kind, text: alerts.append(text),
+                                temp_root=str(tmp_path))
+    logic.on_scene_closed = lambda: (denoise.scene_closed(), study.scene_closed())  # the widget
+    study.start(url, readers["r3"], "panel-study", "r3")
+    assert study.wait(60)
+    study.poll()
+    assert study.state is StudyState.SCORING and logic.pair is not None
+    assert {"compare", "pacs", "remove"}.isdisjoint(denoise.enabled())
+    shown = logic.composite_node("Yellow").GetBackgroundVolumeID()
+    denoise.show_difference(True)
+    denoise.flicker()
+    denoise.press("Space")
+    denoise.set_auto_flicker(True)
+    assert logic.composite_node("Yellow").GetBackgroundVolumeID() == shown
+    assert logic.composite_node("Red").GetBackgroundVolumeID() != shown
+    assert not logic.difference_shown and not denoise.auto_flicker
+    scene.Clear(0)
+    assert study.state is StudyState.IDLE and "submit" not in study.enabled()
+    assert study.session is None and study.progress.startswith("The scene was closed")
+    study.start(url, readers["r3"], "panel-study", "r3")
+    assert study.wait(60)
+    study.poll()
+    assert study.state is StudyState.SCORING and not alerts

@@ -104,7 +104,7 @@ class LowDoseCTDenoiseApp(MONAILabelApp):
         strength = float(result["params"].get("strength", 1.0))
         try:
             series = store.write_back(request["image_id"], result["file"], request["model"],
-                                      strength)
+                                      strength, result["params"].get("version") or "baseline")
         except PacsError as exc:
             raise HTTPException(status_code=502, detail=str(exc)) from exc
         result["params"]["written_back_series"] = series

@@ -15,7 +15,11 @@ from pathlib import Path
 
 import qt
 import slicer
-from LowDoseCTDenoiseLib import (
+from LowDoseCTDenoiseLib.version import check_slicer
+
+check_slicer(slicer.app.majorVersion, slicer.app.minorVersion, slicer.app.applicationVersion)
+
+from LowDoseCTDenoiseLib import (  # noqa: E402 - after the version check, with a clear message
     LAYOUTS,
     SHORTCUTS,
     VOLUME_PRESET,
@@ -26,11 +30,11 @@ from LowDoseCTDenoiseLib import (
     UrlHistory,
     selftest,
 )
-from LowDoseCTDenoiseLib.logic import LowDoseCTDenoiseLogic
-from LowDoseCTDenoiseLib.state import PanelState
-from slicer.i18n import tr as _
-from slicer.parameterNodeWrapper import parameterNodeWrapper
-from slicer.ScriptedLoadableModule import (
+from LowDoseCTDenoiseLib.logic import LowDoseCTDenoiseLogic  # noqa: E402
+from LowDoseCTDenoiseLib.state import PanelState  # noqa: E402
+from slicer.i18n import tr as _  # noqa: E402
+from slicer.parameterNodeWrapper import parameterNodeWrapper  # noqa: E402
+from slicer.ScriptedLoadableModule import (  # noqa: E402
     ScriptedLoadableModule,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
@@ -39,6 +43,7 @@ from slicer.ScriptedLoadableModule import (
 SETTINGS = "LowDoseCTDenoise"
 DEFAULT_URL = "http://127.0.0.1:8000"
 POLL_MS = 200
+FULL_KEEP_MS = 120_000  # the full-strength result is kept this long after a strength change
 FLICKER_MS = 700
 
 
@@ -92,9 +97,10 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                              consented=self._setting("consent", []) or [])
         self.controller = c = DenoiseController(
             self.logic, history, self.alert, save_history=self._save_history,
-            on_shown=slicer.util.resetSliceViews, temp_root=slicer.app.temporaryPath,
-            on_dicom_export=self.open_dicom_export)
-        self.logic.on_scene_closed = self._then_render(c.scene_closed)
+            on_shown=self.on_shown, temp_root=slicer.app.temporaryPath,
+            on_dicom_export=self.import_derived)
+        self.logic.on_scene_closed = self._then_render(self.scene_closed)
+        self.logic.on_node_removed = self._then_render(c.node_removed)
         self.logic.on_scene_loaded = self._then_render(self.restore)
         self.saved = None  # the PanelState last written to the parameter node
         self.study_dir = Path(tempfile.mkdtemp(prefix="ldct-study-",
@@ -107,7 +113,9 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.controls = {
             "connect": (ui.serverUrlComboBox, ui.tokenLineEdit, ui.testConnectionButton,
                         ui.refreshModelsButton),
+            "input": (ui.inputVolumeSelector,), "strength": (ui.strengthSliderWidget,),
             "model": (ui.modelComboBox,), "device": (ui.deviceComboBox,),
+            "remove": (ui.removeResultsButton,),
             "denoise": (ui.denoiseButton,), "cancel": (ui.cancelButton,),
             "compare": (ui.windowPresetComboBox, ui.layoutComboBox, ui.differenceCheckBox,
                         ui.flickerButton, ui.autoFlickerCheckBox),
@@ -139,6 +147,8 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                 (ui.flickerButton, "clicked()", c.flicker),
                 (ui.autoFlickerCheckBox, "toggled(bool)", c.set_auto_flicker),
                 (ui.sendToPacsButton, "clicked()", c.send_to_pacs),
+                (ui.replaceResultsCheckBox, "toggled(bool)", c.set_replace),
+                (ui.removeResultsButton, "clicked()", c.remove_results),
                 (ui.refreshStudiesButton, "clicked()",
                  lambda: self.study.refresh(*self._server())),
                 (ui.startStudyButton, "clicked()", self.on_start_study),
@@ -150,9 +160,13 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
             shortcut.setEnabled(False)
             shortcut.connect("activated()", self._then_render(lambda k=key: c.press(k)))
             self.shortcuts.append(shortcut)
-        self.poll_timer = self._timer(POLL_MS, self.on_poll)
+        self.poll_timer = self._timer(POLL_MS, self._then_render(self.on_poll))
         self.flicker_timer = self._timer(FLICKER_MS, self._then_render(c.flicker))
         self.poll_timer.start()
+        self.full_timer = self._timer(FULL_KEEP_MS, self._then_render(c.release_full))
+        self.full_timer.singleShot = True
+        ui.strengthSliderWidget.connect("valueChanged(double)",
+                                        lambda value: self.full_timer.start())
         self.restore()  # a scene loaded before the module was opened
         self.render()
 
@@ -161,38 +175,65 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.controller.restore(self.logic.load_state())
 
     def enter(self):
-        """The module is shown: its keys (flicker, window presets) work, its views are
-        labelled."""
+        """The module is shown: its keys (flicker, window presets) work; the user's layout is
+        kept (Logic) and a scene loaded meanwhile is shown (controller)."""
         for shortcut in self.shortcuts:
             shortcut.setEnabled(True)
-        self.logic.label_views()
+        self.logic.module_entered()
+        self.controller.module_shown(True)
+        self.render()
 
     def exit(self):
-        """Another module is shown: its keys and the views' labels are Slicer's again."""
+        """Another module is shown: its keys, the layout, views and labels are the user's
+        again."""
         for shortcut in self.shortcuts:
             shortcut.setEnabled(False)
-        self.logic.restore_view_labels()
+        self.controller.module_shown(False)
+        self.logic.module_left()
 
     def cleanup(self):
         for shortcut in self.shortcuts:
             shortcut.setParent(None)  # removed from the main window
         self.poll_timer.stop()
         self.flicker_timer.stop()
+        self.full_timer.stop()
         self.controller.close()
         shutil.rmtree(self.study_dir, ignore_errors=True)
         self.logic.cleanup()
 
     # -- signals -> controllers -----------------------------------------------------------
     def _then_render(self, action):
+        """A Qt slot: the action, then the panel rendered; nothing may escape into Qt (the
+        controllers keep the panel usable; this says what happened)."""
         def slot(*args):
-            action(*args)
+            try:
+                action(*args)
+            except Exception as exc:  # noqa: BLE001 - a slot must never raise
+                self.alert("error", f"Unexpected error: {exc!r}")
             self.render()
         return slot
+
+    def scene_closed(self):
+        """Both sections start again: no result, no study item, no score buttons."""
+        self.controller.scene_closed()
+        self.study.scene_closed()
+        self.shown["session"] = None
+        self._clear_scores()
+
+    def _clear_scores(self):
+        """No score buttons (the old layout is re-parented to a dropped widget)."""
+        self.score_groups, self.choice_group = {}, None
+        if self.ui.criteriaFrame.layout() is not None:
+            qt.QWidget().setLayout(self.ui.criteriaFrame.layout())
+
+    def on_shown(self):
+        """A result is shown: views fitted to it; its full-strength voxels kept a while."""
+        slicer.util.resetSliceViews()
+        self.full_timer.start()
 
     def on_poll(self):
         self.controller.poll()
         self.study.poll()
-        self.render()
 
     def on_server_changed(self, url):
         """Each server's own token (readers paste their reader token once)."""
@@ -227,12 +268,15 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                 group.setExclusive(True)
         slicer.util.resetSliceViews()
 
-    def open_dicom_export(self, item: int):
-        """Slicer's DICOM export dialog on the result's series (its Send is the DICOM
-        module's)."""
-        dialog = slicer.qSlicerDICOMExportDialog()
-        dialog.setMRMLScene(slicer.mrmlScene)
-        dialog.execDialog(item)
+    def import_derived(self, folder: Path):
+        """The derived series the Logic wrote, copied into Slicer's DICOM database (the DICOM
+        module's Send sends it from there); the written folder is removed."""
+        from DICOMLib import DICOMUtils
+
+        try:
+            DICOMUtils.importDicom(str(folder), copyFiles=True)
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def alert(self, kind: str, text: str):
         (slicer.util.warningDisplay if kind == "warning" else slicer.util.errorDisplay)(text)
@@ -311,8 +355,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
 
     def _build_score_widgets(self, session: ReaderSession):
         frame = self.ui.criteriaFrame
-        if frame.layout() is not None:
-            qt.QWidget().setLayout(frame.layout())  # re-parent the old layout to drop it
+        self._clear_scores()
         form = qt.QFormLayout(frame)
         sides = ["A", "B"] if session.forced_choice else ["A"]
         self.score_groups = {}

@@ -82,7 +82,8 @@ class DenoiseClient(ServerConnection):
             details = model.get("ldct") if isinstance(model, dict) else None
             if not isinstance(details, dict):
                 continue
-            card = {**(details.get("card") or {}), "version": details.get("version", "")}
+            card = {**(details.get("card") or {}),  # a baseline has no weights: its kind
+                    "version": details.get("version") or details.get("kind", "")}
             entries.append(ModelEntry(name, model.get("description", name),
                                       model.get("config") or {}, card,
                                       details.get("recommended") is True))

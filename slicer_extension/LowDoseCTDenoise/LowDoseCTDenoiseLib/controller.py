@@ -46,6 +46,19 @@ SETTLED = (State.IDLE, State.READY, State.CANCELLED, State.DONE, State.ERROR)  #
 
 
 @dataclass(frozen=True)
+class Binding:
+    """The input a job was started for, captured at Denoise: its result goes to this node,
+    under this subject-hierarchy study, whatever is selected when the job ends."""
+
+    node: Any
+    study: int  # the subject-hierarchy item the input was under (0: none)
+
+
+def _name(node: Any) -> str:
+    return node.GetName() if hasattr(node, "GetName") else str(node)
+
+
+@dataclass(frozen=True)
 class PanelView:
     """What the panel shows; the widget renders it and decides nothing itself."""
 
@@ -65,7 +78,8 @@ class PanelView:
     difference: bool  # the result's views show its difference ("Show difference" ticked)
 
 
-CONTROLS = ("connect", "model", "device", "denoise", "cancel", "compare", "pacs")
+CONTROLS = ("connect", "input", "model", "device", "strength", "denoise", "cancel", "compare",
+            "pacs", "remove")
 
 # Keys while the module is shown (QKeySequence text) -> controller method and arguments:
 # digits pick the window presets, as in PACS viewers; Space flickers. Slicer's own keys are
@@ -90,11 +104,24 @@ class _Worker:
         return self._call is not None
 
     def poll(self) -> None:
-        """Called by the widget's timer: takes the outcome of a finished server call."""
+        """Called by the widget's timer: takes the outcome of a finished server call. Nothing
+        raised here may escape into the timer's slot (the panel would stay busy for good):
+        :meth:`_crashed` puts the panel back in a usable state and says what happened."""
         call = self._call
         if call is not None and call.done:
             self._call = None
-            self._finish(call)
+            try:
+                self._finish(call)
+            except Exception as exc:  # noqa: BLE001 - a timer slot must never raise
+                self._crashed(exc)
+
+    def _crashed(self, exc: Exception) -> None:
+        """Each section's way back to a usable state after an unexpected error."""
+        raise NotImplementedError
+
+    def _discard(self) -> None:
+        """Forget the running call: its outcome, when it comes, is ignored (a closed scene)."""
+        self._call = None
 
     def wait(self, timeout: float) -> bool:
         """Block until the running call ends (tests and scripts; the UI polls instead)."""
@@ -107,20 +134,22 @@ class _Worker:
 class DenoiseController(_Worker):
     """Server, Denoise and Compare sections of the panel.
 
-    ``logic``: the module's Logic (``prepare_export``, ``load_result``, ``show_side_by_side``,
-    ``set_strength``, ``apply_window``, ``set_layout``, ``show_difference``, ``flicker``,
-    ``shown_result``, ``prepare_dicom_export``, ``node_ids``, ``restore``, ``pair``,
-    ``difference_shown``).
+    ``logic``: the module's Logic (``prepare_export``, ``study_of``, ``in_scene``,
+    ``load_result``, ``show_side_by_side``, ``set_strength``, ``apply_window``, ``set_layout``,
+    ``show_difference``, ``flicker``, ``shown_result``, ``write_derived``,
+    ``results_of``, ``remove_results``, ``node_ids``, ``restore``, ``pair``,
+    ``difference_shown``). Every job is bound to its input when it starts (:class:`Binding`);
+    the input selector and the strength are disabled while it runs.
     ``on_shown`` is called after a result is shown (the widget fits the views to it);
-    ``on_dicom_export(item)`` when a result is ready for Slicer's DICOM export (the widget
-    opens Slicer's export dialog on that subject-hierarchy item).
+    ``on_dicom_export(folder)`` when a result was written as a derived DICOM series in
+    ``folder`` (the widget imports it into Slicer's DICOM database and removes the folder).
     """
 
     def __init__(self, logic: Any, history: UrlHistory, alert: Alert,
                  save_history: Callable[[UrlHistory], None] = lambda history: None,
                  on_shown: Callable[[], None] = lambda: None, temp_root: Optional[str] = None,
                  info_timeout: float = INFO_TIMEOUT_S,
-                 on_dicom_export: Callable[[int], None] = lambda item: None) -> None:
+                 on_dicom_export: Callable[[Path], None] = lambda folder: None) -> None:
         super().__init__(alert)
         self.logic, self.history = logic, history
         self.save_history, self.on_shown, self.temp_root = save_history, on_shown, temp_root
@@ -138,14 +167,18 @@ class DenoiseController(_Worker):
         self.auto_flicker = False
         self._workdir: Optional[Path] = None
         self._cancelled = ""  # why the running job was stopped (user or scene close)
-        self._pending: Any = None  # the checked input waiting for the user's consent
+        self._pending: Optional[tuple[Any, Binding]] = None  # (export, input) awaiting consent
+        self._bound: Optional[Binding] = None  # the input of the running denoise job
+        self.replace = True  # a new result replaces the previous results of its input
+        self.shown = False  # the module is shown (entered, not left)
+        self._scene_state: Optional[PanelState] = None  # a loaded scene's, until shown
         self._consented: set[str] = set()  # servers agreed to in this session
 
     # -- what the panel shows ------------------------------------------------------------
     def view(self) -> PanelView:
         question = ""
         if self.state == State.CONSENT:
-            question = (f"Send '{self._pending.name}' to {self.url} for denoising?\n\nThe "
+            question = (f"Send '{self._pending[0].name}' to {self.url} for denoising?\n\nThe "
                         "volume leaves this computer: its voxels and geometry (no patient name "
                         "or DICOM header) go to that server, which keeps them only while it "
                         "denoises.")
@@ -158,12 +191,14 @@ class DenoiseController(_Worker):
         """The controls a click may use now (a click on any other is ignored)."""
         on = set()
         if self.state in SETTLED:
-            on |= {"connect", "model", "device"}
+            on |= {"connect", "input", "model", "device", "strength"}
             if self.models and self.model and self.input is not None:
                 on.add("denoise")
+            if self.input is not None and self.logic.results_of(self.input):
+                on.add("remove")
         if self.state in (State.DENOISING, State.SENDING):
             on.add("cancel")
-        if self.logic.pair is not None:
+        if self.logic.shows_result:  # never a reader-study pair: comparing would unblind it
             on.add("compare")
             if self.state in SETTLED:
                 on.add("pacs")
@@ -216,7 +251,9 @@ class DenoiseController(_Worker):
 
     # -- Denoise ---------------------------------------------------------------------------
     def select_input(self, node: Any) -> None:
-        self.input = node
+        """Another input picked; ignored while a job runs (the selector is disabled then)."""
+        if "input" in self.enabled():
+            self.input = node
 
     def select_model(self, name: str) -> None:
         self.model = name
@@ -235,17 +272,18 @@ class DenoiseController(_Worker):
         except ValueError as exc:  # refused before anything is written or sent
             self._fail(str(exc))
             return
+        binding = Binding(self.input, self.logic.study_of(self.input))
         if self.url in self._consented or self.history.consents(self.url):
-            self._send(export)
+            self._send(export, binding)
         else:  # a volume leaves the workstation for this server for the first time: ask
-            self._pending, self.state = export, State.CONSENT
+            self._pending, self.state = (export, binding), State.CONSENT
 
     def answer_consent(self, send: bool, remember: bool = False) -> None:
         """The consent dialog's answer: send (``remember``: never ask again for this server,
         kept with the URL history), or not (nothing leaves this computer)."""
         if self.state != State.CONSENT:
             return
-        export, self._pending = self._pending, None
+        (export, binding), self._pending = self._pending, None
         if not send:
             self.state, self.status = State.READY, "Not sent: the volume stays on this computer."
             return
@@ -253,17 +291,28 @@ class DenoiseController(_Worker):
         if remember:
             self.history.consent(self.url)
             self.save_history(self.history)
-        self._send(export)
+        self._send(export, binding)
 
-    def _send(self, export: Any) -> None:
-        """Compress, upload, denoise and download ``export`` on the worker thread."""
+    def _job_params(self) -> dict[str, Any]:
+        """What the server is asked for: the full-strength result (the strength, like any
+        other choice about the blend, is applied here by :meth:`set_strength`)."""
+        return {"strength": 1.0, "device": self.device, "result_dtype": "int16"}
+
+    def _version(self, model: str) -> str:
+        """The weights version the server lists for ``model`` (it goes into the DICOM)."""
+        return next((str(m.card.get("version", "")) for m in self.models if m.name == model), "")
+
+    def _send(self, export: Any, binding: Binding) -> None:
+        """Compress, upload, denoise and download ``export`` on the worker thread; the result
+        goes to ``binding``'s node, never to whatever is selected when the job ends."""
         self._workdir = Path(tempfile.mkdtemp(prefix="ldct-slicer-", dir=self.temp_root))
+        strength = self.strength  # fixed while the job runs (the control is disabled)
         job = DenoiseJob(DenoiseClient(self.url, token=self.token), self.model,
                          self._workdir / "input.nrrd", self._workdir / "result.nrrd",
-                         {"strength": 1.0, "device": self.device, "result_dtype": "int16"},
-                         export=export.write)
-        self.state, self.status = State.DENOISING, "Starting"
-        self._start(job, lambda done: self._denoised(done, self.input))
+                         self._job_params(), export=export.write,
+                         prepare=lambda path: self.logic.read_result(path, export, strength))
+        self.state, self.status, self._bound = State.DENOISING, "Starting", binding
+        self._start(job, lambda done: self._denoised(done, binding))
 
     def cancel(self) -> None:
         """Close the connection: the worker ends at once and the server cancels its job."""
@@ -291,16 +340,26 @@ class DenoiseController(_Worker):
             return True
         return False
 
-    def _denoised(self, job: DenoiseJob, node: Any) -> None:
+    def _denoised(self, job: DenoiseJob, binding: Binding) -> None:
         try:
-            if self._succeeded(job, "Failed"):
-                self._show(job, node)
+            if not self._succeeded(job, "Failed"):
+                return
+            if not self.logic.in_scene(binding.node):  # removed as the last bytes arrived
+                self.state = State.CANCELLED
+                self.status = (f"'{_name(binding.node)}' was deleted while it was being "
+                               "denoised: nothing was created.")
+                return
+            self._show(job, binding)
         finally:
+            self._bound = None
             self._remove_workdir()
 
-    def _show(self, job: DenoiseJob, node: Any) -> None:
+    def _show(self, job: DenoiseJob, binding: Binding) -> None:
+        node = binding.node
         try:
-            result = self.logic.load_result(job.result, node, job.model, self.strength)
+            result = self.logic.load_result(job.result, node, job.model, self.strength,
+                                            study=binding.study, replace=self.replace,
+                                            version=self._version(job.model))
             self.logic.show_side_by_side(node, result, self.window, self.layout)
         except (RuntimeError, ValueError, OSError) as exc:
             self._fail(f"Could not show the result: {exc}")
@@ -316,7 +375,7 @@ class DenoiseController(_Worker):
         """Send the result shown to PACS. An input that is a series of the server's PACS goes
         through the server's write-back (on the worker: the server denoises that series again
         with the result's model and strength and stores it in its study); any other result
-        is prepared for Slicer's DICOM export, and the DICOM module's Send sends it."""
+        is written here as a derived series (:meth:`_export_dicom`)."""
         if "pacs" not in self.enabled():
             return
         try:
@@ -344,22 +403,31 @@ class DenoiseController(_Worker):
                        f"({job.result}), computed by the server from the PACS series.")
 
     def _export_dicom(self, why: str) -> None:
-        """The result prepared for Slicer's DICOM export; the widget opens its dialog."""
+        """The result written here as a derived DICOM series of the input's study (never
+        Slicer's generic exporter, which writes an ORIGINAL series with a new frame of
+        reference); the widget imports it into Slicer's DICOM database, where the DICOM
+        module's Send sends it."""
+        folder = Path(tempfile.mkdtemp(prefix="ldct-derived-", dir=self.temp_root))
         try:
-            export = self.logic.prepare_dicom_export()
-        except (RuntimeError, ValueError) as exc:
+            series = self.logic.write_derived(folder)
+        except (RuntimeError, ValueError, OSError) as exc:
+            shutil.rmtree(folder, ignore_errors=True)
             self._fail(f"{why}{exc}")
             return
         self.state = State.DONE
-        self.status = (f"{why}'{export.name}' is ready for Slicer's DICOM export in study "
-                       f"'{export.study}': export it in the dialog, then send it to PACS with "
-                       "the DICOM module (right-click the series > Send); this module does "
-                       "not send it.")
-        self.on_dicom_export(export.item)
+        self.status = (f"{why}'{series.name}' was written as a derived DICOM series "
+                       f"('{series.description}', {len(series.files)} images) of the input's "
+                       "study and added to Slicer's DICOM database: send it to PACS with the "
+                       "DICOM module (right-click the series > Send).")
+        self.on_dicom_export(series.folder)
 
     # -- Compare ---------------------------------------------------------------------------
     def set_strength(self, strength: float) -> None:
-        """After a result exists, a new strength is blended here at once (no upload)."""
+        """After a result exists, a new strength is blended here at once (no upload); ignored
+        while a job runs (the control is disabled then: the job's result gets the strength
+        chosen when it arrives)."""
+        if "strength" not in self.enabled():
+            return
         self.strength = strength
         if "compare" in self.enabled():
             try:
@@ -368,6 +436,27 @@ class DenoiseController(_Worker):
                 self.status = str(exc)
                 return
             self.status = f"Strength {strength:g} blended locally: '{name}'."
+
+    def release_full(self) -> None:
+        """The user is done with the strength control (the widget calls this a while after
+        the last change): the full-strength voxels are freed; another strength then needs a
+        new Denoise."""
+        if self.state in SETTLED and self.logic.release_full():
+            self.status += " (Full-strength voxels freed; another strength needs a new Denoise.)"
+
+    def set_replace(self, on: bool) -> None:
+        """Whether a new result replaces the input's earlier results (the default: a day of
+        comparing models does not pile up full-size volumes)."""
+        self.replace = on
+
+    def remove_results(self) -> None:
+        """Remove every denoised result (and difference) of the input from the scene."""
+        if "remove" not in self.enabled():
+            return
+        count = self.logic.remove_results(self.input)
+        if self.state == State.DONE and self.logic.pair is None:
+            self.state = State.READY
+        self.status = f"Removed {count} result{'s' if count != 1 else ''} of '{_name(self.input)}'."
 
     def set_window(self, preset: str) -> None:
         self.window = preset
@@ -402,17 +491,29 @@ class DenoiseController(_Worker):
         return PanelState(self.model, self.strength, self.window, self.layout,
                           **self.logic.node_ids(self.input))
 
+    def module_shown(self, shown: bool) -> None:
+        """The module was entered (a scene loaded while it was hidden is restored now) or
+        left."""
+        self.shown = shown
+        if shown and self._scene_state is not None:
+            state, self._scene_state = self._scene_state, None
+            self.restore(state)
+
     def restore(self, state: PanelState) -> None:
-        """A scene was loaded: its panel state comes back, and the pair it showed. The
-        full-strength result is not saved with a scene, so a new strength needs a new
-        Denoise."""
+        """A scene was loaded: its panel state comes back, and the pair it showed, once the
+        module is shown (a loaded scene never changes the layout of a user working in
+        another module). The full-strength result is not saved with a scene, so a new
+        strength needs a new Denoise."""
+        if not self.shown:
+            self._scene_state = state
+            return
         if self.state not in SETTLED:
             return
         self.model, self.strength = state.model, state.strength
         self.window, self.layout = state.window, state.layout
         restored = self.logic.restore(state)
         self.input = self.input if restored is None else restored
-        if self.logic.pair is not None:
+        if self.logic.shows_result:
             self.state = State.DONE
             self.status = (f"Restored from the scene: '{self.logic.pair[1].GetName()}'. Another "
                            "strength needs a new Denoise (the scene keeps the blend only).")
@@ -422,6 +523,21 @@ class DenoiseController(_Worker):
         if isinstance(self._call, DenoiseJob) and self.state == State.DENOISING:
             self.status = self._call.status_text()
         super().poll()
+
+    def node_removed(self, node: Any) -> None:
+        """A node was deleted (Data module, a script): the panel keeps no reference to it, and
+        a job started for it stops without creating anything."""
+        if node is self.input:
+            self.input = None
+        if self.state == State.CONSENT and self._pending[1].node is node:
+            self._pending, self.state = None, State.READY
+            self.status = f"'{_name(node)}' was deleted: nothing was sent."
+        elif (self.state == State.DENOISING and self._bound is not None
+              and self._bound.node is node):
+            self._stop_job(f"'{_name(node)}' was deleted while it was being denoised: the job "
+                           "was cancelled and nothing was created.")
+        elif self.state == State.DONE and self.logic.pair is None:
+            self.state, self.status = State.READY, f"'{_name(node)}' was deleted."
 
     def scene_closed(self) -> None:
         """The scene was cleared: the input and the result are gone; a running job stops."""
@@ -439,6 +555,12 @@ class DenoiseController(_Worker):
             self._call.cancel()
             self._call.wait(5)
         self._remove_workdir()
+
+    def _crashed(self, exc: Exception) -> None:
+        self._bound, self._cancelled = None, ""
+        self._remove_workdir()
+        self._fail(f"Unexpected error ({exc!r}); nothing is running now and the panel can be "
+                   "used again. Please report this with Slicer's log.")
 
     def _fail(self, message: str) -> None:
         self.state, self.status = State.ERROR, message
@@ -555,6 +677,18 @@ class StudyController(_Worker):
         self.progress = self.session.progress_text() if self.session else ""
         self.alert("error", str(call.error))
         return True
+
+    def scene_closed(self) -> None:
+        """The scene was cleared: the item shown is gone; the session starts again from Start
+        (the server keeps every score sent)."""
+        self._discard()
+        self.session, self.state = None, StudyState.IDLE
+        self.progress = "The scene was closed: press Start / resume to go on."
+
+    def _crashed(self, exc: Exception) -> None:
+        self.state = self._before
+        self.progress = self.session.progress_text() if self.session else ""
+        self.alert("error", f"Unexpected error ({exc!r}); the study panel can be used again.")
 
     def _listed(self, call: BackgroundCall) -> None:
         if not self._failed(call):

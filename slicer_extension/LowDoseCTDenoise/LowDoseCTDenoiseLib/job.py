@@ -85,15 +85,17 @@ class DenoiseJob(CancellableCall):
     reads ``result`` (the downloaded file) or ``error`` (a readable :class:`ServerError`).
     ``job_id`` names the request on the server (``GET /jobs/{job_id}``); cancelling closes the
     connection, which cancels the server's job too, so its worker stops. ``export``, when
-    given, writes ``volume`` first, here on the worker (compressing a large CT takes seconds).
+    given, writes ``volume`` first, here on the worker (compressing a large CT takes seconds);
+    ``prepare``, when given, turns the downloaded file into ``result`` here too (reading and
+    blending it), so that the UI thread only shows it.
     """
 
     def __init__(self, client: DenoiseClient, model: str, volume: Path, output: Path,
                  params: Optional[dict[str, Any]] = None,
-                 on_progress: Optional[Progress] = None, export: Optional[Export] = None
-                 ) -> None:
+                 on_progress: Optional[Progress] = None, export: Optional[Export] = None,
+                 prepare: Optional[Callable[[Path], Any]] = None) -> None:
         self.client, self.model, self.volume, self.output = client, model, volume, output
-        self.params, self.export = params or {}, export
+        self.params, self.export, self.prepare = params or {}, export, prepare
         self.on_progress = on_progress  # called on the worker thread; the UI polls instead
         self.phase, self.fraction = "queued", 0.0
         super().__init__(self._denoise)
@@ -102,7 +104,8 @@ class DenoiseJob(CancellableCall):
         """One line for the progress label."""
         labels = {"queued": "Starting", "export": "Compressing the volume",
                   "upload": "Uploading", "denoise": "Denoising on server",
-                  "download": "Downloading result", "done": "Done"}
+                  "download": "Downloading result", "read": "Reading the result",
+                  "done": "Done"}
         if self.error is not None:
             return f"Failed: {self.error}"
         if self.phase in BUSY_PHASES:  # the server works: nothing to count
@@ -125,5 +128,13 @@ class DenoiseJob(CancellableCall):
             except OSError as exc:
                 raise ServerError(f"Could not write the upload file {self.volume} "
                                   f"({exc.strerror or exc}): is the disk full?") from exc
-        return self.client.denoise(self.model, self.volume, self.output, self.params,
+        path = self.client.denoise(self.model, self.volume, self.output, self.params,
                                    cancel=self.token, progress=self._progress, job=self.job_id)
+        if self.prepare is None:
+            return path
+        self.token.check()
+        self._progress("read", 0.0)
+        try:
+            return self.prepare(path)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise ServerError(f"The server's result could not be read: {exc}") from exc

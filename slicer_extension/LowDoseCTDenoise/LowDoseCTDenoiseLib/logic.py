@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import numpy as np
+import pydicom
 import slicer
 import vtk
+from vtk.util import numpy_support
 
+from .derived import denoising, match_sources, write_derived_series
 from .display import (
     LAYOUT_ID_BASE,
     LAYOUTS,
@@ -32,7 +35,7 @@ from .display import (
     view_label,
 )
 from .state import NODE_ROLES, PanelState
-from .transfer import NrrdHeader, write_nrrd
+from .transfer import NrrdHeader, read_nrrd_into, write_nrrd
 
 MODULE_NAME = "LowDoseCTDenoise"
 LEFT, RIGHT = "Red", "Yellow"  # the top row of every layout: original | denoised
@@ -41,7 +44,9 @@ DIFFERENCE_SAMPLES = 200_000
 STUDY_ATTRIBUTE = "LowDoseCTDenoise.studyItem"
 DIFFERENCE_REFERENCE = "LowDoseCTDenoise.difference"  # result node -> its difference node
 MODEL_ATTRIBUTE, STRENGTH_ATTRIBUTE = "LowDoseCTDenoise.model", "LowDoseCTDenoise.strength"
-DERIVED_SERIES_OFFSET = 1000  # a derived series' number: the input's + 1000, as ldct.pacs does
+SOURCE_ATTRIBUTE = "LowDoseCTDenoise.source"  # result -> the ID of the input it denoises
+VERSION_ATTRIBUTE = "LowDoseCTDenoise.version"  # the model's weights version on the server
+INSTANCE_UIDS = "DICOM.instanceUIDs"  # set on a volume by Slicer's DICOM module
 
 
 class GeometryMismatch(RuntimeError):
@@ -74,6 +79,18 @@ def _copy_geometry(source, target) -> None:
     target.SetOrigin(origin)
 
 
+def blend(original: np.ndarray, full: np.ndarray, strength: float, out: np.ndarray) -> None:
+    """``out`` := ``original + strength * (full - original)`` rounded to whole HU (int16), as
+    the server blends and as the derived DICOM series stores it; a slice at a time, so the
+    float work never needs a full-size temporary."""
+    for k in range(out.shape[0]):
+        mixed = full[k] - original[k].astype(np.float32)
+        mixed *= np.float32(strength)
+        mixed += original[k]
+        np.rint(mixed, out=mixed)
+        out[k] = np.clip(mixed, -32768, 32767)
+
+
 @dataclass(frozen=True)
 class VolumeExport:
     """An input volume checked for upload: the node's own voxels (a view) and the header.
@@ -99,6 +116,50 @@ class VolumeExport:
 
 
 @dataclass(frozen=True)
+class ReadResult:
+    """The server's result read and blended off the GUI thread: plain VTK images in no scene
+    (the GUI thread only puts them in a node)."""
+
+    header: NrrdHeader
+    full: object  # vtkImageData, int16: the server's full-strength voxels
+    shown: object  # vtkImageData, int16: the blend at ``strength`` (``full`` itself at 1)
+    strength: float
+
+
+def _image(shape: tuple) -> tuple[object, np.ndarray]:
+    """A new int16 vtkImageData of ``shape`` (slices, rows, columns) and its voxels as numpy."""
+    image = vtk.vtkImageData()
+    image.SetDimensions(shape[2], shape[1], shape[0])
+    image.AllocateScalars(vtk.VTK_SHORT, 1)
+    voxels = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    return image, voxels.reshape(shape)
+
+
+def read_result(path: str | Path, original: np.ndarray, strength: float) -> ReadResult:
+    """The server's int16 NRRD decompressed straight into a new image, and its blend with
+    ``original`` (the input's voxels) at ``strength``: run on the worker thread (no scene, no
+    MRML), so the GUI thread only makes the node. Another size or type is refused before a
+    voxel is read."""
+    images: dict = {}
+
+    def allocate(header: NrrdHeader) -> memoryview:
+        if header.type != "int16" or header.sizes != tuple(reversed(original.shape)):
+            raise GeometryMismatch(f"The server returned a volume with another geometry or type "
+                                   f"({header.type}, {header.sizes}; the input: "
+                                   f"{tuple(reversed(original.shape))}); it was not loaded. "
+                                   "Report this with the server log.")
+        images["full"] = _image(original.shape)
+        return memoryview(images["full"][1])
+
+    header = read_nrrd_into(path, allocate)
+    full, shown = images["full"][0], images["full"][0]
+    if strength != 1.0:
+        shown, voxels = _image(original.shape)
+        blend(original, images["full"][1], strength, voxels)
+    return ReadResult(header, full, shown, strength)
+
+
+@dataclass(frozen=True)
 class ShownResult:
     """The denoised result shown, as Send to PACS needs it."""
 
@@ -109,26 +170,29 @@ class ShownResult:
 
 
 @dataclass(frozen=True)
-class DicomExport:
-    """The result ready for Slicer's DICOM export: its subject-hierarchy item (the export
-    dialog opens on it) under the input's study."""
+class DerivedSeries:
+    """The shown result written as a derived DICOM series of its input's study."""
 
-    item: int
-    name: str
-    study: str
+    folder: Path
+    files: list
+    name: str  # the result's
+    description: str  # its SeriesDescription
 
 
-def _weakly(method: Callable[..., None]) -> Callable[..., None]:
+def _weakly(method: Callable[..., None], with_node: bool = False) -> Callable[..., None]:
     """An observer callback that holds its Logic weakly. A strong one (a bound method) makes a
     cycle through VTK (scene -> observer -> Logic -> scene) that Python's garbage collector
     may tear down in any order, calling back a half-cleared Logic; weakly held, a Logic left
-    without cleanup() is simply freed and its callbacks do nothing."""
+    without cleanup() is simply freed and its callbacks do nothing. ``with_node``: the event
+    carries a node (the scene's node events), passed on as a third argument."""
     ref = weakref.WeakMethod(method)
 
-    def callback(caller, event) -> None:
+    def callback(caller, event, *node) -> None:
         bound = ref()
         if bound is not None:
-            bound(caller, event)
+            bound(caller, event, *node)
+    if with_node:
+        callback.CallDataType = vtk.VTK_OBJECT
     return callback
 
 
@@ -140,9 +204,14 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
     another pair is shown, all of them by :meth:`cleanup`.
     """
 
-    def __init__(self, scene=None) -> None:
+    def __init__(self, scene=None, find_instance: Optional[Callable[[str], str]] = None
+                 ) -> None:
+        """``find_instance``: the file of a SOP instance UID (Slicer's DICOM database's
+        ``fileForInstance`` by default), where the input's source headers are read."""
         slicer.util.VTKObservationMixin.__init__(self)
         self.scene = scene if scene is not None else slicer.mrmlScene
+        self.find_instance = find_instance or (lambda uid: slicer.dicomDatabase.fileForInstance(
+            uid))
         self.on_scene_closed: Callable[[], None] = lambda: None  # the panel follows
         self.on_scene_loaded: Callable[[], None] = lambda: None  # the panel restores itself
         self._window_changed = _weakly(self._on_window_changed)
@@ -150,6 +219,9 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                          _weakly(self._scene_closed))
         self.addObserver(self.scene, slicer.vtkMRMLScene.EndImportEvent,
                          _weakly(self._scene_loaded))
+        self.on_node_removed: Callable[[object], None] = lambda node: None  # the panel follows
+        self.addObserver(self.scene, slicer.vtkMRMLScene.NodeAboutToBeRemovedEvent,
+                         _weakly(self._node_removed, with_node=True))
         self.own_windows: dict[str, tuple[float, float]] = {}  # node id -> window it came with
         self._own_labels: dict[str, str] = {}  # view -> its label before the module's
         self._synced: tuple = ()  # the two display nodes whose windows follow each other
@@ -159,6 +231,7 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         self._flickered = False  # the original's views show the denoised volume
         self._difference = None  # the difference shown in the result's views, if any
         self._full: Optional[tuple[object, np.ndarray]] = None  # last result, full strength
+        self._user_views: Optional[tuple] = None  # the user's layout and views, on enter
 
     # -- input and result ---------------------------------------------------------------
     def export_input(self, node, path: str | Path) -> Path:
@@ -192,24 +265,73 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                             tuple(lps[:, 3]))
         return VolumeExport(node.GetName(), header, voxels)
 
-    def load_result(self, path: str | Path, input_node, model: str, strength: float = 1.0):
+    def study_of(self, node) -> int:
+        """The subject-hierarchy item ``node`` is under (its study when loaded from DICOM);
+        a job captures it when it starts."""
+        sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(self.scene)
+        item = sh.GetItemByDataNode(node)
+        return sh.GetItemParent(item) if item else 0
+
+    def in_scene(self, node) -> bool:
+        """Whether ``node`` is still in the scene (not deleted while a job ran)."""
+        return node.GetScene() is not None and self.scene.GetNodeByID(node.GetID()) is node
+
+    def results_of(self, input_node) -> list:
+        """The denoised results of ``input_node`` in the scene, oldest first."""
+        kind = "vtkMRMLScalarVolumeNode"
+        nodes = [self.scene.GetNthNodeByClass(k, kind)
+                 for k in range(self.scene.GetNumberOfNodesByClass(kind))]
+        return [node for node in nodes if node.GetAttribute(MODEL_ATTRIBUTE)
+                and node.GetAttribute(SOURCE_ATTRIBUTE) == input_node.GetID()]
+
+    def remove_results(self, input_node, keep=None) -> int:
+        """Remove the results of ``input_node`` (but ``keep``) and their differences from the
+        scene; returns how many results were removed."""
+        results = [node for node in self.results_of(input_node) if node is not keep]
+        for node in results:
+            difference = node.GetNodeReference(DIFFERENCE_REFERENCE)
+            if difference is not None:
+                self._remove_volume(difference)
+            self._remove_volume(node)
+        return len(results)
+
+    def read_result(self, path: str | Path, export: VolumeExport, strength: float
+                    ) -> ReadResult:
+        """:func:`read_result` for the input ``export`` (checked on the GUI thread when the
+        job started): what the panel's worker runs after the download."""
+        return read_result(path, export.voxels, strength)
+
+    def load_result(self, result: str | Path | ReadResult, input_node, model: str,
+                    strength: float = 1.0, study: int = 0, replace: bool = False,
+                    version: str = ""):
         """A new volume node with the input's geometry, named ``<input> <model> s=<strength>``
-        (unique in the scene): the server's full-strength result blended with the input."""
-        node = self._read(path)
-        expected, got = _matrix(input_node), _matrix(node)
-        same_size = (node.GetImageData().GetDimensions()
-                     == input_node.GetImageData().GetDimensions())
-        if not same_size or np.abs(expected - got).max() > GEOMETRY_TOLERANCE_MM:
-            self.scene.RemoveNode(node)
+        (unique in the scene): the server's full-strength result (a file, or already read and
+        blended by the worker) blended with the input, placed under ``study`` (the input's when
+        its job started; 0: where the input is now). ``replace``: the input's earlier results
+        are removed."""
+        read = result if isinstance(result, ReadResult) else read_result(
+            result, slicer.util.arrayFromVolume(input_node), strength)
+        lps = np.eye(4)
+        lps[:3, :3] = np.array(read.header.directions, dtype=float).T
+        lps[:3, 3] = read.header.origin
+        got = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # ITK's LPS -> Slicer's RAS
+        if np.abs(_matrix(input_node) - got).max() > GEOMETRY_TOLERANCE_MM:
             raise GeometryMismatch("The server returned a volume with another geometry; it was "
                                    "not loaded. Report this with the server log.")
+        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        node.SetAndObserveImageData(read.shown)
         _copy_geometry(input_node, node)  # exactly the input's, bit for bit
         node.SetAttribute(MODEL_ATTRIBUTE, model)
-        node.SetAttribute("LowDoseCTDenoise.source", input_node.GetID())
+        node.SetAttribute(VERSION_ATTRIBUTE, version)
+        node.SetAttribute(SOURCE_ATTRIBUTE, input_node.GetID())
+        if replace:
+            self.remove_results(input_node, keep=node)
         node.CreateDefaultDisplayNodes()
-        # the downloaded voxels stay referenced here when the node gets a blend (a new array)
-        self._full = (node, slicer.util.arrayFromVolume(node))
-        self._blend(input_node, node, strength)
+        # the downloaded voxels stay referenced here for a new strength (released later)
+        self._full = (node, numpy_support.vtk_to_numpy(
+            read.full.GetPointData().GetScalars()).reshape(
+            slicer.util.arrayFromVolume(input_node).shape))
+        self._blend(input_node, node, strength, study, computed=read.strength == strength)
         return node
 
     def set_strength(self, strength: float) -> str:
@@ -220,28 +342,43 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         self._fill_views()  # the labels say the new strength
         return denoised.GetName()
 
-    def _blend(self, original, result, strength: float) -> None:
-        """``result`` := the blend at ``strength`` in float32, computed into the node's own
-        new array (no other full-size copy); at 1 the downloaded voxels are kept as they are."""
+    def _blend(self, original, result, strength: float, study: int = 0,
+               computed: bool = False) -> None:
+        """``result`` := the blend at ``strength`` rounded to whole HU in int16, as DICOM will
+        store it (:func:`blend`), in the node's own new array (unless ``computed``: the worker
+        did it); at 1 the downloaded voxels are shown as they are."""
         node, full = self._full or (None, None)
         if node is not result:
             raise RuntimeError("The full-strength result of this pair is gone; denoise again.")
-        if strength != 1.0 or result.GetImageData().GetScalarType() != vtk.VTK_SHORT:
-            result.GetImageData().AllocateScalars(vtk.VTK_FLOAT, 1)
-            out = slicer.util.arrayFromVolume(result)
-            before = slicer.util.arrayFromVolume(original)
-            np.subtract(full, before, out=out, dtype=np.float32)
-            out *= np.float32(strength)
-            out += before
+        shown = slicer.util.arrayFromVolume(result)
+        if not computed and (strength != 1.0 or not np.shares_memory(shown, full)):
+            result.GetImageData().AllocateScalars(vtk.VTK_SHORT, 1)
+            blend(slicer.util.arrayFromVolume(original), full, strength,
+                  slicer.util.arrayFromVolume(result))
             slicer.util.arrayFromVolumeModified(result)
         result.SetAttribute(STRENGTH_ATTRIBUTE, f"{strength:g}")
         model = result.GetAttribute(MODEL_ATTRIBUTE)
         self._rename(result, result_name(original.GetName(), model, strength))
         self._place_as_derived(result, original, f"Denoised with {model} "
-                                                 f"({strength_label(strength)}) by ldct")
+                                                 f"({strength_label(strength)}) by ldct", study)
         difference = result.GetNodeReference(DIFFERENCE_REFERENCE)
         if difference is not None:  # shown next to this result: it follows the strength
             self._fill_difference(original, result, difference)
+
+    def release_full(self) -> bool:
+        """Free the full-strength voxels kept for local re-blending (as large as the input);
+        the result keeps its blend. Returns whether there was something to free."""
+        if self._full is None or np.shares_memory(
+                slicer.util.arrayFromVolume(self._full[0]), self._full[1]):
+            return False  # nothing kept, or shown at strength 1: the full voxels are the node's
+        self._full = None
+        return True
+
+    @property
+    def shows_result(self) -> bool:
+        """The pair shown is an original and its denoised result (not a blinded study pair,
+        which no compare tool may touch)."""
+        return self._shows_result()
 
     def show_study_item(self, files: dict[str, Path], window: tuple[float, float]) -> list:
         """A reader-study item, blinded: volumes named only "A" (and "B") replace the previous
@@ -273,15 +410,16 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                  for k in range(self.scene.GetNumberOfNodesByClass(kind))]
         for node in nodes:
             if node.GetAttribute(STUDY_ATTRIBUTE):
-                self.scene.RemoveNode(node)
+                self._remove_volume(node)
 
     def difference(self, original, denoised):
-        """``denoised - original`` as a float volume with a symmetric grey window around 0,
-        tied to ``denoised`` by a node reference (never found by its name)."""
+        """``denoised - original`` as an int16 volume (both are whole HU) with a symmetric
+        grey window around 0, tied to ``denoised`` by a node reference (never found by its
+        name); made when shown, removed when hidden."""
         node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
         image = vtk.vtkImageData()
         image.SetDimensions(original.GetImageData().GetDimensions())
-        image.AllocateScalars(vtk.VTK_FLOAT, 1)
+        image.AllocateScalars(vtk.VTK_SHORT, 1)
         node.SetAndObserveImageData(image)
         _copy_geometry(original, node)
         node.CreateDefaultDisplayNodes()
@@ -292,8 +430,9 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
     def _fill_difference(self, original, denoised, node) -> None:
         """The difference's voxels, window and name from the result as it is now."""
         diff = slicer.util.arrayFromVolume(node)
-        np.subtract(slicer.util.arrayFromVolume(denoised),
-                    slicer.util.arrayFromVolume(original), out=diff, dtype=np.float32)
+        after, before = slicer.util.arrayFromVolume(denoised), slicer.util.arrayFromVolume(original)
+        for k in range(diff.shape[0]):  # a slice at a time: no full-size wider temporary
+            diff[k] = np.clip(after[k].astype(np.int32) - before[k], -32768, 32767)
         slicer.util.arrayFromVolumeModified(node)
         step = max(1, diff.size // DIFFERENCE_SAMPLES)
         width, level = symmetric_window(diff.ravel()[::step].tolist())
@@ -302,13 +441,15 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         self._place_as_derived(node, original, f"Difference: '{denoised.GetName()}' minus "
                                                "the original")
 
-    def _place_as_derived(self, node, source, description: str) -> None:
-        """In the subject hierarchy beside ``source`` (under its study and patient, where
-        Slicer's DICOM export looks for them), with DICOM series attributes that say it is
-        derived from it."""
+    def _place_as_derived(self, node, source, description: str, study: int = 0) -> None:
+        """In the subject hierarchy beside ``source`` (under ``study``, the one its job
+        captured, else its own study and patient), with DICOM series attributes that say it
+        is derived from it."""
         sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(self.scene)
         source_item = sh.GetItemByDataNode(source)
         parent = sh.GetItemParent(source_item) if source_item else sh.GetSceneItemID()
+        if study and sh.GetItemName(study):  # the study the job captured still exists
+            parent = study
         item = sh.GetItemByDataNode(node) or sh.CreateItem(parent, node)
         sh.SetItemParent(item, parent)
         modality = sh.GetItemAttribute(source_item, "DICOM.Modality") if source_item else ""
@@ -330,24 +471,33 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                            float(denoised.GetAttribute(STRENGTH_ATTRIBUTE)),
                            sh.GetItemUID(item, uid) if item else "")
 
-    def prepare_dicom_export(self) -> DicomExport:
-        """The shown result as Slicer's DICOM export takes it: a series under the input's
-        study and patient (placed there when loaded), marked as derived, numbered after the
-        input's series. The export dialog and the DICOM module's Send do the rest."""
+    def write_derived(self, folder: str | Path) -> DerivedSeries:
+        """The shown result, voxel for voxel as displayed (int16 whole HU), as a derived DICOM
+        series of its input's study in the empty ``folder`` (`derived`: the same writer as
+        the server's write-back and ``ldct denoise``). The input must have been loaded by
+        Slicer's DICOM module: each slice takes its source slice's header and points at it."""
         original, denoised = self._require_result()
-        sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(self.scene)
-        item = sh.GetItemByDataNode(denoised)
-        study = sh.GetItemParent(item)
-        if (sh.GetItemLevel(study) != "Study"
-                or sh.GetItemLevel(sh.GetItemParent(study)) != "Patient"):
-            raise ValueError(
-                f"'{original.GetName()}' is not in a patient's study, so Slicer's DICOM export "
-                f"has no study for '{denoised.GetName()}': load the CT with the DICOM module "
-                "(or, in the Data module, put it under a patient and a study) and denoise again.")
-        number = sh.GetItemAttribute(sh.GetItemByDataNode(original), "DICOM.SeriesNumber")
-        sh.SetItemAttribute(item, "DICOM.SeriesNumber", str(
-            DERIVED_SERIES_OFFSET + (int(number) if number.strip().isdigit() else 0)))
-        return DicomExport(item, denoised.GetName(), sh.GetItemName(study))
+        uids = (original.GetAttribute(INSTANCE_UIDS) or "").split()
+        if not uids:
+            raise ValueError(f"'{original.GetName()}' was not loaded from DICOM, so there is no "
+                             "study to add the result to: load the CT with the DICOM module "
+                             "and denoise again.")
+        headers = []
+        for uid in uids:
+            path = self.find_instance(uid)
+            if not path:
+                raise ValueError(f"The DICOM file of '{original.GetName()}' (instance {uid}) is "
+                                 "no longer in Slicer's DICOM database; import it again.")
+            headers.append(pydicom.dcmread(path, stop_before_pixels=True))
+        lps = np.diag([-1.0, -1.0, 1.0]) @ _matrix(denoised)[:3]
+        voxels = slicer.util.arrayFromVolume(denoised)
+        sources = match_sources(headers, lps[:, 3], lps[:, :3], voxels.shape[0])
+        made_by = denoising(str(sources[0].get("SeriesDescription", "CT")),
+                            denoised.GetAttribute(MODEL_ATTRIBUTE),
+                            denoised.GetAttribute(VERSION_ATTRIBUTE) or "",
+                            float(denoised.GetAttribute(STRENGTH_ATTRIBUTE)))
+        files = write_derived_series(voxels, sources, folder, made_by)
+        return DerivedSeries(Path(folder), files, denoised.GetName(), made_by.description)
 
     def _require_result(self):
         """The pair shown, when its second volume is a denoised result (not a study item)."""
@@ -412,10 +562,45 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         self._own_labels.setdefault(view, node.GetLayoutLabel())
         node.SetLayoutLabel(label)
 
-    def label_views(self) -> None:
-        """The module is shown again: the views say what they show."""
+    def module_entered(self) -> None:
+        """The module is shown: the user's layout, each slice view's orientation (its
+        slice-to-RAS matrix) and links are kept to put back on exit; a pair shown before is
+        shown again in the module's layout."""
+        layout = self.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+        views = {}
+        for k in range(self.scene.GetNumberOfNodesByClass("vtkMRMLSliceNode")):
+            node = self.scene.GetNthNodeByClass(k, "vtkMRMLSliceNode")
+            matrix = vtk.vtkMatrix4x4()
+            matrix.DeepCopy(node.GetSliceToRAS())
+            composite = self._find(node.GetLayoutName(), "vtkMRMLSliceCompositeNode")
+            links = ((composite.GetLinkedControl(), composite.GetHotLinkedControl())
+                     if composite is not None else None)
+            views[node.GetLayoutName()] = (node.GetOrientation(), matrix, links)
+        self._user_views = (layout.GetViewArrangement() if layout is not None else None, views)
         if self.pair is not None:
-            self._fill_views()
+            self.set_layout(self.layout)
+
+    def module_left(self) -> None:
+        """Another module is shown: layout, orientations, links and labels as the user had
+        them when the module was entered."""
+        self.restore_view_labels()
+        if self._user_views is None:
+            return
+        (arrangement, views), self._user_views = self._user_views, None
+        for view, (orientation, matrix, links) in views.items():
+            node = self._find(view, "vtkMRMLSliceNode")
+            if node is None:
+                continue
+            node.SetOrientation(orientation)
+            node.GetSliceToRAS().DeepCopy(matrix)
+            node.UpdateMatrices()
+            composite = self._find(view, "vtkMRMLSliceCompositeNode")
+            if composite is not None and links is not None:
+                composite.SetLinkedControl(links[0])
+                composite.SetHotLinkedControl(links[1])
+        layout = self.scene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+        if layout is not None and arrangement is not None:
+            layout.SetViewArrangement(arrangement)
 
     def restore_view_labels(self) -> None:
         """The module is left (or the scene closed): the views' labels are Slicer's own."""
@@ -458,11 +643,13 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
     def show_difference(self, on: bool) -> Optional[object]:
         """The denoised volume's views: its difference volume (made once) instead, or back."""
         original, denoised = self._require_pair()
-        self._difference = None
+        shown, self._difference = self._difference, None
         if on:
             self._difference = (denoised.GetNodeReference(DIFFERENCE_REFERENCE)
                                 or self.difference(original, denoised))
         self._fill_views()
+        if not on and shown is not None:  # hidden: its voxels are freed
+            self._remove_volume(shown)
         return self._difference
 
     def flicker(self) -> str:
@@ -504,11 +691,30 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
 
     def _scene_closed(self, caller=None, event=None) -> None:
         """Drop every node and voxel reference (a CT and its result are hundreds of MB)."""
+        self._drop_pair()
+        self.own_windows = {}
+        self.on_scene_closed()
+
+    def _drop_pair(self) -> None:
         self._unsync()
         self.restore_view_labels()
-        self.pair, self._full, self.own_windows = None, None, {}
-        self._difference = None
-        self.on_scene_closed()
+        self.pair, self._full, self._difference = None, None, None
+
+    def _node_removed(self, caller, event, node) -> None:
+        """A node is being deleted (Data module, a script): no reference to it stays here or
+        in the panel; the pair it belonged to is no longer shown as one."""
+        if node is None or self.scene.IsClosing():  # a closing scene: _scene_closed does all
+            return
+        if self.pair is not None and node in self.pair:
+            self._drop_pair()
+        elif self._difference is not None and node is self._difference:
+            self._difference = None
+            if self.pair is not None:
+                self._fill_views()
+        if self._full is not None and node is self._full[0]:
+            self._full = None
+        self.own_windows.pop(node.GetID(), None)
+        self.on_node_removed(node)
 
     def _scene_loaded(self, caller=None, event=None) -> None:
         self.on_scene_loaded()
@@ -584,6 +790,15 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
             self.scene.RemoveNode(node)
             raise RuntimeError(f"Could not read the volume {path}.")
         return node
+
+    def _remove_volume(self, node) -> None:
+        """``node`` and its display nodes out of the scene: a display node left behind keeps
+        the volume's voxels alive through its pipeline (measured: 100 MB stay resident)."""
+        displays = [node.GetNthDisplayNode(k) for k in range(node.GetNumberOfDisplayNodes())]
+        self.scene.RemoveNode(node)
+        for display in displays:
+            if display is not None:
+                self.scene.RemoveNode(display)
 
     def _rename(self, node, name: str) -> None:
         """``name``, or ``name_1``, ``name_2``... when another node has it."""

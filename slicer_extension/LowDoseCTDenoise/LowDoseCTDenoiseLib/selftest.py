@@ -75,8 +75,8 @@ def run(pump: Callable[[], None] = lambda: None, temp_root: Optional[str] = None
         expected = before + np.float32(STRENGTH) * (denoised - before)
         _check(original is node and np.array_equal(slicer.util.arrayFromVolume(node), before),
                "the input volume changed")
-        _check(np.allclose(slicer.util.arrayFromVolume(result), expected, atol=1e-3),
-               "the result is not the server's, blended at the chosen strength")
+        _check(np.allclose(slicer.util.arrayFromVolume(result), expected, atol=0.5),
+               "the result is not the server's, blended at the chosen strength (whole HU)")
         _check(result.GetName() == f"synthetic CT {MODEL} s=0.5", result.GetName())
         _check(result.GetSpacing() == node.GetSpacing()
                and result.GetOrigin() == node.GetOrigin(), "the result's geometry differs")

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable, Optional
 NRRD_TYPES = ("int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
               "float", "double")
 GZIP_LEVEL = 1  # higher levels take several times as long for a few per cent smaller files
+ITK_TYPES = {"short": "int16", "unsigned short": "uint16", "float": "float"}  # SimpleITK's names
+CHUNK = 1 << 20  # bytes read from the result file at a time
 Vector = tuple[float, float, float]
 
 
@@ -62,7 +64,8 @@ class NrrdHeader:
                     for v in value.split(") (")]
 
         sizes = tuple(int(n) for n in fields["sizes"].split())
-        return cls(fields["type"], sizes, tuple(vectors(fields["space directions"])),
+        return cls(ITK_TYPES.get(fields["type"], fields["type"]), sizes,
+                   tuple(vectors(fields["space directions"])),
                    vectors(fields["space origin"])[0], fields.get("endian", sys.byteorder))
 
 
@@ -93,3 +96,33 @@ def read_nrrd(path: str | Path) -> tuple[NrrdHeader, bytes]:
     """A file :func:`write_nrrd` wrote: its header and its raw voxels."""
     head, _, packed = Path(path).read_bytes().partition(b"\n\n")
     return NrrdHeader.decode(head.decode("ascii")), gzip.decompress(packed)
+
+
+def read_nrrd_into(path: str | Path, allocate: Callable[[NrrdHeader], memoryview]
+                   ) -> NrrdHeader:
+    """A gzip NRRD (this module's, or SimpleITK's as the server writes it): its header, and its
+    voxels decompressed straight into the buffer ``allocate(header)`` returns (e.g. a new
+    image's own array; it may raise to refuse the header): no copy of the whole file or of
+    the voxels is made."""
+    with open(path, "rb") as source:
+        head = b""
+        while b"\n\n" not in head:
+            chunk = source.read(4096)
+            if not chunk or len(head) > 65536:
+                raise ValueError(f"{path}: no NRRD header")
+            head += chunk
+        head, _, rest = head.partition(b"\n\n")
+        header = NrrdHeader.decode(head.decode("ascii"))
+        target = allocate(header)
+        unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        out, filled = target.cast("B"), 0
+        while rest:
+            data = unpacker.decompress(rest, len(out) - filled + 1)
+            if filled + len(data) > len(out):
+                raise ValueError(f"{path}: more voxels than its header says")
+            out[filled:filled + len(data)] = data
+            filled += len(data)
+            rest = unpacker.unconsumed_tail or source.read(CHUNK)
+        if filled != len(out):
+            raise ValueError(f"{path}: {filled} bytes of voxels, {len(out)} expected")
+    return header

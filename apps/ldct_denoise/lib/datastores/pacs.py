@@ -46,10 +46,11 @@ class PacsDatastore(DICOMWebDatastore):
             objects[info["SeriesInstanceUID"]] = {"image": {"info": info}, "labels": {}}
         return {"name": self.name(), "objects": objects}
 
-    def write_back(self, image_id: str, result_file: str, model: str, strength: float) -> str:
+    def write_back(self, image_id: str, result_file: str, model: str, strength: float,
+                   version: str = "") -> str:
         """Store the denoised ``result_file`` as a new series in ``image_id``'s study."""
         source = read_volume(self.get_image_uri(image_id))
         series_uid = store_derived_series(self._client, source, read_volume(result_file),
-                                          model, strength)
+                                          model, strength, version)
         self.list_images.cache_clear()  # the new series is listed at once
         return series_uid

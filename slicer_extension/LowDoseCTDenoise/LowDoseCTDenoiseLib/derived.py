@@ -1,0 +1,1 @@
+../../../ldct/derived.py
