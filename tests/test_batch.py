@@ -130,7 +130,7 @@ def test_every_series_is_written_back_exactly_once_after_a_worker_is_killed(pacs
     for source_uid, (source, phantom) in good.items():
         k = str(source.SeriesDescription).split()[-1]
         mine = [uid for uid, ds in derived.items()
-                if ds.SeriesDescription == f"LD abdomen {k} denoised (vagan, strength 0.8)"]
+                if ds.SeriesDescription == f"LD abdomen {k} denoised (vagan shipped, strength 0.8)"]
         assert len(mine) == 1, (k, mine)  # exactly one derived series per source
         instances = web.retrieve_series(str(source.StudyInstanceUID), mine[0])
         assert len(instances) == 4
@@ -246,7 +246,7 @@ def test_a_folder_and_a_csv_of_datastore_ids_to_a_folder(ray_address, tmp_path, 
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a", "b.nrrd"]
     dicom = read_volume(out / "a")
     assert list(dicom.dicom.ImageType)[:2] == ["DERIVED", "SECONDARY"]
-    assert dicom.dicom.SeriesDescription == "LD folder denoised (vagan, strength 1)"
+    assert dicom.dicom.SeriesDescription == "LD folder denoised (vagan shipped, strength 1)"
     assert _cli(capsys, *command)[1].startswith("done 0, skipped 2, failed 0")
     table = tmp_path / "ids.csv"
     table.write_text("id\nb\n")

@@ -22,10 +22,11 @@ from ldct import registry
 from ldct.batch import dicomweb
 from ldct.batch.ledger import JobKey
 from ldct.batch.worklist import Item
+from ldct.derived import Derivation, denoising
 from ldct.device import pick_device
 from ldct.infer import DEFAULT_ENSEMBLE, denoise, load_network
 from ldct.io import CTVolume, read_volume, write_dicom_series, write_volume
-from ldct.pacs import derived_description, store_derived_series
+from ldct.pacs import store_derived_series
 
 
 @dataclass(frozen=True)
@@ -132,7 +133,7 @@ class SeriesWorker:
                 raise ValueError("write-back needs a DICOM source (it is stored in the source's "
                                  "study); use --out for volume files")
             existing = dicomweb.find_derived(
-                self.target, study, derived_description(volume, job.model, job.strength), sops,
+                self.target, study, self._made_by(volume).description, sops,
                 volume.hu.shape[0], set(exclude))
             if existing:
                 return replace(known, derived=existing, reason="already in the PACS")
@@ -143,20 +144,25 @@ class SeriesWorker:
         result = denoise(volume, job.model, strength=job.strength, device=job.device,
                          ensemble=job.ensemble)
         if self.target is not None:
-            derived = store_derived_series(self.target, volume, result, job.model, job.strength)
+            derived = store_derived_series(self.target, volume, result, job.model, job.strength,
+                                           job.version.split(":")[0])
         else:
             derived = self._write(volume, result, target)
         return Outcome(item.key, "done", series, study, derived, slices=volume.hu.shape[0])
+
+    def _made_by(self, volume: CTVolume) -> Derivation:
+        """The derived series' description, derivation and equipment entry for this job: the
+        version as `/infer`'s write-back names it (the ledger keeps the weights' hash too)."""
+        source = str(volume.dicom.get("SeriesDescription", "CT")) if volume.dicom else "CT"
+        return denoising(source, self.job.model, self.job.version.split(":")[0],
+                         self.job.strength)
 
     def _write(self, volume: CTVolume, result: CTVolume, target: Path) -> str:
         """Write to a hidden partial name, then rename: the output exists complete or not."""
         partial = target.with_name(f".partial-{os.getpid()}-{target.name}")
         shutil.rmtree(partial, ignore_errors=True)  # left by a killed worker of the same pid
         if volume.dicom is not None:
-            write_dicom_series(result, partial, derived_description(volume, self.job.model,
-                                                                    self.job.strength),
-                               derivation=f"denoised by ldct model {self.job.model} "
-                                          f"{self.job.version}, strength {self.job.strength:g}")
+            write_dicom_series(result, partial, made_by=self._made_by(volume))
         else:
             write_volume(result, partial)
         os.replace(partial, target)
