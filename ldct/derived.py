@@ -31,6 +31,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 SOFTWARE = "ldct"
+DENOISED_BY = f"Denoised by {SOFTWARE}"  # how a denoised series' DerivationDescription starts
 # (code value, coding scheme, meaning), from DICOM PS3.16
 SMOOTHING = ("113087", "DCM", "Smoothing")  # CID 7203 Image Derivation
 SOURCE_FOR_PROCESSING = ("121322", "DCM", "Source image for image processing operation")  # 7202
@@ -68,10 +69,15 @@ def denoising(source_description: str, model: str, version: str, strength: float
     description is shortened, never the model), the derivation and the equipment entry."""
     tail = f" denoised ({model} {version or 'unknown'}, strength {strength:g})"
     description = f"{source_description[:max(0, 64 - len(tail))]}{tail}"[-64:]
-    text = (f"Denoised by {SOFTWARE} model {model} version {version or 'unknown'} at strength "
+    text = (f"{DENOISED_BY} model {model} version {version or 'unknown'} at strength "
             f"{strength:g} (original + strength x (network output - original)), rounded to "
             "whole HU; not an acquired image.")
     return Derivation(description.strip(), text, model, version or "unknown", SMOOTHING)
+
+
+def is_denoised(header: Dataset) -> bool:
+    """Whether a DICOM header is one of our denoised results (not a source to denoise again)."""
+    return str(header.get("DerivationDescription", "")).startswith(DENOISED_BY)
 
 
 def _code(code: tuple[str, str, str]) -> Dataset:

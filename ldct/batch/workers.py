@@ -22,7 +22,7 @@ from ldct import registry
 from ldct.batch import dicomweb
 from ldct.batch.ledger import JobKey
 from ldct.batch.worklist import Item
-from ldct.derived import Derivation, denoising
+from ldct.derived import Derivation, denoising, is_denoised
 from ldct.device import pick_device
 from ldct.infer import DEFAULT_ENSEMBLE, denoise, load_network
 from ldct.io import CTVolume, read_volume, write_dicom_series, write_volume
@@ -41,6 +41,11 @@ class Job:
     out: str = ""
     ensemble: int = DEFAULT_ENSEMBLE
     device: str = "auto"
+
+    @property
+    def weights_version(self) -> str:
+        """The version as `/infer`'s write-back names it (``version`` adds the weights' hash)."""
+        return self.version.split(":")[0]
 
     @property
     def key(self) -> JobKey:
@@ -126,7 +131,7 @@ class SeriesWorker:
         series = str(header.SeriesInstanceUID) if header is not None else ""
         study = str(header.get("StudyInstanceUID", "")) if header is not None else ""
         known = Outcome(item.key, "skipped", series, study)
-        if header is not None and "ldct" in str(header.get("DerivationDescription", "")).lower():
+        if header is not None and is_denoised(header):
             return replace(known, reason="an ldct result, not a source")
         if self.target is not None:
             if header is None:
@@ -145,17 +150,15 @@ class SeriesWorker:
                          ensemble=job.ensemble)
         if self.target is not None:
             derived = store_derived_series(self.target, volume, result, job.model, job.strength,
-                                           job.version.split(":")[0])
+                                           job.weights_version)
         else:
             derived = self._write(volume, result, target)
         return Outcome(item.key, "done", series, study, derived, slices=volume.hu.shape[0])
 
     def _made_by(self, volume: CTVolume) -> Derivation:
-        """The derived series' description, derivation and equipment entry for this job: the
-        version as `/infer`'s write-back names it (the ledger keeps the weights' hash too)."""
+        """The derived series' description, derivation and equipment entry for this job."""
         source = str(volume.dicom.get("SeriesDescription", "CT")) if volume.dicom else "CT"
-        return denoising(source, self.job.model, self.job.version.split(":")[0],
-                         self.job.strength)
+        return denoising(source, self.job.model, self.job.weights_version, self.job.strength)
 
     def _write(self, volume: CTVolume, result: CTVolume, target: Path) -> str:
         """Write to a hidden partial name, then rename: the output exists complete or not."""
