@@ -2,7 +2,8 @@
 
 A value of the wrong type or out of range is refused with the parameter's name and what it
 takes (never coerced: ``ensemble: 2.7`` is an error, not 2); unknown keys are refused too, so
-a misspelt ``strenght`` does not silently run at full strength.
+a misspelt ``strenght`` does not silently run at full strength. ``target_noise`` (HU, or the
+name of one of the server's noise levels) replaces ``strength``: give one of them.
 """
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ class DenoiseParams:
     device: str = "auto"
     result_dtype: str = "float32"
     write_back: bool = False
+    target_noise: float | str | None = None  # HU or a level's name; None: use strength
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The parameters as a request carries them: ``strength`` or ``target_noise``."""
+        fields = asdict(self)
+        fields.pop("strength" if self.target_noise is not None else "target_noise")
+        return fields
 
 
 def _number(value: Any) -> bool:
@@ -75,4 +80,13 @@ def parse_params(raw: str | dict[str, Any] | None) -> DenoiseParams:
     write_back = fields.get("write_back", False)
     if not isinstance(write_back, bool):
         raise ParamError(f"write_back must be true or false, got {write_back!r}")
-    return DenoiseParams(float(strength), ensemble, device, dtype, write_back)
+    target = fields.get("target_noise")
+    if target is not None:
+        if "strength" in fields:
+            raise ParamError("give strength or target_noise, not both: target_noise chooses "
+                             "the strength that leaves that noise")
+        if not (isinstance(target, str) and target) and not (_number(target) and target > 0):
+            raise ParamError(f"target_noise must be a noise SD in HU above 0 (e.g. 12) or the "
+                             f"name of one of the server's noise levels, got {target!r}")
+        target = float(target) if _number(target) else target
+    return DenoiseParams(float(strength), ensemble, device, dtype, write_back, target)

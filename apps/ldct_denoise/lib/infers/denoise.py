@@ -4,10 +4,13 @@ Reads the request's image with `ldct.io` (NRRD, NIfTI, a zipped DICOM series or 
 folder), denoises it in HU, measures the CT-number shift of the result (`ldct.ct_guard`, in the
 response as ``ct_check``), and writes the result as NRRD with exactly the input geometry, in
 float32 or int16 as `result_dtype` asks - our own writer, much faster than the stock one.
+``target_noise`` (HU, or a name of the server's noise levels resolved for the scan's kernel)
+picks the strength; the response then says the measured input noise, strength and result noise.
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from typing import Any
@@ -17,9 +20,10 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ldct import registry
 from ldct.ct_guard import check_ct_numbers
-from ldct.infer import DEFAULT_ENSEMBLE, DenoiseCancelled, denoise
+from ldct.infer import DEFAULT_ENSEMBLE, DenoiseCancelled, denoise, denoise_to_noise
 from ldct.infer_params import DEVICES, RESULT_DTYPES, DenoiseParams, parse_params
 from ldct.io import CTInputError, read_volume, write_volume
+from ldct.noise_level import LEVELS_ENV, NoiseLevels, scan_kernel
 from ldct.jobs import JOBS
 
 
@@ -34,10 +38,12 @@ class DenoiseInfer(InferTask):
                                  "device": list(DEVICES),
                                  "result_dtype": list(RESULT_DTYPES), "write_back": False})
         self.model = model
+        self.levels = NoiseLevels.load(os.environ.get(LEVELS_ENV) or None)  # `serve --noise-levels`
 
     def info(self) -> dict[str, Any]:
         details = super().info()
         details["ldct"] = registry.get(self.model).summary()  # method, paper, card
+        details["ldct"]["noise_levels"] = self.levels.levels  # target_noise names, HU per kernel
         return details
 
     def is_valid(self) -> bool:
@@ -60,10 +66,18 @@ class DenoiseInfer(InferTask):
                 job.state = "running"
             volume = read_volume(request["image"])
             model_start = time.perf_counter()
-            result = denoise(volume, self.model, strength=params.strength, device=params.device,
-                             weights=weights, ensemble=params.ensemble,
-                             stop=job.stop_requested if job else None,
-                             batch_done=job.progress if job else None)
+            options = {"device": params.device, "weights": weights, "ensemble": params.ensemble,
+                       "stop": job.stop_requested if job else None,
+                       "batch_done": job.progress if job else None}
+            if params.target_noise is None:
+                result = denoise(volume, self.model, strength=params.strength, **options)
+                strength, noise = params.strength, {}
+            else:
+                target = params.target_noise if not isinstance(params.target_noise, str) else \
+                    self.levels.resolve(params.target_noise, scan_kernel(volume.dicom))
+                result, match = denoise_to_noise(volume, self.model, target, **options)
+                strength, noise = match.strength, {"noise": {**match.as_dict(),
+                                                             "level": params.target_noise}}
         except DenoiseCancelled as exc:
             raise HTTPException(status_code=409, detail=f"the job was cancelled ({exc})") from exc
         except (CTInputError, ValueError) as exc:  # the client gets the reason, not a 500
@@ -72,7 +86,7 @@ class DenoiseInfer(InferTask):
         ct_check = check_ct_numbers(volume.hu, result.hu).as_dict()
         out = tempfile.NamedTemporaryFile(suffix=".nrrd", delete=False).name
         write_volume(result, out, dtype=params.result_dtype)
-        return out, {"model": self.model, "version": version, "strength": params.strength,
+        return out, {"model": self.model, "version": version, "strength": strength, **noise,
                      "ensemble": params.ensemble, "device": params.device,
                      "result_dtype": params.result_dtype, "shape": list(volume.hu.shape),
                      "job": job.id if job else "", "ct_check": ct_check,
