@@ -5,6 +5,7 @@ the tests add to a noiseless phantom: the result's true noise is result - phanto
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import zipfile
 from dataclasses import replace
@@ -123,7 +124,11 @@ def test_ldct_denoise_prints_the_match_and_records_the_strength(known, ldct_comm
                            "ldct-gauss", "--target-noise", "30"], capture_output=True, text=True,
                           timeout=300)
     assert done.returncode == 0, done.stderr + done.stdout
-    assert "-> 30.0 HU (target 30 HU) at strength 0." in done.stdout
+    said = re.search(r"noise (\S+) HU -> (\S+) HU \(target 30 HU\) at strength (0\.\d+)",
+                     done.stdout)
+    assert said, done.stdout
+    assert float(said[1]) == pytest.approx(NOISE_SD, rel=0.05)
+    assert float(said[2]) == pytest.approx(30.0, rel=0.02)
     assert true_noise(read_volume(out).hu, clean, flat) == pytest.approx(30.0, rel=0.10)
     refused = subprocess.run([*ldct_command, "denoise", str(source), "-o", str(out), "--model",
                               "ldct-gauss", "--target-noise", "quiet"], capture_output=True,
