@@ -79,13 +79,15 @@ def scan_noise(hu: np.ndarray, region: np.ndarray | None = None) -> float:
 
 
 def match_noise(low: np.ndarray, full: np.ndarray, target: float,
+                region: np.ndarray | None = None,
                 tolerance: float = TOLERANCE) -> tuple[float, NoiseMatch]:
     """The strength s whose blend low + s (full - low) has noise ``target`` (HU), found by
-    bisection on the measured noise (which falls as s rises), and what it measured."""
+    bisection on the measured noise (which falls as s rises), and what it measured;
+    ``region`` (of slices 1..n-2) is where, by default `noise_region`."""
     if not 0.0 < target <= MAX_TARGET_HU:
         raise NoiseLevelError(f"target_noise must be a noise SD in HU above 0 and at most "
                               f"{MAX_TARGET_HU:g}, got {target!r}")
-    region = noise_region(low)
+    region = noise_region(low) if region is None else region
     d_low = slice_differences(low)[region]
     d_step = slice_differences(full)[region] - d_low
 
