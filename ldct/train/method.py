@@ -13,6 +13,7 @@ from torch import nn
 
 from ldct.nets.blocks import HUPreservingDenoiser
 from ldct.nets.encoder import FeatureExtractor
+from ldct.train.losses import in_float32
 
 WINDOW_HU = 400.0  # image losses are measured in liver-window widths
 SUPERVISION = ("paired", "unpaired", "self-supervised", "distillation")
@@ -152,16 +153,19 @@ def conv_layers(net: nn.Module) -> int:
     return sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in net.modules())
 
 
+@in_float32
 def image_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """L1 distance of HU images in liver-window widths."""
     return (a - b).abs().mean() / WINDOW_HU
 
 
+@in_float32
 def image_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """MSE of HU images in liver-window widths."""
     return ((a - b) / WINDOW_HU).pow(2).mean()
 
 
+@in_float32
 def relative_mse(output: torch.Tensor, target: torch.Tensor,
                  noisy: torch.Tensor) -> torch.Tensor:
     """Each sample's squared error over its input's (``noisy`` - ``target``), averaged: every
