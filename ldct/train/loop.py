@@ -22,7 +22,7 @@ from ldct.data import PatchSampler, PreparedData
 from ldct.device import autocast, pick_device, to_device
 from ldct.nets.encoder import load_pvm
 from ldct.train import METHODS
-from ldct.train.method import Method
+from ldct.train.method import ADAM_BETAS, Method, learning_rate
 
 PRESETS: dict[str, dict[str, Any]] = {
     # fits the 2-core CPU budget (<= 90 min per method); patches as in VAGAN (64x64)
@@ -121,7 +121,7 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     hp["overrides"] = dict(overrides or {})  # what the command changed (cards state it)
     hp["init"] = str(init_weights) if init_weights else None
     optims = {g: torch.optim.Adam([p for n in nets for p in method.nets[n].parameters()],
-                                  lr=hp.get(f"lr_{g}", hp["lr"]), betas=(0.5, 0.999))
+                                  lr=learning_rate(hp, g, step=0), betas=ADAM_BETAS)
               for g, nets in method.optim_groups().items()}
     use_scaler = dev.type == "cuda" and not torch.cuda.is_bf16_supported()
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
@@ -164,6 +164,8 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
             method.at_step(step)
             for group in method.schedule(step):
                 optims[group].zero_grad(set_to_none=True)
+                for settings in optims[group].param_groups:  # the schedule (--describe's)
+                    settings["lr"] = learning_rate(hp, group, step)
                 with autocast(dev):
                     terms = method.losses(group, batch)
                 scaler.scale(terms["total"]).backward()

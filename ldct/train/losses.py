@@ -65,14 +65,36 @@ def info_nce(query: torch.Tensor, positive: torch.Tensor, negatives: torch.Tenso
 
 @in_float32
 def patch_nce(q: torch.Tensor, k: torch.Tensor, tau: float = 0.07) -> torch.Tensor:
-    """Patch-wise metric loss: q, k (B, N, D) embeddings of N locations of the output and input.
+    """CUT's PatchNCE: q, k (B, N, D) embeddings of N locations of the output and input.
 
-    Positive: the same location (same anatomy); negatives: the other N-1 locations of the same
-    image (same noise level), as in the patch-wise deep metric learning paper.
+    Cross-entropy of each output location against the input's locations: positive the same
+    location, negatives the input's other N-1 locations (output against input). What the
+    shipped pdml trained with; the paper's own loss is :func:`patch_metric`.
     """
     logits = torch.bmm(q, k.transpose(1, 2)) / tau  # B, N, N: diagonal = positives
     target = torch.arange(q.shape[1], device=q.device).expand(q.shape[0], -1)
     return F.cross_entropy(logits.reshape(-1, q.shape[1]), target.reshape(-1))
+
+
+@in_float32
+def patch_metric(q: torch.Tensor, k: torch.Tensor, tau: float = 0.15) -> torch.Tensor:
+    """The patch-wise deep metric learning paper's loss, as its authors' code computes it.
+
+    q, k (B, N, D): unit embeddings of N locations of the output and of the input. The
+    positive pair is a location's output and input (same anatomy); the negatives are pairs of
+    different locations of the same image at the same noise level - input with input and
+    output with output (the diagonal, a location with itself, left out) - never output with
+    input as in CUT's PatchNCE. Its form is not a softmax cross-entropy but
+    (-mean exp(q_i.k_i / tau) + mean exp(k_i.k_j / tau) + mean exp(q_i.q_j / tau)) / D, the
+    means over the B x N positives and the B x N x N pairs (the diagonal counting 0).
+    """
+    positive = torch.exp((q * k).sum(-1) / tau).mean()
+    off_diagonal = ~torch.eye(q.shape[1], dtype=torch.bool, device=q.device)
+
+    def negatives(x: torch.Tensor) -> torch.Tensor:
+        return (torch.exp(x @ x.transpose(1, 2) / tau) * off_diagonal).mean()
+
+    return (negatives(k) + negatives(q) - positive) / q.shape[-1]
 
 
 @in_float32
