@@ -109,3 +109,17 @@ def test_describe_prints_rates_schedules_and_discriminators_for_every_method(nam
     gans = {"pan": {"d_nd", "d_ld"}, "pdml": {"d"}, "alden": {"d"}, "vagan": {"d"},
             "n2n25d": set()}
     assert set(described["discriminators"]) == gans[name]
+
+
+def test_n2n25d_paper_student_distils_from_low_dose_stacks_only():
+    """A normal-dose stack of NaNs would poison the distillation loss if the student saw it:
+    the paper's framework needs no normal dose."""
+    hp = {**hyper_parameters("n2n25d", "paper"), "base": 8, "student_base": 8}
+    method = build_method("n2n25d", hp, None)
+    low = 40.0 + 20.0 * torch.randn(2, 5, 32, 32, generator=torch.Generator().manual_seed(0))
+    batch = {"ld": low, "nd": torch.full_like(low, float("nan"))}
+    assert torch.isfinite(method.losses("student", batch)["total"])
+    cpu = build_method("n2n25d", {**hyper_parameters("n2n25d", "cpu"), "base": 8,
+                                  "student_base": 8}, None)
+    assert torch.isnan(cpu.losses("student", batch)["total"])  # what ships distils on both
+    assert describe("n2n25d", "paper")["phases"][1]["data"] == "low-dose stacks only"
