@@ -38,7 +38,10 @@ COLUMNS = ("method", "psnr_db", "ssim", "rmse_hu", "liver_bias_hu", "fat_bias_hu
 FORMATS = {"psnr_db": ".2f", "ssim": ".4f", "rmse_hu": ".1f", "liver_bias_hu": "+.2f",
            "fat_bias_hu": "+.2f", "liver_noise_sd": ".1f", "noise_vs_ld": ".2f",
            "nps_peak_cpmm": ".3f", "tumour_cnr": ".2f", "liver_sd_hu": ".1f",
-           "s_per_slice": ".3f"}
+           "s_per_slice": ".3f", "noise_sd": ".1f", "noise_vs_nd": ".2f",
+           "nps_mean_cpmm": ".3f", "nps_mean_vs_nd": ".2f", "matched_strength": ".3f",
+           "matched_noise_sd": ".1f", "matched_nps_mean_cpmm": ".3f", "matched_psnr_db": ".2f",
+           "matched_ssim": ".4f"}
 
 
 @dataclass
@@ -297,18 +300,7 @@ def default_levels(texture: dict[str, list[dict]]) -> dict[str, float]:
 
 def _write_texture(texture: dict[str, list[dict]], out_dir: Path) -> None:
     """``kernels_texture.csv`` and a section appended to ``kernels.md``."""
-    with open(out_dir / "kernels_texture.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("kernel", *TEXTURE_COLUMNS))
-        for kernel, rows in texture.items():
-            for row in rows:
-                writer.writerow([kernel, *(row[c] if c == "method" else
-                                           (f"{row[c]:.6g}" if c in row else "")
-                                           for c in TEXTURE_COLUMNS)])
-    formats = {"noise_sd": ".1f", "noise_vs_nd": ".2f", "nps_mean_cpmm": ".3f",
-               "nps_mean_vs_nd": ".2f", "matched_strength": ".3f", "matched_noise_sd": ".1f",
-               "matched_nps_mean_cpmm": ".3f", "matched_psnr_db": ".2f", "matched_ssim": ".4f",
-               "psnr_db": ".2f", "ssim": ".4f"}
+    _write_csv(out_dir / "kernels_texture.csv", texture, TEXTURE_COLUMNS)
     lines = ["", "## Texture against the normal dose's own noise", "",
              "Noise SD (HU) and NPS mean frequency (cycles/mm) of each image measured as the "
              "normal dose's own are (across-slice differences in the eroded liver, robust SD; "
@@ -319,11 +311,7 @@ def _write_texture(texture: dict[str, list[dict]], out_dir: Path) -> None:
              "noise_vs_nd is less noise than the normal dose has (over-smoothed); a lower NPS "
              "mean frequency is coarser, more 'plastic' noise."]
     for kernel, rows in texture.items():
-        lines += ["", f"### {kernel}", "", "| " + " | ".join(TEXTURE_COLUMNS) + " |",
-                  "|" + "---|" * len(TEXTURE_COLUMNS)]
-        lines += ["| " + " | ".join(row[c] if c == "method" else
-                                    (format(row[c], formats[c]) if c in row else "")
-                                    for c in TEXTURE_COLUMNS) + " |" for row in rows]
+        lines += ["", f"### {kernel}", "", *_markdown_table(rows, TEXTURE_COLUMNS)]
     defaults = default_levels(texture)
     lines += ["", "### Default level per model", "", f"Rule: {DEFAULT_RULE}.", "",
               "| method | default strength | " + " | ".join(
@@ -377,13 +365,7 @@ def worst_kernels(results: dict[str, list[dict]]) -> list[dict]:
 
 def _write_sweep(results: dict[str, list[dict]], out_dir: Path, case: str, dose: float,
                  shape: tuple[int, ...], ensemble: int, command: str) -> None:
-    with open(out_dir / "kernels.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("kernel", *SWEEP_COLUMNS))
-        for kernel, rows in results.items():
-            for row in rows:
-                writer.writerow([kernel, *(row[c] if c == "method" else f"{row[c]:.6g}"
-                                           for c in SWEEP_COLUMNS)])
+    _write_csv(out_dir / "kernels.csv", results, SWEEP_COLUMNS)
     lines = [f"# Kernel sweep: {case}, simulated dose {dose:g}", "",
              f"Volume {shape[2]}x{shape[1]}x{shape[0]}; the same projection noise reconstructed "
              f"with each kernel; metrics as in quality.md; networks average {ensemble} view(s) "
@@ -401,10 +383,7 @@ def _write_sweep(results: dict[str, list[dict]], out_dir: Path, case: str, dose:
                   "above), so its table shows whether a model harms a lightly noisy scan of an "
                   "unseen scanner; it is left out of the worst-kernel and target tables."]
     for kernel, rows in results.items():
-        lines += ["", f"## {kernel}", "", "| " + " | ".join(SWEEP_COLUMNS) + " |",
-                  "|" + "---|" * len(SWEEP_COLUMNS)]
-        lines += ["| " + " | ".join(row[c] if c == "method" else format(row[c], FORMATS[c])
-                                    for c in SWEEP_COLUMNS) + " |" for row in rows]
+        lines += ["", f"## {kernel}", "", *_markdown_table(rows, SWEEP_COLUMNS)]
     lines += ["", "## Worst kernel per model", "",
               "| method | worst kernel | PSNR gain dB | SSIM gain | noise vs input | max abs "
               "bias HU (any kernel) |", "|---|---|---|---|---|---|"]
@@ -426,6 +405,26 @@ def _write_sweep(results: dict[str, list[dict]], out_dir: Path, case: str, dose:
     lines += ["", "![one liver slice per kernel](kernels_montage.png)", "",
               "![NPS per kernel](kernels_nps.png)", ""]
     (out_dir / "kernels.md").write_text("\n".join(lines) + "\n")
+
+
+def _write_csv(path: Path, groups: dict[str, list[dict]], columns: tuple[str, ...]) -> None:
+    """One row per (kernel, row); a value a row lacks is left empty."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("kernel", *columns))
+        for kernel, rows in groups.items():
+            for row in rows:
+                writer.writerow([kernel, *(row[c] if c == "method" else
+                                           (f"{row[c]:.6g}" if c in row else "")
+                                           for c in columns)])
+
+
+def _markdown_table(rows: list[dict], columns: tuple[str, ...]) -> list[str]:
+    """A Markdown table of ``rows`` in `FORMATS`; a value a row lacks is left empty."""
+    return (["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            + ["| " + " | ".join(row[c] if c == "method" else
+                                 (format(row[c], FORMATS[c]) if c in row else "")
+                                 for c in columns) + " |" for row in rows])
 
 
 def sweep_targets(results: dict[str, list[dict]]) -> list[dict]:

@@ -23,8 +23,8 @@ from ldct.ct_guard import check_ct_numbers
 from ldct.infer import DEFAULT_ENSEMBLE, DenoiseCancelled, denoise, denoise_to_noise
 from ldct.infer_params import DEVICES, RESULT_DTYPES, DenoiseParams, parse_params
 from ldct.io import CTInputError, read_volume, write_volume
-from ldct.noise_level import LEVELS_ENV, NoiseLevels, scan_kernel
 from ldct.jobs import JOBS
+from ldct.noise_level import LEVELS_ENV, NoiseLevels, scan_kernel
 
 
 class DenoiseInfer(InferTask):
