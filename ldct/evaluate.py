@@ -259,8 +259,11 @@ def texture_rows(low: np.ndarray, outputs: dict[str, np.ndarray], normal: np.nda
     """Per output: its noise SD and NPS mean frequency (measured like the normal dose's own:
     across-slice differences in the liver), over the normal dose's; then the strength whose
     blend with the input has the normal dose's noise (`ldct.noise_level.match_noise`), and
-    that blend's noise, NPS mean frequency, PSNR and SSIM. The first row is the normal dose."""
+    that blend's noise, NPS mean frequency, PSNR and SSIM. The first row is the normal dose;
+    none when the normal dose has no noise to measure (fewer than 3 slices, or noiseless)."""
     liver = regions.liver[1:-1]
+    if normal.shape[0] < 3 or not robust_sd(slice_differences(normal)[liver]) > 0:
+        return []
 
     def measured(image: np.ndarray) -> tuple[float, float]:
         differences = slice_differences(image)
@@ -310,10 +313,13 @@ def _write_texture(texture: dict[str, list[dict]], out_dir: Path) -> None:
              "`target_noise` gives when asked for the normal dose's noise). Below 1.00 in "
              "noise_vs_nd is less noise than the normal dose has (over-smoothed); a lower NPS "
              "mean frequency is coarser, more 'plastic' noise."]
+    texture = {kernel: rows for kernel, rows in texture.items() if rows}
+    if not texture:
+        lines += ["", "The normal dose has no noise of its own to measure: no texture table."]
     for kernel, rows in texture.items():
         lines += ["", f"### {kernel}", "", *_markdown_table(rows, TEXTURE_COLUMNS)]
     defaults = default_levels(texture)
-    lines += ["", "### Default level per model", "", f"Rule: {DEFAULT_RULE}.", "",
+    lines += [] if not texture else ["", "### Default level per model", "", f"Rule: {DEFAULT_RULE}.", "",
               "| method | default strength | " + " | ".join(
                   f"matched strength {k}" for k in texture) + " |",
               "|" + "---|" * (2 + len(texture))]

@@ -17,6 +17,7 @@ from conftest import free_port, monai_client, running, serve_command
 from monailabel.client.client import MONAILabelClientException
 from scipy import ndimage
 
+from ldct.evaluate import Regions, default_levels, texture_rows
 from ldct.infer import denoise, denoise_to_noise
 from ldct.infer_params import ParamError, parse_params
 from ldct.io import read_volume, write_dicom_series, write_volume
@@ -180,3 +181,31 @@ def test_the_server_resolves_a_site_level_for_the_scans_kernel(site_server, know
         client.infer("alden", "", {"target_noise": "arterial"}, file=str(archive))
     with pytest.raises(MONAILabelClientException, match="not both"):
         client.infer("alden", "", {"target_noise": 12, "strength": 0.4}, file=str(archive))
+
+
+def test_the_sweeps_texture_rows_match_the_normal_doses_noise_by_hand():
+    """Independent noises of known SD: normal dose 10 HU, input 40 HU, an output leaving 5 HU
+    of coarser noise. The blend low + s (out - low) has variance 1600 (1-s)^2 + 25 s^2, which
+    is 100 at s = 10/13; the default level rounds that down to 0.75."""
+    rng = np.random.default_rng(3)
+    shape = (12, 96, 96)
+    clean = np.full(shape, 60.0, np.float32)
+
+    def noise(sd: float, blur: float = 0.0) -> np.ndarray:
+        n = rng.standard_normal(shape)
+        n = ndimage.gaussian_filter(n, (0, blur, blur)) if blur else n
+        return (sd * n / n.std()).astype(np.float32)
+
+    normal, low, out = clean + noise(10.0), clean + noise(40.0), clean + noise(5.0, 1.5)
+    region = np.ones(shape, bool)
+    regions = Regions(body=region, liver=region, fat=region, tumour=~region)
+    rows = texture_rows(low, {"normal dose": normal, "low dose (input)": low, "m": out},
+                        normal, regions, (1.0, 1.0), 16)
+    own, given, model = rows
+    assert own["noise_sd"] == pytest.approx(10.0, rel=0.03)
+    assert given["noise_vs_nd"] == pytest.approx(4.0, rel=0.04)
+    assert model["noise_vs_nd"] == pytest.approx(0.5, rel=0.05)
+    assert model["nps_mean_vs_nd"] < 0.7  # coarser than the normal dose's white noise
+    assert model["matched_strength"] == pytest.approx(10 / 13, abs=0.02)
+    assert model["matched_noise_sd"] == pytest.approx(10.0, rel=0.03)
+    assert default_levels({"k": rows}) == {"m": 0.75}
