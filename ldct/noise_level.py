@@ -21,9 +21,11 @@ import numpy as np
 
 from ldct.noise_bank import MAD_TO_SD, flat_tissue, slice_differences
 
-# The default named levels, by the noise SD (HU, flat soft tissue) they leave: "medium" is about
-# a normal-dose abdominal scan's own noise (what the kernel sweep's default rule aims at,
-# benchmarks/quality/kernels.md), "low" denoising leaves more, "high" less.
+# The default named levels, by the noise SD (HU, flat soft tissue) they leave - how much
+# denoising, not a raw strength: "low" leaves the most. They are round numbers for a routine
+# abdominal scan of 3-5 mm slices (an assumption, not a measurement: thinner slices are noisier,
+# e.g. ircadb17's 1.6 mm normal dose has 19.4 HU, benchmarks/quality/texture/kernels.md); a
+# site sets its own per kernel (`ldct serve --noise-levels`).
 DEFAULT_LEVELS: dict[str, dict[str, float]] = {"low": {"default": 20.0},
                                                "medium": {"default": 15.0},
                                                "high": {"default": 10.0}}
