@@ -318,12 +318,12 @@ def _write_texture(texture: dict[str, list[dict]], out_dir: Path) -> None:
         lines += ["", "The normal dose has no noise of its own to measure: no texture table."]
     for kernel, rows in texture.items():
         lines += ["", f"### {kernel}", "", *_markdown_table(rows, TEXTURE_COLUMNS)]
-    defaults = default_levels(texture)
-    lines += [] if not texture else ["", "### Default level per model", "", f"Rule: {DEFAULT_RULE}.", "",
-              "| method | default strength | " + " | ".join(
-                  f"matched strength {k}" for k in texture) + " |",
-              "|" + "---|" * (2 + len(texture))]
-    for name, strength in defaults.items():
+    if texture:
+        lines += ["", "### Default level per model", "", f"Rule: {DEFAULT_RULE}.", "",
+                  "| method | default strength | " + " | ".join(
+                      f"matched strength {k}" for k in texture) + " |",
+                  "|" + "---|" * (2 + len(texture))]
+    for name, strength in default_levels(texture).items():
         matched = [next(r for r in rows if r["method"] == name)["matched_strength"]
                    for rows in texture.values()]
         lines.append(f"| {name} | {strength:.2f} | "

@@ -24,6 +24,7 @@ from ldct.io import read_volume, write_dicom_series, write_volume
 from ldct.noise_level import NoiseLevelError, NoiseLevels, scan_noise
 from ldct.phantom import make_phantom
 from ldct.study.definition import StudyDefinitionError, parse
+from ldct.study.service import StudyService
 
 NOISE_SD = 40.0  # HU: what the tests add
 SITE_LEVELS = {"liver portal venous": {"B30f": 26.0, "D45f": 32.0, "default": 28.0},
@@ -209,3 +210,19 @@ def test_the_sweeps_texture_rows_match_the_normal_doses_noise_by_hand():
     assert model["matched_strength"] == pytest.approx(10 / 13, abs=0.02)
     assert model["matched_noise_sd"] == pytest.approx(10.0, rel=0.03)
     assert default_levels({"k": rows}) == {"m": 0.75}
+
+
+def test_a_reader_study_condition_is_shown_at_its_noise_level(known, tmp_path):
+    volume, clean, flat = known
+    write_volume(volume, tmp_path / "case.nrrd")
+    definition = parse({"name": "levels", "seed": 1, "readers": ["r"],
+                        "cases": [{"id": "c", "image": "case.nrrd"}],
+                        "conditions": [{"name": "original"},
+                                       {"name": "at30", "model": "ldct-gauss",
+                                        "target_noise": 30}],
+                        "criteria": [{"name": "n", "question": "q",
+                                      "anchors": {1: "a", 5: "b"}}]}, tmp_path)
+    service = StudyService(tmp_path / "studies")
+    study = service.create(definition)["study"]
+    shown = read_volume(service._store(study).meta()["files"]["c/at30"]).hu
+    assert true_noise(shown, clean, flat) == pytest.approx(30.0, rel=0.10)
