@@ -179,18 +179,29 @@ class CTNumbersMoved(RuntimeError):
     """A result failed the CT-number check (exit code 4)."""
 
 
+def _positive_hu(text: str) -> float:
+    """A --target-noise that is not a level's name: a noise SD in HU."""
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--target-noise {text!r} is neither a noise SD in HU nor a known "
+                         "level (low, medium, high, or one of --noise-levels)") from None
+
+
 def cmd_denoise(args: argparse.Namespace) -> None:
     from ldct import registry
     from ldct.ct_guard import THRESHOLD_HU, check_ct_numbers
     from ldct.derived import denoising
-    from ldct.infer import denoise
+    from ldct.infer import denoise, denoise_to_noise
     from ldct.io import read_mask, read_volume, write_volume
+    from ldct.noise_level import NoiseLevels, scan_kernel
 
     inputs = [Path(p) for p in args.inputs]
     if args.check_mask and len(inputs) > 1:
         raise ValueError("--check-mask is a mask of one input: give one input with it")
     out = Path(args.output)
     views = _views(args)
+    levels = NoiseLevels.load(args.noise_levels)
     many = len(inputs) > 1
     if many:
         out.mkdir(parents=True, exist_ok=True)
@@ -199,16 +210,27 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     moved = 0
     for source in inputs:
         volume = read_volume(source)
-        result = denoise(volume, args.model, strength=args.strength, device=args.device,
-                         progress=True, ensemble=views)
+        strength, said = args.strength, ""
+        if args.target_noise is None:
+            result = denoise(volume, args.model, strength=strength, device=args.device,
+                             progress=True, ensemble=views)
+        else:
+            hu = levels.resolve(args.target_noise, scan_kernel(volume.dicom)) \
+                if args.target_noise in levels.levels else _positive_hu(args.target_noise)
+            result, match = denoise_to_noise(volume, args.model, hu, device=args.device,
+                                             progress=True, ensemble=views)
+            strength = match.strength
+            said = (f"\n  noise {match.input_noise:.1f} HU -> {match.result_noise:.1f} HU "
+                    f"(target {hu:g} HU{'' if match.reached else ', not reachable'}) at "
+                    f"strength {strength:.3f}")
         target = _output_path(source, out, many, args.format)
         write_volume(result, target, made_by=denoising(
             str(volume.dicom.get("SeriesDescription", "CT")) if volume.dicom else "CT",
-            args.model, version, args.strength))
+            args.model, version, strength))
         masks = {Path(args.check_mask).name: read_mask(args.check_mask, like=volume)} \
             if args.check_mask else None
         check = check_ct_numbers(volume.hu, result.hu, masks)
-        console.print(f"{source} -> {target}\n  {check.message()}",
+        console.print(f"{source} -> {target}{said}\n  {check.message()}",
                       style=None if check.passed else "bold red", highlight=False)
         moved += not check.passed
     if moved:
@@ -311,7 +333,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     from ldct.serve import serve
 
     serve(args.studies, args.host, args.port, args.models, args.preload, args.study_root,
-          insecure_no_auth=args.insecure_no_auth, cors_origins=args.cors_origin)
+          insecure_no_auth=args.insecure_no_auth, cors_origins=args.cors_origin,
+          noise_levels=args.noise_levels)
 
 
 def cmd_study(args: argparse.Namespace) -> None:
@@ -480,7 +503,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True,
                    help="output file (format by extension) or, with several inputs, a folder")
     p.add_argument("--model", required=True, help="a name from `ldct models`")
-    p.add_argument("--strength", type=float, default=1.0, help="0 (input) .. 1 (full)")
+    level = p.add_mutually_exclusive_group()
+    level.add_argument("--strength", type=float, default=1.0, help="0 (input) .. 1 (full)")
+    level.add_argument("--target-noise", metavar="HU|LEVEL",
+                       help="the noise SD (HU, flat soft tissue) the result should have, or a "
+                            "level's name (low, medium, high, or one of --noise-levels): the "
+                            "strength that leaves it is chosen and printed")
+    p.add_argument("--noise-levels", metavar="JSON", help="a site's named noise levels (as "
+                                                          "`ldct serve --noise-levels`)")
     _add_ensemble_option(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--format", default="nrrd", choices=["nrrd", "nii.gz", "mha", "dicom"],
@@ -549,6 +579,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cors-origin", action="append", metavar="ORIGIN",
                    help="a web viewer's origin allowed to call the server (repeatable; "
                         "default: none)")
+    p.add_argument("--noise-levels", metavar="JSON",
+                   help='the site\'s named noise levels for target_noise, HU in flat soft tissue '
+                        'per kernel, e.g. {"liver portal venous": {"B30f": 12, "default": 14}} '
+                        "(added to low/medium/high)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("study", help="reader studies: create, add-reader, status, close, "

@@ -5,7 +5,9 @@ dose: PSNR/SSIM on the liver window, RMSE in the body, HU bias in liver and fat,
 SD in the liver, NPS peak frequency, tumour CNR and seconds per slice. Writes a markdown
 table, a CSV, a montage of one liver slice across methods and the NPS curves. The kernel sweep
 (`evaluate_kernels`) scores the same case with the noise of several reconstruction kernels and
-reports each model's worst kernel.
+reports each model's worst kernel, and each output's texture (noise SD and NPS mean frequency)
+against the normal dose's own, at full strength and at the strength that matches the normal
+dose's noise (`texture_rows`), from which each model's default level follows (`DEFAULT_RULE`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ldct.data import PreparedData  # noqa: E402
 from ldct.infer import DEFAULT_ENSEMBLE, denoise  # noqa: E402
 from ldct.io import CTVolume, read_volume  # noqa: E402
 from ldct.noise_bank import flat_tissue, own_textured, slice_differences  # noqa: E402
+from ldct.noise_level import blend, match_noise, robust_sd  # noqa: E402
 from ldct.simulate import simulate_low_dose  # noqa: E402
 
 COLUMNS = ("method", "psnr_db", "ssim", "rmse_hu", "liver_bias_hu", "fat_bias_hu",
@@ -35,7 +38,10 @@ COLUMNS = ("method", "psnr_db", "ssim", "rmse_hu", "liver_bias_hu", "fat_bias_hu
 FORMATS = {"psnr_db": ".2f", "ssim": ".4f", "rmse_hu": ".1f", "liver_bias_hu": "+.2f",
            "fat_bias_hu": "+.2f", "liver_noise_sd": ".1f", "noise_vs_ld": ".2f",
            "nps_peak_cpmm": ".3f", "tumour_cnr": ".2f", "liver_sd_hu": ".1f",
-           "s_per_slice": ".3f"}
+           "s_per_slice": ".3f", "noise_sd": ".1f", "noise_vs_nd": ".2f",
+           "nps_mean_cpmm": ".3f", "nps_mean_vs_nd": ".2f", "matched_strength": ".3f",
+           "matched_noise_sd": ".1f", "matched_nps_mean_cpmm": ".3f", "matched_psnr_db": ".2f",
+           "matched_ssim": ".4f"}
 
 
 @dataclass
@@ -191,6 +197,8 @@ def evaluate_kernels(data_dir: str | Path, out_dir: str | Path, kernels: list[st
             names, thick_low, thick_normal.hu,
             Regions.from_case(thick_normal.hu, thick_masks, min(pixel)), pixel, device,
             ensemble, nps_roi)[0]
+    texture = {kernel: texture_rows(lows[kernel].hu, outputs[kernel], normal, regions, pixel,
+                                    nps_roi) for kernel in kernels}
     if real_volume is not None:
         results[REAL] = real_scanner_rows(real_volume, data, dose, names, device, ensemble,
                                           nps_roi, seed)
@@ -202,6 +210,7 @@ def evaluate_kernels(data_dir: str | Path, out_dir: str | Path, kernels: list[st
                + (f" --real-volume {real_volume}" if real_volume is not None else "")
                + (f" --thickness {thickness}" if thickness > 1 else ""))
     _write_sweep(results, out_dir, case, dose, normal.shape, ensemble, command)
+    _write_texture(texture, out_dir)
     _sweep_montage(outputs, masks, regions, out_dir / "kernels_montage.png", case, dose)
     own = own_noise_nps(normal, regions.liver, pixel, nps_roi)
     _sweep_nps_plot(results, own, out_dir / "kernels_nps.png")
@@ -234,6 +243,93 @@ def real_scanner_rows(path: str | Path, data: PreparedData, dose: float, names: 
 def soft_tissue(normal: np.ndarray) -> np.ndarray:
     """Flat soft tissue inside the body: the liver's stand-in on cases without a liver mask."""
     return flat_tissue(normal, 15) & metrics.body_mask(normal)
+
+
+TEXTURE_COLUMNS = ("method", "noise_sd", "noise_vs_nd", "nps_mean_cpmm", "nps_mean_vs_nd",
+                   "matched_strength", "matched_noise_sd", "matched_nps_mean_cpmm",
+                   "matched_psnr_db", "matched_ssim", "psnr_db", "ssim")
+DEFAULT_RULE = ("each model's default strength is the smallest, over the sweep's kernels, of the "
+                "strength at which its output has the normal dose's own noise (rounded down to "
+                "0.05): at no kernel does the default leave less noise than the normal dose "
+                "has, and at the kernel that needs it least it leaves about that noise")
+
+
+def texture_rows(low: np.ndarray, outputs: dict[str, np.ndarray], normal: np.ndarray,
+                 regions: Regions, pixel: tuple[float, float], nps_roi: int) -> list[dict]:
+    """Per output: its noise SD and NPS mean frequency (measured like the normal dose's own:
+    across-slice differences in the liver), over the normal dose's; then the strength whose
+    blend with the input has the normal dose's noise (`ldct.noise_level.match_noise`), and
+    that blend's noise, NPS mean frequency, PSNR and SSIM. The first row is the normal dose;
+    none when the normal dose has no noise to measure (fewer than 3 slices, or noiseless)."""
+    liver = regions.liver[1:-1]
+    if normal.shape[0] < 3 or not robust_sd(slice_differences(normal)[liver]) > 0:
+        return []
+
+    def measured(image: np.ndarray) -> tuple[float, float]:
+        differences = slice_differences(image)
+        return (robust_sd(differences[liver]),
+                metrics.nps(differences, pixel, roi=nps_roi, mask=liver).mean_frequency)
+
+    own_sd, own_f = measured(normal)
+    rows = [{"method": "normal dose's own", "noise_sd": own_sd, "nps_mean_cpmm": own_f}]
+    for name, image in outputs.items():
+        if name == "normal dose":
+            continue
+        sd, f = measured(image)
+        row = {"method": name, "noise_sd": sd, "noise_vs_nd": sd / own_sd, "nps_mean_cpmm": f,
+               "nps_mean_vs_nd": f / own_f, "psnr_db": metrics.psnr(image, normal),
+               "ssim": metrics.ssim(image, normal)}
+        if name != "low dose (input)":
+            strength, _ = match_noise(low, image, own_sd, region=liver)
+            matched = blend(low, image, strength)
+            row["matched_strength"] = strength
+            row["matched_noise_sd"], row["matched_nps_mean_cpmm"] = measured(matched)
+            row["matched_psnr_db"] = metrics.psnr(matched, normal)
+            row["matched_ssim"] = metrics.ssim(matched, normal)
+        rows.append(row)
+    return rows
+
+
+def default_levels(texture: dict[str, list[dict]]) -> dict[str, float]:
+    """Each model's default strength by `DEFAULT_RULE`."""
+    strengths: dict[str, list[float]] = {}
+    for rows in texture.values():
+        for row in rows:
+            if "matched_strength" in row:
+                strengths.setdefault(row["method"], []).append(row["matched_strength"])
+    return {name: float(np.floor(min(values) / 0.05 + 1e-9) * 0.05)
+            for name, values in strengths.items()}
+
+
+def _write_texture(texture: dict[str, list[dict]], out_dir: Path) -> None:
+    """``kernels_texture.csv`` and a section appended to ``kernels.md``."""
+    _write_csv(out_dir / "kernels_texture.csv", texture, TEXTURE_COLUMNS)
+    lines = ["", "## Texture against the normal dose's own noise", "",
+             "Noise SD (HU) and NPS mean frequency (cycles/mm) of each image measured as the "
+             "normal dose's own are (across-slice differences in the eroded liver, robust SD; "
+             "`ldct.noise_level`), as ratios to the normal dose's; then `matched_*`: the "
+             "strength at which the output blended with the input has the normal dose's own "
+             "noise, and that blend's noise, NPS mean frequency, PSNR and SSIM (what "
+             "`target_noise` gives when asked for the normal dose's noise). Below 1.00 in "
+             "noise_vs_nd is less noise than the normal dose has (over-smoothed); a lower NPS "
+             "mean frequency is coarser, more 'plastic' noise."]
+    texture = {kernel: rows for kernel, rows in texture.items() if rows}
+    if not texture:
+        lines += ["", "The normal dose has no noise of its own to measure: no texture table."]
+    for kernel, rows in texture.items():
+        lines += ["", f"### {kernel}", "", *_markdown_table(rows, TEXTURE_COLUMNS)]
+    if texture:
+        lines += ["", "### Default level per model", "", f"Rule: {DEFAULT_RULE}.", "",
+                  "| method | default strength | " + " | ".join(
+                      f"matched strength {k}" for k in texture) + " |",
+                  "|" + "---|" * (2 + len(texture))]
+    for name, strength in default_levels(texture).items():
+        matched = [next(r for r in rows if r["method"] == name)["matched_strength"]
+                   for rows in texture.values()]
+        lines.append(f"| {name} | {strength:.2f} | "
+                     + " | ".join(f"{m:.3f}" for m in matched) + " |")
+    with open(out_dir / "kernels.md", "a") as handle:
+        handle.write("\n".join(lines) + "\n")
 
 
 def own_noise_nps(normal: np.ndarray, region: np.ndarray, pixel: tuple[float, float],
@@ -275,13 +371,7 @@ def worst_kernels(results: dict[str, list[dict]]) -> list[dict]:
 
 def _write_sweep(results: dict[str, list[dict]], out_dir: Path, case: str, dose: float,
                  shape: tuple[int, ...], ensemble: int, command: str) -> None:
-    with open(out_dir / "kernels.csv", "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(("kernel", *SWEEP_COLUMNS))
-        for kernel, rows in results.items():
-            for row in rows:
-                writer.writerow([kernel, *(row[c] if c == "method" else f"{row[c]:.6g}"
-                                           for c in SWEEP_COLUMNS)])
+    _write_csv(out_dir / "kernels.csv", results, SWEEP_COLUMNS)
     lines = [f"# Kernel sweep: {case}, simulated dose {dose:g}", "",
              f"Volume {shape[2]}x{shape[1]}x{shape[0]}; the same projection noise reconstructed "
              f"with each kernel; metrics as in quality.md; networks average {ensemble} view(s) "
@@ -299,10 +389,7 @@ def _write_sweep(results: dict[str, list[dict]], out_dir: Path, case: str, dose:
                   "above), so its table shows whether a model harms a lightly noisy scan of an "
                   "unseen scanner; it is left out of the worst-kernel and target tables."]
     for kernel, rows in results.items():
-        lines += ["", f"## {kernel}", "", "| " + " | ".join(SWEEP_COLUMNS) + " |",
-                  "|" + "---|" * len(SWEEP_COLUMNS)]
-        lines += ["| " + " | ".join(row[c] if c == "method" else format(row[c], FORMATS[c])
-                                    for c in SWEEP_COLUMNS) + " |" for row in rows]
+        lines += ["", f"## {kernel}", "", *_markdown_table(rows, SWEEP_COLUMNS)]
     lines += ["", "## Worst kernel per model", "",
               "| method | worst kernel | PSNR gain dB | SSIM gain | noise vs input | max abs "
               "bias HU (any kernel) |", "|---|---|---|---|---|---|"]
@@ -324,6 +411,26 @@ def _write_sweep(results: dict[str, list[dict]], out_dir: Path, case: str, dose:
     lines += ["", "![one liver slice per kernel](kernels_montage.png)", "",
               "![NPS per kernel](kernels_nps.png)", ""]
     (out_dir / "kernels.md").write_text("\n".join(lines) + "\n")
+
+
+def _write_csv(path: Path, groups: dict[str, list[dict]], columns: tuple[str, ...]) -> None:
+    """One row per (kernel, row); a value a row lacks is left empty."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("kernel", *columns))
+        for kernel, rows in groups.items():
+            for row in rows:
+                writer.writerow([kernel, *(row[c] if c == "method" else
+                                           (f"{row[c]:.6g}" if c in row else "")
+                                           for c in columns)])
+
+
+def _markdown_table(rows: list[dict], columns: tuple[str, ...]) -> list[str]:
+    """A Markdown table of ``rows`` in `FORMATS`; a value a row lacks is left empty."""
+    return (["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            + ["| " + " | ".join(row[c] if c == "method" else
+                                 (format(row[c], FORMATS[c]) if c in row else "")
+                                 for c in columns) + " |" for row in rows])
 
 
 def sweep_targets(results: dict[str, list[dict]]) -> list[dict]:

@@ -4,8 +4,9 @@ Slices are stacked with their neighbours (mirrored about the centre at the ends)
 model's context, batched, run on CUDA when available (else the CPU) in IEEE float32 (the
 measured policy in `ldct.device`: reduced precision moved CT numbers), averaged over flipped
 and rotated views of the slices (self-ensemble), filtered across slices when the model asks
-for it (n2n25d's recursive filter), and blended with the input by ``strength``. The result has
-the input's geometry; a network is loaded once per process and device.
+for it (n2n25d's recursive filter), and blended with the input by ``strength`` - or by the
+strength that leaves a ``target_noise`` (`denoise_to_noise`). The result has the input's
+geometry; a network is loaded once per process and device.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ldct import registry
 from ldct.device import INFERENCE, Precision, pick_device, precision, to_device
 from ldct.io import CTVolume
 from ldct.nets.blocks import HUPreservingDenoiser
+from ldct.noise_level import NoiseMatch, blend, match_noise
 from ldct.recursive_filter import recursive_filter
 
 StopCheck = Callable[[], bool]  # True once the caller wants the work stopped
@@ -156,4 +158,16 @@ def denoise(volume: CTVolume, model: str, strength: float = 1.0, device: str = "
                                                ensemble, progress, stop, batch_done))
         result = recursive_filter(_run_network(net, volume.hu, 1.0, dev, batch_size, ensemble,
                                                progress, stop, batch_done), recursive)
-    return volume.with_hu(volume.hu + strength * (result - volume.hu))
+    return volume.with_hu(blend(volume.hu, result, strength))
+
+
+def denoise_to_noise(volume: CTVolume, model: str, target_noise: float, **options
+                     ) -> tuple[CTVolume, NoiseMatch]:
+    """Denoise to a noise level instead of a strength: the full result once, then the blend
+    with the input whose measured noise (HU, flat soft tissue) is ``target_noise``
+    (`ldct.noise_level.match_noise`). ``options`` are `denoise`'s. The returned match says
+    the input's noise, the strength used (`denoise` at that strength gives the same result)
+    and the result's noise."""
+    full = denoise(volume, model, 1.0, **options)
+    strength, match = match_noise(volume.hu, full.hu, target_noise)
+    return volume.with_hu(blend(volume.hu, full.hu, strength)), match

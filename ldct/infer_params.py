@@ -9,13 +9,14 @@ field in `DenoiseParams`.
 
 A value of the wrong type or out of range is refused with the parameter's name and what it
 takes (never coerced: ``ensemble: 2.7`` is an error, not 2); unknown keys are refused too, so a
-misspelt ``strenght`` does not silently run at full strength.
+misspelt ``strenght`` does not silently run at full strength. ``target_noise`` (HU, or the
+name of one of the server's noise levels) replaces ``strength``: give one of them.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ldct.infer import DEFAULT_ENSEMBLE, DIHEDRAL_VIEWS
@@ -34,7 +35,8 @@ class ParamError(ValueError):
 
 @dataclass(frozen=True)
 class Param:
-    """One request parameter. ``kind`` is number, whole, choice, flag or text; ``choices``
+    """One request parameter. ``kind`` is number, whole, choice, flag, text or level (a
+    number above ``low`` or a name); ``choices``
     are advertised (the first is the default), ``also`` accepted beyond them; a parameter
     that is not ``used`` is accepted for a client's sake and has no effect."""
 
@@ -54,7 +56,7 @@ class Param:
     def check(self, value: Any) -> Any:
         """``value`` if this parameter takes it, else a `ParamError` naming what it takes."""
         if self._accepts(value):
-            return float(value) if self.kind == "number" else value
+            return float(value) if self.kind == "number" or _number(value) else value
         takes = self.takes or ("one of " + ", ".join(self.choices + self.also))
         raise ParamError(f"{self.name} must be {takes}, got {value!r}")
 
@@ -63,6 +65,8 @@ class Param:
             wanted = (int, float) if self.kind == "number" else (int,)
             return (isinstance(value, wanted) and not isinstance(value, bool)
                     and self.low <= value <= self.high)
+        if self.kind == "level":
+            return (_number(value) and value > self.low) or (isinstance(value, str) and value)
         if self.kind == "choice":
             return value in self.choices or value in self.also
         if self.kind == "flag":
@@ -77,19 +81,31 @@ class Param:
     def schema(self) -> dict[str, Any]:
         """This parameter as a JSON Schema property (``x-source``: who defines it)."""
         types = {"number": "number", "whole": "integer", "choice": "string", "flag": "boolean",
-                 "text": ["string", "null"]}
+                 "text": ["string", "null"], "level": ["number", "string"]}
         out: dict[str, Any] = {"type": types[self.kind], "default": self.default,
                                "description": self.meaning, "x-source": self.source}
         if self.kind in ("number", "whole"):
             out.update(minimum=self.low, maximum=self.high)
+        if self.kind == "level":
+            out["exclusiveMinimum"] = self.low
         if self.kind == "choice":
             out["enum"] = list(self.choices + self.also)
         return out
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 PARAMS: tuple[Param, ...] = (
     Param("strength", "number", 1.0, "blend between the input (0) and the full result (1)",
           low=0.0, high=1.0, takes="a number from 0 (the input) to 1 (full)"),
+    # not in the task config: MONAI Label's clients send every advertised value back, and
+    # with strength a target_noise would always be a conflict
+    Param("target_noise", "level", None, "instead of strength: the noise SD (HU, flat soft "
+          "tissue) the result should have, or the name of one of the server's noise levels",
+          low=0.0, takes="a noise SD in HU above 0 (e.g. 12) or the name of one of the "
+          "server's noise levels", advertised=False),
     Param("ensemble", "whole", DEFAULT_ENSEMBLE,
           "flipped/rotated views of each slice averaged (more: a little less noise, slower)",
           low=1, high=len(DIHEDRAL_VIEWS),
@@ -131,6 +147,7 @@ class DenoiseParams:
     result_extension: str = ".nrrd"
     result_dtype: str = "float32"
     result_compress: bool = True
+    target_noise: float | str | None = None  # HU or a level's name; None: use strength
     notes: tuple[str, ...] = field(default=(), compare=False)
 
     @property
@@ -144,9 +161,11 @@ class DenoiseParams:
         return WIDENED_DTYPES.get(self.result_dtype, self.result_dtype)
 
     def as_dict(self) -> dict[str, Any]:
-        """The parameters as a request carries them (without the notes)."""
+        """The parameters as a request carries them: ``strength`` or ``target_noise``, no
+        notes."""
         values = asdict(self)
         del values["notes"]
+        values.pop("strength" if self.target_noise is not None else "target_noise")
         return values
 
 
@@ -165,11 +184,15 @@ def parse_params(raw: str | dict[str, Any] | None) -> DenoiseParams:
     unknown = sorted(set(raw) - set(BY_NAME))
     if unknown:
         raise ParamError(f"unknown parameter(s) {', '.join(unknown)}; this server takes "
-                         f"{', '.join(sorted(p.name for p in PARAMS if p.advertised))}")
-    values = {p.name: p.check(raw[p.name]) for p in PARAMS if p.name in raw}
+                         f"{', '.join(sorted(p.name for p in PARAMS if p.used))}")
+    given = {k: v for k, v in raw.items() if not (k == "target_noise" and v is None)}
+    if "target_noise" in given and "strength" in given:
+        raise ParamError("give strength or target_noise, not both: target_noise chooses the "
+                         "strength that leaves that noise")
+    values = {p.name: p.check(given[p.name]) for p in PARAMS if p.name in given}
     params = DenoiseParams(**{k: v for k, v in values.items() if BY_NAME[k].used})
     if params.written_dtype != params.result_dtype:
-        params = DenoiseParams(**params.as_dict(), notes=(
+        params = replace(params, notes=(
             f"result_dtype {params.result_dtype} cannot hold CT numbers (air is -1000 HU): "
             f"the result was written as {params.written_dtype}, whole HU",))
     return params

@@ -93,6 +93,13 @@ class NPS:
     variance: float  # the integral of the 2D NPS, equal to the noise variance (HU^2)
 
     @property
+    def mean_frequency(self) -> float:
+        """The power-weighted mean radial frequency of the 2D NPS (rings weighted by their
+        circumference): it falls when a denoiser leaves coarser, "plastic" noise."""
+        weight = self.power * self.frequency
+        return float((weight * self.frequency).sum() / weight.sum())
+
+    @property
     def peak_frequency(self) -> float:
         """Frequency of the NPS maximum, ignoring the zero-frequency bin."""
         return float(self.frequency[1:][np.argmax(self.power[1:])])

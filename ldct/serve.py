@@ -20,6 +20,7 @@ from rich.console import Console
 from ldct.auth import AUTH_FILE_ENV, TokenStore
 from ldct.data import demo_case
 from ldct.io import write_volume
+from ldct.noise_level import LEVELS_ENV, NoiseLevels
 from ldct.study.service import STUDY_ROOT_ENV
 
 APP_DIR = Path(__file__).resolve().parents[1] / "apps" / "ldct_denoise"
@@ -96,7 +97,7 @@ def server_command(studies: str, host: str, port: int, models: str,
 
 def server_environment() -> dict[str, str]:
     """Settings for a denoising server: fine-tuning tasks on, no sessions, no auto reload."""
-    env = {k: v for k, v in os.environ.items() if k not in (INSECURE_ENV, CORS_ENV)}
+    env = {k: v for k, v in os.environ.items() if k not in (INSECURE_ENV, CORS_ENV, LEVELS_ENV)}
     env.update({"MONAI_LABEL_SESSIONS": "false",
                 "MONAI_LABEL_DATASTORE_AUTO_RELOAD": "false",
                 "MONAI_LABEL_TASKS_STRATEGY": "false", "MONAI_LABEL_TASKS_SCORING": "false",
@@ -106,12 +107,14 @@ def server_environment() -> dict[str, str]:
 
 def serve(studies: str | None, host: str, port: int, models: str, preload: bool,
           study_root: str | None = None, insecure_no_auth: bool = False,
-          cors_origins: list[str] | None = None) -> None:
+          cors_origins: list[str] | None = None, noise_levels: str | None = None) -> None:
     """Become the server process (exec), so that signals such as SIGTERM reach it directly.
 
     ``study_root``: the folder of the reader studies served under /study/ (default
     ``$LDCT_STUDY_ROOT`` or ~/.cache/ldct/reader_studies). ``insecure_no_auth``: no tokens,
-    refused unless ``host`` is a loopback address. ``cors_origins``: web origins allowed."""
+    refused unless ``host`` is a loopback address. ``cors_origins``: web origins allowed.
+    ``noise_levels``: a JSON file of the site's named noise levels (`ldct.noise_level`), checked
+    here so that a bad file stops the start with its reason."""
     url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
     env = server_environment()
     if insecure_no_auth:
@@ -129,6 +132,9 @@ def serve(studies: str | None, host: str, port: int, models: str, preload: bool,
         first_token(store, url)
     if cors_origins:
         env[CORS_ENV] = ",".join(cors_origins)
+    if noise_levels:
+        NoiseLevels.load(noise_levels)
+        env[LEVELS_ENV] = str(Path(noise_levels).resolve())
     studies = studies or str(demo_studies())
     console.print(f"MONAI Label server for 3D Slicer: {url}  (studies: {studies})")
     command = server_command(studies, host, port, models, preload)

@@ -28,11 +28,14 @@ VAGAN_MSE_ROUNDS = 4  # vagan's final rounds without the GAN stage
 
 # every network: the output is the input minus the high band of the predicted noise (the
 # input's band below a 2-pixel Gaussian, 4 for n2n25d, passes untouched), at half resolution
-# after a lossless pixel-unshuffle - no paper does either
+# after a lossless pixel-unshuffle - no paper runs at half resolution; of the low band, only
+# pdml's authors' code keeps one (a wavelet approximation)
 HIGH_BAND = ("The output is the input minus the high band of the network's noise estimate "
              "(the input's band below a Gaussian of 2 pixels, 4 for n2n25d, passes untouched) "
              "and the network runs at half resolution after a lossless pixel-unshuffle; no "
-             "paper does either.")
+             "paper runs at half resolution, and only pdml's authors' code keeps a low band "
+             "(the input's db3 wavelet approximation at level 6, the network denoising the "
+             "detail bands).")
 DATA = ("Trained on simulated low doses of two public cases (ircadb01, tcia_pancreas001) "
         "{kernels}, not on the paper's data.")
 COMMON = (HIGH_BAND, DATA.format(kernels="through 4 reconstruction kernels"))
@@ -77,8 +80,18 @@ register("pan", "Cycle-GAN with perceptual attention U-Net (after a supervised w
 register("pdml", "Patch-wise deep metric learning (after a supervised warm-up)",
          "patchwise-deep-metric-learning.txt", warmed_up(ONE_ROUND),
          differences=(warmed_up_gan(9000, 12000, 10, ONE_ROUND),
-                      "Metric loss weight 0.5 over 64 locations per image (the abstract gives "
-                      "no weights or counts; the paper preset uses 1 and 256, as CUT).",
+                      "The metric loss is CUT's PatchNCE (a cross-entropy of each output "
+                      "location against the input's locations, temperature 0.07), weight 0.5 "
+                      "over 64 locations per image. The paper's authors' code uses the paper's "
+                      "own loss - negatives of the same noise level, input-input and "
+                      "output-output with the diagonal left out, in an exponential form - at "
+                      "temperature 0.15, weight 0.1 over 128 locations, with identity weight 5 "
+                      "and Adam 2e-4 decaying linearly: the paper preset "
+                      "(`ldct.train.losses.patch_metric`).",
+                      "The paper's low and normal doses come from different acquisitions, whose "
+                      "CT numbers differ, and its loss is to keep the input's; here both come "
+                      "from the same scans (simulated low doses), so no CT-number shift between "
+                      "acquisitions was there to learn or to test that on.",
                       *COMMON))(pdml_generator)
 register("alden", "Attention U-Net with a cross-attention discriminator and an input-anchored "
          "contrastive loss (after a supervised warm-up; not the paper's anatomy-aware recipe)",
@@ -121,6 +134,10 @@ register("n2n25d", "MSR2AU adjacent-slice denoiser with recorrupted centre (stag
                       "the training slabs, `benchmarks/quality/gain_n2n25d.md`).",
                       "The teacher trains on the full band but ships high-passed (the input "
                       "below a 4-pixel Gaussian kept).",
+                      "The paper's pixel-wise motion fusion and its edge-preserving loss are "
+                      "not implemented: the paper preset's recursive filter aligns slices by "
+                      "one rigid subpixel shift per pair, and its student distils with a plain "
+                      "MSE (on low-dose stacks only, as the paper needs no normal dose).",
                       "The paper denoises fluoroscopy frames; here the frames are CT slices.",
                       DATA.format(kernels="through 4 reconstruction kernels, 1-2 slices thick, "
                                   "of which only the low doses were used")

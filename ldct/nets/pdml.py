@@ -1,8 +1,11 @@
 """PDML (patchwise-deep-metric-learning): a generator trained with a patch-wise metric loss.
 
-Embeddings of patches at the same location of the input and output are pulled together
-(same anatomy), other patches of the same image (same noise level) are pushed apart. The
-generator's own encoder provides the features; small MLP heads project them.
+Embeddings of patches at the same location of the input and output are pulled together (same
+anatomy); the loss that pushes others apart is chosen by the trainer (`ldct.train.pdml`: the
+paper's same-noise-level negatives, or CUT's output-input ones). The generator's own encoder
+provides the features; small MLP heads project them (the authors' 1x1-conv heads). The output
+keeps the input's band below a 2-pixel Gaussian (`HUPreservingDenoiser`), where the authors'
+code keeps the input's db3 wavelet approximation at level 6 and denoises the detail bands.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ Example::
     conditions:
       - {name: original}                           # no model: the reference
       - {name: vagan, model: vagan, strength: 1.0}
+      - {name: vagan-12HU, model: vagan, target_noise: 12}   # the strength leaving 12 HU
     criteria:
       - name: noise
         question: Image noise
@@ -69,6 +70,7 @@ class Condition:
     name: str
     model: str = ""  # empty: the original images (the reference)
     strength: float = 1.0
+    target_noise: float | None = None  # HU in flat soft tissue; set: it chooses the strength
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,10 @@ def _need(mapping: dict, key: str, where: str, kind: type | tuple = str) -> Any:
     return mapping[key]
 
 
+def _positive(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def _unique(names: list[str], what: str) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -187,8 +193,13 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
                 or not 0.0 <= strength <= 1.0):
             raise StudyDefinitionError(f"{where}: strength must be a number in [0, 1], got "
                                        f"{strength!r}")
+        target = entry.get("target_noise")
+        if target is not None and ("strength" in entry or not _positive(target)):
+            raise StudyDefinitionError(f"{where}: target_noise must be a noise SD in HU above 0 "
+                                       f"and comes instead of strength, got {target!r}"
+                                       + (" with a strength" if "strength" in entry else ""))
         conditions.append(Condition(str(_need(entry, "name", where)), str(entry.get("model", "")),
-                                    float(strength)))
+                                    float(strength), None if target is None else float(target)))
     _unique([c.name for c in conditions], "condition names")
     if sum(1 for c in conditions if not c.model) != 1:
         raise StudyDefinitionError("conditions need exactly one reference without a model "

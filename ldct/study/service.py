@@ -29,9 +29,9 @@ from typing import Any, Protocol
 from ldct import registry
 from ldct.access import reader_refusal
 from ldct.auth import TokenStore
-from ldct.infer import denoise
+from ldct.infer import denoise, denoise_to_noise
 from ldct.io import CTVolume, read_volume, write_volume
-from ldct.study.definition import StudyDefinition, parse
+from ldct.study.definition import Condition, StudyDefinition, parse
 from ldct.study.store import StudyStore
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
@@ -198,8 +198,7 @@ class StudyService:
         for case in definition.cases:
             volume = self._case_volume(definition, case)
             for condition in definition.conditions:
-                shown = (volume if not condition.model else
-                         denoise(volume, condition.model, condition.strength, device=device))
+                shown = _shown(volume, condition, device)
                 path = write_volume(shown, folder / "volumes" /
                                     f"{secrets.token_urlsafe(16)}.nrrd", dtype="int16",
                                     compress=False)  # one size for every condition
@@ -443,6 +442,16 @@ def _validate(body: dict[str, Any], sides: list[str], definition: StudyDefinitio
     return payload, choice, seconds, submission_id
 
 
+def _shown(volume: CTVolume, condition: Condition, device: str) -> CTVolume:
+    """A condition's image: the original, or its model's result at its strength or at the
+    strength that leaves its target noise."""
+    if not condition.model:
+        return volume
+    if condition.target_noise is None:
+        return denoise(volume, condition.model, condition.strength, device=device)
+    return denoise_to_noise(volume, condition.model, condition.target_noise, device=device)[0]
+
+
 def _as_yaml_data(definition: StudyDefinition) -> dict[str, Any]:
     """The definition as the YAML mapping it came from (stored with the study)."""
     return {"name": definition.name, "seed": definition.seed,
@@ -456,8 +465,10 @@ def _as_yaml_data(definition: StudyDefinition) -> dict[str, Any]:
                        **({"lesion": c.lesion} if c.lesion is not None else {}),
                        **({"location": list(c.location)} if c.location else {})}
                       for c in definition.cases],
-            "conditions": [{"name": c.name, **({"model": c.model, "strength": c.strength}
-                                               if c.model else {})}
+            "conditions": [{"name": c.name, **({"model": c.model} if c.model else {}),
+                            **({"strength": c.strength} if c.model and c.target_noise is None
+                               else {}),
+                            **({"target_noise": c.target_noise} if c.target_noise else {})}
                            for c in definition.conditions],
             "criteria": [{"name": c.name, "question": c.question, "anchors": c.anchors,
                           "task": c.task, "scale": list(c.scale)}

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ldct.nets.encoder import CTEncoder
+from ldct.train.losses import symmetric_info_nce
 from ldct.train.method import Method, Phase
 
 
@@ -37,10 +38,8 @@ class EncoderMethod(Method):
         return F.normalize(self.nets["head"](pooled), dim=-1)
 
     def losses(self, group, batch):
-        a, b = self.embed(batch["ld"]), self.embed(batch["nd"])
-        logits = a @ b.t() / self.hp["tau"]
-        target = torch.arange(len(a), device=a.device)
-        loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        loss = symmetric_info_nce(self.embed(batch["ld"]), self.embed(batch["nd"]),
+                                  self.hp["tau"])
         return {"total": loss, "nce": loss}
 
     def deployable(self):

@@ -23,7 +23,7 @@ from ldct.data import PatchSampler, PreparedData
 from ldct.device import TRAINING, grad_scaler, precision, to_device
 from ldct.nets.encoder import load_pvm
 from ldct.train import METHODS, ddp
-from ldct.train.method import Method
+from ldct.train.method import ADAM_BETAS, Method, learning_rate
 
 PRESETS: dict[str, dict[str, Any]] = {
     # fits the 2-core CPU budget (<= 90 min per method); patches as in VAGAN (64x64)
@@ -133,7 +133,7 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
     hp["overrides"] = dict(overrides or {})  # what the command changed (cards state it)
     hp["init"] = str(init_weights) if init_weights else None
     optims = {g: torch.optim.Adam([p for n in nets for p in method.nets[n].parameters()],
-                                  lr=hp.get(f"lr_{g}", hp["lr"]), betas=(0.5, 0.999))
+                                  lr=learning_rate(hp, g, step=0), betas=ADAM_BETAS)
               for g, nets in method.optim_groups().items()}
     scaler = grad_scaler(dev)
     data = PreparedData(data_dir)
@@ -176,6 +176,8 @@ def train(method_name: str, data_dir: str | Path, out_dir: str | Path, preset: s
             method.at_step(step)
             for group in method.schedule(step):
                 optims[group].zero_grad(set_to_none=True)
+                for settings in optims[group].param_groups:  # the schedule (--describe's)
+                    settings["lr"] = learning_rate(hp, group, step)
                 with precision(dev, TRAINING):
                     terms = losses(group, batch)
                 scaler.scale(terms["total"].float()).backward()  # the sum in float32

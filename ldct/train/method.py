@@ -11,8 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ldct.nets.blocks import HUPreservingDenoiser
+from ldct.nets.blocks import HUPreservingDenoiser, PatchDiscriminator
 from ldct.nets.encoder import FeatureExtractor
+from ldct.train.losses import in_float32
 
 WINDOW_HU = 400.0  # image losses are measured in liver-window widths
 SUPERVISION = ("paired", "unpaired", "self-supervised", "distillation")
@@ -114,6 +115,8 @@ class Method:
                     "parameters": parameter_count(self.pvm), "frozen": True,
                     "kind": type(self.pvm).__name__},
                 "phases": phases,
+                "optimizers": self.optimizers(),
+                "discriminators": self.discriminators(),
                 "supervision": sorted({p["supervision"] for p in phases}),
                 "data": {"patch": self.hp["patch"], "batch": self.hp["batch"],
                          "doses": self.hp["doses"], "kernels": self.hp["kernels"],
@@ -121,6 +124,23 @@ class Method:
                          "slices_per_sample": self.sample_context or self.context,
                          "sampler": "paired" if self.paired else "unpaired"},
                 "steps": self.hp["steps"]}
+
+    def optimizers(self) -> dict[str, dict[str, Any]]:
+        """Per optimizer group: the nets it updates, Adam's learning rate and betas (what
+        the loop builds) and the learning-rate schedule."""
+        decay = round(self.hp.get("decay", 0.0) * self.hp["steps"])
+        schedule = ("constant" if not decay else
+                    f"constant, then linear to 0 over the last {decay} of {self.hp['steps']} "
+                    "steps")
+        return {group: {"nets": nets, "lr": learning_rate(self.hp, group, 0),
+                        "betas": list(ADAM_BETAS), "schedule": schedule}
+                for group, nets in self.optim_groups().items()}
+
+    def discriminators(self) -> dict[str, dict[str, Any]]:
+        """The networks that judge real from fake ('d', 'd_*'): kind and size."""
+        return {name: {"kind": type(net).__name__, "parameters": parameter_count(net),
+                       "conv_layers": conv_layers(net)}
+                for name, net in self.nets.items() if name == "d" or name.startswith("d_")}
 
     def deployable(self) -> HUPreservingDenoiser:
         """The network that ships (HU in, HU out)."""
@@ -142,6 +162,18 @@ class Method:
         raise NotImplementedError
 
 
+ADAM_BETAS = (0.5, 0.999)  # every optimizer (Cycle-GAN's, the GAN papers' and their code's)
+
+
+def learning_rate(hp: dict[str, Any], group: str, step: int) -> float:
+    """The learning rate of optimizer ``group`` at ``step``: its own (``lr_<group>``) or the
+    run's, constant, then with ``decay`` > 0 falling linearly to 0 over that last fraction of
+    the steps (Cycle-GAN's schedule: 1 - max(0, step - start) / (decay steps + 1))."""
+    decay = round(hp.get("decay", 0.0) * hp["steps"])
+    factor = 1.0 - max(0, step - (hp["steps"] - decay)) / (decay + 1)
+    return hp.get(f"lr_{group}", hp["lr"]) * factor
+
+
 def parameter_count(net: nn.Module) -> int:
     """Trainable and frozen parameters of a network."""
     return sum(p.numel() for p in net.parameters())
@@ -152,16 +184,19 @@ def conv_layers(net: nn.Module) -> int:
     return sum(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) for m in net.modules())
 
 
+@in_float32
 def image_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """L1 distance of HU images in liver-window widths."""
     return (a - b).abs().mean() / WINDOW_HU
 
 
+@in_float32
 def image_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """MSE of HU images in liver-window widths."""
     return ((a - b) / WINDOW_HU).pow(2).mean()
 
 
+@in_float32
 def relative_mse(output: torch.Tensor, target: torch.Tensor,
                  noisy: torch.Tensor) -> torch.Tensor:
     """Each sample's squared error over its input's (``noisy`` - ``target``), averaged: every
@@ -194,9 +229,11 @@ class WarmStartedGAN(Method):
     sample_context = 3
     gan_groups: dict[str, list[str]] = {}
     finetune = {"warmup_fraction": 0.0}  # a trained generator needs no warm-up
+    # d_base, d_layers: the PatchGAN's width and depth (16, 3: 42k parameters; 64, 4 is
+    # Cycle-GAN's 70x70 PatchGAN)
     defaults = {"warmup": "simulated", "warmup_fraction": 0.5, "lr_d": 5e-5, "lr_g": 5e-5,
                 "base": 16, "levels": 3, "res_blocks": 2, "adversarial": 1.0, "anchor": 1.0,
-                "relative": False}
+                "relative": False, "d_base": 16, "d_layers": 3}
 
     def __init__(self, hp, pvm=None):
         super().__init__(hp, pvm)
@@ -236,6 +273,10 @@ class WarmStartedGAN(Method):
             terms = {**terms, "total": terms["total"] + self.hp["anchor"] * anchor,
                      "anchor": anchor}
         return terms
+
+    def discriminator(self) -> PatchDiscriminator:
+        """A PatchGAN of the run's size (``d_base``, ``d_layers``)."""
+        return PatchDiscriminator(base=self.hp["d_base"], layers=self.hp["d_layers"])
 
     def gan_losses(self, group: str, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         raise NotImplementedError

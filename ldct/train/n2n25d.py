@@ -53,7 +53,7 @@ class N2N25DMethod(Method):
     # never lost to 0.25; 0.75 gained more where much noise was left but lost on the cleanest.
     presets = {"cpu": {"steps": 60000, "teacher_fraction": 1.0, "student_arch": "msr2au"},
                "paper": {"steps": 150000, "teacher_input": "neighbours", "teacher_fraction": 0.6,
-                         "student_arch": "unet", "recursive": 0.5}}
+                         "student_arch": "unet", "recursive": 0.5, "distill_normal": False}}
     # student_keep_sigma: the student keeps the input's band below a 4-pixel Gaussian exactly;
     # the wrapper's default of 2 pixels keeps a band holding a fifth of the simulated noise SD,
     # noise that no student could then remove (measured in models/n2n25d/training_note.md)
@@ -62,10 +62,12 @@ class N2N25DMethod(Method):
     # teacher itself, keeping the input's low band
     # teacher_input: "recorrupted" (centre recorrupted + neighbours) or "neighbours" (paper)
     # recursive: the weight of the recursive filter across slices at inference (0: none)
+    # distill_normal: the student also mimics the teacher on normal-dose stacks (as unlabelled
+    # inputs); the paper's framework needs no normal dose, so its preset distils on low doses
     defaults = {"context": 5, "base": 16, "levels": 3, "student_base": 16, "student_res_blocks": 1,
                 "student_keep_sigma": 4.0, "student_arch": "unet",
                 "teacher_fraction": 0.6, "recorrupt": 0.5, "relative": False,
-                "teacher_input": "recorrupted", "recursive": 0.0}
+                "teacher_input": "recorrupted", "recursive": 0.0, "distill_normal": True}
 
     @property
     def context(self) -> int:
@@ -156,7 +158,8 @@ class N2N25DMethod(Method):
         # from single recorrupted-input estimates instead, it ended ~1 dB below the teacher on
         # training-case slices. It also mimics it on normal-dose stacks: taught on the low doses
         # alone it left scans quieter than its training doses almost as noisy as they came.
-        stack = torch.cat([batch["ld"], batch["nd"]])
+        stack = torch.cat([batch["ld"], batch["nd"]]) if self.hp["distill_normal"] \
+            else batch["ld"]
         with torch.no_grad():
             target = self.teacher_estimate(stack)
         loss = image_mse(self.nets["student"](stack), target)
@@ -184,14 +187,16 @@ class N2N25DMethod(Method):
                         f"low-dose stacks of {k} slices; no normal dose", teacher_notes)
         student_notes = [f"student: {self.hp['student_arch']} on all {k} slices, one pass",
                          "target: the frozen teacher's estimate from the same stack, on low-dose "
-                         "and normal-dose stacks (normal doses as unlabelled inputs only)",
+                         + ("and normal-dose stacks (normal doses as unlabelled inputs only)"
+                            if self.hp["distill_normal"] else "stacks only (no normal dose)"),
                          f"keeps the input's band below a {self.hp['student_keep_sigma']:g}-pixel "
                          "Gaussian exactly"]
         if self.hp["student_arch"] == "msr2au":
             student_notes.append("starts from the teacher's weights")
         student = Phase("student", self.hp["steps"] - teacher_steps, "distillation",
                         ["student"], {"distill": 1.0},
-                        "low-dose and normal-dose stacks, never paired", student_notes)
+                        "low-dose and normal-dose stacks, never paired"
+                        if self.hp["distill_normal"] else "low-dose stacks only", student_notes)
         return [teacher, student]
 
     def describe(self):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 
-from ldct.nets.blocks import PatchDiscriminator
 from ldct.nets.encoder import soft_tissue_window as win
 from ldct.nets.pan import pan_generator
 from ldct.train.losses import lsgan, perceptual
@@ -21,10 +20,17 @@ class PANMethod(WarmStartedGAN):
     # paper: unpaired Cycle-GAN from the start (no warm-up, no anchor), as the paper trains
     # on real unpaired scans. It states the losses (adversarial, cycle, identity, perceptual)
     # but not their weights: cycle 10 and identity 5 are Cycle-GAN's (identity 0.5 x cycle),
-    # perceptual 1 on the cycle reconstructions; 100000 steps of batch 16 (silent too).
+    # perceptual 1 on the cycle reconstructions; 100000 steps of batch 16 (silent too). As
+    # Cycle-GAN: Adam 2e-4 (betas 0.5, 0.999) for generators and discriminators, constant for
+    # the first half and falling linearly to 0 over the second, and its 70x70 PatchGAN
+    # (2.8 M parameters). The low-dose domain is one dose and one kernel: a deterministic
+    # inverse generator cannot map a normal dose onto a mix of 6 doses x 4 kernels, and the
+    # cycle loss would then reward leaking the noise through the denoised image.
     presets = {"cpu": {"steps": 11000, "warmup_fraction": 0.85, "anchor": 10.0, "cycle": 2.0},
                "paper": {"steps": 100000, "batch": 16, "warmup_fraction": 0.0, "anchor": 0.0,
-                         "cycle": 10.0, "identity": 5.0, "perceptual": 1.0}}
+                         "cycle": 10.0, "identity": 5.0, "perceptual": 1.0,
+                         "lr_g": 2e-4, "lr_d": 2e-4, "decay": 0.5, "doses": [0.25],
+                         "kernels": ["hann"], "d_base": 64, "d_layers": 4}}
     gan_groups = {"d": ["d_nd", "d_ld"], "g": ["g", "f"]}
     defaults = {**WarmStartedGAN.defaults, "cycle": 10.0, "identity": 1.0,
                 "perceptual": 1.0}
@@ -32,7 +38,7 @@ class PANMethod(WarmStartedGAN):
     def build(self):
         return {"g": pan_generator(**self.factory_kwargs()),  # low -> normal dose
                 "f": pan_generator(**self.factory_kwargs()),  # normal -> low dose
-                "d_nd": PatchDiscriminator(), "d_ld": PatchDiscriminator()}
+                "d_nd": self.discriminator(), "d_ld": self.discriminator()}
 
     def deployable(self):
         return self.nets["g"]

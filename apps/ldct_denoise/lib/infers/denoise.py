@@ -5,6 +5,8 @@ folder), denoises it in HU, measures the CT-number shift of the result (`ldct.ct
 response as ``ct_check``), and writes the result with exactly the input geometry in the format,
 voxel type and compression MONAI Label's ``result_extension``, ``result_dtype`` and
 ``result_compress`` ask (`ldct.infer_params`) - our own writer, much faster than the stock one.
+``target_noise`` (HU, or a name of the server's noise levels resolved for the scan's kernel)
+picks the strength; the response then says the measured input noise, strength and result noise.
 """
 
 from __future__ import annotations
@@ -19,10 +21,11 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 
 from ldct import registry
 from ldct.ct_guard import check_ct_numbers
-from ldct.infer import DenoiseCancelled, denoise
+from ldct.infer import DenoiseCancelled, denoise, denoise_to_noise
 from ldct.infer_params import PARAMS, json_schema, parse_params, task_config
 from ldct.io import CTInputError, read_volume, write_volume
 from ldct.jobs import JOBS
+from ldct.noise_level import LEVELS_ENV, NoiseLevels, scan_kernel
 
 
 class DenoiseInfer(InferTask):
@@ -34,11 +37,13 @@ class DenoiseInfer(InferTask):
                          description=f"{info.title} - {info.paper}, {info.supervision}",
                          config=task_config())
         self.model = model
+        self.levels = NoiseLevels.load(os.environ.get(LEVELS_ENV) or None)  # `serve --noise-levels`
 
     def info(self) -> dict[str, Any]:
         details = super().info()
         details["ldct"] = registry.get(self.model).summary()  # method, paper, card
         details["params"] = json_schema()  # every parameter, ours and MONAI Label's
+        details["ldct"]["noise_levels"] = self.levels.levels  # target_noise names, HU per kernel
         return details
 
     def is_valid(self) -> bool:
@@ -60,10 +65,18 @@ class DenoiseInfer(InferTask):
                 job.state = "running"
             volume = read_volume(request["image"])
             model_start = time.perf_counter()
-            result = denoise(volume, self.model, strength=params.strength, device=params.device,
-                             weights=weights, ensemble=params.ensemble,
-                             stop=job.stop_requested if job else None,
-                             batch_done=job.progress if job else None)
+            options = {"device": params.device, "weights": weights, "ensemble": params.ensemble,
+                       "stop": job.stop_requested if job else None,
+                       "batch_done": job.progress if job else None}
+            if params.target_noise is None:
+                result = denoise(volume, self.model, strength=params.strength, **options)
+                strength, noise = params.strength, {}
+            else:
+                target = params.target_noise if not isinstance(params.target_noise, str) else \
+                    self.levels.resolve(params.target_noise, scan_kernel(volume.dicom))
+                result, match = denoise_to_noise(volume, self.model, target, **options)
+                strength, noise = match.strength, {"noise": {**match.as_dict(),
+                                                             "level": params.target_noise}}
         except DenoiseCancelled as exc:
             raise HTTPException(status_code=409, detail=f"the job was cancelled ({exc})") from exc
         except (CTInputError, ValueError) as exc:  # the client gets the reason, not a 500
@@ -77,7 +90,7 @@ class DenoiseInfer(InferTask):
         except BaseException:
             os.unlink(out)
             raise
-        return out, {"model": self.model, "version": version, "strength": params.strength,
+        return out, {"model": self.model, "version": version, "strength": strength, **noise,
                      "ensemble": params.ensemble, "device": params.device,
                      "result_extension": params.extension,
                      "result_dtype": params.written_dtype,
