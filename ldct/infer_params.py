@@ -56,7 +56,8 @@ class Param:
     def check(self, value: Any) -> Any:
         """``value`` if this parameter takes it, else a `ParamError` naming what it takes."""
         if self._accepts(value):
-            return float(value) if self.kind == "number" or _number(value) else value
+            numeric = self.kind == "number" or (self.kind == "level" and _number(value))
+            return float(value) if numeric else value
         takes = self.takes or ("one of " + ", ".join(self.choices + self.also))
         raise ParamError(f"{self.name} must be {takes}, got {value!r}")
 

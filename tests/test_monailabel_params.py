@@ -28,7 +28,8 @@ CONFIG = {"strength": 1.0, "ensemble": 1, "device": ["auto", "cuda", "cpu"],
           "write_back": False, "result_extension": [".nrrd", ".nii.gz", ".nii", ".mha"],
           "result_dtype": ["float32", "int16"], "result_compress": True}
 # Every parameter a request may carry and who defines it.
-SOURCES = {"strength": "ldct", "ensemble": "ldct", "device": "ldct", "write_back": "ldct",
+SOURCES = {"strength": "ldct", "target_noise": "ldct", "ensemble": "ldct", "device": "ldct",
+           "write_back": "ldct",
            "result_extension": "monailabel", "result_dtype": "monailabel",
            "result_compress": "monailabel", "restore_label_idx": "monailabel",
            "client_id": "monailabel"}
