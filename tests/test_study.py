@@ -284,6 +284,31 @@ def test_agreement_statistics():
     units = [[v for v in unit if v is not None] for unit in zip(*observers)]
     assert krippendorff_alpha_ordinal(units) == pytest.approx(0.815, abs=1e-3)
     assert krippendorff_alpha_ordinal([[3, 3, 3], [1, 1, 1], [5, 5, 5]]) == 1.0
-    two = analyse(synthetic_scores({"m": 0.5}, readers=2, cases=15, seed=1))
-    assert all(a["statistic"].startswith("weighted kappa") and 0 < a["value"] <= 1
-               for a in two.agreement)
+
+
+def _two_readers(first: list[int], second: list[int]) -> list[dict]:
+    """Export rows: readers r1 and r2 scoring the same cases (one condition) for noise."""
+    return [{"reader": reader, "case": f"c{k}", "position": k + 1, "presentation": "single",
+             "reference": "original", "condition": "original", "compared_with": "", "side": "",
+             "criterion": "noise", "score": score, "chosen": None, "reading_seconds": 1.0}
+            for reader, scores in (("r1", first), ("r2", second))
+            for k, score in enumerate(scores)]
+
+
+@pytest.mark.parametrize("second, kappa", [
+    # hand-worked, quadratic weights (i - j)^2, kappa = 1 - sum w O / sum w E:
+    # r1 1,2,3,4,5 (each 1/5), r2 1,3,3,5,4 (1: 1/5, 3: 2/5, 4: 1/5, 5: 1/5).
+    # Observed: disagreements (2,3), (4,5), (5,4), each weight 1: sum w O = 3/5.
+    # Expected: sum_j p2_j sum_i (i - j)^2 / 5, the inner sums 30 (j=1), 10 (3), 15 (4),
+    # 30 (5): (30/5 + 2*10/5 + 15/5 + 30/5) / 5 = 19/5; kappa = 1 - (3/5)/(19/5) = 16/19.
+    ([1, 3, 3, 5, 4], 16 / 19),
+    # reversed order: sum w O = (16 + 4 + 0 + 4 + 16)/5 = 8, sum w E = (30+15+10+15+30)/25 =
+    # 4: kappa = 1 - 8/4 = -1 (perfect disagreement)
+    ([5, 4, 3, 2, 1], -1.0),
+    ([1, 2, 3, 4, 5], 1.0),  # perfect agreement
+])
+def test_weighted_kappa_matches_hand_worked_values(second, kappa):
+    (agreement,) = analyse(_two_readers([1, 2, 3, 4, 5], second)).agreement
+    assert agreement["statistic"] == "weighted kappa (quadratic)"
+    assert agreement["n_items"] == 5
+    assert agreement["value"] == pytest.approx(kappa, abs=1e-9)
