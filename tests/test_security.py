@@ -139,20 +139,48 @@ def test_anonymous_requests_are_refused_on_every_route_but_health(secured):
         assert answer.status_code == 404, (method, path, answer.status_code)
 
 
-def test_traversal_and_absolute_ids_write_nothing(secured, tmp_path):
-    url, admin = secured["url"], bearer(secured["tokens"]["admin"])
+def test_traversal_and_absolute_ids_write_nothing(secured, study, tmp_path):
+    """Every id a served route takes, given as a traversal or an absolute path: refused with
+    404/422 and nothing is read or written outside the server's own folders. A study database
+    planted one level above the study root (where `..` would lead) is never opened. MONAI
+    Label's datastore write routes, which joined such ids onto its folder, are not served."""
+    url, root = secured["url"], secured["root"]
+    admin, coordinator = bearer(secured["tokens"]["admin"]), bearer(secured["tokens"]["coordinator"])
+    studies = root / "reader-studies"
+    planted = root / "study.sqlite"  # what /study/../... would open
+    copy = (studies / study["study"] / "study.sqlite").read_bytes()
+    planted.write_bytes(copy)
     target = tmp_path / "planted.py"
     payload = {"file": ("x.nrrd", b"print('owned')")}
-    for method, path, params in [
-            ("PUT", "/datastore/image", {"image": str(target)}),
-            ("PUT", "/datastore/image", {"image": "../../" + target.name}),
-            ("PUT", "/datastore/label", {"label": "case0", "tag": f"../../{target.name}"}),
-            ("PUT", "/datastore/", {"image": str(target)})]:
-        answer = requests.request(method, url + path, params=params, files=payload,
-                                  headers=admin, timeout=30)
-        assert answer.status_code == 404, (path, answer.status_code)
+    before = sorted(p for p in root.rglob("*") if "reader-studies" not in p.parts)
+    probes = [
+        ("PUT", "/datastore/image", {"image": str(target)}, admin, 404),
+        ("PUT", "/datastore/image", {"image": "../../" + target.name}, admin, 404),
+        ("PUT", "/datastore/label", {"label": "case0", "tag": f"../../{target.name}"}, admin,
+         404),
+        ("POST", "/infer/ldct-gauss", {"image": str(secured["studies"] / "case0.nrrd")}, admin,
+         404),
+        ("POST", "/infer/ldct-gauss", {"image": "../studies/case0"}, admin, 404),
+        ("POST", "/infer/ldct-gauss", {"image": "%2E%2E%2Fstudies%2Fcase0"}, admin, 404),
+        ("POST", "/infer/%2E%2E", {"image": "case0"}, admin, 404),
+        ("POST", "/train/%2E%2E", {}, admin, 404),
+        ("GET", "/jobs/%2E%2E", {}, admin, 404),
+        ("GET", "/study/%2E%2E/status", {}, coordinator, 404),
+        ("GET", "/study/%2E%2E/export", {}, coordinator, 404),
+        ("POST", "/study/%2E%2E/close", {}, coordinator, 404),
+        ("GET", f"/study/{study['study']}/volumes/%2E%2E", {}, coordinator, 404),
+        ("GET", f"/study/{study['study']}/volumes/{planted}", {}, coordinator, 404),
+    ]
+    for method, path, params, headers, status in probes:
+        answer = requests.request(method, url + path, params=params, headers=headers,
+                                  files=payload if method == "PUT" else None, timeout=30)
+        assert answer.status_code == status, (method, path, params, answer.status_code,
+                                              answer.text)
+        assert "Probe study" not in answer.text  # the planted study was never read
     assert not target.exists()
-    assert not [p for p in secured["root"].rglob("planted*")]
+    after = sorted(p for p in root.rglob("*") if "reader-studies" not in p.parts)
+    assert after == before, set(after) ^ set(before)
+    assert planted.read_bytes() == copy  # never opened for writing (close would change it)
     assert sorted(p.name for p in secured["studies"].glob("*.nrrd")) == ["case0.nrrd",
                                                                          "case1.nrrd"]
 
