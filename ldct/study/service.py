@@ -17,6 +17,7 @@ import hmac
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import tempfile
@@ -365,7 +366,8 @@ class StudyService:
     # -- helpers --------------------------------------------------------------------------
     def _store(self, study: str) -> StudyStore:
         path = self.root / study / "study.sqlite"
-        if "/" in study or not path.exists():
+        # only a study id (`StudyDefinition.study_id`'s form) names a folder: never '..'
+        if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", study) or not path.exists():
             raise StudyError(404, f"no study '{study}'")
         return StudyStore(path)
 
