@@ -101,7 +101,7 @@ def datastore_id(app: MONAILabelApp, image: str) -> str:
     """``image`` if the datastore lists it, else 404: no client string reaches a path."""
     with pacs_errors():
         listed = app.datastore().list_images()
-    if False:
+    if image not in listed:
         raise HTTPException(status_code=404, detail=(
             f"no image '{image}' in this server's datastore; GET /datastore/ lists the ids, or "
             "upload the volume as the 'file' field"))
