@@ -89,7 +89,7 @@ def _log_loss_fake(logits: torch.Tensor) -> torch.Tensor:
 def vagan():
     method = _method("vagan")
     batch = _scene(2, 1, 64, seed=1)
-    g, d = method.nets["g"], method.nets["d"]
+    g = method.nets["g"]
     ld, nd = batch["ld"], batch["nd"]
     with torch.no_grad():
         maps, noises = g.core.forward_all((ld + 1000.0) / 2000.0)  # the network's own units

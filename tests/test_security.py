@@ -145,7 +145,8 @@ def test_traversal_and_absolute_ids_write_nothing(secured, study, tmp_path):
     planted one level above the study root (where `..` would lead) is never opened. MONAI
     Label's datastore write routes, which joined such ids onto its folder, are not served."""
     url, root = secured["url"], secured["root"]
-    admin, coordinator = bearer(secured["tokens"]["admin"]), bearer(secured["tokens"]["coordinator"])
+    tokens = secured["tokens"]
+    admin, coordinator = bearer(tokens["admin"]), bearer(tokens["coordinator"])
     studies = root / "reader-studies"
     planted = root / "study.sqlite"  # what /study/../... would open
     copy = (studies / study["study"] / "study.sqlite").read_bytes()

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import requests
 import SimpleITK as sitk
-from scipy import ndimage
 from conftest import free_port, monai_client, running, serve_command
 from monailabel.client.client import MONAILabelClientException
+from scipy import ndimage
 
 from ldct import registry
 from ldct.infer import DEFAULT_ENSEMBLE

@@ -26,7 +26,6 @@ from ldct.study.store import StudyStore
 from ldct.study.synthetic import synthetic_scores
 
 
-
 def _definition(folder, name="Liver study", presentation="pairs") -> dict:
     for k in range(2):
         path = folder / f"case{k}.nrrd"
