@@ -209,6 +209,9 @@ class StudyService:
                 store.set_meta(created=done)
                 if progress:
                     progress(done, total, f"{case.id} / {condition.name}")
+        stamp = time.time()  # one modification time for every volume, so that the ETag and
+        for path in files.values():  # Last-Modified served with it tell neither the order the
+            os.utime(path, (stamp, stamp))  # conditions were made in nor which file recurs
         store.set_meta(files={f"{case}/{condition}": path
                               for (case, condition), path in files.items()})
         store.add_assignments(*self._reader_rows(definition, definition.readers, files))
