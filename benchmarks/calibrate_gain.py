@@ -19,6 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ldct import registry
@@ -33,6 +34,12 @@ from select_model import (  # noqa: E402  (the selection's own)
     slab_conditions,
     training_slabs,
 )
+
+
+def at_gain(low: np.ndarray, out: np.ndarray, stored: float, gain: float) -> np.ndarray:
+    """The output at ``gain`` from ``out``, made at the ``stored`` gain: the input minus
+    ``gain`` times what gain 1 removes."""
+    return low + gain * (out - low) / stored
 
 
 def main() -> None:
@@ -59,9 +66,8 @@ def main() -> None:
         x = slab.low.hu[slab.inner]
         out = denoise(slab.low, name, weights=str(path), device="cpu",
                       ensemble=args.ensemble).hu[slab.inner]
-        removed = (out - x) / stored  # what gain 1 removes
         for g, s in scores.items():
-            s.add(slab, x + g * removed)
+            s.add(slab, at_gain(x, out, stored, g))
         print(slab.case, slab.condition,
               {g: round(s.psnr[slab.condition][-1], 2) for g, s in scores.items()}, flush=True)
     chosen = best(scores)

@@ -4,6 +4,8 @@ anatomy as the normal dose shows it and away from the low dose's noise; the reci
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -83,3 +85,59 @@ def test_unknown_mode_is_named():
     e = torch.nn.functional.normalize(torch.ones(1, 4, 3), dim=-1)
     with pytest.raises(ValueError, match="contrast_mode 'reversed'"):
         semantic_contrast(e, e, e, "reversed")
+
+
+
+def _embeddings(*vectors: tuple[float, float]) -> torch.Tensor:
+    """One image (B = 1) of len(vectors) regions, each a 2-D unit vector."""
+    return F.normalize(torch.tensor([vectors], dtype=torch.float64), dim=-1)
+
+
+def _infonce(positive: float, negatives: list[float], tau: float = 0.07) -> float:
+    """-log e^(p/tau) / (e^(p/tau) + sum e^(n/tau)), from the dot products."""
+    return math.log(1.0 + sum(math.exp((n - positive) / tau) for n in negatives))
+
+
+@pytest.mark.parametrize("low_vectors, low_dots", [
+    (((1.0, 0.0), (0.0, 1.0)), (1.0, 1.0)),  # the output kept the low dose's noise exactly
+    (((0.7, -0.51 ** 0.5), (-0.51 ** 0.5, 0.7)), (0.7, 0.7)),  # a low dose less like it
+])
+def test_paper_contrast_is_infonce_with_both_negatives_hand_worked(low_vectors, low_dots):
+    """Two regions, tau 0.07, worked by hand: output o1 = (1, 0), o2 = (0, 1); normal dose
+    n1 = (0.8, 0.6), n2 = (0.6, 0.8). Region 1: positive o1.n1 = 0.8; negatives the low
+    dose's same region (o1.l1) and the normal dose's other region, o1.n2 = 0.6. Region 2 the
+    same by symmetry. The loss is the mean of the two regions' InfoNCE. With the output equal
+    to the low dose: log(1 + e^(0.2/0.07) + e^(-0.2/0.07)) = 2.9161; without the low-dose
+    negative it would be log(1 + e^(-0.2/0.07)) = 0.0558, without the other region
+    log(1 + e^(0.2/0.07)) = 2.9130."""
+    out = _embeddings((1.0, 0.0), (0.0, 1.0))
+    normal = _embeddings((0.8, 0.6), (0.6, 0.8))
+    low = _embeddings(*low_vectors)
+    expected = [_infonce(0.8, [low_dots[0], 0.6]), _infonce(0.8, [low_dots[1], 0.6])]
+    if low_dots == (1.0, 1.0):
+        assert expected[0] == pytest.approx(2.9161, abs=1e-4)  # the docstring's arithmetic
+    got = float(semantic_contrast(out, low, normal, "paper"))
+    assert got == pytest.approx(sum(expected) / 2, abs=1e-6)
+    without_low = _infonce(0.8, [0.6])
+    without_others = _infonce(0.8, [low_dots[0]])
+    assert abs(got - without_low) > 1e-3 and abs(got - without_others) > 1e-3
+
+
+def test_paper_contrast_counts_every_other_region_as_a_negative():
+    """Three regions as angles of 2-D unit vectors (the dot of two is the cosine of their
+    difference): output 0, 40, 80 degrees; normal dose 10, 50, 90 (the positive of each region
+    10 degrees off); low dose -20, 20, 60. Region k's negatives are its low-dose region and
+    BOTH other normal-dose regions."""
+    out, normal, low = (0, 40, 80), (10, 50, 90), (-20, 20, 60)
+
+    def vectors(angles: tuple[int, ...]) -> torch.Tensor:
+        return _embeddings(*[(math.cos(math.radians(a)), math.sin(math.radians(a)))
+                             for a in angles])
+
+    def dot(a: float, b: float) -> float:
+        return math.cos(math.radians(a - b))
+
+    expected = [_infonce(dot(out[k], normal[k]), [dot(out[k], low[k])] + [
+        dot(out[k], normal[j]) for j in range(3) if j != k]) for k in range(3)]
+    got = float(semantic_contrast(vectors(out), vectors(low), vectors(normal), "paper"))
+    assert got == pytest.approx(sum(expected) / 3, abs=1e-6)

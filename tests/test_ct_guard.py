@@ -80,3 +80,32 @@ def test_ldct_denoise_prints_the_check(tmp_path, case):
                            str(tmp_path / "out2.nrrd"), "--model", "ldct-gauss",
                            "--check-mask", str(mask)], capture_output=True, text=True)
     assert done.returncode == 0 and "(liver.nrrd)" in done.stdout, done.stdout
+
+
+def test_the_automatic_guard_sees_only_the_part_of_a_rim_leak_inside_its_regions():
+    """A noiseless 16 x 128 x 128 volume: fat (-100 HU) with a band of soft tissue (40 HU) in
+    columns 16-111 over all rows. A result that moves only the tissue's rim - the 8 columns
+    along each edge (16-23 and 104-111) by +50 HU - is the wrapper's kind of leak.
+
+    Worked by hand: after the guard's in-plane Gaussian (sigma 2 px) a tissue pixel reads
+    -100 + 140 Phi(d / 2) at distance d from the edge, >= 10 HU from d = 2.5 on, so columns
+    18-109 are soft tissue; 3 px of erosion leave columns 21-106 and rows 3-124 (the array's
+    border erodes too). Tiles are 64 x 64 x 16, so four regions of 61 rows x 43 columns x 16
+    slices = 41,968 voxels, each holding 3 leaked columns (21-23 or 104-106) of its 43: a mean
+    shift of 50 x 3 / 43 = 3.488 HU, flagged. (The fat strips, 9 columns after erosion, fill
+    too little of a tile to count.) At +40 HU it is 2.791 HU and passes; the liver mask
+    itself would show 40 x 16 / 96 = 6.667 HU."""
+    hu = np.full((16, 128, 128), -100.0, np.float32)
+    hu[:, :, 16:112] = 40.0
+    rim = np.zeros(hu.shape, bool)
+    rim[:, :, 16:24] = rim[:, :, 104:112] = True
+    flagged = check_ct_numbers(hu, hu + 50.0 * rim)
+    assert [(r.tissue, r.voxels) for r in flagged.regions] == [("soft tissue", 41968)] * 4
+    assert [r.shift_hu for r in flagged.regions] == pytest.approx([50 * 3 / 43] * 4, abs=1e-4)
+    assert not flagged.passed
+    passes = check_ct_numbers(hu, hu + 40.0 * rim)
+    assert passes.passed and passes.worst.shift_hu == pytest.approx(40 * 3 / 43, abs=1e-4)
+    tissue = np.zeros(hu.shape, bool)
+    tissue[:, :, 16:112] = True
+    given = check_ct_numbers(hu, hu + 40.0 * rim, masks={"liver": tissue})
+    assert not given.passed and given.worst.shift_hu == pytest.approx(40 * 16 / 96, abs=1e-4)

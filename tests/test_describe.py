@@ -4,6 +4,7 @@ paper states it, and what shipped, as each card states it."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -99,13 +100,38 @@ def test_each_card_states_the_recipe_its_weights_were_trained_with(name):
     assert card["differences_from_paper"] == list(info.differences) and info.differences
 
 
+# How a label names each kind of supervision, as whole words (hyphenated words are one word,
+# so "self-supervised" is not "supervised" and "unpaired" is not "paired")
+NAMES = {"paired": {"paired", "pairs", "supervised"}, "unpaired": {"unpaired"},
+         "self-supervised": {"self-supervised", "unsupervised"},
+         "distillation": {"distilled", "distillation"}}
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+(?:-[a-z0-9]+)*", text.lower()))
+
+
+def test_whole_word_labels_tell_paired_from_unpaired():
+    assert NAMES["paired"].isdisjoint(_words("Unpaired Cycle-GAN: learns from unpaired scans"))
+    assert "supervised" not in _words("self-supervised on the scans alone")
+    assert "paired" in _words("paired (simulated low doses) and unpaired")
+
+
 @pytest.mark.parametrize("name", ["alden", "n2n25d", "pan", "pdml", "vagan"])
 def test_no_shipped_model_is_called_unpaired_or_self_supervised_beyond_its_training(name):
+    """The title and supervision line name every kind of supervision the shipped recipe used
+    and no other, word for word; a title calling a model unpaired or self-supervised also
+    names its paired training."""
     info = registry.get(name)
-    supervision = shipped_recipe(name, training_metadata(info.weights))["supervision"]
-    said = f"{info.title} {info.supervision}".lower()
-    if "paired" in supervision:
-        assert "supervised" in said or "paired" in said
-        assert "unsupervised" not in said and "self-supervised" not in said
+    supervision = set(shipped_recipe(name, training_metadata(info.weights))["supervision"])
+    said = _words(f"{info.title} {info.supervision}")
+    for kind, words in NAMES.items():
+        if kind in supervision:
+            assert said & words, f"{name}: its {kind} training is not named ({sorted(words)})"
+        else:
+            assert not said & words, f"{name} is called {sorted(said & words)}; it was not"
+    title = _words(info.title)  # shown alone in lists: it must not claim less supervision
+    if title & (NAMES["unpaired"] | NAMES["self-supervised"]) and "paired" in supervision:
+        assert title & NAMES["paired"], f"{name}'s title leaves out its paired training"
     if "self-supervised" in supervision and name == "n2n25d":
-        assert "simulator" in said or "measured" in said  # where its recorruption noise came from
+        assert said & {"simulator", "measured"}  # where its recorruption noise came from

@@ -59,6 +59,27 @@ def test_finetune_adds_a_version_that_inference_then_uses(site_models, site_scan
     assert list(site_models.glob("vagan/versions/.*")) == []  # no leftovers of the work
 
 
+def test_the_newest_of_several_site_versions_is_served_and_continued(site_models, site_scan):
+    """Two fine-tunings in a row: the second starts from the first's weights, both are
+    listed oldest first, and the newest is what inference loads; after a rollback to the
+    first, the next fine-tuning continues from the version in use, not the newest folder."""
+    info = registry.get("vagan")
+    first = finetune("vagan", [site_scan], steps=1, max_slices=3, device="cpu")
+    second = finetune("vagan", [site_scan], steps=1, max_slices=3, device="cpu")
+    assert first != second and info.versions() == [first, second]
+    assert json.loads((second / "finetune.json").read_text())["base_weights"] == str(
+        first / "model.pt")
+    assert info.version() == second.name and info.weights == second / "model.pt"
+    newest = torch.load(second / "model.pt", weights_only=True)["state_dict"]
+    served = load_network("vagan", "cpu").state_dict()
+    assert all(torch.equal(served[k], v) for k, v in newest.items())
+    info.use(first.name)
+    third = finetune("vagan", [site_scan], steps=1, max_slices=3, device="cpu")
+    assert json.loads((third / "finetune.json").read_text())["base_weights"] == str(
+        first / "model.pt")
+    assert info.versions() == [first, second, third] and info.version() == third.name
+
+
 def test_n2n25d_adapts_on_low_dose_scans_alone(site_models, tmp_path):
     """The self-supervised model takes a site's low-dose scan as it is (no normal dose, no
     simulated dose), and its training starts from the shipped weights."""

@@ -54,6 +54,21 @@ def test_cnr_by_construction():
     assert metrics.cnr(image, lesion, ~lesion) == pytest.approx(5.0, abs=1e-9)
 
 
+def test_cnr_divides_by_the_backgrounds_sd_not_the_lesions():
+    """Background: a +-10 HU checkerboard around 0 HU (SD 10); lesion: a +-30 HU checkerboard
+    around 60 HU (SD 30). CNR = |60 - 0| / 10 = 6 (with the lesion's SD it would be 2, with
+    the RMS of both SDs 60 / sqrt(500) = 2.68, with all pixels' SD about 3)."""
+    rows, cols = np.indices((100, 100))
+    sign = np.where((rows + cols) % 2 == 0, 1.0, -1.0)[None]
+    lesion = np.zeros(sign.shape, bool)
+    lesion[0, 40:60, 40:60] = True
+    image = np.where(lesion, 60.0 + 30.0 * sign, 10.0 * sign)
+    assert metrics.cnr(image, lesion, ~lesion) == pytest.approx(6.0, abs=1e-9)
+    # a darker lesion has the same CNR (the absolute contrast)
+    dark = np.where(lesion, -60.0 + 30.0 * sign, 10.0 * sign)
+    assert metrics.cnr(dark, lesion, ~lesion) == pytest.approx(6.0, abs=1e-9)
+
+
 def test_nps_of_white_noise_is_flat_and_integrates_to_the_variance():
     rng = np.random.default_rng(2)
     sigma, pixel = 20.0, 0.5
@@ -80,9 +95,20 @@ def test_nps_peak_of_band_pass_noise_is_found():
 
 
 def test_body_mask_fills_the_patient():
-    image = np.full((1, 50, 50), -1000.0)
+    """Every pixel of the patient's disk, bowel gas inside it included, and nothing else: the
+    air around it and a gas pocket open to the outside stay out; each slice on its own (gas
+    that is enclosed in one slice is filled there although it opens into air on the next)."""
     yy, xx = np.indices((50, 50))
-    image[0][(yy - 25) ** 2 + (xx - 25) ** 2 < 400] = 40.0
-    image[0, 24:27, 24:27] = -1000.0  # bowel gas inside the body
+    disk = (yy - 25) ** 2 + (xx - 25) ** 2 < 400
+    image = np.full((2, 50, 50), -1000.0)
+    image[:, disk] = 40.0
+    image[0, 22:29, 22:29] = -1000.0  # bowel gas inside the body
+    notch = (yy >= 23) & (yy < 27) & (xx < 25)  # an opening from the air into the body
+    image[1][notch] = -1000.0
+    image[1, 22:29, 22:29] = -1000.0  # gas reaching the opening: open to the outside here
     mask = metrics.body_mask(image)
-    assert mask[0, 25, 25] and not mask[0, 0, 0]
+    gas = (yy >= 22) & (yy < 29) & (xx >= 22) & (xx < 29)
+    for got, expected in ((mask[0], disk), (mask[1], disk & ~notch & ~gas),
+                          (metrics.body_mask(image[0]), disk)):  # a 2-D slice alike
+        assert got.shape == expected.shape and (got != expected).sum() == 0, (
+            f"{(got & ~expected).sum()} pixels too many, {(expected & ~got).sum()} missing")

@@ -10,6 +10,7 @@ import requests
 import SimpleITK as sitk
 from conftest import free_port, monai_client, running, serve_command
 from monailabel.client.client import MONAILabelClientException
+from scipy import ndimage
 
 from ldct import registry
 from ldct.infer import DEFAULT_ENSEMBLE
@@ -76,9 +77,16 @@ def test_strength_zero_returns_the_input_and_int16_is_available(server, noisy_ca
     client = monai_client(server, tmp_path, tokens["radiologist"])
     result_file, _ = client.infer("vagan", "", {"strength": 0.0}, file=str(path))
     np.testing.assert_array_equal(read_volume(result_file).hu, read_volume(path).hu)
+    as_float, _ = client.infer("vagan", "", {}, file=str(path))
     result_file, params = client.infer("vagan", "", {"result_dtype": "int16"}, file=str(path))
-    assert sitk.ReadImage(result_file).GetPixelID() == sitk.sitkInt16
-    assert params["result_dtype"] == "int16"
+    as_int = sitk.ReadImage(result_file)
+    assert as_int.GetPixelID() == sitk.sitkInt16 and params["result_dtype"] == "int16"
+    # the same denoised HU, each rounded to the nearest whole HU (not truncated, not offset)
+    exact = sitk.GetArrayFromImage(sitk.ReadImage(as_float)).astype(np.float64)
+    whole = sitk.GetArrayFromImage(as_int).astype(np.float64)
+    assert np.abs(whole - exact).max() <= 0.5 + 1e-3
+    assert np.abs(whole - exact).mean() == pytest.approx(0.25, abs=0.02)  # uniform rounding
+    assert read_volume(result_file).same_geometry(read_volume(as_float), atol=0)
 
 
 def test_four_concurrent_requests_get_their_own_results(server, tmp_path, tokens):
@@ -112,11 +120,24 @@ def test_bad_input_gets_the_reason(server, tmp_path, tokens):
 
 
 def test_a_datastore_image_is_denoised_by_id(server, tmp_path, tokens):
+    """The server's own copy of "phantom" (the 128 x 128 x 3 phantom written as int16 by the
+    fixture) is what gets denoised: the result is a Gaussian of sigma 0.75 mm (the baseline's
+    stated width, README) of those pixels, in plane, computed here with scipy."""
     client = monai_client(server, tmp_path, tokens["radiologist"])
     assert "phantom" in client.datastore()["objects"]
     result_file, params = client.infer("ldct-gauss", "phantom", {})
     assert params["shape"] == [3, 128, 128]
-    assert read_volume(result_file).hu.shape == (3, 128, 128)
+    stored = make_phantom(size=128, slices=3).volume  # what conftest wrote, rounded to int16
+    source = np.rint(stored.hu).astype(np.float64)
+    result = read_volume(result_file)
+    assert result.same_geometry(stored, atol=1e-6)
+    sigma = 0.75 / stored.spacing[0]  # square pixels
+    expected = np.stack([ndimage.gaussian_filter(s, sigma) for s in source])
+    inner = (slice(None), slice(8, -8), slice(8, -8))  # away from the image border's handling
+    np.testing.assert_allclose(result.hu[inner], expected[inner], atol=0.05)
+    # at 2.97 mm pixels sigma is a quarter pixel: edges move by up to ~0.7 HU, so the result
+    # is told apart from the input returned as it is (and from any other image by far more)
+    assert np.abs(result.hu - source).max() > 0.5
 
 
 def test_a_zipped_dicom_series_is_accepted(server, tmp_path, tokens):

@@ -22,6 +22,7 @@ from LowDoseCTDenoiseLib import (
     ServerFailure,
     ServerTimeout,
     ServerUnreachable,
+    StudyClient,
     UrlHistory,
     symmetric_window,
 )
@@ -46,7 +47,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     """A plain HTTP server with a scripted answer per path; requests to the ``held`` paths
     are held until ``release`` is set (a server busy for longer than any client waits)."""
 
-    routes: dict[str, tuple] = {}  # path -> (status, body) or (status, body, headers)
+    routes: dict[str, tuple | list] = {}  # path -> (status, body) or (status, body, headers),
+    # or a list of them answered in turn (the last one repeated)
+    bodies: list[bytes] = []  # every POST body, in order
     held: tuple[str, ...] = ("/infer",)
     release = threading.Event()
     hits: list[str] = []  # every request's path, in order
@@ -55,8 +58,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         type(self).hits.append(self.path)
         if self.path.startswith(self.held):
             self.release.wait(60)  # set when the test releases it or is over
-        status, body, *headers = self.routes.get(self.path.split("?")[0],
-                                                  (404, b"<html>nope</html>"))
+        entry = self.routes.get(self.path.split("?")[0], (404, b"<html>nope</html>"))
+        if isinstance(entry, list):
+            entry = entry.pop(0) if len(entry) > 1 else entry[0]
+        status, body, *headers = entry
         self.send_response(status)
         for key, value in (headers[0] if headers else {}).items():
             self.send_header(key, value)
@@ -67,7 +72,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     do_GET = _answer
 
     def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         self._answer()
 
     def log_message(self, *args):
@@ -89,6 +94,7 @@ def fake_server():
     server.shutdown()
     _Handler.routes, _Handler.release, _Handler.held = {}, threading.Event(), ("/infer",)
     _Handler.hits.clear()
+    _Handler.bodies.clear()
 
 
 def test_models_come_with_their_cards(ldct_server, tokens):
@@ -168,6 +174,31 @@ def test_5xx_is_retried_then_reported(fake_server):
     with pytest.raises(ServerFailure, match="HTTP 503.*busy"):
         DenoiseClient(url, retries=2).info()
     assert handler.hits == ["/info/"] * 3  # the call and exactly two retries
+
+
+def test_a_transient_5xx_is_retried_to_success(fake_server):
+    """A server (or its proxy) that fails twice and then answers: the idempotent calls get
+    the answer; a reader's submission is resent unchanged (the same submission id, so the
+    server stores it once); a denoising (here a PACS write-back), not idempotent, is not
+    resent."""
+    url, handler = fake_server
+    handler.routes = {
+        "/info/": [(502, b'{"detail": "bad gateway"}'), (503, b'{"detail": "busy"}'),
+                   (200, DENOISER_INFO)],
+        "/study/s/readers/r1/items/i1": [(500, b'{"detail": "oops"}'),
+                                         (200, b'{"acknowledged": true, "duplicate": false}')],
+        "/infer/m": [(503, b'{"detail": "busy"}'), (200, b"{}")]}
+    handler.held = ()
+    info = DenoiseClient(url, retries=2).info()
+    assert list(info["models"]) == ["m"] and handler.hits == ["/info/"] * 3
+    body = {"submission_id": "sub-1", "scores": {"A": {"noise": 4}}, "choice": None}
+    answer = StudyClient(url, retries=2).submit("s", "r1", "i1", body)
+    assert answer == {"acknowledged": True, "duplicate": False}
+    assert handler.hits[3:] == ["/study/s/readers/r1/items/i1"] * 2
+    assert [json.loads(b) for b in handler.bodies] == [body, body]
+    with pytest.raises(ServerFailure, match="HTTP 503"):
+        DenoiseClient(url, retries=2).write_back("m", "series-1", {})
+    assert [h.split("?")[0] for h in handler.hits[5:]] == ["/infer/m"]  # never started twice
 
 
 def test_missing_model_and_rejected_input(ldct_server, tmp_path, tokens):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -22,8 +24,6 @@ from ldct.study.report import write_report
 from ldct.study.service import StudyError, StudyService, reader_plan
 from ldct.study.store import StudyStore
 from ldct.study.synthetic import synthetic_scores
-
-HIDDEN = ("original", "smooth", "ldct-gauss", "gauss")  # condition and model names
 
 
 def _definition(folder, name="Liver study", presentation="pairs") -> dict:
@@ -189,6 +189,57 @@ def _reader_texts(url: str, study: str, reader: str, token: str, answers: int,
     return acknowledged
 
 
+# What a reader's routes may say, written out: the study's own public fields, progress, random
+# tokens. Anything else (a new key, a header, an NRRD key/value field) could carry the
+# condition. The conditions, models and strengths of `_definition` must not appear as words.
+READER_KEYS = {"study", "name", "presentation", "window", "width", "level", "criteria",
+               "question", "anchors", "forced_choice", "reader", "done", "total", "finished",
+               "item", "number", "volumes", "A", "B", "acknowledged", "duplicate"}
+VOLUME_HEADERS = {"date", "server", "content-type", "accept-ranges", "content-disposition",
+                  "content-length", "last-modified", "etag"}
+NRRD_FIELDS = {"type", "dimension", "space", "sizes", "space directions", "kinds", "endian",
+               "encoding", "space origin"}
+CONDITION_WORDS = re.compile(r"(?i)(?<![\w.-])(original|smooth|half|ldct-gauss|gauss|strength|"
+                             r"model|condition|0\.5|1\.0)(?![\w-])")
+
+
+def assert_blinded(text: str, study: str) -> None:
+    """``text``, a reader route's answer (JSON, or a volume's headers and NRRD header), holds
+    only the fields above, its tokens are random, and no condition, model or strength is in
+    it as a word."""
+    found = CONDITION_WORDS.search(text)
+    assert found is None, f"{found.group(0)!r} in {text[:300]}"
+    if text.startswith("{'"):  # a volume: its response headers, then its NRRD header
+        headers, _, nrrd = text.partition("}NRRD0004\n")
+        shown = ast.literal_eval(headers + "}")
+        assert set(shown) <= VOLUME_HEADERS, set(shown) - VOLUME_HEADERS
+        assert shown["content-disposition"] == 'attachment; filename="volume.nrrd"'
+        fields = [line for line in nrrd.split("\n\n")[0].splitlines()
+                  if line and not line.startswith("#")]
+        assert all(":=" not in line and line.split(":")[0] in NRRD_FIELDS for line in fields), \
+            fields
+        return
+    keys, values = set(), []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            keys.update(k for k in node if not re.fullmatch(r"[1-5]", k))  # anchors' scores
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+        else:
+            values.append(node)
+
+    walk(json.loads(text))
+    assert keys <= READER_KEYS, keys - READER_KEYS
+    for path in re.findall(r"/study/[^\"]*", text):
+        assert re.fullmatch(rf"/study/{study}/volumes/[A-Za-z0-9_-]{{22}}", path), path
+    for item in re.findall(r'"item": ?"([^"]*)"', text):
+        assert re.fullmatch(r"[A-Za-z0-9_-]{16}", item), item
+
+
 def test_blinded_study_over_http_survives_sigkill(study_server, tokens):
     url, start, folder = study_server
     definition = _definition(folder, name="Durable study")
@@ -212,7 +263,13 @@ def test_blinded_study_over_http_survives_sigkill(study_server, tokens):
                                  ["r1", "r2"]))
         assert done == [2, 2]
         for text in texts:  # nothing a reader can reach names a condition or model
-            assert not any(name in text for name in HIDDEN), text[:300]
+            assert_blinded(text, study)
+        # nor tells when or in which order a volume was made (the original first in each
+        # case), nor which volumes are one file served twice: one ETag and Last-Modified
+        shown = [ast.literal_eval(t.partition("}NRRD0004")[0] + "}") for t in texts
+                 if t.startswith("{'")]
+        assert len(shown) == 8 and len({(h["etag"], h["last-modified"]) for h in shown}) == 1, \
+            sorted({(h["etag"], h["last-modified"]) for h in shown})
         assert requests.get(f"{url}/study/{study}/status", timeout=30).status_code == 401
         assert requests.get(f"{url}/study/{study}/status", headers=bearer(readers["r1"]),
                             timeout=30).status_code == 403
@@ -284,6 +341,31 @@ def test_agreement_statistics():
     units = [[v for v in unit if v is not None] for unit in zip(*observers)]
     assert krippendorff_alpha_ordinal(units) == pytest.approx(0.815, abs=1e-3)
     assert krippendorff_alpha_ordinal([[3, 3, 3], [1, 1, 1], [5, 5, 5]]) == 1.0
-    two = analyse(synthetic_scores({"m": 0.5}, readers=2, cases=15, seed=1))
-    assert all(a["statistic"].startswith("weighted kappa") and 0 < a["value"] <= 1
-               for a in two.agreement)
+
+
+def _two_readers(first: list[int], second: list[int]) -> list[dict]:
+    """Export rows: readers r1 and r2 scoring the same cases (one condition) for noise."""
+    return [{"reader": reader, "case": f"c{k}", "position": k + 1, "presentation": "single",
+             "reference": "original", "condition": "original", "compared_with": "", "side": "",
+             "criterion": "noise", "score": score, "chosen": None, "reading_seconds": 1.0}
+            for reader, scores in (("r1", first), ("r2", second))
+            for k, score in enumerate(scores)]
+
+
+@pytest.mark.parametrize("second, kappa", [
+    # hand-worked, quadratic weights (i - j)^2, kappa = 1 - sum w O / sum w E:
+    # r1 1,2,3,4,5 (each 1/5), r2 1,3,3,5,4 (1: 1/5, 3: 2/5, 4: 1/5, 5: 1/5).
+    # Observed: disagreements (2,3), (4,5), (5,4), each weight 1: sum w O = 3/5.
+    # Expected: sum_j p2_j sum_i (i - j)^2 / 5, the inner sums 30 (j=1), 10 (3), 15 (4),
+    # 30 (5): (30/5 + 2*10/5 + 15/5 + 30/5) / 5 = 19/5; kappa = 1 - (3/5)/(19/5) = 16/19.
+    ([1, 3, 3, 5, 4], 16 / 19),
+    # reversed order: sum w O = (16 + 4 + 0 + 4 + 16)/5 = 8, sum w E = (30+15+10+15+30)/25 =
+    # 4: kappa = 1 - 8/4 = -1 (perfect disagreement)
+    ([5, 4, 3, 2, 1], -1.0),
+    ([1, 2, 3, 4, 5], 1.0),  # perfect agreement
+])
+def test_weighted_kappa_matches_hand_worked_values(second, kappa):
+    (agreement,) = analyse(_two_readers([1, 2, 3, 4, 5], second)).agreement
+    assert agreement["statistic"] == "weighted kappa (quadratic)"
+    assert agreement["n_items"] == 5
+    assert agreement["value"] == pytest.approx(kappa, abs=1e-9)

@@ -17,6 +17,7 @@ import hmac
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import tempfile
@@ -207,6 +208,9 @@ class StudyService:
                 store.set_meta(created=done)
                 if progress:
                     progress(done, total, f"{case.id} / {condition.name}")
+        stamp = time.time()  # one modification time for every volume, so that the ETag and
+        for path in files.values():  # Last-Modified served with it tell neither the order the
+            os.utime(path, (stamp, stamp))  # conditions were made in nor which file recurs
         store.set_meta(files={f"{case}/{condition}": path
                               for (case, condition), path in files.items()})
         store.add_assignments(*self._reader_rows(definition, definition.readers, files))
@@ -369,7 +373,8 @@ class StudyService:
     # -- helpers --------------------------------------------------------------------------
     def _store(self, study: str) -> StudyStore:
         path = self.root / study / "study.sqlite"
-        if "/" in study or not path.exists():
+        # only a study id (`StudyDefinition.study_id`'s form) names a folder: never '..'
+        if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", study) or not path.exists():
             raise StudyError(404, f"no study '{study}'")
         return StudyStore(path)
 
