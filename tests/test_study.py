@@ -192,8 +192,10 @@ def _reader_texts(url: str, study: str, reader: str, token: str, answers: int,
 # What a reader's routes may say, written out: the study's own public fields, progress, random
 # tokens. Anything else (a new key, a header, an NRRD key/value field) could carry the
 # condition. The conditions, models and strengths of `_definition` must not appear as words.
+# A criterion's task (likert/detection) and rating scale are the same for every condition.
 READER_KEYS = {"study", "name", "presentation", "window", "width", "level", "criteria",
-               "question", "anchors", "forced_choice", "reader", "done", "total", "finished",
+               "question", "anchors", "task", "scale", "forced_choice", "reader", "done",
+               "total", "finished",
                "item", "number", "volumes", "A", "B", "acknowledged", "duplicate"}
 VOLUME_HEADERS = {"date", "server", "content-type", "accept-ranges", "content-disposition",
                   "content-length", "last-modified", "etag"}
