@@ -247,6 +247,39 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     console.print(f"report: {Path(args.out) / 'quality.md'}")
 
 
+def cmd_qa(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from ldct import registry
+    from ldct.qa.report import write_report
+    from ldct.qa.run import INPUT, QUICK, Settings, run
+    from ldct.qa.summary import model_summaries, tables, write_summaries
+
+    settings = QUICK if args.quick else Settings()
+    overrides = {"sizes": args.sizes and tuple(args.sizes), "doses": args.doses and tuple(
+        args.doses), "kernels": args.kernels and tuple(args.kernels), "pairs": args.pairs}
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v})
+    if 1.0 not in settings.doses:
+        raise ValueError("--doses must include 1 (full dose: the reference of every verdict)")
+    models = [INPUT, *(args.models or [n for n in registry.names()
+                                        if registry.get(n).available()])]
+    for name in models[1:]:
+        registry.get(name)  # an unknown name fails here, before hours of scanning
+    command = "ldct qa " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["qa"] else "ldct qa"
+    cache = run(settings, list(dict.fromkeys(models)), Path(args.cache))
+    result = tables(settings, list(dict.fromkeys(models)), cache)
+    out = Path(args.out)
+    summaries = model_summaries(result.rows, str(out / "qa.md"), command)
+    report = write_report(result, summaries, settings, list(dict.fromkeys(models)), out,
+                          command, registry.recommended())
+    if args.write:
+        write_summaries(summaries, registry.QUALITY_FILE)
+        console.print(f"model summaries: {registry.QUALITY_FILE}")
+    console.print(f"report: {report}"
+                  + (f" ({len(result.missing)} results still missing)" if result.missing
+                     else ""))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from ldct.serve import serve
 
@@ -414,6 +447,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-cards", action="store_true",
                    help="write models/<name>/card.{json,md} with these held-out metrics")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("qa", help="task-based image quality on digital phantoms: CT numbers, "
+                                  "NPS, TTF, low-contrast detectability (CHO) per model, "
+                                  "dose, kernel and patient size")
+    p.add_argument("--quick", action="store_true",
+                   help="a small run (tests, a first look): 2 sizes, 2 doses, 1 kernel, "
+                        "128^2 matrix, few scans")
+    p.add_argument("--models", nargs="+",
+                   help="default: every available network and baseline (the unprocessed "
+                        "input is always measured, as model 'input')")
+    p.add_argument("--sizes", nargs="+", type=float, help="patient diameters in mm")
+    p.add_argument("--doses", nargs="+", type=float, help="dose fractions; must include 1")
+    p.add_argument("--kernels", nargs="+", choices=list(KERNELS))
+    p.add_argument("--pairs", type=int, help="signal-present (and -absent) scans per size")
+    p.add_argument("--cache", default=".qa_cache",
+                   help="per-condition results; the same command resumes from it")
+    p.add_argument("--out", default="benchmarks/quality")
+    p.add_argument("--write", action="store_true",
+                   help="write each model's dose-reduction estimate and detectability losses "
+                        "to models/task_quality.json (cards, /info/, the model selection)")
+    p.set_defaults(func=cmd_qa)
 
     p = sub.add_parser("serve", help="start the MONAI Label server with the denoisers")
     p.add_argument("--studies", help="datastore folder or DICOMweb URL (default: a demo study)")

@@ -1,0 +1,141 @@
+"""ldct.qa against answers from outside the code: the ideal observer's d' of a known signal in
+white noise, the normal model's AUC, the TTF of a known Gaussian blur, the NPS of white and of
+filtered noise, Catphan's nominal CT numbers on a noiseless scan, the 1/sqrt(dose) law."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from scipy.special import erfc
+
+from ldct.qa import phantoms
+from ldct.qa.nps import residuals, texture
+from ldct.qa.observer import Split, auc, auc_from_dprime, channelize, dprime, laguerre_gauss
+from ldct.qa.scan import Protocol, Scanner
+from ldct.qa.summary import dose_needed
+from ldct.qa.ttf import disc_ttf
+from ldct.simulate import LowDoseParams, ParallelBeam, simulate_slice_noise
+
+# Catphan CTP404 nominal CT numbers (pylinac's constants, jrkerns/pylinac pylinac/ct.py)
+NOMINAL = {"air": -1000, "pmp": -196, "ldpe": -104, "polystyrene": -47, "acrylic": 115,
+           "bone20": 237, "delrin": 365, "bone50": 725, "teflon": 1000}
+
+
+def _gaussian_signal(size: int, amplitude: float, width: float) -> np.ndarray:
+    c = (size - 1) / 2
+    r2 = (np.arange(size) - c)[:, None] ** 2 + (np.arange(size) - c)[None, :] ** 2
+    return amplitude * np.exp(-r2 / (2 * width ** 2))
+
+
+def test_cho_matches_the_ideal_observer_on_white_noise():
+    """A Gaussian blob in white Gaussian noise: the ideal observer's d' is ||s|| / sigma; the
+    blob is the first LG channel at width sqrt(2 pi) w, so the CHO must reach it."""
+    rng = np.random.default_rng(7)
+    size, width, sigma, n = 31, 4.0, 10.0, 2000
+    signal = _gaussian_signal(size, 3.0, width)
+    ideal = math.sqrt(float((signal ** 2).sum())) / sigma  # 2.127 here
+    channels = laguerre_gauss(size, math.sqrt(2 * math.pi) * width)
+    present = channelize(signal + sigma * rng.standard_normal((2 * n, size, size)), channels)
+    absent = channelize(sigma * rng.standard_normal((2 * n, size, size)), channels)
+    t1, t0 = Split.halves(present, absent).scores()
+    assert dprime(t1, t0) == pytest.approx(ideal, rel=0.05)
+    # and its AUC is the normal model's Phi(d'/sqrt 2) for that d'
+    assert auc(t1, t0) == pytest.approx(auc_from_dprime(ideal), abs=0.015)
+
+
+def test_auc_of_normal_scores_is_phi_of_dprime_over_root_two():
+    # Phi(1.5 / sqrt 2) = Phi(1.0607) = 0.8556 (normal table)
+    assert auc_from_dprime(1.5) == pytest.approx(0.8556, abs=1e-4)
+    rng = np.random.default_rng(3)
+    present, absent = rng.normal(1.5, 1.0, 20000), rng.normal(0.0, 1.0, 20000)
+    assert auc(present, absent) == pytest.approx(0.8556, abs=0.006)
+    assert dprime(present, absent) == pytest.approx(1.5, abs=0.03)
+    assert auc(np.array([3.0, 2.0]), np.array([1.0, 2.0])) == 0.875  # one tie: 3.5 of 4
+
+
+def test_ttf_of_a_known_gaussian_blur():
+    """A disc edge blurred by a Gaussian of SD s pixels: TTF(f) = exp(-2 pi^2 s^2 f^2), so
+    TTF50 = sqrt(ln 2 / 2) / (pi s) and TTF10 = sqrt(ln 10 / 2) / (pi s) cycles per pixel."""
+    n, radius, s, pixel = 128, 30.0, 2.0, 0.5
+    r = np.hypot(*(np.indices((n, n)) - (n - 1) / 2))
+    image = 100.0 * 0.5 * erfc((r - radius) / (math.sqrt(2) * s))
+    ttf = disc_ttf(image, ((n - 1) / 2, (n - 1) / 2), radius, pixel)
+    assert ttf.at_fraction(0.5) == pytest.approx(0.18739, rel=0.05)  # cycles/mm at 0.5 mm
+    assert ttf.at_fraction(0.1) == pytest.approx(0.34154, rel=0.05)
+
+
+def test_nps_of_white_noise_is_flat_at_its_variance_times_pixel_area():
+    rng = np.random.default_rng(5)
+    sigma, pixel = 10.0, 0.5
+    tex = texture(rng.normal(0, sigma, (40, 128, 128)), pixel, 64)
+    expected = sigma ** 2 * pixel ** 2  # 25 HU^2 mm^2 at every frequency
+    assert np.allclose(tex.power[1:], expected, rtol=0.1)
+    assert tex.sd == pytest.approx(sigma, rel=0.02)
+
+
+def test_nps_of_filtered_noise_is_its_squared_transfer_function():
+    """White noise through H(f) = exp(-2 pi^2 a^2 f^2) (a Gaussian of SD a pixels, applied as
+    a periodic filter): NPS = sigma^2 dx^2 H^2."""
+    rng = np.random.default_rng(6)
+    sigma, pixel, a = 10.0, 0.5, 1.5
+    white = rng.normal(0, sigma, (60, 128, 128))
+    f = np.hypot(np.fft.fftfreq(128)[:, None], np.fft.fftfreq(128)[None, :])
+    h = np.exp(-2 * math.pi ** 2 * a ** 2 * f ** 2)
+    noise = np.fft.ifft2(np.fft.fft2(white) * h).real
+    tex = texture(noise, pixel, 64)
+    cycles_per_pixel = tex.frequency * pixel
+    expected = sigma ** 2 * pixel ** 2 * np.exp(-4 * math.pi ** 2 * a ** 2 * cycles_per_pixel ** 2)
+    strong = expected > 0.1 * expected.max()
+    assert np.allclose(tex.power[1:][strong[1:]], expected[1:][strong[1:]], rtol=0.12)
+
+
+def test_ensemble_residuals_keep_the_noise_variance():
+    rng = np.random.default_rng(8)
+    images = 50.0 + rng.normal(0, 4.0, (6, 64, 64))
+    assert residuals(images).std() == pytest.approx(4.0, rel=0.03)
+
+
+def test_ct_numbers_of_a_noiseless_scan_are_catphans_within_1_hu():
+    """The CT-number module projected and reconstructed by the simulator's own projector and
+    FBP (no noise): each insert's ROI mean is its nominal CT number within 1 HU."""
+    grid = phantoms.Grid.for_diameter(200.0, 256)
+    discs = phantoms.ctp404(200.0, grid)
+    params = LowDoseParams()
+    beam = ParallelBeam(256, 256, (grid.pixel_mm, grid.pixel_mm), 360, "hann")
+    mu = params.mu_water * (1 + phantoms.rasterize(discs, grid) / 1000.0)
+    hu = (beam.fbp(beam.project(mu)) / params.mu_water - 1) * 1000.0
+    measured = {d.name: float(hu[phantoms.disc_mask(d, grid)].mean()) for d in discs[1:]}
+    assert measured == pytest.approx(NOMINAL, abs=1.0)
+
+
+def test_scan_noise_falls_as_one_over_root_dose_and_matches_the_simulators_excess():
+    """Quantum-limited noise: SD at 25 % is twice the full dose's; and what the phantom scan
+    adds from full to 25 % dose is the simulator's own added noise (DESIGN.md section 4)."""
+    protocol = Protocol(200.0, 128)
+    grid, scanner = protocol.grid, Scanner(protocol)
+    hu = phantoms.rasterize(phantoms.cct189(200.0, grid, present=False), grid)
+    variance = scanner.variance(hu)
+    centre = slice(44, 84)
+    sd = {a: [] for a in (1.0, 0.25)}
+    for seed in range(4):
+        sources = scanner.sources(variance, np.random.default_rng(seed))
+        for a in sd:
+            sd[a].append(Scanner.noise(sources, a, "hann")[centre, centre].std())
+    full, quarter = np.mean(sd[1.0]), np.mean(sd[0.25])
+    assert quarter / full == pytest.approx(2.0, rel=0.05)
+    params = LowDoseParams(dose=0.25, i0=protocol.i0, kernel="hann")
+    beam = ParallelBeam(128, 128, (grid.pixel_mm, grid.pixel_mm), params.views, "hann")
+    added = np.mean([simulate_slice_noise(hu, beam, params, np.random.default_rng(10 + k))
+                     [centre, centre].std() for k in range(4)])
+    assert math.sqrt(quarter ** 2 - full ** 2) == pytest.approx(added, rel=0.08)
+
+
+def test_dose_needed_interpolates_dprime_squared_in_dose():
+    doses = [0.1, 0.25, 0.5, 1.0]
+    # d'^2 = 4, 9 at 0.25 and 0.5: the target d' = 2.5 (6.25) lies 2.25/5 of the way: 0.3625
+    assert dose_needed(doses, [1.0, 2.0, 3.0, 4.0], 2.5) == pytest.approx(0.3625)
+    assert dose_needed(doses, [3.0, 3.5, 4.0, 5.0], 2.0) == 0.1  # already at the lowest dose
+    assert dose_needed(doses, [0.5, 0.6, 0.7, 0.8], 2.0) is None  # never
