@@ -252,7 +252,7 @@ def cmd_qa(args: argparse.Namespace) -> None:
 
     from ldct import registry
     from ldct.qa.report import write_report
-    from ldct.qa.run import INPUT, QUICK, Settings, run
+    from ldct.qa.run import INPUT, QUICK, Cache, Settings, run
     from ldct.qa.summary import model_summaries, tables, write_summaries
 
     settings = QUICK if args.quick else Settings()
@@ -265,8 +265,10 @@ def cmd_qa(args: argparse.Namespace) -> None:
                                         if registry.get(n).available()])]
     for name in models[1:]:
         registry.get(name)  # an unknown name fails here, before hours of scanning
-    command = "ldct qa " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["qa"] else "ldct qa"
-    cache = run(settings, list(dict.fromkeys(models)), Path(args.cache))
+    argv = [a for a in sys.argv[2:] if a != "--report-only"]
+    command = "ldct qa " + " ".join(argv) if sys.argv[1:2] == ["qa"] else "ldct qa"
+    cache = (Cache(Path(args.cache), settings) if args.report_only
+             else run(settings, list(dict.fromkeys(models)), Path(args.cache)))
     result = tables(settings, list(dict.fromkeys(models)), cache)
     out = Path(args.out)
     summaries = model_summaries(result.rows, str(out / "qa.md"), command)
@@ -464,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=".qa_cache",
                    help="per-condition results; the same command resumes from it")
     p.add_argument("--out", default="benchmarks/quality")
+    p.add_argument("--report-only", action="store_true",
+                   help="measure nothing: the report of what the cache holds (while a run "
+                        "goes on, or of a stopped one)")
     p.add_argument("--write", action="store_true",
                    help="write each model's dose-reduction estimate and detectability losses "
                         "to models/task_quality.json (cards, /info/, the model selection)")

@@ -139,3 +139,37 @@ def test_dose_needed_interpolates_dprime_squared_in_dose():
     assert dose_needed(doses, [1.0, 2.0, 3.0, 4.0], 2.5) == pytest.approx(0.3625)
     assert dose_needed(doses, [3.0, 3.5, 4.0, 5.0], 2.0) == 0.1  # already at the lowest dose
     assert dose_needed(doses, [0.5, 0.6, 0.7, 0.8], 2.0) is None  # never
+
+
+def test_quick_cli_run_writes_the_report_and_the_model_summaries(tmp_path, monkeypatch):
+    """`ldct qa --quick` end to end on one size: qa.csv has the contract's columns and one
+    row per model x dose x kernel x size x insert, the input never 'loses' against itself,
+    the Gaussian filter lowers the noise and moves its NPS to lower frequencies, and the
+    summaries reach the registry's /info/ entry."""
+    from ldct import registry
+    from ldct.cli import main
+
+    monkeypatch.setattr(registry, "QUALITY_FILE", tmp_path / "task_quality.json")
+    out = tmp_path / "report"
+    assert main(["qa", "--quick", "--sizes", "112", "--pairs", "4", "--models", "ldct-gauss",
+                 "--cache",
+                 str(tmp_path / "cache"), "--out", str(out), "--write"]) == 0
+    with open(out / "qa.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for column in ("model", "dose", "kernel", "size_mm", "insert", "dprime", "dprime_low",
+                   "dprime_high", "auc"):
+        assert column in rows[0]
+    assert len(rows) == 2 * 2 * 1 * 1 * 4  # models x doses x kernels x sizes x rods
+    assert {r["model"] for r in rows} == {"input", "ldct-gauss"}
+    assert {r["insert"] for r in rows} == {"3mm 14HU", "5mm 7HU", "7mm 5HU", "10mm 3HU"}
+    assert all(r["detectability_loss"] == "false" for r in rows if r["model"] == "input")
+    for r in rows:
+        assert float(r["dprime_low"]) <= float(r["dprime"]) <= float(r["dprime_high"])
+    gauss = [r for r in rows if r["model"] == "ldct-gauss"]
+    plain = {(r["dose"], r["insert"]): r for r in rows if r["model"] == "input"}
+    for r in gauss:
+        assert float(r["noise_sd_hu"]) < float(plain[r["dose"], r["insert"]]["noise_sd_hu"])
+        assert float(r["nps_mean_ratio"]) < float(plain[r["dose"], r["insert"]]["nps_mean_ratio"])
+    assert (out / "qa.md").exists() and (out / "qa_ctnumbers.csv").exists()
+    summary = registry.get("ldct-gauss").summary()["task_based_quality"]
+    assert "dose_reduction_median" in summary and "detectability_losses" in summary

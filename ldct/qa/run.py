@@ -29,6 +29,12 @@ logger = logging.getLogger(__name__)
 INPUT = "input"  # the unprocessed reconstruction, as a model
 SLICE_MM = 3.0
 SIDE_STEP = 16
+# A centred cylinder scanned over 180 degrees in 720 views has noise whose statistics do not
+# change under a quarter turn (the views map onto views, the pixel grid onto itself), and the
+# rods sit on the diagonals: each scan's noise, turned 0-3 quarters, gives each rod four samples
+# from four regions of the scan 40 % of a radius apart (samples of one scan stay together in the
+# train/test split).
+QUARTER_TURNS = 4
 TTF_INSERTS = {"high": "delrin", "low": "polystyrene"}  # +365 HU and -47 HU over water
 
 
@@ -40,7 +46,7 @@ class Settings:
     doses: tuple[float, ...] = (0.10, 0.25, 0.50, 1.00)
     kernels: tuple[str, ...] = ("hann", "sharp-ee")  # a smooth and a sharp body kernel
     matrix: int = 512
-    pairs: int = 48  # signal-present and signal-absent scans each: half train, half test
+    pairs: int = 16  # signal-present and -absent scans each (x4 samples): half train, half test
     ct_scans: int = 4  # scans of the CT-number module (averaged for CT numbers and the TTF)
     nps_scans: int = 8  # signal-absent scans whose centre patch measures the noise texture
     margin: int = 8
@@ -53,7 +59,7 @@ class Settings:
 
 
 QUICK = Settings(sizes=(112.0, 200.0), doses=(0.25, 1.0), kernels=("hann",), matrix=128,
-                 pairs=24, ct_scans=2, nps_scans=8, bootstrap=50)
+                 pairs=6, ct_scans=2, nps_scans=6, bootstrap=50)
 
 
 @dataclass
@@ -163,15 +169,18 @@ def scan_size(settings: Settings, size: float, cache: Cache) -> None:
     counts = {"present": settings.pairs, "absent": settings.pairs, "ct": settings.ct_scans}
     out: dict[tuple[str, float], dict[str, list[np.ndarray]]] = {c: {} for c in conditions}
     for kind, count in counts.items():
+        turns = QUARTER_TURNS if kind != "ct" else 1
         for j in range(count):
             rng = np.random.default_rng([settings.seed, int(size), list(counts).index(kind), j])
             sources = scanner.sources(variance[kind], rng)
             for k, a in conditions:
-                image = clean[kind, k] + Scanner.noise(sources, a, k)
-                for name, patch in groups[kind]:
-                    if name == "water" and j >= settings.nps_scans:
-                        continue
-                    out[k, a].setdefault(f"{kind}/{name}", []).append(patch.crop(image))
+                noise = Scanner.noise(sources, a, k)
+                for turn in range(turns):
+                    image = clean[kind, k] + np.rot90(noise, turn)
+                    for name, patch in groups[kind]:
+                        if name == "water" and (turn or j >= settings.nps_scans):
+                            continue
+                        out[k, a].setdefault(f"{kind}/{name}", []).append(patch.crop(image))
         logger.info("scanned %g mm: %d %s scans", size, count, kind)
     for (k, a), patches in out.items():
         _save(cache.scans(size, k, a), **{key: np.stack(v) for key, v in patches.items()})
