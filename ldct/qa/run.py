@@ -28,7 +28,9 @@ from ldct.qa.ttf import disc_ttf
 logger = logging.getLogger(__name__)
 INPUT = "input"  # the unprocessed reconstruction, as a model
 SLICE_MM = 3.0
-SIDE_STEP = 16
+SIDE_STEP = 16  # the networks' input sides are multiples of this (their downsampling)
+MOSAIC = 256  # patches run as mosaics about this wide: networks run faster on large images
+MIN_SLICES = 4  # ... but at least this many mosaics, so 2.5D networks get distinct neighbours
 # A centred cylinder scanned over 180 degrees in 720 views has noise whose statistics do not
 # change under a quarter turn (the views map onto views, the pixel grid onto itself), and the
 # rods sit on the diagonals: each scan's noise, turned 0-3 quarters, gives each rod four samples
@@ -65,8 +67,7 @@ QUICK = Settings(sizes=(112.0, 200.0), doses=(0.25, 1.0), kernels=("hann",), mat
 @dataclass
 class Patch:
     """A square crop around a centre pixel (row, col): the measured ROI (2 half + 1 pixels,
-    centred) inside at least ``margin`` more pixels, the side a multiple of `SIDE_STEP` (the
-    networks' downsampling)."""
+    centred) inside ``margin`` more pixels on every side."""
 
     name: str
     centre: tuple[int, int]
@@ -75,18 +76,18 @@ class Patch:
     disc: Disc | None = None
 
     @property
-    def side(self) -> int:
-        return SIDE_STEP * math.ceil((2 * (self.half + self.margin) + 1) / SIDE_STEP)
+    def outer(self) -> int:
+        return self.half + self.margin
 
     def crop(self, image: np.ndarray) -> np.ndarray:
         """The patch of an image (or stack) on the full grid."""
-        r, c = self.centre[0] - self.side // 2, self.centre[1] - self.side // 2
-        return image[..., r:r + self.side, c:c + self.side]
+        (r, c), h = self.centre, self.outer
+        return image[..., r - h:r + h + 1, c - h:c + h + 1]
 
     def roi(self, patch: np.ndarray) -> np.ndarray:
-        """The measured ROI of a patch (or stack of patches), centred on the centre pixel."""
-        lo, hi = self.side // 2 - self.half, self.side // 2 + self.half + 1
-        return patch[..., lo:hi, lo:hi]
+        """The measured ROI of a patch (or stack of patches)."""
+        m = self.margin
+        return patch[..., m:patch.shape[-2] - m, m:patch.shape[-1] - m]
 
     @property
     def roi_origin(self) -> tuple[int, int]:
@@ -186,15 +187,40 @@ def scan_size(settings: Settings, size: float, cache: Cache) -> None:
         _save(cache.scans(size, k, a), **{key: np.stack(v) for key, v in patches.items()})
 
 
+def tile(stack: np.ndarray) -> tuple[np.ndarray, int]:
+    """A stack of n square patches as mosaics of g x g patches (g <= `MOSAIC` // side, and
+    at least `MIN_SLICES` mosaics), padded
+    to sides that are multiples of `SIDE_STEP`: slice z holds patches z*g*g ... in row-major
+    tiles, so a tile's neighbours across slices are other realizations of the same object, as
+    the slices of a cylinder scanned along z. The last mosaic repeats patches to fill up."""
+    n, side = stack.shape[0], stack.shape[-1]
+    g = max(1, min(MOSAIC // side, math.isqrt(n // MIN_SLICES)))
+    slices = math.ceil(n / (g * g))
+    picks = np.arange(slices * g * g) % n
+    mosaic = stack[picks].reshape(slices, g, g, side, side).transpose(0, 1, 3, 2, 4)
+    mosaic = mosaic.reshape(slices, g * side, g * side)
+    pad = (-g * side) % SIDE_STEP
+    return np.pad(mosaic, ((0, 0), (0, pad), (0, pad)), mode="reflect"), g
+
+
+def untile(mosaic: np.ndarray, g: int, n: int, side: int) -> np.ndarray:
+    """The n patches of `tile`'s mosaics."""
+    m = mosaic[:, :g * side, :g * side].reshape(-1, g, side, g, side).transpose(0, 1, 3, 2, 4)
+    return m.reshape(-1, side, side)[:n]
+
+
 def apply(model: str, stack: np.ndarray, pixel_mm: float) -> np.ndarray:
-    """The model's output for a stack of patches (the stack's slices are realizations)."""
+    """The model's output for a stack of patches of one object (realizations), run as
+    mosaics (the margin keeps a tile's seams away from its ROI)."""
     if model == INPUT:
         return stack
     from ldct.infer import denoise
     from ldct.io import CTVolume
 
-    volume = CTVolume(hu=stack.astype(np.float32), spacing=(pixel_mm, pixel_mm, SLICE_MM))
-    return denoise(volume, model, device="cpu", batch_size=48).hu
+    mosaic, g = tile(stack.astype(np.float32))
+    volume = CTVolume(hu=mosaic, spacing=(pixel_mm, pixel_mm, SLICE_MM))
+    return untile(denoise(volume, model, device="cpu", batch_size=8).hu, g, len(stack),
+                  stack.shape[-1])
 
 
 def measure(settings: Settings, size: float, kernel: str, dose: float, model: str,
