@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -266,7 +267,9 @@ def cmd_qa(args: argparse.Namespace) -> None:
     for name in models[1:]:
         registry.get(name)  # an unknown name fails here, before hours of scanning
     argv = [a for a in sys.argv[2:] if a != "--report-only"]
-    command = "ldct qa " + " ".join(argv) if sys.argv[1:2] == ["qa"] else "ldct qa"
+    threads = os.environ.get("OMP_NUM_THREADS")  # 1 on a shared machine: far faster
+    command = ((f"OMP_NUM_THREADS={threads} " if threads else "") + "ldct qa "
+               + (" ".join(argv) if sys.argv[1:2] == ["qa"] else ""))
     cache = (Cache(Path(args.cache), settings) if args.report_only
              else run(settings, list(dict.fromkeys(models)), Path(args.cache)))
     result = tables(settings, list(dict.fromkeys(models)), cache)
@@ -462,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", nargs="+", type=float, help="patient diameters in mm")
     p.add_argument("--doses", nargs="+", type=float, help="dose fractions; must include 1")
     p.add_argument("--kernels", nargs="+", choices=list(KERNELS))
-    p.add_argument("--pairs", type=int, help="signal-present (and -absent) scans per size")
+    p.add_argument("--pairs", type=int, help="signal-present (and -absent) scans per size "
+                                             "(each gives every rod 4 samples)")
     p.add_argument("--cache", default=".qa_cache",
                    help="per-condition results; the same command resumes from it")
     p.add_argument("--out", default="benchmarks/quality")

@@ -9,6 +9,7 @@ what the model changed. A loss is a difference whose whole 95 % interval lies be
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,13 +134,13 @@ def _dose_reduction(rows: list[dict[str, Any]], settings: Settings) -> None:
             row["model"], {})[row["dose"]] = row
     for by_model in tasks.values():
         ref = by_model[INPUT][full]
+        measurable = ref["dprime_low"] > 0
         for by_dose in by_model.values():
             doses = sorted(by_dose)
-            needed = (dose_needed(doses, [by_dose[a]["dprime"] for a in doses], ref["dprime"])
-                      if ref["dprime_low"] > 0 else None)
-            measurable = ref["dprime_low"] > 0
+            needed = dose_needed(doses, [by_dose[a]["dprime"] for a in doses], ref["dprime"])
             for row in by_dose.values():
-                row["dose_needed"] = needed if measurable else float("nan")
+                row["dose_needed"] = (needed if measurable and needed is not None
+                                      else float("nan"))
                 row["dose_reduction"] = (float("nan") if not measurable else
                                          0.0 if needed is None else 1.0 - needed)
 
@@ -175,6 +176,4 @@ def loses_detectability(summary: dict[str, Any]) -> bool:
 
 
 def write_summaries(summaries: dict[str, dict[str, Any]], path: Path) -> None:
-    import json
-
     path.write_text(json.dumps(summaries, indent=1) + "\n")
