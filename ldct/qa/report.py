@@ -18,7 +18,9 @@ COLUMNS = ("model", "dose", "kernel", "size_mm", "insert", "dprime", "dprime_low
            "dprime_high", "auc", "auc_low", "auc_high", "dprime_input", "delta_dprime",
            "delta_low", "delta_high", "detectability_loss", "dose_needed", "dose_reduction",
            "noise_sd_hu", "nps_mean_cpmm", "nps_peak_cpmm", "nps_mean_ratio", "ttf50_high",
-           "ttf10_high", "ttf50_low", "ttf10_low", "ct_max_abs_error_hu")
+           "ttf10_high", "ttf50_low", "ttf10_low", "ttf_cnr_high", "ttf_cnr_low",
+           "ct_max_abs_error_hu")
+TTF_MIN_CNR = 5.0  # the report shows a TTF only where its edge stands this far above the noise
 CT_COLUMNS = ("model", "dose", "kernel", "size_mm", "material", "nominal_hu", "hu",
               "error_vs_full_dose_hu", "ttf50_cpmm", "ttf10_cpmm")
 
@@ -189,8 +191,17 @@ def write_report(tables: Tables, summaries: dict[str, dict[str, Any]], settings:
     lines += ["", "## Noise SD (HU) / NPS mean frequency ratio to the full-dose input", ""]
     lines += _condition_table(tables.rows, models, ("noise_sd_hu", "nps_mean_ratio"),
                               "{:.0f} / {:.2f}", per_rod=False)
-    lines += ["", "## TTF50 (cycles/mm): high contrast / low contrast", ""]
-    lines += _condition_table(tables.rows, models, ("ttf50_high", "ttf50_low"),
+    lines += ["", "## TTF50 (cycles/mm): high contrast / low contrast", "",
+              f"'-' where the averaged scans' contrast-to-noise ratio (insert contrast x "
+              f"sqrt({settings.ct_scans} scans) / noise SD) is below {TTF_MIN_CNR:g}: there "
+              "the edge is lost in the noise and the TTF says nothing (all values, with that "
+              "ratio, in `qa.csv`).", ""]
+    for row in tables.rows:
+        for contrast in TTF_INSERTS:
+            row[f"ttf50_{contrast}_shown"] = (row[f"ttf50_{contrast}"]
+                                              if row[f"ttf_cnr_{contrast}"] >= TTF_MIN_CNR
+                                              else float("nan"))
+    lines += _condition_table(tables.rows, models, ("ttf50_high_shown", "ttf50_low_shown"),
                               "{:.2f} / {:.2f}", per_rod=False)
     lines += ["", f"## CT numbers at dose {GATE_DOSE:g} (HU; error against the full-dose "
               "input in brackets; all doses in `qa_ctnumbers.csv`)", ""]
@@ -218,7 +229,7 @@ def _condition_table(rows: list[dict[str, Any]], models: list[str], key: str | t
             mine = [r for r in rows if (r["size_mm"], r["kernel"], r["dose"], r["model"])
                     == (size, kernel, dose, m)]
             values = [np.mean([r[k] for r in mine]) for k in keys]
-            cell = fmt.format(*values)
+            cell = fmt.format(*values).replace("nan", "-")
             if per_rod and any(r["detectability_loss"] for r in mine):
                 cell = f'<span style="color:red">{cell}</span>'
             cells.append(cell)

@@ -95,6 +95,7 @@ def _insert_rows(settings: Settings, models: list[str], data: dict, size: float,
     reference = data[INPUT, full]
     ref_ct = {name: reference[f"ct/{name}"][0] for name, _ in phantoms.CTP404}
     ref_mean_f = reference["nps/summary"][1]
+    nominal = dict(phantoms.CTP404)
     rows = []
     for dose in settings.doses:
         splits = {m: Split.halves(data[m, dose][f"present/{insert}"],
@@ -120,6 +121,8 @@ def _insert_rows(settings: Settings, models: list[str], data: dict, size: float,
                 "nps_mean_ratio": mean_f / ref_mean_f,
                 **{f"ttf{level}_{contrast}": measured[f"ct/{material}"][1 if level == 50 else 2]
                    for contrast, material in TTF_INSERTS.items() for level in (50, 10)},
+                **{f"ttf_cnr_{contrast}": abs(nominal[material]) * math.sqrt(settings.ct_scans)
+                   / sd for contrast, material in TTF_INSERTS.items()},
                 "ct_max_abs_error_hu": ct_error})
     return rows
 
