@@ -40,6 +40,7 @@ from ldct.qa.summary import loses_detectability
 from ldct.simulate import KERNELS, simulate_low_dose
 
 K = TypeVar("K")
+SELECTION_MD = "benchmarks/quality/selection.md"
 SLABS = (("ircadb01", 64, 80), ("tcia_pancreas001", 56, 72))  # (case, first, stop slice)
 
 
@@ -153,7 +154,7 @@ def gate_detectability(scores: dict[str, Scores]) -> list[str]:
     return [m for m in scores if m.partition("=")[0] not in quality]
 
 
-def from_record(write: bool) -> None:
+def from_record(write: bool, out: Path) -> None:
     """The rule applied again to the scores the last ``--write`` recorded, with today's
     detectability verdicts: which model it chooses, and models/recommended.json updated."""
     record = registry.recommendation()
@@ -175,7 +176,15 @@ def from_record(write: bool) -> None:
               "no candidate passes every gate: the rule falls back to all")
     outcome = (f"Recommended: **{chosen}** ("
                f"{'changed from ' + record['model'] if changed else 'unchanged'}; {passes}).")
-    print("\n".join([*lines, "", outcome]))
+    text = ["# Model selection with the detectability gate", "",
+            "Command: `python benchmarks/select_model.py --from-record"
+            + (" --write" if write else "") + "`: the rule of `select_model.py` applied again to "
+            "the scores `models/recommended.json` recorded (training slabs; "
+            f"`{record['command']}`), now also requiring no loss of low-contrast detectability "
+            "against the input at any rod, dose >= 25 %, kernel and patient size of `ldct qa` "
+            "(`models/task_quality.json`, `benchmarks/quality/qa.md`).", "", *lines, "", outcome]
+    out.write_text("\n".join(text) + "\n")
+    print("\n".join(text))
     if write and changed:
         gate = ("; it replaced " + record["model"] + ", which loses low-contrast detectability "
                 "(ldct qa)") if scores[record["model"]].loses_detectability else ""
@@ -200,14 +209,15 @@ def main() -> None:
     ap.add_argument("--thick-kernel", choices=KERNELS, default="hann")
     ap.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE,
                     help="flipped views a network averages (the default is what ships)")
-    ap.add_argument("--out", default="benchmarks/quality/selection.md")
+    ap.add_argument("--out", default=SELECTION_MD)
     ap.add_argument("--write", action="store_true", help="write models/recommended.json")
     ap.add_argument("--reference", default="ldct-nlm",
                     help="scored beside the candidates, never chosen (the baseline to beat)")
     ap.add_argument("models", nargs="*", help="registry names, or NAME=weights.pt")
     args = ap.parse_args()
     if args.from_record:
-        return from_record(args.write)
+        return from_record(args.write, Path(args.out if args.out != SELECTION_MD
+                                            else "benchmarks/quality/qa_selection.md"))
     if not args.data or not args.models:
         ap.error("give --data DIR and the models to compare (or --from-record)")
     data = PreparedData(args.data)

@@ -133,6 +133,20 @@ def test_scan_noise_falls_as_one_over_root_dose_and_matches_the_simulators_exces
     assert math.sqrt(quarter ** 2 - full ** 2) == pytest.approx(added, rel=0.08)
 
 
+def test_a_quarter_turn_leaves_the_scans_noise_statistics_unchanged():
+    """What lets one scan give each rod four samples (`ldct.qa.run.QUARTER_TURNS`): the
+    cylinder's post-log variance is the same in every view and a quarter turn maps the 720
+    views onto themselves (view k + 180 is k turned by 90 degrees)."""
+    protocol = Protocol(200.0, 128)
+    grid = protocol.grid
+    quantum, electronic = Scanner(protocol).variance(
+        phantoms.rasterize(phantoms.cct189(200.0, grid, present=False), grid))
+    quarter = protocol.params.views // 2  # the views cover 180 degrees: 90 is half of them
+    assert protocol.params.views % 2 == 0
+    for v in (quantum, electronic):
+        assert np.allclose(v[:quarter], v[quarter:], rtol=0.02)
+
+
 def test_dose_needed_interpolates_dprime_squared_in_dose():
     doses = [0.1, 0.25, 0.5, 1.0]
     # d'^2 = 4, 9 at 0.25 and 0.5: the target d' = 2.5 (6.25) lies 2.25/5 of the way: 0.3625
