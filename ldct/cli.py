@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -256,6 +257,7 @@ def cmd_qa(args: argparse.Namespace) -> None:
     from ldct.qa.run import INPUT, QUICK, Cache, Settings, run
     from ldct.qa.summary import model_summaries, tables, write_summaries
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # progress
     settings = QUICK if args.quick else Settings()
     overrides = {"sizes": args.sizes and tuple(args.sizes), "doses": args.doses and tuple(
         args.doses), "kernels": args.kernels and tuple(args.kernels), "pairs": args.pairs}
