@@ -158,7 +158,13 @@ def write_report(tables: Tables, summaries: dict[str, dict[str, Any]], settings:
         "NPS mean frequency against the input's at full dose (below 1: the texture moved to "
         "low frequencies, the 'plastic' look). TTF from the insert edges on the mean of the "
         f"CT-module scans (high contrast: {TTF_INSERTS['high']}, +365 HU; low contrast: "
-        f"{TTF_INSERTS['low']}, -47 HU).", ""]
+        f"{TTF_INSERTS['low']}, -47 HU).",
+        "- Precision: the four rods of a size share its scans (each rod's samples are the same "
+        "scan regions, turned) and every dose reuses the same noise draws (scaled), so a size's "
+        "d' values rise or fall together with its draw; with half the samples training the "
+        "template, the CHO's d' is biased low where the signal is weak. Compare models within "
+        "a condition (the losses are paired), not one size with another; more scans "
+        "(`--pairs`) narrow the intervals.", ""]
     lines += ["## Verdict per model", "",
               "| model | dose-reduction estimate: median (smallest) | tasks | losses at dose "
               f">= {GATE_DOSE:g} | losses below it |" + ("" if not recommended else ""),
