@@ -35,3 +35,20 @@ def test_the_slicer_card_states_the_estimate_and_any_loss():
     assert "55 %; no detectability loss" in ModelEntry(
         "m", "M", card={"task_based_quality": kept}).tooltip()
     assert "Phantom QA" not in ModelEntry("m", "M", card={}).tooltip()
+
+
+def test_the_selection_passes_over_a_model_that_loses_detectability():
+    """benchmarks/select_model.py: the best worst-case PSNR gain wins only among models that
+    keep detectability on the phantoms (besides CT numbers and SSIM)."""
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from select_model import Scores, best
+
+    sharper = Scores({"hann": [5.0]}, ssim=0.05, bias=1.0, loses_detectability=True)
+    safer = Scores({"hann": [4.0]}, ssim=0.04, bias=1.0)
+    assert best({"sharper": sharper, "safer": safer}) == "safer"
+    assert best({"sharper": replace(sharper, loses_detectability=False),
+                 "safer": safer}) == "sharper"
