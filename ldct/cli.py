@@ -262,8 +262,12 @@ def cmd_qa(args: argparse.Namespace) -> None:
     overrides = {"sizes": args.sizes and tuple(args.sizes), "doses": args.doses and tuple(
         args.doses), "kernels": args.kernels and tuple(args.kernels), "pairs": args.pairs}
     settings = replace(settings, **{k: v for k, v in overrides.items() if v})
-    if 1.0 not in settings.doses:
-        raise ValueError("--doses must include 1 (full dose: the reference of every verdict)")
+    if 1.0 not in settings.doses or not all(0 < a <= 1 for a in settings.doses):
+        raise ValueError(f"--doses must be fractions in (0, 1] and include 1 (full dose: the "
+                         f"reference of every verdict), got {list(settings.doses)}")
+    if not all(100 <= d <= 500 for d in settings.sizes) or settings.pairs < 2:
+        raise ValueError(f"--sizes must be patient diameters from 100 to 500 mm (got "
+                         f"{list(settings.sizes)}) and --pairs at least 2 (got {settings.pairs})")
     models = [INPUT, *(args.models or [n for n in registry.names()
                                         if registry.get(n).available()])]
     for name in models[1:]:

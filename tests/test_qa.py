@@ -195,3 +195,18 @@ def test_quick_cli_run_writes_the_report_and_the_model_summaries(tmp_path, monke
     assert (out / "qa.md").exists() and (out / "qa_ctnumbers.csv").exists()
     summary = registry.get("ldct-gauss").summary()["task_based_quality"]
     assert "dose_reduction_median" in summary and "detectability_losses" in summary
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--doses", "0.25", "0.5"], "include 1"),
+    (["--doses", "0.25", "1", "2"], "fractions in (0, 1]"),
+    (["--sizes", "40"], "from 100 to 500 mm"),
+    (["--models", "no-such-model"], "unknown model"),
+])
+def test_bad_qa_options_are_refused_before_any_scan(argv, words, tmp_path, capsys):
+    from ldct.cli import main
+
+    assert main(["qa", "--quick", "--cache", str(tmp_path / "cache"), "--out",
+                 str(tmp_path / "out"), *argv]) == 2
+    assert words in capsys.readouterr().out
+    assert not (tmp_path / "cache").exists()  # nothing scanned, nothing written

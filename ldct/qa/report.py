@@ -167,7 +167,7 @@ def write_report(tables: Tables, summaries: dict[str, dict[str, Any]], settings:
         "(`--pairs`) narrow the intervals.", ""]
     lines += ["## Verdict per model", "",
               "| model | dose-reduction estimate: median (smallest) | tasks | losses at dose "
-              f">= {GATE_DOSE:g} | losses below it |" + ("" if not recommended else ""),
+              f">= {GATE_DOSE:g} | losses below it |",
               "|---|---|---|---|---|"]
     for m, s in summaries.items():
         if s["dose_reduction_median"] is None:
