@@ -7,12 +7,15 @@ whose smallest PSNR gain over the input, over all kernels and slabs, is largest,
 that keep CT numbers (mean HU in flat soft tissue and fat within the CT-number guard's limit,
 3 HU, of the normal dose's on every slab and kernel: a model whose results the product itself
 would flag is no default, whatever its PSNR) and raise SSIM over the input's on every slab and
-kernel (a smoother image that loses structure is no better). The held-out ircadb17 is never
-used. Writes the
+kernel (a smoother image that loses structure is no better), and that lose no low-contrast
+detectability against their input at any rod, dose >= 25 %, kernel and patient size of the
+phantom QA (`ldct qa --write`: models/task_quality.json; a model it has not measured is not
+held back). The held-out ircadb17 is never used. Writes the
 table and ``models/recommended.json`` (read by the registry: the demo's model, the Slicer
 default, /info/).
 
     python benchmarks/select_model.py --data DIR --thickness 2 alden n2n25d pan pdml vagan
+    python benchmarks/select_model.py --from-record   # the rule again on the recorded scores
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ from ldct.data import PreparedData
 from ldct.evaluate import Regions, soft_tissue, thicker
 from ldct.infer import DEFAULT_ENSEMBLE, denoise
 from ldct.io import CTVolume
+from ldct.qa.summary import loses_detectability
 from ldct.simulate import KERNELS, simulate_low_dose
 
 K = TypeVar("K")
+SELECTION_MD = "benchmarks/quality/selection.md"
 SLABS = (("ircadb01", 64, 80), ("tcia_pancreas001", 56, 72))  # (case, first, stop slice)
 
 
@@ -73,6 +78,7 @@ class Scores:
     psnr: dict[str, list[float]] = field(default_factory=dict)
     ssim: float = np.inf
     bias: float = 0.0
+    loses_detectability: bool = False  # `ldct qa`: below its input's d' at dose >= 25 %
 
     def add(self, slab: Slab, out: np.ndarray) -> None:
         """Score ``out`` (the slab's inner slices, denoised) against the slab's input."""
@@ -82,8 +88,9 @@ class Scores:
         self.bias = max(self.bias, slab.max_abs_bias(out))
 
     def keeps(self) -> bool:
-        """CT numbers within the CT-number guard's limit and SSIM raised on every slab."""
-        return self.bias <= THRESHOLD_HU and self.ssim > 0
+        """CT numbers within the CT-number guard's limit, SSIM raised on every slab and no
+        detectability lost on the phantoms."""
+        return self.bias <= THRESHOLD_HU and self.ssim > 0 and not self.loses_detectability
 
     def worst(self) -> float:
         """The smallest PSNR gain over conditions and slabs."""
@@ -97,7 +104,8 @@ class Scores:
 
 def best(scores: dict[K, Scores]) -> K:
     """The candidate with the largest worst-case PSNR gain among those that keep CT numbers
-    (within the CT-number guard's limit) and raise SSIM everywhere (else among all)."""
+    (within the CT-number guard's limit), raise SSIM everywhere and lose no detectability
+    (else among all)."""
     keeping = [k for k, s in scores.items() if s.keeps()]
     return max(keeping or list(scores), key=lambda k: scores[k].worst())
 
@@ -137,9 +145,62 @@ def training_slabs(data: PreparedData, dose: float, kernels: list[str], thicknes
             yield Slab(case, condition, low, inner, *scored[t])
 
 
+def gate_detectability(scores: dict[str, Scores]) -> list[str]:
+    """Mark each model the phantom QA found losing detectability at dose >= 25 %; the names
+    it has not measured."""
+    quality = registry.task_quality()
+    for spec, score in scores.items():
+        score.loses_detectability = loses_detectability(quality.get(spec.partition("=")[0], {}))
+    return [m for m in scores if m.partition("=")[0] not in quality]
+
+
+def from_record(write: bool, out: Path) -> None:
+    """The rule applied again to the scores the last ``--write`` recorded, with today's
+    detectability verdicts: which model it chooses, and models/recommended.json updated."""
+    record = registry.recommendation()
+    if not record:
+        raise SystemExit("no models/recommended.json: run the selection with --data first")
+    scores = {m: Scores({"recorded": [gain]}, record["worst_ssim_gain"][m],
+                        record["max_abs_bias_hu"][m]) for m, gain in
+              record["worst_gain_db"].items()}
+    unmeasured = gate_detectability(scores)
+    candidates = {m: s for m, s in scores.items() if registry.get(m).kind == "network"}
+    chosen = best(candidates)
+    lines = ["| model | worst PSNR gain dB | max abs bias HU | worst SSIM gain | loses "
+             "detectability (dose >= 25 %) | kept by the rule |", "|---|---|---|---|---|---|"]
+    lines += [f"| {m} | {s.worst():+.2f} | {s.bias:.2f} | {s.ssim:+.4f} | "
+              f"{'not measured' if m in unmeasured else 'yes' if s.loses_detectability else 'no'}"
+              f" | {'yes' if s.keeps() else 'no'} |" for m, s in candidates.items()]
+    changed = chosen != record["model"]
+    passes = ("it passes every gate" if candidates[chosen].keeps() else
+              "no candidate passes every gate: the rule falls back to all")
+    outcome = (f"Recommended: **{chosen}** ("
+               f"{'changed from ' + record['model'] if changed else 'unchanged'}; {passes}).")
+    text = ["# Model selection with the detectability gate", "",
+            "Command: `python benchmarks/select_model.py --from-record"
+            + (" --write" if write else "") + "`: the rule of `select_model.py` applied again to "
+            "the scores `models/recommended.json` recorded (training slabs; "
+            f"`{record['command']}`), now also requiring no loss of low-contrast detectability "
+            "against the input at any rod, dose >= 25 %, kernel and patient size of `ldct qa` "
+            "(`models/task_quality.json`, `benchmarks/quality/qa.md`).", "", *lines, "", outcome]
+    out.write_text("\n".join(text) + "\n")
+    print("\n".join(text))
+    if write and changed:
+        gate = ("; it replaced " + record["model"] + ", which loses low-contrast detectability "
+                "(ldct qa)") if scores[record["model"]].loses_detectability else ""
+        record.update(model=chosen, reason=record["reason"].split(" (")[0] + gate,
+                      command=record["command"] + " + python benchmarks/select_model.py "
+                      "--from-record --write")
+        registry.RECOMMENDED_FILE.write_text(json.dumps(record, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True, help="a folder made by `ldct prepare`")
+    ap.add_argument("--data", help="a folder made by `ldct prepare` (required but with "
+                                    "--from-record)")
+    ap.add_argument("--from-record", action="store_true",
+                    help="no data: apply the rule again to the scores models/recommended.json "
+                         "recorded, with the phantom QA's detectability verdicts")
     ap.add_argument("--dose", type=float, default=0.25)
     ap.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
     ap.add_argument("--thickness", type=int, default=1,
@@ -148,12 +209,17 @@ def main() -> None:
     ap.add_argument("--thick-kernel", choices=KERNELS, default="hann")
     ap.add_argument("--ensemble", type=int, default=DEFAULT_ENSEMBLE,
                     help="flipped views a network averages (the default is what ships)")
-    ap.add_argument("--out", default="benchmarks/quality/selection.md")
+    ap.add_argument("--out", default=SELECTION_MD)
     ap.add_argument("--write", action="store_true", help="write models/recommended.json")
     ap.add_argument("--reference", default="ldct-nlm",
                     help="scored beside the candidates, never chosen (the baseline to beat)")
-    ap.add_argument("models", nargs="+", help="registry names, or NAME=weights.pt")
+    ap.add_argument("models", nargs="*", help="registry names, or NAME=weights.pt")
     args = ap.parse_args()
+    if args.from_record:
+        return from_record(args.write, Path(args.out if args.out != SELECTION_MD
+                                            else "benchmarks/quality/qa_selection.md"))
+    if not args.data or not args.models:
+        ap.error("give --data DIR and the models to compare (or --from-record)")
     data = PreparedData(args.data)
     scored = [*args.models, args.reference]
     conditions = slab_conditions(args.kernels, args.thickness, args.thick_kernel)
@@ -167,6 +233,7 @@ def main() -> None:
                                            ensemble=args.ensemble).hu[slab.inner])
         print(slab.case, slab.condition,
               {m: round(s.psnr[slab.condition][-1], 2) for m, s in scores.items()}, flush=True)
+    unmeasured = gate_detectability(scores)
     candidates = {m: scores[m] for m in args.models}
     chosen = best(candidates)
     top = scores[chosen]
@@ -191,8 +258,12 @@ def main() -> None:
              "|---|" + "---|" * (len(conditions) + 3)]
     lines += [f"| {m} | {s.row()}" for m, s in scores.items()]
     kept = (f"among the models that keep CT numbers within {THRESHOLD_HU:g} HU (the CT-number "
-            "guard's limit) and raise SSIM everywhere" if keeping else
-            f"(no model kept CT numbers within {THRESHOLD_HU:g} HU and raised SSIM everywhere)")
+            "guard's limit), raise SSIM everywhere and lose no low-contrast detectability on "
+            "the phantoms (ldct qa)" if keeping else
+            f"(no model kept CT numbers within {THRESHOLD_HU:g} HU, raised SSIM everywhere and "
+            "kept detectability)")
+    if unmeasured:
+        kept += f"; not measured by ldct qa: {', '.join(unmeasured)}"
     across = f"the {', '.join(args.kernels)} kernels" + (f" and {thick} thickness"
                                                            if thick else "")
     reason = (f"largest worst-case PSNR gain over the input across {across} at dose "

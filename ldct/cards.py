@@ -153,6 +153,7 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
                   f"{r['psnr_db'] - r['input_psnr_db']:+.2f} | {r['ssim']:.4f} | "
                   f"{r['noise_vs_ld']:.2f} | {r['liver_bias_hu']:+.2f} | "
                   f"{r['fat_bias_hu']:+.2f} |" for r in kernels]
+    lines += quality_lines(name)
     lines += ["", f"## Training recipe (`{card['training_command']} --describe`)", "",
               *recipe_lines(card["recipe"])]
     if train["predates_current_recipe"]:
@@ -171,6 +172,39 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
         lines += ["", "## Training note", "", note.read_text().strip()]
     (info.folder / "card.md").write_text("\n".join(lines) + "\n")
     return info.folder / "card.md"
+
+
+def quality_lines(name: str) -> list[str]:
+    """The card's "Task-based image quality" section: the phantom QA's dose-reduction
+    estimate and every loss of low-contrast detectability (`ldct qa --write`)."""
+    quality = registry.task_quality().get(name)
+    if not quality or quality.get("dose_reduction_median") is None:
+        return []
+    losses = quality["detectability_losses"]
+    lines = ["", "## Task-based image quality", "",
+             f"Digital phantoms (CT-number, MITA-LCD and water modules; patient diameters "
+             f"{', '.join(f'{s:g}' for s in quality['sizes_mm'])} mm) scanned through the "
+             f"simulator (`{quality['command']}`; CT numbers, NPS, TTF and d' per condition "
+             f"in `{quality['source']}`).", "",
+             f"- Dose-reduction estimate (the dose at which this model's channelized Hotelling "
+             f"d' matches the unprocessed full dose's): "
+             f"{100 * quality['dose_reduction_median']:.0f} % median over "
+             f"{quality['tasks_measured']} rod x kernel x size tasks, smallest "
+             f"{100 * quality['dose_reduction_smallest']:.0f} %."]
+    if losses:
+        lines.append(f"- **Loses low-contrast detectability** against its input (95 % "
+                     f"interval of the d' difference below 0) in {len(losses)} condition(s) "
+                     "at dose >= 25 %:")
+        lines += [f"  - dose {x['dose']:g}, {x['kernel']}, {x['size_mm']:g} mm, rod "
+                  f"{x['insert']}: d' {x['dprime']:.2f} vs input {x['dprime_input']:.2f}"
+                  for x in losses]
+    else:
+        lines.append("- No loss of low-contrast detectability against its input at dose "
+                     ">= 25 %.")
+    if quality["losses_below_gate_dose"]:
+        lines.append(f"- Below 25 % dose: {quality['losses_below_gate_dose']} rod x kernel x "
+                     "size condition(s) with a loss.")
+    return lines
 
 
 def refresh_card(name: str, sweep_csv: Path = Path("benchmarks/quality/kernels.csv")) -> Path:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -329,6 +331,48 @@ def _batch_items(args: argparse.Namespace, ledger, job) -> Iterable:
                      ".csv of datastore ids")
 
 
+def cmd_qa(args: argparse.Namespace) -> None:
+    from dataclasses import replace
+
+    from ldct import registry
+    from ldct.qa.report import write_report
+    from ldct.qa.run import INPUT, QUICK, Cache, Settings, run
+    from ldct.qa.summary import model_summaries, tables, write_summaries
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # progress
+    settings = QUICK if args.quick else Settings()
+    overrides = {"sizes": args.sizes and tuple(args.sizes), "doses": args.doses and tuple(
+        args.doses), "kernels": args.kernels and tuple(args.kernels), "pairs": args.pairs}
+    settings = replace(settings, **{k: v for k, v in overrides.items() if v})
+    if 1.0 not in settings.doses or not all(0 < a <= 1 for a in settings.doses):
+        raise ValueError(f"--doses must be fractions in (0, 1] and include 1 (full dose: the "
+                         f"reference of every verdict), got {list(settings.doses)}")
+    if not all(100 <= d <= 500 for d in settings.sizes) or settings.pairs < 2:
+        raise ValueError(f"--sizes must be patient diameters from 100 to 500 mm (got "
+                         f"{list(settings.sizes)}) and --pairs at least 2 (got {settings.pairs})")
+    models = [INPUT, *(args.models or [n for n in registry.names()
+                                        if registry.get(n).available()])]
+    for name in models[1:]:
+        registry.get(name)  # an unknown name fails here, before hours of scanning
+    argv = [a for a in sys.argv[2:] if a != "--report-only"]
+    threads = os.environ.get("OMP_NUM_THREADS")  # 1 on a shared machine: far faster
+    command = ((f"OMP_NUM_THREADS={threads} " if threads else "") + "ldct qa "
+               + (" ".join(argv) if sys.argv[1:2] == ["qa"] else ""))
+    cache = (Cache(Path(args.cache), settings) if args.report_only
+             else run(settings, list(dict.fromkeys(models)), Path(args.cache)))
+    result = tables(settings, list(dict.fromkeys(models)), cache)
+    out = Path(args.out)
+    summaries = model_summaries(result.rows, str(out / "qa.md"), command)
+    report = write_report(result, summaries, settings, list(dict.fromkeys(models)), out,
+                          command, registry.recommended())
+    if args.write:
+        write_summaries(summaries, registry.QUALITY_FILE)
+        console.print(f"model summaries: {registry.QUALITY_FILE}")
+    console.print(f"report: {report}"
+                  + (f" ({len(result.missing)} results still missing)" if result.missing
+                     else ""))
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from ldct.serve import serve
 
@@ -566,6 +610,30 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ensemble_option(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_batch)
+    p = sub.add_parser("qa", help="task-based image quality on digital phantoms: CT numbers, "
+                                  "NPS, TTF, low-contrast detectability (CHO) per model, "
+                                  "dose, kernel and patient size")
+    p.add_argument("--quick", action="store_true",
+                   help="a small run (tests, a first look): 2 sizes, 2 doses, 1 kernel, "
+                        "128^2 matrix, few scans")
+    p.add_argument("--models", nargs="+",
+                   help="default: every available network and baseline (the unprocessed "
+                        "input is always measured, as model 'input')")
+    p.add_argument("--sizes", nargs="+", type=float, help="patient diameters in mm")
+    p.add_argument("--doses", nargs="+", type=float, help="dose fractions; must include 1")
+    p.add_argument("--kernels", nargs="+", choices=list(KERNELS))
+    p.add_argument("--pairs", type=int, help="signal-present (and -absent) scans per size "
+                                             "(each gives every rod 4 samples)")
+    p.add_argument("--cache", default=".qa_cache",
+                   help="per-condition results; the same command resumes from it")
+    p.add_argument("--out", default="benchmarks/quality")
+    p.add_argument("--report-only", action="store_true",
+                   help="measure nothing: the report of what the cache holds (while a run "
+                        "goes on, or of a stopped one)")
+    p.add_argument("--write", action="store_true",
+                   help="write each model's dose-reduction estimate and detectability losses "
+                        "to models/task_quality.json (cards, /info/, the model selection)")
+    p.set_defaults(func=cmd_qa)
 
     p = sub.add_parser("serve", help="start the MONAI Label server with the denoisers")
     p.add_argument("--studies", help="datastore folder or DICOMweb URL (default: a demo study)")

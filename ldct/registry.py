@@ -30,6 +30,8 @@ SITE_MODELS_ENV = "LDCT_SITE_MODELS"
 # the model to offer first (demo, Slicer default, /info/), chosen by benchmarks/select_model.py
 RECOMMENDED_FILE = MODELS_DIR / "recommended.json"
 FALLBACK = "ldct-nlm"  # when no recommended network has weights
+# each model's dose-reduction estimate and detectability losses, written by `ldct qa --write`
+QUALITY_FILE = MODELS_DIR / "task_quality.json"
 
 
 def site_models_dir() -> Path:
@@ -144,7 +146,8 @@ class ModelInfo:
                 "differences_from_paper": list(self.differences),
                 "available": self.available(),
                 "version": self.version() if self.kind == "network" else "",
-                "recommended": self.name == recommended(), "card": self.card()}
+                "recommended": self.name == recommended(), "card": self.card(),
+                "task_based_quality": task_quality().get(self.name, {})}
 
 
 def file_sha256(path: Path) -> str:
@@ -191,6 +194,12 @@ def get(name: str) -> ModelInfo:
 def recommendation() -> dict[str, Any]:
     """What `benchmarks/select_model.py --write` chose and why (empty when never run)."""
     return json.loads(RECOMMENDED_FILE.read_text()) if RECOMMENDED_FILE.exists() else {}
+
+
+def task_quality() -> dict[str, Any]:
+    """Per model: dose-reduction estimate and detectability losses (`ldct qa`; empty until
+    run)."""
+    return json.loads(QUALITY_FILE.read_text()) if QUALITY_FILE.exists() else {}
 
 
 def recommended() -> str:

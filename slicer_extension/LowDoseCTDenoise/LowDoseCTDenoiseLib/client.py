@@ -39,6 +39,13 @@ class ModelEntry:
         if held_out:
             lines.append("Held-out (ircadb17, dose 0.25): " + ", ".join(
                 f"{k} {v:.3g}" for k, v in held_out.items() if isinstance(v, (int, float))))
+        quality = card.get("task_based_quality") or {}  # `ldct qa` on phantoms
+        if quality.get("dose_reduction_median") is not None:
+            losses = len(quality.get("detectability_losses") or [])
+            lines.append(f"Phantom QA: dose-reduction estimate "
+                         f"{100 * quality['dose_reduction_median']:.0f} %; " + (
+                             f"LOSES low-contrast detectability in {losses} condition(s) at "
+                             "dose >= 25 %" if losses else "no detectability loss at dose >= 25 %"))
         return "\n".join(lines)
 
 
@@ -83,7 +90,8 @@ class DenoiseClient(ServerConnection):
             if not isinstance(details, dict):
                 continue
             card = {**(details.get("card") or {}),  # a baseline has no weights: its kind
-                    "version": details.get("version") or details.get("kind", "")}
+                    "version": details.get("version") or details.get("kind", ""),
+                    "task_based_quality": details.get("task_based_quality") or {}}
             entries.append(ModelEntry(name, model.get("description", name),
                                       model.get("config") or {}, card,
                                       details.get("recommended") is True))
