@@ -610,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_ensemble_option(p)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.set_defaults(func=cmd_batch)
+
     p = sub.add_parser("qa", help="task-based image quality on digital phantoms: CT numbers, "
                                   "NPS, TTF, low-contrast detectability (CHO) per model, "
                                   "dose, kernel and patient size")
