@@ -37,9 +37,25 @@ class Job:
     created: float = field(default_factory=time.time)
     finished: float | None = None
     cancel_requested: threading.Event = field(default_factory=threading.Event, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def stop_requested(self) -> bool:
         return self.cancel_requested.is_set()
+
+    def cancel(self) -> None:
+        """Ask the work to stop; a job still queued ends at once (its worker never starts)."""
+        with self._lock:
+            self.cancel_requested.set()
+            if self.state == "queued":
+                self.state, self.finished = "cancelled", time.time()
+
+    def claim(self) -> bool:
+        """The worker takes the job: False when it was cancelled first."""
+        with self._lock:
+            if self.cancel_requested.is_set():
+                return False
+            self.state = "running"
+            return True
 
     def progress(self, done: int, total: int) -> None:
         self.done, self.total = done, total

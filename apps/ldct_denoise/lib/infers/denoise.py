@@ -19,8 +19,9 @@ from ldct import registry
 from ldct.ct_guard import check_ct_numbers
 from ldct.infer import DEFAULT_ENSEMBLE, DenoiseCancelled, denoise
 from ldct.infer_params import DEVICES, RESULT_DTYPES, DenoiseParams, parse_params
-from ldct.io import CTInputError, read_volume, write_volume
+from ldct.io import CTInputError, write_volume
 from ldct.jobs import JOBS
+from ldct.server.decode import DecodeCancelled, read_in_child
 
 
 class DenoiseInfer(InferTask):
@@ -54,17 +55,17 @@ class DenoiseInfer(InferTask):
         version = "" if weights is None else info.version_of(weights)
         job = JOBS.find(request.get("job", ""))
         try:
-            if job is not None:
-                if job.stop_requested():
-                    raise DenoiseCancelled("cancelled before it started")
-                job.state = "running"
-            volume = read_volume(request["image"])
+            if job is not None and not job.claim():
+                raise DenoiseCancelled("cancelled before it started")
+            volume = read_in_child(request["image"], request.get("upload_name")
+                                   or request.get("image_id") or "the image",
+                                   stop=job.stop_requested if job else None)
             model_start = time.perf_counter()
             result = denoise(volume, self.model, strength=params.strength, device=params.device,
                              weights=weights, ensemble=params.ensemble,
                              stop=job.stop_requested if job else None,
                              batch_done=job.progress if job else None)
-        except DenoiseCancelled as exc:
+        except (DenoiseCancelled, DecodeCancelled) as exc:
             raise HTTPException(status_code=409, detail=f"the job was cancelled ({exc})") from exc
         except (CTInputError, ValueError) as exc:  # the client gets the reason, not a 500
             raise HTTPException(status_code=422, detail=str(exc)) from exc
