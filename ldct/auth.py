@@ -91,24 +91,35 @@ class TokenStore:
                         found.get("reader", ""))
 
     # -- writing ----------------------------------------------------------------------------
-    def add(self, name: str, role: str, study: str = "", reader: str = "") -> str:
-        """Make a token for ``name`` with ``role``; returns it (the only time it is seen)."""
+    def add(self, name: str, role: str) -> str:
+        """Make a token for ``name`` with ``role`` (any but reader, whose tokens studies make
+        with `replace_reader`); returns it (the only time it is seen)."""
         if not NAME.fullmatch(name):
-            raise AuthError(f"token name {name!r}: use 1-64 letters, digits, '.', '_', '@' or "
-                            "'-', starting with a letter or digit")
-        if role not in ROLES:
-            raise AuthError(f"role {role!r} is unknown; choose one of {', '.join(ROLES)}")
-        if (role == "reader") != bool(study and reader):
-            raise AuthError("a reader token needs its study and reader id (made by `ldct study "
-                            "create` or `ldct study add-reader`); other roles take neither")
+            raise AuthError(f"token name {name[:80]!r}: use 1-64 letters, digits, '.', '_', '@' "
+                            "or '-', starting with a letter or digit")
+        if role not in ROLES or role == "reader":
+            raise AuthError(f"role {role[:20]!r}: choose one of "
+                            f"{', '.join(r for r in ROLES if r != 'reader')} (reader tokens are "
+                            "made by `ldct study create` or `ldct study add-reader`)")
         token = secrets.token_urlsafe(32)
         with self._locked() as entries:
             if any(e["name"] == name for e in entries):
                 raise AuthError(f"a token named {name!r} exists already; revoke it first "
                                 f"(`ldct token revoke {name}`) or choose another name")
-            entries.append({"name": name, "role": role, "sha256": _digest(token),
-                            **({"study": study, "reader": reader} if study else {}),
-                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            entries.append(_entry(name, role, token))
+        return token
+
+    def replace_reader(self, study: str, reader: str) -> str:
+        """A new token for ``reader`` of ``study``, in place of that reader's earlier one and
+        of nothing else: reader tokens are named ``reader:STUDY/READER``, a name no other
+        role's token can have (':' and '/' are not allowed in theirs)."""
+        name = reader_token_name(study, reader)
+        token = secrets.token_urlsafe(32)
+        with self._locked() as entries:
+            entries[:] = [e for e in entries if not (e["role"] == "reader" and
+                                                     (e.get("study"), e.get("reader")) ==
+                                                     (study, reader))]
+            entries.append(_entry(name, "reader", token, study=study, reader=reader))
         return token
 
     def revoke(self, name: str) -> None:
@@ -134,6 +145,19 @@ class TokenStore:
                 json.dump({"tokens": entries}, out, indent=1)
             os.replace(partial, self.path)
             self._stamp = None
+
+
+def reader_token_name(study: str, reader: str) -> str:
+    """The name of a reader's token: in a namespace of its own."""
+    if not (re.fullmatch(r"[a-z0-9-]{1,64}", study) and NAME.fullmatch(reader)):
+        raise AuthError(f"study {study[:80]!r} / reader {reader[:80]!r}: not a study id and "
+                        "reader id")
+    return f"reader:{study}/{reader}"
+
+
+def _entry(name: str, role: str, token: str, **binding: str) -> dict[str, str]:
+    return {"name": name, "role": role, "sha256": _digest(token), **binding,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def public(identity: Identity) -> dict[str, str]:

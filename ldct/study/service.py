@@ -141,11 +141,9 @@ class StudyService:
                                       "server's datastore")
 
     def reader_token(self, study: str, reader: str) -> str:
-        """A new bearer token for ``reader`` of ``study`` (an earlier one is revoked)."""
-        name = f"{study}.{reader}"
-        if any(i.name == name for i in self.tokens.identities()):
-            self.tokens.revoke(name)
-        return self.tokens.add(name, "reader", study=study, reader=reader)
+        """A new bearer token for ``reader`` of ``study`` (that reader's earlier one, and no
+        other token, is revoked)."""
+        return self.tokens.replace_reader(study, reader)
 
     def _new_study(self, definition: StudyDefinition) -> tuple[Path, StudyStore]:
         with self._lock:
@@ -178,6 +176,10 @@ class StudyService:
             store = StudyStore(folder / "study.sqlite")
             meta = store.meta()
             if meta.get("state") != "creating":
+                continue
+            if store.readers_progress():  # stopped after its one last transaction: just open it
+                store.set_meta(state="open")
+                resumed.append(folder.name)
                 continue
             for partial in (folder / "volumes").glob("*"):
                 partial.unlink()
