@@ -1,9 +1,11 @@
-"""Reader studies against a real `ldct serve`: YAML bombs, creation checked before anything is
-registered, blinding through HTTP headers, reader tokens in a namespace of their own, log lines
-that escape what a client sent (issue 32, findings 5, 6, 7, 9, 10, 11, 13)."""
+"""Reader studies and the server's own files against a real `ldct serve`: YAML bombs, creation
+checked before anything is registered, blinding through HTTP headers, reader tokens in a
+namespace of their own, log lines that escape what a client sent, a site-model manifest that
+cannot be used falls back to the shipped weights (issue 32, findings 5, 6, 7, 9-13)."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 import uuid
@@ -14,6 +16,7 @@ import requests
 import yaml
 from conftest import ROOT, bearer, free_port, running, serve_command
 
+from ldct import registry
 from ldct.auth import TokenStore
 from ldct.io import write_volume
 from ldct.phantom import make_phantom
@@ -30,9 +33,11 @@ def server(tmp_path_factory, tokens):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = root / "server.log"
-    with running(serve_command(str(studies), port, "--models", "ldct-gauss", "--study-root",
-                               str(root / "reader-studies")), f"{url}/health", log):
-        yield {"url": url, "log": log, "root": root,
+    site = root / "site-models"
+    with running(serve_command(str(studies), port, "--models", "ldct-gauss,vagan",
+                               "--study-root", str(root / "reader-studies")), f"{url}/health",
+                 log, env={registry.SITE_MODELS_ENV: str(site)}):
+        yield {"url": url, "log": log, "root": root, "site": site,
                "coordinator": bearer(tokens["coordinator"]),
                "radiologist": bearer(tokens["radiologist"])}
 
@@ -187,3 +192,28 @@ def test_the_docker_image_keeps_reader_studies_on_a_volume():
     assert root and volumes, "LDCT_STUDY_ROOT and a VOLUME line are needed"
     assert root.group(1) in yaml.safe_load(volumes.group(1))
     assert "/data/auth" in yaml.safe_load(volumes.group(1))
+
+
+def _infer_version(server) -> str:
+    answer = requests.post(f"{server['url']}/infer/vagan", headers=server["radiologist"],
+                           params={"image": "case0", "output": "json"}, timeout=300)
+    assert answer.status_code == 200, answer.text[:300]
+    return answer.json()["version"]
+
+
+def test_a_manifest_that_cannot_be_used_means_the_shipped_weights_and_says_so(server):
+    manifest = server["site"] / "vagan" / "versions.json"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    elsewhere = server["root"] / "elsewhere" / "evil" / "model.pt"  # outside versions/
+    elsewhere.parent.mkdir(parents=True)
+    elsewhere.write_bytes(registry.get("vagan").shipped_weights.read_bytes())
+    planted = {"in_use": "../../../elsewhere/evil", "versions": {
+        "../../../elsewhere/evil": {"sha256": registry.file_sha256(elsewhere)}}}
+    for content in ("{not json", json.dumps([1, 2]), json.dumps(planted)):
+        manifest.write_text(content)
+        info = requests.get(f"{server['url']}/info/", headers=server["radiologist"], timeout=60)
+        assert info.status_code == 200, info.text[:300]
+        vagan = info.json()["models"]["vagan"]["ldct"]
+        assert vagan["version"] == "shipped" and "versions.json" in vagan["manifest_error"]
+        assert _infer_version(server) == "shipped"
+    assert "serving the shipped weights" in Path(server["log"]).read_text()

@@ -20,7 +20,7 @@ import pytest
 import requests
 from conftest import bearer, free_port, running, serve_command
 
-from ldct.auth import auth_file
+from ldct.auth import TokenStore, auth_file
 from ldct.io import write_dicom_series, write_volume
 from ldct.phantom import make_phantom
 from ldct.processes import rss_mb
@@ -256,3 +256,16 @@ def test_gzip_streams_are_bounded_by_the_header_not_trusted(server):
     header[344:348] = b"n+1\0"
     answer = _post(server, "big.nii.gz", gzip.compress(bytes(header) + bytes(1 << 20)))
     assert answer.status_code == 422 and "compression bomb" in answer.text, answer.text[:300]
+
+
+def test_a_job_id_of_another_user_tells_nothing(server):
+    colleague = bearer(TokenStore().add(f"colleague-{uuid.uuid4().hex[:8]}", "radiologist"))
+    job = uuid.uuid4().hex
+    for auth in (server["auth"], colleague):  # the same id, two owners: each their own job
+        answer = requests.post(f"{server['url']}/infer/ldct-gauss", headers=auth, timeout=120,
+                               params={"image": "case0", "job": job, "output": "json"})
+        assert answer.status_code == 200, answer.text[:300]
+        assert answer.json()["job"] == job
+    again = requests.post(f"{server['url']}/infer/ldct-gauss", headers=colleague, timeout=120,
+                          params={"image": "case0", "job": job, "output": "json"})
+    assert again.status_code == 409 and "you have a job" in again.text  # only one's own

@@ -205,7 +205,7 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
             folder = Path(tempfile.mkdtemp(prefix="ldct-upload-"))
             upload = folder / f"upload{upload_suffix(file.filename if file else '')}"
             try:
-                request: dict[str, Any] = {"model": model, "job": work.id,
+                request: dict[str, Any] = {"model": model, "job": work.key,
                                            **checked.as_dict()}
                 if file is not None:
                     request["image"] = str(await run_in_threadpool(_save, file, upload))
