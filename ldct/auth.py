@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -23,9 +24,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
 AUTH_FILE_ENV = "LDCT_AUTH_FILE"
 ROLES = ("radiologist", "reader", "coordinator", "admin")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+_WARNED: set[tuple[str, int]] = set()  # (token file, mode) already reported as not private
 
 
 class AuthError(ValueError):
@@ -67,6 +72,12 @@ class TokenStore:
         except FileNotFoundError:
             self._entries, self._stamp = [], None
             return self._entries
+        if stat.st_mode & 0o077 and (str(self.path), stat.st_mode) not in _WARNED:
+            _WARNED.add((str(self.path), stat.st_mode))
+            logger.warning("the token file %s can be read or written by other users (mode %o); "
+                           "`chmod 600` it: its hashes let anyone who copies it try tokens "
+                           "offline, and a writer can add their own", self.path,
+                           stat.st_mode & 0o777)
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp != self._stamp:
             data = json.loads(self.path.read_text() or "{}")

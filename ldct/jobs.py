@@ -112,3 +112,6 @@ class JobRegistry:
 
 
 JOBS = JobRegistry()
+# The compute device (every core, or the GPU): a denoising request and a study's volumes use
+# it one at a time, whoever asks.
+DEVICE = threading.Lock()

@@ -17,7 +17,7 @@ import yaml
 from conftest import ROOT, bearer, free_port, running, serve_command
 
 from ldct import registry
-from ldct.auth import TokenStore
+from ldct.auth import TokenStore, auth_file
 from ldct.io import write_volume
 from ldct.phantom import make_phantom
 
@@ -217,3 +217,22 @@ def test_a_manifest_that_cannot_be_used_means_the_shipped_weights_and_says_so(se
         assert vagan["version"] == "shipped" and "versions.json" in vagan["manifest_error"]
         assert _infer_version(server) == "shipped"
     assert "serving the shipped weights" in Path(server["log"]).read_text()
+
+
+def test_the_openapi_schema_says_how_to_sign_in(server):
+    schema = requests.get(f"{server['url']}/openapi.json", headers=server["radiologist"],
+                          timeout=30).json()
+    assert schema["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert schema["security"] == [{"bearer": []}]
+
+
+def test_a_token_file_others_can_read_is_reported(server):
+    path = auth_file()
+    path.chmod(0o644)
+    try:
+        assert requests.get(f"{server['url']}/info/", headers=server["radiologist"],
+                            timeout=60).status_code == 200
+    finally:
+        path.chmod(0o600)
+    log = Path(server["log"]).read_text()
+    assert f"the token file {path} can be read or written by other users (mode 644)" in log

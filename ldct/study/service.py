@@ -31,6 +31,7 @@ from ldct.access import reader_refusal
 from ldct.auth import TokenStore
 from ldct.infer import denoise
 from ldct.io import CTVolume, read_volume, write_volume
+from ldct.jobs import DEVICE
 from ldct.study.definition import LIKERT, StudyDefinition, parse
 from ldct.study.store import StudyStore
 
@@ -200,8 +201,12 @@ class StudyService:
         for case in definition.cases:
             volume = self._case_volume(definition, case)
             for condition in definition.conditions:
-                shown = (volume if not condition.model else
-                         denoise(volume, condition.model, condition.strength, device=device))
+                if condition.model:
+                    with DEVICE:  # one at a time with the server's denoising requests
+                        shown = denoise(volume, condition.model, condition.strength,
+                                        device=device)
+                else:
+                    shown = volume
                 path = write_volume(shown, folder / "volumes" /
                                     f"{secrets.token_urlsafe(16)}.nrrd", dtype="int16",
                                     compress=False)  # one size for every condition

@@ -44,7 +44,7 @@ from ldct.access import caller
 from ldct.finetune import check_settings
 from ldct.infer_params import parse_params
 from ldct.io import CTInputError
-from ldct.jobs import JOBS, Job, JobError
+from ldct.jobs import DEVICE, JOBS, Job, JobError
 from ldct.server.uploads import check_upload
 
 RETRY_AFTER_S = 30
@@ -76,7 +76,12 @@ class InferenceQueue:
     async def run(self, function, *args):
         """Run ``function(*args)`` in a worker thread once the device is free."""
         async with self._device:
-            return await run_in_threadpool(function, *args)
+            return await run_in_threadpool(_on_device, function, *args)
+
+
+def _on_device(function, *args):
+    with DEVICE:  # shared with reader-study creation (`ldct.study.service`)
+        return function(*args)
 
 
 def upload_suffix(filename: str | None) -> str:
