@@ -236,3 +236,29 @@ def test_a_token_file_others_can_read_is_reported(server):
         path.chmod(0o600)
     log = Path(server["log"]).read_text()
     assert f"the token file {path} can be read or written by other users (mode 644)" in log
+
+
+def test_a_creation_stopped_after_its_last_transaction_resumes(tmp_path):
+    """A server killed between storing the readers' items and opening the study: the next
+    start opens it as it is (main rebuilt it and failed on `UNIQUE constraint failed`)."""
+    from ldct.study.definition import parse
+    from ldct.study.service import StudyService
+    from ldct.study.store import StudyStore
+
+    for k in range(2):
+        write_volume(make_phantom(size=32, slices=2, seed=k).volume, tmp_path / f"c{k}.nrrd",
+                     dtype="int16")
+    data = _definition("Resumed")
+    data["cases"] = [{"id": f"c{k}", "image": f"c{k}.nrrd"} for k in range(2)]
+    service = StudyService(tmp_path / "studies")
+    created = service.create(parse(data, tmp_path))
+    store = StudyStore(tmp_path / "studies" / "resumed" / "study.sqlite")
+    item = service.next_item("resumed", "r1")
+    service.submit("resumed", "r1", item["item"], {"submission_id": "s1", "choice": "B",
+                                                   "scores": {"A": {"q": 2}, "B": {"q": 4}}})
+    store.set_meta(state="creating")  # as the crash left it
+    assert StudyService(tmp_path / "studies").resume_unfinished() == ["resumed"]
+    assert store.meta()["state"] == "open"
+    again = service.next_item("resumed", "r1")
+    assert (again["done"], again["total"]) == (1, created["items"])  # the score is kept
+    assert all(Path(p).exists() for p in store.meta()["files"].values())
