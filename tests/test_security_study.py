@@ -20,6 +20,7 @@ from ldct import registry
 from ldct.auth import TokenStore, auth_file
 from ldct.io import write_volume
 from ldct.phantom import make_phantom
+from ldct.processes import wait_for
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +66,9 @@ def _open(server, definition: dict) -> dict:
     created = _create(server, yaml.safe_dump(definition))
     assert created.status_code == 200, created.text[:300]
     study = created.json()["study"]
-    deadline = time.monotonic() + 120
-    while (state := _status(server, study).json()["state"]) != "open":
-        assert state == "creating" and time.monotonic() < deadline, state
-        time.sleep(0.2)  # polling the study's state, not synchronization
+    state = wait_for(lambda: (s := _status(server, study).json()["state"]) != "creating" and s,
+                     "the study created", 120)
+    assert state == "open", _status(server, study).text
     return created.json()
 
 

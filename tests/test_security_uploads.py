@@ -23,7 +23,7 @@ from conftest import bearer, free_port, running, serve_command
 from ldct.auth import TokenStore, auth_file
 from ldct.io import write_dicom_series, write_volume
 from ldct.phantom import make_phantom
-from ldct.processes import rss_mb
+from ldct.processes import rss_mb, wait_for
 
 NOT_ONE_FILE = "send the volume as one file"
 
@@ -130,14 +130,6 @@ def test_a_header_naming_a_fifo_or_device_is_refused_at_once(server, target):
     assert _post(server, "ok.nrrd", _phantom_nrrd(server)).status_code == 200
 
 
-def _wait_for(condition, what: str, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"{what} not within {timeout_s} s"
-        time.sleep(0.05)  # polling the server's state, not synchronization
-    return value
-
-
 def _state(server, job: str) -> str:
     return requests.get(f"{server['url']}/jobs/{job}", headers=server["auth"],
                         timeout=30).json()["state"]
@@ -154,13 +146,13 @@ def test_delete_ends_a_job_blocked_reading_and_one_waiting_in_the_queue(server):
 
     threads = [threading.Thread(target=call, args=(blocked, "stuck"))]
     threads[0].start()
-    _wait_for(lambda: _state(server, blocked) == "running", "the blocked job running")
+    wait_for(lambda: _state(server, blocked) == "running", "the blocked job running")
     threads.append(threading.Thread(target=call, args=(queued, "case0")))
     threads[1].start()
-    _wait_for(lambda: _state(server, queued) == "queued", "the second job queued")
+    wait_for(lambda: _state(server, queued) == "queued", "the second job queued")
     for job in (queued, blocked):
         assert requests.delete(f"{url}/jobs/{job}", headers=auth, timeout=30).status_code == 200
-        _wait_for(lambda: _state(server, job) == "cancelled", f"{job} cancelled", 15)
+        wait_for(lambda: _state(server, job) == "cancelled", f"{job} cancelled", 15)
     for thread in threads:
         thread.join(30)
     assert answers[blocked].status_code == 409 and "cancelled" in answers[blocked].text
@@ -172,9 +164,7 @@ def _zeros_deflated(count: int, gzip_wrapper: bool = False) -> bytes:
     """``count`` zero bytes deflated (raw deflate, or gzip), without holding them in memory."""
     packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS if gzip_wrapper
                               else -zlib.MAX_WBITS)
-    block = bytes(16 << 20)
-    parts = [packer.compress(block) for _ in range(count // len(block))]
-    return b"".join(parts) + packer.compress(bytes(count % len(block))) + packer.flush()
+    return _zeros_deflated_tail(packer, count)
 
 
 def _deflated_dicom_bomb(rows: int = 16384) -> bytes:
@@ -199,6 +189,7 @@ def _deflated_dicom_bomb(rows: int = 16384) -> bytes:
 
 
 def _zeros_deflated_tail(packer, count: int) -> bytes:
+    """``count`` zero bytes through ``packer``, 16 MiB at a time, and its end."""
     block = bytes(16 << 20)
     parts = [packer.compress(block) for _ in range(count // len(block))]
     return b"".join(parts) + packer.compress(bytes(count % len(block))) + packer.flush()
