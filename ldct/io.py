@@ -27,16 +27,17 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 ITK_FORMATS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 PICTURE_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
-# The largest volume one server decodes: 512x512 pixels x 2048 slices (a whole body at 0.5 mm).
-# Reading, denoising and writing hold about 16 bytes per voxel at once (the decoded file, HU and
-# result in float32, the written copy), so 8 GiB: what a 16 GB server holds, one at a time.
-MAX_VOXELS = 512 * 512 * 2048
+# The largest volume one server decodes: 512x512 pixels x 1024 slices (chest to pelvis at
+# 0.6 mm; a longer scan is split into slabs). Reading, denoising and writing peaked at about 35
+# bytes per voxel in the server (benchmarks/upload_memory.md), so some 9.4 GB: what a 16 GB
+# server holds, one volume at a time.
+MAX_VOXELS = 512 * 512 * 1024
 MAX_INPLANE = 4096  # pixels per row or column: CT slices have 512, at most 1024 or 2048
 MAX_ZIP_MEMBERS = 20000  # files in a zipped series (a CT series has hundreds to a few thousand)
 MAX_ZIP_RATIO = 100  # unpacked bytes per packed byte: DICOM packs 2-5x, a zip bomb 1000x
 # Declared voxel bytes per stored byte of a compressed volume or deflated DICOM file: CT packs
-# 2-4x with gzip (air has noise too); a bomb packs 1000x. Below UNCHECKED_BYTES (a 1024^2 x 8
-# int16 volume) any ratio goes: a constant test volume packs far more, and costs little.
+# a few times with gzip (air has noise too); a bomb packs 1000x. Below UNCHECKED_BYTES (a
+# 1024^2 x 8 int16 volume) any ratio goes: a constant test volume packs far more, costs little.
 MAX_PACK_RATIO = 50
 UNCHECKED_BYTES = 16 << 20
 DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian

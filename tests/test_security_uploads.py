@@ -3,6 +3,7 @@ issue 32 (findings 1-4) against a real `ldct serve` on 127.0.0.1."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import os
@@ -21,7 +22,7 @@ import requests
 from conftest import bearer, free_port, running, serve_command
 
 from ldct.auth import TokenStore, auth_file
-from ldct.io import write_dicom_series, write_volume
+from ldct.io import CTInputError, read_volume, write_dicom_series, write_volume
 from ldct.phantom import make_phantom
 from ldct.processes import rss_mb, wait_for
 
@@ -167,6 +168,7 @@ def _zeros_deflated(count: int, gzip_wrapper: bool = False) -> bytes:
     return _zeros_deflated_tail(packer, count)
 
 
+@functools.cache  # made once: deflating 512 MB of zeros takes seconds
 def _deflated_dicom_bomb(rows: int = 16384) -> bytes:
     """A deflated-syntax CT file declaring one rows x rows slice (the probe's 0.5 MB bomb)."""
     ds = pydicom.dcmread(write_dicom_series(make_phantom(size=32, slices=1).volume,
@@ -195,6 +197,7 @@ def _zeros_deflated_tail(packer, count: int) -> bytes:
     return b"".join(parts) + packer.compress(bytes(count % len(block))) + packer.flush()
 
 
+@functools.cache
 def _gzip_nrrd_bomb() -> bytes:
     """The probe's 522 KB gzip NRRD claiming 512x512x1024 int16 voxels."""
     header = (b"NRRD0004\ntype: short\ndimension: 3\nsizes: 512 512 1024\nspacings: 1 1 1\n"
@@ -260,3 +263,13 @@ def test_a_job_id_of_another_user_tells_nothing(server):
     again = requests.post(f"{server['url']}/infer/ldct-gauss", headers=colleague, timeout=120,
                           params={"image": "case0", "job": job, "output": "json"})
     assert again.status_code == 409 and "you have a job" in again.text  # only one's own
+
+
+def test_a_deflated_bomb_inside_a_zipped_series_is_refused_by_the_reader(tmp_path):
+    """The zip packs the bomb 1:1 (its own ratio check passes); reading the series inflates
+    each deflated file to disk, bounded (main inflated it whole in memory)."""
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as packed:
+        packed.writestr("IM00001.dcm", _deflated_dicom_bomb())
+    with pytest.raises(CTInputError, match="compression bomb"):
+        read_volume(archive)
