@@ -102,6 +102,11 @@ def test_an_alias_in_an_accepted_field_is_refused_too(server):
     assert _status(server, "aliased").status_code == 404
 
 
+def test_a_definition_past_its_limit_is_refused_while_it_arrives(server):
+    answer = _create(server, "a" * (2 << 20))
+    assert answer.status_code == 413 and "at most 1,048,576 bytes" in answer.text
+
+
 def test_a_huge_value_is_never_echoed(server):
     answer = _create(server, yaml.safe_dump(_definition("Echo", seed="9" * 100_000)))
     assert answer.status_code == 422 and "seed must be a whole number" in answer.text

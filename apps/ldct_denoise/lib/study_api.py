@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Body, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response, StreamingResponse
 
 from ldct.access import caller
 from ldct.auth import Identity
 from ldct.study.analysis import write_scores
-from ldct.study.definition import StudyDefinitionError, loads, parse
+from ldct.study.definition import MAX_YAML_BYTES, StudyDefinitionError, loads, parse
 from ldct.study.service import StudyError, StudyService
 from lib.routes import pacs_errors
 
@@ -45,6 +46,19 @@ def blinded_file(path: Path) -> StreamingResponse:
         "Content-Disposition": 'attachment; filename="volume.nrrd"'})
 
 
+async def _bounded_text(request: Request, limit: int) -> str:
+    """The request body as text, refused (413) as soon as it passes ``limit`` bytes: never
+    held whole when it is larger."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(status_code=413, detail=(
+                f"a study definition is at most {limit:,} bytes of YAML; this one is larger"))
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", errors="replace")
+
+
 def study_router(service: StudyService) -> APIRouter:
     """The routes, each a thin call into ``service`` with its errors as HTTP answers."""
     router = APIRouter(prefix="/study", tags=["Reader study"])
@@ -62,10 +76,16 @@ def study_router(service: StudyService) -> APIRouter:
         reader = _reader(request)
         return [s for s in service.studies() if reader is None or s["study"] == reader.study]
 
-    @router.post("/", summary="Create a study from its YAML (volumes are denoised up front)")
-    def create(definition: str = Body(..., media_type="text/plain")) -> dict[str, Any]:
-        with pacs_errors():  # the case ids are checked against the PACS listing
-            return call(lambda: service.create_in_background(parse(loads(definition))))
+    @router.post("/", summary="Create a study from its YAML (volumes are denoised up front)",
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "text/plain": {"schema": {"type": "string"}}}}})
+    async def create(request: Request) -> dict[str, Any]:
+        definition = await _bounded_text(request, MAX_YAML_BYTES)
+
+        def created() -> dict[str, Any]:
+            with pacs_errors():  # the case ids are checked against the PACS listing
+                return call(lambda: service.create_in_background(parse(loads(definition))))
+        return await run_in_threadpool(created)
 
     @router.post("/{study}/readers/{reader}/session", summary="Start or resume a reader")
     def session(study: str, reader: str) -> dict[str, Any]:
