@@ -27,6 +27,7 @@ from ldct.phantom import make_phantom
 from ldct.processes import rss_mb, wait_for
 
 NOT_ONE_FILE = "send the volume as one file"
+DECODE_TIMEOUT_S = 15  # the test server's time box for one decode (a phantom takes ~1 s)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,9 @@ def server(tmp_path_factory, tokens):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with running(serve_command(str(studies), port, "--models", "ldct-gauss"), f"{url}/health",
-                 root / "server.log", env={"TMPDIR": str(root)}) as proc:
+                 root / "server.log", env={"TMPDIR": str(root),
+                                           "LDCT_DECODE_TIMEOUT_S": str(DECODE_TIMEOUT_S)}
+                 ) as proc:
         yield {"url": url, "pid": proc.pid, "root": root, "secret": secret,
                "fifo": root / "fifo", "auth": bearer(tokens["radiologist"])}
 
@@ -132,8 +135,9 @@ def test_a_header_naming_a_fifo_or_device_is_refused_at_once(server, target):
 
 
 def _state(server, job: str) -> str:
+    """The job's state ('' while the server does not know it yet: 404)."""
     return requests.get(f"{server['url']}/jobs/{job}", headers=server["auth"],
-                        timeout=30).json()["state"]
+                        timeout=30).json().get("state", "")
 
 
 def test_delete_ends_a_job_blocked_reading_and_one_waiting_in_the_queue(server):
@@ -158,6 +162,15 @@ def test_delete_ends_a_job_blocked_reading_and_one_waiting_in_the_queue(server):
         thread.join(30)
     assert answers[blocked].status_code == 409 and "cancelled" in answers[blocked].text
     assert answers[queued].status_code == 409 and "cancelled" in answers[queued].text
+    assert _post(server, "ok.nrrd", _phantom_nrrd(server)).status_code == 200  # worker free
+
+
+def test_a_decode_that_never_ends_is_stopped_by_its_time_box(server):
+    answer = requests.post(f"{server['url']}/infer/ldct-gauss", headers=server["auth"],
+                           params={"image": "stuck", "output": "json"}, timeout=120)
+    assert answer.status_code == 422, answer.text[:300]
+    assert f"took more than {DECODE_TIMEOUT_S} s and was stopped" in answer.text
+    assert str(server["root"]) not in answer.text  # the datastore's folder is not shown
     assert _post(server, "ok.nrrd", _phantom_nrrd(server)).status_code == 200  # worker free
 
 

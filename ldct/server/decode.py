@@ -25,7 +25,7 @@ from pydicom.dataset import Dataset
 from ldct.io import CTInputError, CTVolume, read_volume
 
 DECODE_TIMEOUT_ENV = "LDCT_DECODE_TIMEOUT_S"
-DEFAULT_DECODE_TIMEOUT_S = 600.0  # a 2048-slice DICOM series reads in a minute or two
+DEFAULT_DECODE_TIMEOUT_S = 600.0  # an upper bound on one decode, not a target
 POLL_S = 0.1  # how often the worker checks the cancel flag while the child decodes
 REFUSED = 3  # the child's exit status for a CTInputError (its message in error.txt)
 
@@ -47,7 +47,10 @@ def _take_child() -> subprocess.Popen:
     request does not wait for a Python start and ``ldct.io``'s imports."""
     global _spare
     with _spare_lock:
-        child = _spare if _spare is not None and _spare.poll() is None else _start_child()
+        if _spare is not None and _spare.poll() is not None:  # it died (killed by hand?)
+            _spare.errors.close()
+            _spare = None
+        child = _spare or _start_child()
         _spare = _start_child()
     return child
 
