@@ -267,3 +267,14 @@ def test_a_creation_stopped_after_its_last_transaction_resumes(tmp_path):
     again = service.next_item("resumed", "r1")
     assert (again["done"], again["total"]) == (1, created["items"])  # the score is kept
     assert all(Path(p).exists() for p in store.meta()["files"].values())
+
+
+def test_a_pacs_that_is_down_is_a_502_on_info(tmp_path, tokens):
+    port, pacs = free_port(), f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens
+    url = f"http://127.0.0.1:{port}"
+    with running(serve_command(pacs, port, "--models", "ldct-gauss", "--study-root",
+                               str(tmp_path / "reader-studies")), f"{url}/health",
+                 tmp_path / "server.log"):
+        answer = requests.get(f"{url}/info/", headers=bearer(tokens["radiologist"]),
+                              timeout=60)
+    assert answer.status_code == 502 and "the PACS did not answer" in answer.text

@@ -169,7 +169,8 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
 
     @router.get("/info/", summary="The app: its denoisers, their options and model cards")
     def info() -> dict[str, Any]:
-        return app.info()
+        with pacs_errors():  # its datastore part asks the PACS
+            return app.info()
 
     @router.get("/datastore/", summary="The images (ids) this server can denoise by id")
     def datastore(output: str = "stats") -> dict[str, Any]:
