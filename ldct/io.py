@@ -233,7 +233,7 @@ def inflate_deflated(path: Path, dest: Path, source: str) -> Path:
         pydicom.filereader._read_file_meta_info(packed)
         start = packed.tell()
         limit = max(UNCHECKED_BYTES, MAX_PACK_RATIO * (path.stat().st_size - start))
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
         inflater, written = zlib.decompressobj(-zlib.MAX_WBITS), 0
         with open(dest, "wb") as out:
             out.write(b"\0" * 128 + b"DICM")
