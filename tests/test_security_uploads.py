@@ -189,11 +189,12 @@ def _deflated_dicom_bomb(rows: int = 16384) -> bytes:
                                             uuid.uuid4().hex)[0])
     del ds.PixelData
     ds.Rows = ds.Columns = rows
-    body = io.BytesIO()
-    pydicom.filewriter.write_dataset(pydicom.filebase.DicomFileLike(body), ds)
+    body = pydicom.filebase.DicomFileLike(io.BytesIO())
+    body.is_little_endian, body.is_implicit_VR = True, False  # the deflated syntax's encoding
+    pydicom.filewriter.write_dataset(body, ds)
     pixels_tag = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OW", 0, rows * rows * 2)
     packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
-    head = packer.compress(body.getvalue() + pixels_tag)
+    head = packer.compress(body.parent.getvalue() + pixels_tag)
     stream = head + _zeros_deflated_tail(packer, rows * rows * 2)
     meta = ds.file_meta
     meta.TransferSyntaxUID = pydicom.uid.DeflatedExplicitVRLittleEndian
