@@ -1,7 +1,7 @@
 # CUDA image serving the MONAI Label app (`ldct serve`); the models in models/ are baked in.
 # Build: docker build -t ldct .
 # Run:   docker run --gpus all -p 8000:8000 -v STUDIES:/data/studies -v SITE:/data/site-models \
-#          -v AUTH:/data/auth ldct
+#          -v AUTH:/data/auth -v READER_STUDIES:/data/reader-studies ldct
 # Every route but /health needs a token; the first start prints the admin token (docker logs).
 # More: docker exec CONTAINER ldct token add NAME --role radiologist. Put TLS in front (README).
 # torch's CUDA 13 wheels bring their own CUDA libraries: the base image only provides the
@@ -36,15 +36,19 @@ COPY apps ./apps
 COPY models ./models
 RUN "$VENV/bin/pip" install --no-deps --no-build-isolation -e . \
     && useradd --create-home --uid 10001 ldct \
-    && mkdir -p /data/studies /data/site-models /data/auth apps/ldct_denoise/logs \
+    && mkdir -p /data/studies /data/site-models /data/auth /data/reader-studies \
+        apps/ldct_denoise/logs \
     && chown -R 10001:10001 /data apps/ldct_denoise/logs
 
 USER 10001
-# fine-tuned versions (POST /train/{model}) and the token file go to writable volumes, the
+# fine-tuned versions (POST /train/{model}), the token file and the reader studies with their
+# scores go to volumes (kept when the container is recreated for an image update), the
 # shipped models stay; binding 0.0.0.0 is refused without tokens
 ENV PATH="/opt/ldct/venv/bin:$PATH" \
     LDCT_SITE_MODELS=/data/site-models \
-    LDCT_AUTH_FILE=/data/auth/tokens.json
+    LDCT_AUTH_FILE=/data/auth/tokens.json \
+    LDCT_STUDY_ROOT=/data/reader-studies
+VOLUME ["/data/studies", "/data/site-models", "/data/auth", "/data/reader-studies"]
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=10s --start-period=120s --retries=3 \
     CMD ["curl", "-fsS", "http://127.0.0.1:8000/health"]

@@ -70,6 +70,8 @@ ROUTES = (
 # send a token, so they are served to anyone (`ldct.study.page` says how the token reaches it).
 PUBLIC = (Route(("GET",), PAGE_PATH, ()), Route(("GET",), PAGE_PATH + "/{asset}", ()))
 
+# on every answer: nothing is cached (answers carry patient data), no content sniffing
+PRIVATE_HEADERS = ((b"cache-control", b"no-store"), (b"x-content-type-options", b"nosniff"))
 ANONYMOUS_ADMIN = Identity("anonymous (--insecure-no-auth)", "admin")
 
 
@@ -153,13 +155,26 @@ class AccessGuard:
             identity = self.store.identify(token) if token else None
         decision = decide(method, path, identity)
         if decision.status:
-            if decision.status == 401:
-                logger.info("refused %s %s: no valid token", method, path)
+            if decision.status == 401:  # the path as sent, escaped: no line of the client's
+                logger.info("refused %s %s: no valid token", method,
+                            path.encode("unicode_escape").decode("ascii")[:200])
             await _answer(send, decision.status, {"detail": decision.detail},
                           [(b"www-authenticate", b"Bearer")] if decision.status == 401 else [])
             return
         scope[IDENTITY_KEY] = decision.identity
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, _with_headers(send))
+
+
+def _with_headers(send: Callable) -> Callable:
+    """``send`` adding `PRIVATE_HEADERS` to the answer: answers carry patient data."""
+
+    async def sending(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            present = {key.lower() for key, _ in message.get("headers", [])}
+            message["headers"] = [*message.get("headers", []),
+                                  *((k, v) for k, v in PRIVATE_HEADERS if k not in present)]
+        await send(message)
+    return sending
 
 
 async def _answer(send: Callable, status: int, body: dict[str, Any],
@@ -167,5 +182,6 @@ async def _answer(send: Callable, status: int, body: dict[str, Any],
     data = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(data)).encode()), *(headers or [])]})
+                            (b"content-length", str(len(data)).encode()), *PRIVATE_HEADERS,
+                            *(headers or [])]})
     await send({"type": "http.response.body", "body": data})

@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
@@ -23,9 +24,13 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+logger = logging.getLogger(__name__)
 AUTH_FILE_ENV = "LDCT_AUTH_FILE"
 ROLES = ("radiologist", "reader", "coordinator", "admin")
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+
+
+_WARNED: set[tuple[str, int]] = set()  # (token file, mode) already reported as not private
 
 
 class AuthError(ValueError):
@@ -67,6 +72,12 @@ class TokenStore:
         except FileNotFoundError:
             self._entries, self._stamp = [], None
             return self._entries
+        if stat.st_mode & 0o077 and (str(self.path), stat.st_mode) not in _WARNED:
+            _WARNED.add((str(self.path), stat.st_mode))
+            logger.warning("the token file %s can be read or written by other users (mode %o); "
+                           "`chmod 600` it: its hashes let anyone who copies it try tokens "
+                           "offline, and a writer can add their own", self.path,
+                           stat.st_mode & 0o777)
         stamp = (stat.st_mtime_ns, stat.st_size)
         if stamp != self._stamp:
             data = json.loads(self.path.read_text() or "{}")
@@ -91,24 +102,35 @@ class TokenStore:
                         found.get("reader", ""))
 
     # -- writing ----------------------------------------------------------------------------
-    def add(self, name: str, role: str, study: str = "", reader: str = "") -> str:
-        """Make a token for ``name`` with ``role``; returns it (the only time it is seen)."""
+    def add(self, name: str, role: str) -> str:
+        """Make a token for ``name`` with ``role`` (any but reader, whose tokens studies make
+        with `replace_reader`); returns it (the only time it is seen)."""
         if not NAME.fullmatch(name):
-            raise AuthError(f"token name {name!r}: use 1-64 letters, digits, '.', '_', '@' or "
-                            "'-', starting with a letter or digit")
-        if role not in ROLES:
-            raise AuthError(f"role {role!r} is unknown; choose one of {', '.join(ROLES)}")
-        if (role == "reader") != bool(study and reader):
-            raise AuthError("a reader token needs its study and reader id (made by `ldct study "
-                            "create` or `ldct study add-reader`); other roles take neither")
+            raise AuthError(f"token name {name[:80]!r}: use 1-64 letters, digits, '.', '_', '@' "
+                            "or '-', starting with a letter or digit")
+        if role not in ROLES or role == "reader":
+            raise AuthError(f"role {role[:20]!r}: choose one of "
+                            f"{', '.join(r for r in ROLES if r != 'reader')} (reader tokens are "
+                            "made by `ldct study create` or `ldct study add-reader`)")
         token = secrets.token_urlsafe(32)
         with self._locked() as entries:
             if any(e["name"] == name for e in entries):
                 raise AuthError(f"a token named {name!r} exists already; revoke it first "
                                 f"(`ldct token revoke {name}`) or choose another name")
-            entries.append({"name": name, "role": role, "sha256": _digest(token),
-                            **({"study": study, "reader": reader} if study else {}),
-                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            entries.append(_entry(name, role, token))
+        return token
+
+    def replace_reader(self, study: str, reader: str) -> str:
+        """A new token for ``reader`` of ``study``, in place of that reader's earlier one and
+        of nothing else: reader tokens are named ``reader:STUDY/READER``, a name no other
+        role's token can have (':' and '/' are not allowed in theirs)."""
+        name = reader_token_name(study, reader)
+        token = secrets.token_urlsafe(32)
+        with self._locked() as entries:
+            entries[:] = [e for e in entries if not (e["role"] == "reader" and
+                                                     (e.get("study"), e.get("reader")) ==
+                                                     (study, reader))]
+            entries.append(_entry(name, "reader", token, study=study, reader=reader))
         return token
 
     def revoke(self, name: str) -> None:
@@ -134,6 +156,19 @@ class TokenStore:
                 json.dump({"tokens": entries}, out, indent=1)
             os.replace(partial, self.path)
             self._stamp = None
+
+
+def reader_token_name(study: str, reader: str) -> str:
+    """The name of a reader's token: in a namespace of its own."""
+    if not (re.fullmatch(r"[a-z0-9-]{1,64}", study) and NAME.fullmatch(reader)):
+        raise AuthError(f"study {study[:80]!r} / reader {reader[:80]!r}: not a study id and "
+                        "reader id")
+    return f"reader:{study}/{reader}"
+
+
+def _entry(name: str, role: str, token: str, **binding: str) -> dict[str, str]:
+    return {"name": name, "role": role, "sha256": _digest(token), **binding,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def public(identity: Identity) -> dict[str, str]:

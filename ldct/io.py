@@ -13,6 +13,7 @@ import datetime
 import math
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,9 +29,20 @@ from ldct.derived import SOFTWARE, Derivation, match_sources, write_derived_seri
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
 ITK_FORMATS = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 PICTURE_FORMATS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
-MAX_VOXELS = 1024 * 1024 * 2048  # 8 GiB as float32: beyond this a volume must be split first
+# The largest volume one server decodes: 512x512 pixels x 1024 slices (chest to pelvis at
+# 0.6 mm; a longer scan is split into slabs). Reading, denoising and writing peaked at about 35
+# bytes per voxel in the server (benchmarks/upload_memory.md), so some 9.4 GB: what a 16 GB
+# server holds, one volume at a time.
+MAX_VOXELS = 512 * 512 * 1024
+MAX_INPLANE = 4096  # pixels per row or column: CT slices have 512, at most 1024 or 2048
 MAX_ZIP_MEMBERS = 20000  # files in a zipped series (a CT series has hundreds to a few thousand)
 MAX_ZIP_RATIO = 100  # unpacked bytes per packed byte: DICOM packs 2-5x, a zip bomb 1000x
+# Declared voxel bytes per stored byte of a compressed volume or deflated DICOM file: CT packs
+# a few times with gzip (air has noise too); a bomb packs 1000x. Below UNCHECKED_BYTES (a
+# 1024^2 x 8 int16 volume) any ratio goes: a constant test volume packs far more, costs little.
+MAX_PACK_RATIO = 50
+UNCHECKED_BYTES = 16 << 20
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
 MIN_INPLANE = 16
 
 # DICOM tags of the patient, study, frame-of-reference and equipment modules that a derived
@@ -95,6 +107,31 @@ def check_voxels(shape: Sequence[int], source: str, max_voxels: int = MAX_VOXELS
                            f"{max_voxels:,}. Crop the volume or split it into slabs first.")
 
 
+def check_declared(sizes: Sequence[int], width: int, available: int, encoding: str,
+                   source: str) -> None:
+    """Refuse, from a header alone, a volume over the limits or one its file cannot hold.
+
+    ``sizes``: x, y(, z) as the header declares them; ``width``: bytes per voxel;
+    ``available``: the bytes of data the file holds; ``encoding``: raw, hex, text or packed
+    (gzip, bzip2, deflate: at most `MAX_PACK_RATIO` times the bytes sent)."""
+    check_voxels(sizes, source)
+    if max(sizes[:2]) > MAX_INPLANE:
+        raise CTInputError(f"{source}: slices of {sizes[0]}x{sizes[1]} pixels; CT slices have at "
+                           f"most {MAX_INPLANE} per row and column.")
+    voxels = math.prod(int(n) for n in sizes)
+    declared = voxels * width
+    needed = {"raw": declared, "hex": 2 * declared, "text": voxels}.get(encoding, 0)
+    if available < needed:
+        raise CTInputError(f"{source}: the header declares {tuple(sizes)} voxels ({declared:,} "
+                           f"bytes) but the file holds {available:,} bytes of data; send the "
+                           "whole volume.")
+    if encoding == "packed" and declared > max(UNCHECKED_BYTES, MAX_PACK_RATIO * available):
+        raise CTInputError(f"{source}: {available:,} compressed bytes declare {declared:,} bytes "
+                           f"of voxels ({declared // max(available, 1):,} times more; CT packs a "
+                           "few times, a compression bomb 1000 times). Refused unread; send the "
+                           "volume uncompressed or compressed by a standard tool.")
+
+
 def validate_ct(hu: np.ndarray, source: str = "input", max_voxels: int = MAX_VOXELS) -> None:
     """Refuse arrays that cannot be a CT volume in HU, saying what is wrong and what to do."""
     if hu.ndim != 3:
@@ -153,6 +190,10 @@ def _check_zip(archive: zipfile.ZipFile, path: Path) -> None:
     """Refuse, from the archive's directory and before extracting anything, a zip with too many
     members, more bytes than the largest volume allowed, or a zip-bomb expansion ratio."""
     members = archive.infolist()
+    linked = [m.filename for m in members if (m.external_attr >> 16) & 0o170000 == 0o120000]
+    if linked:
+        raise CTInputError(f"{path}: the zip holds symbolic links ({', '.join(linked[:3])}); "
+                           "zip the DICOM files themselves (e.g. `zip -r series.zip FOLDER`).")
     if len(members) > MAX_ZIP_MEMBERS:
         raise CTInputError(f"{path}: {len(members):,} files in the zip (at most "
                            f"{MAX_ZIP_MEMBERS:,}); send one series.")
@@ -174,6 +215,47 @@ def _safe_extract(archive: zipfile.ZipFile, dest: Path) -> None:
         if root not in target.parents and target != root:
             raise CTInputError(f"zip member {member!r} points outside the archive; refusing it.")
     archive.extractall(dest)
+
+
+def is_deflated(path: Path) -> bool:
+    """True for a DICOM file in the deflated transfer syntax (its file meta says so; nothing
+    after the meta is read)."""
+    try:
+        meta = pydicom.filereader.read_file_meta_info(path)
+    except Exception:  # noqa: BLE001 - not DICOM with a file meta: the readers decide
+        return False
+    return meta.get("TransferSyntaxUID") == DEFLATED
+
+
+def inflate_deflated(path: Path, dest: Path, source: str) -> Path:
+    """``path`` (deflated DICOM) rewritten to ``dest`` as explicit VR little endian, inflated
+    chunk by chunk to disk and refused once it passes `MAX_PACK_RATIO` times its size (at
+    least `UNCHECKED_BYTES`): pydicom itself would inflate it whole in memory, however large."""
+    meta = pydicom.filereader.read_file_meta_info(path)
+    with open(path, "rb") as packed:
+        pydicom.filereader.read_preamble(packed, False)
+        pydicom.filereader._read_file_meta_info(packed)
+        start = packed.tell()
+        limit = max(UNCHECKED_BYTES, MAX_PACK_RATIO * (path.stat().st_size - start))
+        meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+        inflater, written = zlib.decompressobj(-zlib.MAX_WBITS), 0
+        with open(dest, "wb") as out:
+            out.write(b"\0" * 128 + b"DICM")
+            pydicom.filewriter.write_file_meta_info(pydicom.filebase.DicomFileLike(out), meta)
+            pending = packed.read(1 << 16)
+            while pending and not inflater.eof:
+                data = inflater.decompress(pending, 1 << 20)  # at most 1 MiB at a time
+                pending = inflater.unconsumed_tail or packed.read(1 << 16)
+                written += len(data)
+                if written > limit:
+                    out.close()
+                    dest.unlink()
+                    raise CTInputError(f"{source}: a deflated DICOM file that inflates to more "
+                                       f"than {limit:,} bytes from {path.stat().st_size:,} (a "
+                                       "compression bomb?); refused unread. Send it in an "
+                                       "uncompressed transfer syntax.")
+                out.write(data)
+    return dest
 
 
 def _is_dicom_file(path: Path) -> bool:
@@ -218,10 +300,21 @@ def read_dicom_series(source: Path | Sequence[Path], series_uid: str | None = No
     """Read the CT slices of one series (a folder searched recursively, or given files)."""
     files = sorted(p for p in Path(source).rglob("*") if p.is_file()) \
         if isinstance(source, Path) else list(source)
+    with tempfile.TemporaryDirectory(prefix="ldct-inflated-") as scratch:
+        return _read_series(files, source, series_uid, Path(scratch))
+
+
+def _read_series(files: list[Path], source: Path | Sequence[Path], series_uid: str | None,
+                 scratch: Path) -> CTVolume:
+    """`read_dicom_series` of ``files``; deflated ones are inflated (bounded) into ``scratch``."""
     headers: dict[str, list[tuple[Path, Dataset]]] = {}
-    for path in files:
+    for k, path in enumerate(files):
         try:
+            if is_deflated(path):
+                path = inflate_deflated(path, scratch / f"{k}.dcm", str(path.name))
             ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except CTInputError:
+            raise
         except Exception:
             continue
         if "PixelData" not in ds and not hasattr(ds, "Rows"):
@@ -251,8 +344,11 @@ def read_dicom_series(source: Path | Sequence[Path], series_uid: str | None = No
     if enhanced or int(first.get("NumberOfFrames", 1)) > 1:
         raise CTInputError(f"{where}: a multi-frame (enhanced) CT object; convert it to a classic "
                            "single-frame CT series first.")
-    check_voxels((len(chosen), int(first.get("Rows", 0)), int(first.get("Columns", 0))),
-                 str(where))
+    rows, columns = int(first.get("Rows", 0)), int(first.get("Columns", 0))
+    check_voxels((len(chosen), rows, columns), str(where))
+    if max(rows, columns) > MAX_INPLANE:
+        raise CTInputError(f"{where}: slices of {rows}x{columns} pixels; CT slices have at most "
+                           f"{MAX_INPLANE} per row and column.")
     return _stack_slices(chosen, str(where))
 
 

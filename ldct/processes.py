@@ -1,5 +1,5 @@
-"""Local server processes for tests and benchmarks: a free loopback port, and a server started,
-waited for (until a URL answers 200) and stopped."""
+"""Local server processes for tests and benchmarks: a free loopback port, a server started,
+waited for (until a URL answers 200) and stopped, and a wait for a server's state."""
 
 from __future__ import annotations
 
@@ -60,3 +60,12 @@ def running(command: list[str], ready_url: str, log_path: Path, env: dict | None
         proc.terminate()
         proc.wait(timeout=60)
         log.close()
+
+
+def wait_for(condition, what: str, timeout_s: float = 60.0):
+    """``condition()``'s first true value, polled until ``timeout_s`` (then AssertionError)."""
+    deadline = time.monotonic() + timeout_s
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"{what} not within {timeout_s} s"
+        time.sleep(0.05)  # polling a server's state, not synchronization
+    return value

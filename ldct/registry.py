@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 ENCODER_DIR = MODELS_DIR / "ct_encoder"  # the shipped PVM (encoder.pt + card)
 SITE_MODELS_ENV = "LDCT_SITE_MODELS"
+VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a folder under versions/
 # the model to offer first (demo, Slicer default, /info/), chosen by benchmarks/select_model.py
 RECOMMENDED_FILE = MODELS_DIR / "recommended.json"
 FALLBACK = "ldct-nlm"  # when no recommended network has weights
@@ -68,10 +70,18 @@ class ModelInfo:
         return site_models_dir() / self.name / "versions.json"
 
     def manifest(self) -> dict[str, Any]:
-        """``{"in_use": name or "shipped", "versions": {name: record}}`` (records hold sha256)."""
+        """``{"in_use": name or "shipped", "versions": {name: record}}`` (records hold sha256);
+        a manifest that cannot be used means the shipped weights, its ``error`` saying why
+        (logged once, shown in /info/)."""
         path = self.manifest_path
-        data = json.loads(path.read_text()) if path.exists() else {}
-        return {"in_use": data.get("in_use", "shipped"), "versions": data.get("versions", {})}
+        try:
+            return _checked_manifest(json.loads(path.read_text()) if path.exists() else {})
+        except (OSError, ValueError) as exc:
+            error = f"{path}: {str(exc)[:200]}; serving the shipped weights"
+            if error not in _REPORTED:
+                _REPORTED.add(error)
+                logger.error("%s", error)
+            return {"in_use": "shipped", "versions": {}, "error": error}
 
     def _write_manifest(self, manifest: dict[str, Any]) -> None:
         path = self.manifest_path
@@ -146,8 +156,25 @@ class ModelInfo:
                 "differences_from_paper": list(self.differences),
                 "available": self.available(),
                 "version": self.version() if self.kind == "network" else "",
+                "manifest_error": self.manifest().get("error", "")
+                if self.kind == "network" else "",
                 "recommended": self.name == recommended(), "card": self.card(),
                 "task_based_quality": task_quality().get(self.name, {})}
+
+
+def _checked_manifest(data: Any) -> dict[str, Any]:
+    """A versions.json's content, refused (ValueError) unless every version is a plain folder
+    name under versions/ (never a path) with a record."""
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    in_use, versions = data.get("in_use", "shipped"), data.get("versions", {})
+    if not isinstance(versions, dict) or not all(
+            isinstance(k, str) and VERSION_NAME.fullmatch(k) and isinstance(v, dict)
+            for k, v in versions.items()):
+        raise ValueError("'versions' must map version folder names to records")
+    if in_use != "shipped" and in_use not in versions:
+        raise ValueError(f"'in_use' {str(in_use)[:80]!r} is not 'shipped' or a recorded version")
+    return {"in_use": in_use, "versions": versions}
 
 
 def file_sha256(path: Path) -> str:
@@ -168,7 +195,7 @@ def _sha256(path: str, inode: int, ctime_ns: int, size: int) -> str:
 
 
 REGISTRY: dict[str, ModelInfo] = {}
-_REPORTED: set[Path] = set()  # unrecorded version folders already logged
+_REPORTED: set[Path | str] = set()  # unrecorded version folders and manifest errors logged
 
 
 def register(name: str, title: str, paper: str, supervision: str, kind: str = "network",

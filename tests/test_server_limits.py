@@ -23,7 +23,7 @@ from conftest import bearer, free_port, running, serve_command
 from ldct.auth import TokenStore
 from ldct.io import write_dicom_series, write_volume
 from ldct.phantom import make_phantom
-from ldct.processes import rss_mb
+from ldct.processes import rss_mb, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -136,14 +136,6 @@ def test_rejected_uploads_leave_nothing_behind(server):
     assert sorted(p.name for p in server["tmp"].iterdir()) == before
 
 
-def _wait_for(condition, what: str, timeout_s: float = 60.0):
-    deadline = time.monotonic() + timeout_s
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"{what} not within {timeout_s} s"
-        time.sleep(0.05)  # polling the server's state, not synchronization
-    return value
-
-
 def test_cancel_stops_a_running_job_and_the_server_answers_meanwhile(server):
     url, auth = server["url"], server["auth"]
     job = uuid.uuid4().hex
@@ -152,7 +144,7 @@ def test_cancel_stops_a_running_job_and_the_server_answers_meanwhile(server):
         f"{url}/infer/vagan", params={"image": "big", "job": job, "output": "json"},
         data={"params": '{"ensemble": 8}'}, headers=auth, timeout=600)))
     request.start()
-    _wait_for(lambda: requests.get(f"{url}/jobs/{job}", headers=auth,
+    wait_for(lambda: requests.get(f"{url}/jobs/{job}", headers=auth,
                                    timeout=30).json().get("state") == "running", "job running")
     started = time.monotonic()
     info = requests.get(f"{url}/info/", headers=auth, timeout=30)
@@ -164,7 +156,7 @@ def test_cancel_stops_a_running_job_and_the_server_answers_meanwhile(server):
     assert other.status_code == 404  # another radiologist's job is not theirs to see
     cancelled_at = time.monotonic()
     assert requests.delete(f"{url}/jobs/{job}", headers=auth, timeout=30).status_code == 200
-    ended = _wait_for(lambda: (state := requests.get(f"{url}/jobs/{job}", headers=auth,
+    ended = wait_for(lambda: (state := requests.get(f"{url}/jobs/{job}", headers=auth,
                                                      timeout=30).json())["state"] == "cancelled"
                       and state, "cancelled")
     # within a network pass or two (a batch of views), not at the end of the job: seconds on a
@@ -188,9 +180,9 @@ def test_a_client_that_goes_away_cancels_its_job(server):
             f"boundary=B\r\nContent-Length: {len(body)}\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", port)) as client:
         client.sendall(head + body)
-        _wait_for(lambda: requests.get(f"{url}/jobs/{job}", headers=auth,
+        wait_for(lambda: requests.get(f"{url}/jobs/{job}", headers=auth,
                                        timeout=30).json().get("state") == "running", "running")
-    _wait_for(lambda: requests.get(f"{url}/jobs/{job}", headers=auth,
+    wait_for(lambda: requests.get(f"{url}/jobs/{job}", headers=auth,
                                    timeout=30).json()["state"] == "cancelled", "cancelled", 5)
 
 
@@ -218,12 +210,12 @@ def test_study_creation_survives_sigkill(tmp_path, tokens):
     with running(command, f"{url}/health", tmp_path / "first.log") as proc:
         created = requests.post(f"{url}/study/", data=yaml.safe_dump(definition), timeout=30,
                                 headers={"Content-Type": "text/plain", **coordinator}).json()
-        _wait_for(lambda: status()["created"] >= 2, "two volumes made")
+        wait_for(lambda: status()["created"] >= 2, "two volumes made")
         assert status()["state"] == "creating"
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
     with running(command, f"{url}/health", tmp_path / "second.log"):
-        _wait_for(lambda: status()["state"] == "open", "the study resumed", 180)
+        wait_for(lambda: status()["state"] == "open", "the study resumed", 180)
         reader = bearer(created["reader_tokens"]["r1"])  # the tokens made before still work
         item = requests.get(f"{url}/study/killed/readers/r1/next", headers=reader,
                             timeout=30).json()

@@ -49,6 +49,10 @@ LIKERT = (1, 2, 3, 4, 5)
 TASKS = ("likert", "detection")
 DETECTION_SCALES = ((1, 5), (0, 100))
 DETECTION_ANCHORS = {1: "definitely no lesion", 3: "unsure", 5: "definitely a lesion"}
+MAX_YAML_BYTES = 1 << 20  # a study of a thousand cases is some 100 KB of YAML
+READER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")  # part of a token's name and a URL
+MAX_NAME = 64  # characters of a study's name (its id names a folder and URLs)
+MAX_TEXT = 256  # characters of any other text: ids, names, questions, anchors
 
 
 class StudyDefinitionError(ValueError):
@@ -126,12 +130,52 @@ class StudyDefinition:
                 "forced_choice": self.presentation == "pairs"}
 
 
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader refusing aliases (``*name``): a study file needs none, and nested
+    aliases expand a few hundred bytes into gigabytes (the "billion laughs")."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001, ANN201 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "an alias (*name): study files take no YAML aliases; write the "
+                "value out", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+def loads(text: str, source: str = "the study") -> Any:
+    """Parse a study's YAML text: bounded in size, no aliases, no Python objects."""
+    if len(text) > MAX_YAML_BYTES:
+        raise StudyDefinitionError(f"{source}: {len(text):,} characters of YAML; a study "
+                                   f"definition has at most {MAX_YAML_BYTES:,}")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise StudyDefinitionError(f"{source} is not valid YAML: {_clip(str(exc), 400)}") from exc
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    """A client's value as a message shows it: never whole (values can be huge)."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _shown(value: Any) -> str:
+    return _clip(repr(value))
+
+
+def _text(value: Any, where: str, limit: int = MAX_TEXT) -> str:
+    """A short text field (ids, names, questions)."""
+    text = str(value)
+    if not text.strip() or len(text) > limit:
+        raise StudyDefinitionError(f"{where} must be 1-{limit} characters, got {_shown(value)}")
+    return text
+
+
 def _need(mapping: dict, key: str, where: str, kind: type | tuple = str) -> Any:
     if key not in mapping:
         raise StudyDefinitionError(f"{where}: '{key}' is missing")
     if not isinstance(mapping[key], kind):
         raise StudyDefinitionError(f"{where}: '{key}' must be {getattr(kind, '__name__', kind)}"
-                                   f", got {mapping[key]!r}")
+                                   f", got {_shown(mapping[key])}")
     return mapping[key]
 
 
@@ -142,7 +186,8 @@ def _positive(value: Any) -> bool:
 def _unique(names: list[str], what: str) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise StudyDefinitionError(f"{what} must be unique; repeated: {', '.join(duplicates)}")
+        raise StudyDefinitionError(f"{what} must be unique; repeated: "
+                                   f"{_clip(', '.join(map(str, duplicates)), 200)}")
 
 
 def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
@@ -152,7 +197,7 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
     presentation = data.get("presentation", "single")
     if presentation not in PRESENTATIONS:
         raise StudyDefinitionError(f"presentation must be one of {PRESENTATIONS}, "
-                                   f"got {presentation!r}")
+                                   f"got {_shown(presentation)}")
     window = data.get("window", {"width": 400, "level": 40})
     try:
         width, level = float(window["width"]), float(window["level"])
@@ -160,9 +205,17 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
         raise StudyDefinitionError("window must be {width: W, level: L} in HU") from exc
     if width <= 0:
         raise StudyDefinitionError("window width must be positive")
+    name = _text(_need(data, "name", "study"), "study: name", MAX_NAME)
+    if not re.sub(r"[^a-z0-9]+", "", name.lower()):
+        raise StudyDefinitionError("study: name needs letters or digits (its id is made of them)")
     readers = _need(data, "readers", "study", list)
-    if not readers or not all(isinstance(r, str) and r.strip() for r in readers):
+    if not readers or not all(isinstance(r, str) for r in readers):
         raise StudyDefinitionError("readers must be a non-empty list of reader ids")
+    for reader in readers:
+        if not READER_ID.fullmatch(reader):
+            raise StudyDefinitionError(f"reader id {_shown(reader)}: use 1-32 letters, digits, "
+                                       "'.', '_' or '-', starting with a letter or digit (it is "
+                                       "part of the reader's URLs and token)")
     _unique(readers, "reader ids")
     cases = []
     for k, entry in enumerate(_need(data, "cases", "study", list)):
@@ -177,9 +230,11 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
             if not isinstance(ref, dict) or not all(ref.get(k) for k in ("url", "study",
                                                                            "series")):
                 raise StudyDefinitionError(f"{where}: dicomweb needs url, study and series")
-        cases.append(Case(str(_need(entry, "id", where, (str, int))),
-                          str(entry.get("image", "")), str(entry.get("datastore", "")),
-                          dict(entry.get("dicomweb", {})), *_truth(entry, where)))
+        cases.append(Case(_text(_need(entry, "id", where, (str, int)), f"{where}: id"),
+                          _clip(str(entry.get("image", "")), 4096),
+                          _clip(str(entry.get("datastore", "")), 1024),
+                          {k: _clip(str(v), 4096) for k, v in entry.get("dicomweb", {}).items()},
+                          *_truth(entry, where)))
     if not cases:
         raise StudyDefinitionError("cases must list at least one case")
     _unique([c.id for c in cases], "case ids")
@@ -192,13 +247,14 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
         if (not isinstance(strength, (int, float)) or isinstance(strength, bool)
                 or not 0.0 <= strength <= 1.0):
             raise StudyDefinitionError(f"{where}: strength must be a number in [0, 1], got "
-                                       f"{strength!r}")
+                                       f"{_shown(strength)}")
         target = entry.get("target_noise")
         if target is not None and ("strength" in entry or not _positive(target)):
             raise StudyDefinitionError(f"{where}: target_noise must be a noise SD in HU above 0 "
-                                       f"and comes instead of strength, got {target!r}"
+                                       f"and comes instead of strength, got {_shown(target)}"
                                        + (" with a strength" if "strength" in entry else ""))
-        conditions.append(Condition(str(_need(entry, "name", where)), str(entry.get("model", "")),
+        conditions.append(Condition(_text(_need(entry, "name", where), f"{where}: name"),
+                                    _clip(str(entry.get("model", "")), MAX_TEXT),
                                     float(strength), None if target is None else float(target)))
     _unique([c.name for c in conditions], "condition names")
     if sum(1 for c in conditions if not c.model) != 1:
@@ -223,9 +279,11 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
             raise StudyDefinitionError(f"{where}: anchors must label points of the "
                                        f"{scale[0]}-{scale[1]} scale, e.g. "
                                        f"{{{scale[0]}: unacceptable, {scale[1]}: excellent}}")
-        criteria.append(Criterion(str(_need(entry, "name", where)),
-                                  str(entry.get("question", entry["name"])),
-                                  {int(k): str(v) for k, v in sorted(anchors.items())},
+        criteria.append(Criterion(_text(_need(entry, "name", where), f"{where}: name"),
+                                  _text(entry.get("question", entry["name"]),
+                                        f"{where}: question"),
+                                  {int(k): _text(v, f"{where}: anchor {k}")
+                                   for k, v in sorted(anchors.items())},
                                   task, scale))
     if not criteria:
         raise StudyDefinitionError("criteria must list at least one criterion")
@@ -234,8 +292,8 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
         _check_truth(cases)
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
-        raise StudyDefinitionError(f"study: seed must be a whole number, got {seed!r}")
-    return StudyDefinition(str(_need(data, "name", "study")), seed,
+        raise StudyDefinitionError(f"study: seed must be a whole number, got {_shown(seed)}")
+    return StudyDefinition(name, seed,
                            presentation, (width, level), tuple(readers), tuple(cases),
                            tuple(conditions), tuple(criteria), base_dir)
 
@@ -279,8 +337,4 @@ def _check_truth(cases: list[Case]) -> None:
 def load(path: str | Path) -> StudyDefinition:
     """Read and validate a study YAML file."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise StudyDefinitionError(f"{path} is not valid YAML: {exc}") from exc
-    return parse(data, path.parent)
+    return parse(loads(path.read_text(), str(path)), path.parent)

@@ -32,6 +32,7 @@ from ldct.access import reader_refusal
 from ldct.auth import TokenStore
 from ldct.infer import denoise, denoise_to_noise
 from ldct.io import CTVolume, read_volume, write_volume
+from ldct.jobs import DEVICE
 from ldct.study.definition import Condition, StudyDefinition, parse
 from ldct.study.store import StudyStore
 
@@ -142,11 +143,9 @@ class StudyService:
                                       "server's datastore")
 
     def reader_token(self, study: str, reader: str) -> str:
-        """A new bearer token for ``reader`` of ``study`` (an earlier one is revoked)."""
-        name = f"{study}.{reader}"
-        if any(i.name == name for i in self.tokens.identities()):
-            self.tokens.revoke(name)
-        return self.tokens.add(name, "reader", study=study, reader=reader)
+        """A new bearer token for ``reader`` of ``study`` (that reader's earlier one, and no
+        other token, is revoked)."""
+        return self.tokens.replace_reader(study, reader)
 
     def _new_study(self, definition: StudyDefinition) -> tuple[Path, StudyStore]:
         with self._lock:
@@ -179,6 +178,10 @@ class StudyService:
             store = StudyStore(folder / "study.sqlite")
             meta = store.meta()
             if meta.get("state") != "creating":
+                continue
+            if store.readers_progress():  # stopped after its one last transaction: just open it
+                store.set_meta(state="open")
+                resumed.append(folder.name)
                 continue
             for partial in (folder / "volumes").glob("*"):
                 partial.unlink()
@@ -452,9 +455,11 @@ def _shown(volume: CTVolume, condition: Condition, device: str) -> CTVolume:
     strength that leaves its target noise."""
     if not condition.model:
         return volume
-    if condition.target_noise is None:
-        return denoise(volume, condition.model, condition.strength, device=device)
-    return denoise_to_noise(volume, condition.model, condition.target_noise, device=device)[0]
+    with DEVICE:  # one at a time with the server's denoising requests
+        if condition.target_noise is None:
+            return denoise(volume, condition.model, condition.strength, device=device)
+        return denoise_to_noise(volume, condition.model, condition.target_noise,
+                                device=device)[0]
 
 
 def _as_yaml_data(definition: StudyDefinition) -> dict[str, Any]:

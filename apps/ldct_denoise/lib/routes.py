@@ -44,7 +44,9 @@ from monailabel.utils.others.generic import remove_file
 from ldct.access import caller
 from ldct.finetune import check_settings
 from ldct.infer_params import parse_params
-from ldct.jobs import JOBS, Job, JobError
+from ldct.io import CTInputError
+from ldct.jobs import DEVICE, JOBS, Job, JobError
+from ldct.server.uploads import check_upload
 
 RETRY_AFTER_S = 30
 CT_CHECK_HEADER = "X-CT-Number-Check"  # the CT-number guard's verdict beside a result file
@@ -82,7 +84,12 @@ class InferenceQueue:
     async def run(self, function, *args):
         """Run ``function(*args)`` in a worker thread once the device is free."""
         async with self._device:
-            return await run_in_threadpool(function, *args)
+            return await run_in_threadpool(_on_device, function, *args)
+
+
+def _on_device(function, *args):
+    with DEVICE:  # shared with reader-study creation (`ldct.study.service`)
+        return function(*args)
 
 
 def upload_suffix(filename: str | None) -> str:
@@ -170,7 +177,8 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
 
     @router.get("/info/", summary="The app: its denoisers, their options and model cards")
     def info() -> dict[str, Any]:
-        return app.info()
+        with pacs_errors():  # its datastore part asks the PACS
+            return app.info()
 
     @router.get("/datastore/", summary="The images (ids) this server can denoise by id")
     def datastore(output: str = "stats") -> dict[str, Any]:
@@ -190,7 +198,7 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
     @router.delete("/jobs/{job}", summary="Cancel a denoising job (its worker stops)")
     def cancel(http: Request, job: str) -> dict[str, Any]:
         found = _job(http, job)
-        found.cancel_requested.set()
+        found.cancel()
         return found.status()
 
     @router.post("/infer/{model}", summary="Denoise an uploaded volume or a datastore image")
@@ -213,12 +221,11 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
             folder = Path(tempfile.mkdtemp(prefix="ldct-upload-"))
             upload = folder / f"upload{upload_suffix(file.filename if file else '')}"
             try:
-                request: dict[str, Any] = {"model": model, "job": work.id,
+                request: dict[str, Any] = {"model": model, "job": work.key,
                                            **checked.as_dict()}
                 if file is not None:
-                    request["image"] = str(upload)
-                    await run_in_threadpool(_save, file, request["image"])
-                    request["image_id"] = ""
+                    request["image"] = str(await run_in_threadpool(_save, file, upload))
+                    request["image_id"], request["upload_name"] = "", _shown(file.filename)
                 else:
                     request["image_id"] = await run_in_threadpool(datastore_id, app, image)
                     with pacs_errors():
@@ -229,7 +236,7 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
                 shutil.rmtree(folder, ignore_errors=True)
                 JOBS.finish(work, "cancelled" if work.stop_requested() else "failed")
                 if isinstance(exc, HTTPException) and isinstance(exc.detail, str):
-                    shown = file.filename if file else "the upload"
+                    shown = _shown(file.filename) if file else "the upload"
                     exc.detail = exc.detail.replace(str(upload), shown).replace(str(folder),
                                                                                 "(upload)")
                 raise
@@ -307,14 +314,28 @@ async def _while_connected(http: Request, job: Job, work: Awaitable[Any]) -> Any
         done, _ = await asyncio.wait({task}, timeout=DISCONNECT_CHECK_S)
         if done:
             return task.result()
+        if job.state == "cancelled":  # cancelled while queued: it never reaches the device
+            task.cancel()
+            raise HTTPException(status_code=409, detail="the job was cancelled while queued")
         if not job.stop_requested() and await http.is_disconnected():
-            job.cancel_requested.set()
+            job.cancel()
 
 
-def _save(upload: UploadFile, path: str) -> None:
+def _shown(filename: str | None) -> str:
+    """The client's file name as messages show it: its last part, short."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name
+    return name[:64] or "the upload"
+
+
+def _save(upload: UploadFile, path: Path) -> Path:
+    """Store the upload and check its header (`ldct.server.uploads`): the file to read."""
     with open(path, "wb") as sink:
         shutil.copyfileobj(upload.file, sink)
-    if Path(path).stat().st_size == 0:
+    if path.stat().st_size == 0:
         raise HTTPException(status_code=422, detail=(
-            f"the file {upload.filename!r} is empty: nothing was uploaded; send the CT volume "
-            "(NRRD, NIfTI, MHA, a DICOM file or a zipped DICOM series)"))
+            f"the file {_shown(upload.filename)!r} is empty: nothing was uploaded; send the CT "
+            "volume (NRRD, NIfTI, MHA, a DICOM file or a zipped DICOM series)"))
+    try:
+        return check_upload(path, _shown(upload.filename))
+    except CTInputError as exc:
+        raise HTTPException(status_code=422, detail=str(exc)) from exc

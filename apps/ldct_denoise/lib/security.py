@@ -29,7 +29,12 @@ def secure(server: FastAPI, routers: Iterable[APIRouter], settings: ServerSettin
                             if getattr(route, "path", None) == OPENAPI_PATH]
     for router in routers:
         server.include_router(router)
-    server.openapi_schema = None  # regenerated from the routes left
+    server.openapi_schema = None  # regenerated from the routes left, saying how to sign in
+    schema = server.openapi()
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "bearer": {"type": "http", "scheme": "bearer",
+                   "description": "a token of `ldct token add` (or a study's reader token)"}}
+    schema["security"] = [{"bearer": []}]
     server.user_middleware = []  # MONAI Label's CORS policy reflects any origin
     server.max_body_size = settings.max_upload_bytes
     app = AccessGuard(server.build_middleware_stack(), settings.store, health)

@@ -9,16 +9,18 @@ to narrow what a reader sees to their own study and volumes.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-import yaml
 from fastapi import APIRouter, Body, HTTPException, Request
-from fastapi.responses import FileResponse, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response, StreamingResponse
 
 from ldct.access import caller
 from ldct.auth import Identity
 from ldct.study.analysis import write_scores
-from ldct.study.definition import StudyDefinitionError, parse
+from ldct.study.definition import MAX_YAML_BYTES, StudyDefinitionError, loads, parse
 from ldct.study.page import HEADERS, asset
 from ldct.study.service import StudyError, StudyService
 from lib.routes import pacs_errors
@@ -28,6 +30,34 @@ def _reader(request: Request) -> Identity | None:
     """The caller when it is a reader (bound to one study and reader id), else None."""
     identity = caller(request.scope)
     return identity if identity is not None and identity.role == "reader" else None
+
+
+def blinded_file(path: Path) -> StreamingResponse:
+    """A study volume with headers that are the same for every condition: no ETag and no
+    Last-Modified (a file response derives both from the file, which would tell a volume shared
+    by several items, the original, from the others), not cached."""
+
+    def chunks() -> Iterator[bytes]:
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                yield block
+
+    return StreamingResponse(chunks(), media_type="application/octet-stream", headers={
+        "Content-Length": str(path.stat().st_size), "Cache-Control": "no-store",
+        "Content-Disposition": 'attachment; filename="volume.nrrd"'})
+
+
+async def _bounded_text(request: Request, limit: int) -> str:
+    """The request body as text, refused (413) as soon as it passes ``limit`` bytes: never
+    held whole when it is larger."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(status_code=413, detail=(
+                f"a study definition is at most {limit:,} bytes of YAML; this one is larger"))
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", errors="replace")
 
 
 def study_router(service: StudyService) -> APIRouter:
@@ -60,14 +90,16 @@ def study_router(service: StudyService) -> APIRouter:
         return [{**s, "reader": reader.reader} for s in service.studies()
                 if s["study"] == reader.study]
 
-    @router.post("/", summary="Create a study from its YAML (volumes are denoised up front)")
-    def create(definition: str = Body(..., media_type="text/plain")) -> dict[str, Any]:
-        try:
-            data = yaml.safe_load(definition)
-        except yaml.YAMLError as exc:
-            raise HTTPException(status_code=422, detail=f"not valid YAML: {exc}") from exc
-        with pacs_errors():  # the case ids are checked against the PACS listing
-            return call(lambda: service.create_in_background(parse(data)))
+    @router.post("/", summary="Create a study from its YAML (volumes are denoised up front)",
+                 openapi_extra={"requestBody": {"required": True, "content": {
+                     "text/plain": {"schema": {"type": "string"}}}}})
+    async def create(request: Request) -> dict[str, Any]:
+        definition = await _bounded_text(request, MAX_YAML_BYTES)
+
+        def created() -> dict[str, Any]:
+            with pacs_errors():  # the case ids are checked against the PACS listing
+                return call(lambda: service.create_in_background(parse(loads(definition))))
+        return await run_in_threadpool(created)
 
     @router.post("/{study}/readers/{reader}/session", summary="Start or resume a reader")
     def session(study: str, reader: str) -> dict[str, Any]:
@@ -83,11 +115,10 @@ def study_router(service: StudyService) -> APIRouter:
         return call(service.submit, study, reader, item, body)
 
     @router.get("/{study}/volumes/{token}", summary="A study volume (NRRD)")
-    def volume(request: Request, study: str, token: str) -> FileResponse:
+    def volume(request: Request, study: str, token: str) -> StreamingResponse:
         reader = _reader(request)
-        path = call(service.volume_file, study, token, reader.reader if reader else None)
-        return FileResponse(path, media_type="application/octet-stream",
-                            filename="volume.nrrd")
+        return blinded_file(call(service.volume_file, study, token,
+                                 reader.reader if reader else None))
 
     @router.get("/{study}/status", summary="Coordinator: progress of every reader")
     def status(study: str) -> dict[str, Any]:

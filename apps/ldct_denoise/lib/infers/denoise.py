@@ -23,9 +23,10 @@ from ldct import registry
 from ldct.ct_guard import check_ct_numbers
 from ldct.infer import DenoiseCancelled, denoise, denoise_to_noise
 from ldct.infer_params import PARAMS, json_schema, parse_params, task_config
-from ldct.io import CTInputError, read_volume, write_volume
+from ldct.io import CTInputError, write_volume
 from ldct.jobs import JOBS
 from ldct.noise_level import LEVELS_ENV, NoiseLevels, scan_kernel
+from ldct.server.decode import DecodeCancelled, read_in_child
 
 
 class DenoiseInfer(InferTask):
@@ -59,11 +60,11 @@ class DenoiseInfer(InferTask):
         version = "" if weights is None else info.version_of(weights)
         job = JOBS.find(request.get("job", ""))
         try:
-            if job is not None:
-                if job.stop_requested():
-                    raise DenoiseCancelled("cancelled before it started")
-                job.state = "running"
-            volume = read_volume(request["image"])
+            if job is not None and not job.claim():
+                raise DenoiseCancelled("cancelled before it started")
+            volume = read_in_child(request["image"], request.get("upload_name")
+                                   or request.get("image_id") or "the image",
+                                   stop=job.stop_requested if job else None)
             model_start = time.perf_counter()
             options = {"device": params.device, "weights": weights, "ensemble": params.ensemble,
                        "stop": job.stop_requested if job else None,
@@ -77,7 +78,7 @@ class DenoiseInfer(InferTask):
                 result, match = denoise_to_noise(volume, self.model, target, **options)
                 strength, noise = match.strength, {"noise": {**match.as_dict(),
                                                              "level": params.target_noise}}
-        except DenoiseCancelled as exc:
+        except (DenoiseCancelled, DecodeCancelled) as exc:
             raise HTTPException(status_code=409, detail=f"the job was cancelled ({exc})") from exc
         except (CTInputError, ValueError) as exc:  # the client gets the reason, not a 500
             raise HTTPException(status_code=422, detail=str(exc)) from exc
