@@ -197,8 +197,9 @@ READER_KEYS = {"study", "name", "presentation", "window", "width", "level", "cri
                "question", "anchors", "task", "scale", "forced_choice", "reader", "done",
                "total", "finished",
                "item", "number", "volumes", "A", "B", "acknowledged", "duplicate"}
+# no ETag or Last-Modified: a file's own would recur for the original across items
 VOLUME_HEADERS = {"date", "server", "content-type", "accept-ranges", "content-disposition",
-                  "content-length", "last-modified", "etag"}
+                  "content-length", "cache-control", "x-content-type-options"}
 NRRD_FIELDS = {"type", "dimension", "space", "sizes", "space directions", "kinds", "endian",
                "encoding", "space origin"}
 CONDITION_WORDS = re.compile(r"(?i)(?<![\w.-])(original|smooth|half|ldct-gauss|gauss|strength|"
