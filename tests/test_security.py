@@ -322,7 +322,7 @@ def test_each_role_reaches_exactly_its_routes(secured, study):
             for role, token in callers.items():
                 values = {"model": "nonexistent", "study": study["study"] if role == "reader"
                           else "nostudy", "reader": "r1", "item": "x", "token": "x",
-                          "job": "no-such-job"}
+                          "job": "no-such-job", "image": "no-such-image"}
                 path = re.sub(r"\{(\w+)\}", lambda m: values[m.group(1)], route.pattern)
                 bad_yaml = route.pattern == "/study" and method == "POST"
                 headers = {**bearer(token), **({"Content-Type": "text/plain"} if bad_yaml

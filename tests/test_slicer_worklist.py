@@ -95,13 +95,16 @@ def test_the_panel_lists_loads_and_denoises_a_pacs_series(scene, worklist_pacs, 
     panel.connect(url, tokens["radiologist"])
     assert panel.wait(60)
     panel.poll()
+    assert worklist.enabled() == {"list"}  # nothing listed yet: nothing to open
     worklist.refresh()
     assert worklist.working and worklist.enabled() == frozenset()  # on the worker
     assert worklist.wait(60)
     worklist.poll()
+    assert worklist.enabled() == {"list", "open"}
     assert worklist.rows == [
         WorklistRow(series["WL-A"][0], "WL-A", "2024-01-02", "LD abdomen A"),
         WorklistRow(series["WL-B"][0], "WL-B", "2023-11-30", "LD liver B")], worklist.status
+    panel.select_model("ldct-gauss")  # the user's last choice; the worklist uses the server's
     worklist.open(series["WL-B"][0])
     assert worklist.wait(120)
     worklist.poll()

@@ -92,17 +92,17 @@ class WorklistController(_Worker):
         self.status = "Connect to a server, then Refresh."
 
     def enabled(self) -> frozenset:
-        """``refresh`` and ``open`` (Load and denoise) when they may be clicked now."""
+        """``list`` (Refresh list) and ``open`` (Load and denoise) when they may be clicked now."""
         if not self.panel.url or self.working:
             return frozenset()
-        on = {"refresh"}
+        on = {"list"}
         if self.rows and self.panel.state in SETTLED and self.panel.models:
             on.add("open")
         return frozenset(on)
 
     def refresh(self) -> None:
         """List the server's datastore on the worker; the list keeps its rows meanwhile."""
-        if "refresh" not in self.enabled():
+        if "list" not in self.enabled():
             return
         client = DenoiseClient(self.panel.url, token=self.panel.token)
         self.status = f"Listing the images of {self.panel.url}..."
