@@ -15,9 +15,9 @@ import pytest
 import slicer
 from conftest import free_port, orthanc_server, running, serve_command
 from dicomweb_client.api import DICOMwebClient
-from LowDoseCTDenoiseLib import DenoiseController, State, UrlHistory
+from LowDoseCTDenoiseLib import DenoiseController, ServerError, State, UrlHistory
 from LowDoseCTDenoiseLib.logic import LowDoseCTDenoiseLogic
-from LowDoseCTDenoiseLib.worklist import WorklistController, WorklistRow
+from LowDoseCTDenoiseLib.worklist import WorklistController, WorklistRow, unpack_series
 from test_slicer_logic import _matrix, _ras_matrix, scene  # noqa: F401 - the fixture
 
 from ldct.auth import TokenStore
@@ -197,3 +197,30 @@ def test_a_series_zip_is_dicom_only_and_bounded(tmp_path):
         zip_series(tmp_path / "series", limit=size - 1)
     with pytest.raises(ValueError, match="not stored as DICOM"):
         zip_series(tmp_path / "series" / "notes.txt")
+
+
+def test_a_local_datastore_is_listed_and_its_non_dicom_image_refused(ldct_server, tokens,
+                                                                     tmp_path):
+    """A folder datastore (an NRRD "phantom"): listed by id; its download says why not."""
+    panel = DenoiseController(None, UrlHistory(), lambda kind, text: None)
+    panel.url, panel.token = ldct_server, tokens["radiologist"]  # as connect leaves them
+    worklist = WorklistController(panel, None, panel.alert, temp_root=str(tmp_path))
+    worklist.refresh()
+    assert worklist.wait(60)
+    worklist.poll()
+    assert worklist.rows == [WorklistRow("phantom", "", "", "phantom")], worklist.status
+    status, body = _get(ldct_server, "/datastore/phantom/dicom", tokens["radiologist"])
+    assert status == 422 and "not stored as DICOM" in json.loads(body)["detail"]
+
+
+@pytest.mark.parametrize("member", ["../evil.dcm", "sub/evil.dcm", "/tmp/evil.dcm"])
+def test_an_archive_entry_with_a_folder_is_refused_before_writing(tmp_path, member):
+    archive = tmp_path / "series.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("00000.dcm", b"x")
+        z.writestr(member, b"x")
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(ServerError, match="unexpected entries"):
+        unpack_series(archive, target)
+    assert list(target.iterdir()) == [] and list(tmp_path.glob("evil*")) == []
