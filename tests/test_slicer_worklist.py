@@ -138,11 +138,18 @@ def test_the_panel_lists_loads_and_denoises_a_pacs_series(scene, worklist_pacs, 
     assert original is node and sh.GetItemParent(sh.GetItemByDataNode(result)) == study
     assert result.GetAttribute("LowDoseCTDenoise.model") == RECOMMENDED
     assert np.abs(slicer.util.arrayFromVolume(result) - np.rint(expected.hu)).max() > 5
-    # the same study again: the patient and study items are reused
+    # the same series again, while the user starts another Denoise (its consent question
+    # open) before it arrives: loaded under the same patient and study items, not denoised
     worklist.open(series["WL-B"][0])
+    panel.denoise()
+    assert panel.state is State.CONSENT
     assert worklist.wait(120)
     worklist.poll()
-    assert sh.GetItemParent(sh.GetItemParent(sh.GetItemByDataNode(panel.input))) == patient
+    assert panel.state is State.CONSENT and panel.input is node  # the user's job untouched
+    again = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+             if n.GetName() == node.GetName() and n is not node]
+    assert len(again) == 1 and sh.GetItemParent(sh.GetItemByDataNode(again[0])) == study
+    assert "not denoised" in worklist.status
 
 
 def test_only_a_radiologist_or_admin_downloads_a_listed_series(worklist_pacs, tokens,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .client import DenoiseClient
-from .controller import SETTLED, Alert, DenoiseController, _Worker
+from .controller import SETTLED, Alert, DenoiseController, State, _Worker
 from .errors import ServerError
 from .job import BackgroundCall
 
@@ -146,7 +146,12 @@ class WorklistController(_Worker):
             self.panel.select_model(recommended[0])
         self.panel.select_input(node)
         self.panel.denoise(from_server=True)
-        self.status = f"Loaded '{node.GetName()}'; denoising with {self.panel.model}."
+        if self.panel.input is node and self.panel.state == State.DENOISING:
+            self.status = f"Loaded '{node.GetName()}'; denoising with {self.panel.model}."
+        else:  # another job started meanwhile: the series stays loaded, nothing else runs
+            self.status = (f"Loaded '{node.GetName()}' under its patient and study; not "
+                           "denoised (the Denoise section was busy): select it and press "
+                           "Denoise.")
 
     def _crashed(self, exc: Exception) -> None:
         self.status = f"Unexpected error ({exc!r}); the worklist can be used again."
