@@ -53,6 +53,7 @@ ROUTES = (
     Route(("GET",), "/jobs", ("radiologist", "admin")),
     Route(("GET", "DELETE"), "/jobs/{job}", ("radiologist", "admin")),
     Route(("GET",), "/datastore", STAFF),
+    Route(("GET",), "/datastore/{image}/dicom", ("radiologist", "admin")),
     Route(("GET",), "/train", ("admin",)),
     Route(("POST",), "/train/{model}", ("admin",)),
     Route(("GET",), "/study", ("reader", "coordinator", "admin")),

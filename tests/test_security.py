@@ -356,6 +356,7 @@ ROLE_TABLE = [
     ("GET", "/openapi.json",                          401, 200, 200, 200, 200),
     ("GET", "/info/",                                 401, 200, 200, 200, 403),
     ("GET", "/datastore/",                            401, 200, 200, 200, 403),
+    ("GET", "/datastore/no-such-image/dicom",         401, 404, 403, 404, 403),
     ("POST", "/infer/nonexistent",                    401, 404, 403, 404, 403),
     ("GET", "/jobs/",                                 401, 200, 403, 200, 403),
     ("GET", "/jobs/no-such-job",                      401, 404, 403, 404, 403),

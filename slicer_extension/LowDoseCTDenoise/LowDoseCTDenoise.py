@@ -32,6 +32,7 @@ from LowDoseCTDenoiseLib import (  # noqa: E402 - after the version check, with 
 )
 from LowDoseCTDenoiseLib.logic import LowDoseCTDenoiseLogic  # noqa: E402
 from LowDoseCTDenoiseLib.state import PanelState  # noqa: E402
+from LowDoseCTDenoiseLib.worklist import WorklistController  # noqa: E402
 from slicer.i18n import tr as _  # noqa: E402
 from slicer.parameterNodeWrapper import parameterNodeWrapper  # noqa: E402
 from slicer.ScriptedLoadableModule import (  # noqa: E402
@@ -98,7 +99,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.controller = c = DenoiseController(
             self.logic, history, self.alert, save_history=self._save_history,
             on_shown=self.on_shown, temp_root=slicer.app.temporaryPath,
-            on_dicom_export=self.import_derived)
+            on_dicom_export=self.import_dicom)
         self.logic.on_scene_closed = self._then_render(self.scene_closed)
         self.logic.on_node_removed = self._then_render(c.node_removed)
         self.logic.on_scene_loaded = self._then_render(self.restore)
@@ -107,7 +108,10 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                                                dir=slicer.app.temporaryPath))
         self.study = StudyController(self.logic, self.alert, self.study_dir,
                                      on_item=self.on_study_item)
-        self.shown = {"models": None, "studies": None, "session": None}
+        self.worklist = WorklistController(c, self.logic, self.alert,
+                                           temp_root=slicer.app.temporaryPath,
+                                           on_dicom_import=self.import_dicom)
+        self.shown = {"models": None, "studies": None, "session": None, "worklist": None}
         self.asking = False  # the consent dialog is open (polls render meanwhile)
         self.score_groups, self.choice_group = {}, None
         self.controls = {
@@ -121,7 +125,8 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                         ui.flickerButton, ui.autoFlickerCheckBox),
             "pacs": (ui.sendToPacsButton,),
             "refresh": (ui.refreshStudiesButton,), "start": (ui.startStudyButton,),
-            "submit": (ui.submitButton,)}
+            "submit": (ui.submitButton,), "list": (ui.refreshWorklistButton,),
+            "open": (ui.openSeriesButton,)}
         ui.serverUrlComboBox.addItems(history.urls or [DEFAULT_URL])
         ui.tokenLineEdit.text = history.token(ui.serverUrlComboBox.currentText)
         ui.deviceComboBox.addItems(["auto", "cuda", "cpu"])
@@ -152,6 +157,10 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                 (ui.refreshStudiesButton, "clicked()",
                  lambda: self.study.refresh(*self._server())),
                 (ui.startStudyButton, "clicked()", self.on_start_study),
+                (ui.refreshWorklistButton, "clicked()", self.worklist.refresh),
+                (ui.openSeriesButton, "clicked()", self.on_open_series),
+                (ui.worklistTable, "cellDoubleClicked(int,int)",
+                 lambda row, column: self.on_open_series()),
                 (ui.submitButton, "clicked()", self.on_submit)):
             widget.connect(signal, self._then_render(action))
         self.shortcuts = []  # live while the module is shown (enter/exit)
@@ -234,6 +243,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
     def on_poll(self):
         self.controller.poll()
         self.study.poll()
+        self.worklist.poll()
 
     def on_server_changed(self, url):
         """Each server's own token (readers paste their reader token once)."""
@@ -255,6 +265,12 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         checked = self.choice_group.checkedButton() if self.choice_group else None
         self.study.submit(scores, checked.text if checked is not None else None)
 
+    def on_open_series(self):
+        """Load and denoise the worklist row selected (its datastore id is the row's data)."""
+        row = self.ui.worklistTable.currentRow()
+        if row >= 0:
+            self.worklist.open(self.ui.worklistTable.item(row, 0).data(qt.Qt.UserRole))
+
     def on_study_item(self, session: ReaderSession):
         """A new item is shown: score buttons for this session's criteria, none checked."""
         if self.shown["session"] is not session:
@@ -268,9 +284,10 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                 group.setExclusive(True)
         slicer.util.resetSliceViews()
 
-    def import_derived(self, folder: Path):
-        """The derived series the Logic wrote, copied into Slicer's DICOM database (the DICOM
-        module's Send sends it from there); the written folder is removed."""
+    def import_dicom(self, folder: Path):
+        """A DICOM series (the derived one the Logic wrote, or one the worklist downloaded)
+        copied into Slicer's DICOM database (the DICOM module's Send sends it from there);
+        the folder is removed."""
         from DICOMLib import DICOMUtils
 
         try:
@@ -335,11 +352,24 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                 getattr(widget, setter)(value)
                 widget.blockSignals(False)
         ui.studyProgressLabel.text = study.progress
+        ui.worklistStatusLabel.text = self.worklist.status
+        if self.worklist.rows != self.shown["worklist"]:
+            self.shown["worklist"] = self.worklist.rows
+            self._fill_worklist(self.worklist.rows)
+        enabled = view.enabled | study.enabled | self.worklist.enabled()
         for control, widgets in self.controls.items():
             for widget in widgets:
-                widget.enabled = control in view.enabled | study.enabled
+                widget.enabled = control in enabled
         if view.auto_flicker != self.flicker_timer.isActive():
             (self.flicker_timer.start if view.auto_flicker else self.flicker_timer.stop)()
+
+    def _fill_worklist(self, rows):
+        table = self.ui.worklistTable
+        table.setRowCount(len(rows))
+        for k, row in enumerate(rows):
+            for column, text in enumerate((row.patient, row.study_date, row.description)):
+                table.setItem(k, column, qt.QTableWidgetItem(text))
+            table.item(k, 0).setData(qt.Qt.UserRole, row.image)
 
     @staticmethod
     def _refill(combo, items, role, current=""):

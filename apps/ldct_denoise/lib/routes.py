@@ -37,6 +37,7 @@ from fastapi import (
     UploadFile,
 )
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
 from monailabel.endpoints.infer import ResultType, send_response
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.utils.others.generic import remove_file
@@ -46,6 +47,7 @@ from ldct.finetune import check_settings
 from ldct.infer_params import parse_params
 from ldct.io import CTInputError
 from ldct.jobs import DEVICE, JOBS, Job, JobError
+from ldct.series_zip import SeriesTooLarge, zip_series
 from ldct.server.uploads import check_upload
 
 RETRY_AFTER_S = 30
@@ -185,6 +187,21 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
         store = app.datastore()
         with pacs_errors():
             return store.json() if output == "all" else store.status()
+
+    @router.get("/datastore/{image}/dicom", summary="A datastore series' DICOM files, zipped")
+    def series_dicom(image: str, background: BackgroundTasks) -> FileResponse:
+        image = datastore_id(app, image)  # an id the datastore lists, never a path
+        with pacs_errors():
+            source = Path(app.datastore().get_image_uri(image))
+        try:
+            archive = zip_series(source)
+        except SeriesTooLarge as exc:
+            raise HTTPException(status_code=413, detail=str(exc)) from exc
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=f"image '{image}': {exc}") from exc
+        background.add_task(shutil.rmtree, archive.parent, True)
+        return FileResponse(archive, media_type="application/zip", filename="series.zip",
+                            background=background)
 
     @router.get("/jobs/", summary="Your denoising jobs (all of them for an admin)")
     def jobs(http: Request) -> list[dict[str, Any]]:

@@ -97,15 +97,27 @@ class DenoiseClient(ServerConnection):
                                       details.get("recommended") is True))
         return entries
 
-    def datastore_ids(self, cancel: Optional[CancelToken] = None) -> set[str]:
-        """The image ids the server denoises by id: with a PACS behind it (``ldct serve
-        --studies http://.../dicom-web``), the SeriesInstanceUIDs of the PACS's CT series."""
+    def datastore(self, cancel: Optional[CancelToken] = None) -> dict[str, Any]:
+        """The server's datastore listing: image id -> its entry (``image.info``: with a PACS
+        behind it, patient, study date and series description of each CT series)."""
         listing = self._request_json("GET", "/datastore/?output=all", retry=True, cancel=cancel)
         objects = listing.get("objects") if isinstance(listing, dict) else None
         if not isinstance(objects, dict):
             raise NotMonaiLabel(f"{self.url}/datastore/ did not list images: is this the ldct "
                                 "server?")
-        return set(objects)
+        return objects
+
+    def datastore_ids(self, cancel: Optional[CancelToken] = None) -> set[str]:
+        """The image ids the server denoises by id: with a PACS behind it (``ldct serve
+        --studies http://.../dicom-web``), the SeriesInstanceUIDs of the PACS's CT series."""
+        return set(self.datastore(cancel))
+
+    def download_series(self, image: str, output: str | Path,
+                        cancel: Optional[CancelToken] = None,
+                        progress: Optional[Progress] = None) -> Path:
+        """The DICOM files of the datastore image ``image``, as one zip at ``output``."""
+        return self._download(f"/datastore/{quote(image, safe='')}/dicom", output, cancel,
+                              progress)
 
     def write_back(self, model: str, image: str, params: dict[str, Any],
                    cancel: Optional[CancelToken] = None, job: str = "") -> str:

@@ -261,10 +261,12 @@ class DenoiseController(_Worker):
     def set_device(self, device: str) -> None:
         self.device = device
 
-    def denoise(self) -> None:
+    def denoise(self, from_server: bool = False) -> None:
         """Check the input here; ask before the first volume goes to this server; then
         compress, upload, denoise and download on the worker thread. The server computes the
-        full-strength result; the strength is blended here."""
+        full-strength result; the strength is blended here. ``from_server``: the input came
+        from this server's datastore (the worklist): its voxels go back where they came from,
+        so nothing is asked."""
         if "denoise" not in self.enabled():
             return
         try:
@@ -273,7 +275,7 @@ class DenoiseController(_Worker):
             self._fail(str(exc))
             return
         binding = Binding(self.input, self.logic.study_of(self.input))
-        if self.url in self._consented or self.history.consents(self.url):
+        if from_server or self.url in self._consented or self.history.consents(self.url):
             self._send(export, binding)
         else:  # a volume leaves the workstation for this server for the first time: ask
             self._pending, self.state = (export, binding), State.CONSENT

@@ -160,6 +160,45 @@ def read_result(path: str | Path, original: np.ndarray, strength: float) -> Read
 
 
 @dataclass(frozen=True)
+class DicomSeries:
+    """A CT series read from its DICOM files off the GUI thread: int16 HU voxels in a plain
+    VTK image, IJK -> RAS, and what places it in the subject hierarchy."""
+
+    image: object  # vtkImageData, int16 HU
+    ijk_to_ras: np.ndarray
+    headers: list  # pydicom datasets (no pixels), in slice order
+    name: str  # "<series number>: <series description>", as Slicer's DICOM module names it
+
+
+def read_series(files: list) -> DicomSeries:
+    """The CT series of ``files`` (one series, one orientation), slices sorted along their
+    normal, HU = stored value x slope + intercept rounded to int16."""
+    slices = [pydicom.dcmread(str(f)) for f in files]
+    if len({str(ds.get("SeriesInstanceUID", "")) for ds in slices}) != 1:
+        raise ValueError("The files are not one DICOM series.")
+    row, column = (np.array(ds, dtype=float) for ds in (
+        slices[0].ImageOrientationPatient[:3], slices[0].ImageOrientationPatient[3:]))
+    normal = np.cross(row, column)
+    slices.sort(key=lambda ds: float(np.dot(normal, np.array(ds.ImagePositionPatient, float))))
+    first = np.array(slices[0].ImagePositionPatient, float)
+    step = (np.array(slices[-1].ImagePositionPatient, float) - first) / (len(slices) - 1) \
+        if len(slices) > 1 else normal * float(slices[0].get("SliceThickness", 1) or 1)
+    spacing = [float(v) for v in slices[0].PixelSpacing]  # (between rows, between columns)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1], lps[:3, 2], lps[:3, 3] = (row * spacing[1], column * spacing[0],
+                                                      step, first)
+    image, voxels = _image((len(slices), int(slices[0].Rows), int(slices[0].Columns)))
+    for k, ds in enumerate(slices):
+        hu = ds.pixel_array * float(ds.get("RescaleSlope", 1)) + float(
+            ds.get("RescaleIntercept", 0))
+        voxels[k] = np.clip(np.rint(hu), -32768, 32767)
+        del ds.PixelData
+    header = slices[0]
+    return DicomSeries(image, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, slices,
+                       f"{header.get('SeriesNumber', '')}: {header.get('SeriesDescription', '')}")
+
+
+@dataclass(frozen=True)
 class ShownResult:
     """The denoised result shown, as Send to PACS needs it."""
 
@@ -294,6 +333,52 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                 self._remove_volume(difference)
             self._remove_volume(node)
         return len(results)
+
+    read_series = staticmethod(read_series)  # the worker reads the files it downloaded
+
+    def add_series(self, series: DicomSeries):
+        """``series`` as a volume node under its patient and study in the subject hierarchy
+        (the items of the same patient ID / study UID reused), with the DICOM UIDs Slicer's
+        DICOM module sets: the series item's UID, the node's ``DICOM.instanceUIDs``."""
+        node = self.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", series.name)
+        node.SetAndObserveImageData(series.image)
+        matrix = vtk.vtkMatrix4x4()
+        for i in range(4):
+            for j in range(4):
+                matrix.SetElement(i, j, series.ijk_to_ras[i, j])
+        node.SetIJKToRASMatrix(matrix)
+        node.CreateDefaultDisplayNodes()
+        node.SetAttribute("DICOM.instanceUIDs", " ".join(
+            str(ds.SOPInstanceUID) for ds in series.headers))
+        header, constants = series.headers[0], slicer.vtkMRMLSubjectHierarchyConstants
+        sh = slicer.vtkMRMLSubjectHierarchyNode.ResolveSubjectHierarchy(self.scene)
+        uid = constants.GetDICOMUIDName()
+
+        def item_for(parent: int, key: str, name: str, create) -> int:
+            found = sh.GetItemByUID(uid, key) if key else 0
+            if found and sh.GetItemParent(found) == parent:
+                return found
+            item = create(parent, name)
+            if key:
+                sh.SetItemUID(item, uid, key)
+            return item
+
+        patient = item_for(sh.GetSceneItemID(), str(header.get("PatientID", "")),
+                           str(header.get("PatientName", "")) or "Anonymous",
+                           sh.CreateSubjectItem)
+        sh.SetItemAttribute(patient, constants.GetDICOMPatientIDAttributeName(),
+                            str(header.get("PatientID", "")))
+        study = item_for(patient, str(header.get("StudyInstanceUID", "")),
+                         str(header.get("StudyDescription", "")) or "Study",
+                         sh.CreateStudyItem)
+        sh.SetItemAttribute(study, constants.GetDICOMStudyDateAttributeName(),
+                            str(header.get("StudyDate", "")))
+        item = sh.GetItemByDataNode(node) or sh.CreateItem(study, node)
+        sh.SetItemParent(item, study)
+        sh.SetItemUID(item, uid, str(header.SeriesInstanceUID))
+        for key in ("Modality", "SeriesNumber", "SeriesDescription"):
+            sh.SetItemAttribute(item, f"DICOM.{key}", str(header.get(key, "")))
+        return node
 
     def read_result(self, path: str | Path, export: VolumeExport, strength: float
                     ) -> ReadResult:
