@@ -50,6 +50,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     held: tuple[str, ...] = ("/infer",)
     release = threading.Event()
     hits: list[str] = []  # every request's path, in order
+    bodies: list[bytes] = []  # every POST's body, in order
 
     def _answer(self):
         type(self).hits.append(self.path)
@@ -67,7 +68,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     do_GET = _answer
 
     def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).bodies.append(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         self._answer()
 
     def log_message(self, *args):
@@ -89,6 +90,7 @@ def fake_server():
     server.shutdown()
     _Handler.routes, _Handler.release, _Handler.held = {}, threading.Event(), ("/infer",)
     _Handler.hits.clear()
+    _Handler.bodies.clear()
 
 
 def test_models_come_with_their_cards(ldct_server, tokens):
