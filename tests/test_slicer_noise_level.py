@@ -35,7 +35,7 @@ def _noise_header(strength: float, reached: bool = True) -> dict:
          "level": "liver portal venous"})}
 
 
-def test_the_slider_starts_at_each_models_default_level(panel):
+def test_the_slider_starts_at_each_models_default_level(panel):  # noqa: F811 - the imported fixture
     controller, url, handler, *_ = panel
     handler.routes["/info/"] = (200, INFO)
     controller.connect(url, "")
@@ -51,7 +51,7 @@ def test_the_slider_starts_at_each_models_default_level(panel):
     assert controller.view().strength == 0.85
 
 
-def test_a_noise_level_is_asked_for_and_its_match_shown(panel):
+def test_a_noise_level_is_asked_for_and_its_match_shown(panel):  # noqa: F811 - the imported fixture
     controller, url, handler, logic, alerts, *_ = panel
     handler.routes["/info/"] = (200, INFO)
     controller.connect(url, "")
@@ -82,7 +82,7 @@ def test_a_noise_level_is_asked_for_and_its_match_shown(panel):
     assert logic.calls[-1] == ("strength", 0.3)
 
 
-def test_a_level_out_of_reach_says_so_and_strength_mode_asks_full_strength(panel):
+def test_a_level_out_of_reach_says_so_and_strength_mode_asks_full_strength(panel):  # noqa: F811 - the imported fixture
     controller, url, handler, logic, *_ = panel
     handler.routes["/info/"] = (200, INFO)
     controller.connect(url, "")
@@ -108,7 +108,7 @@ def test_a_level_out_of_reach_says_so_and_strength_mode_asks_full_strength(panel
     assert logic.reads[-1] == (0.0, False) and controller.view().noise == ""
 
 
-def test_a_server_that_says_no_strength_fails_clearly(panel):
+def test_a_server_that_says_no_strength_fails_clearly(panel):  # noqa: F811 - the imported fixture
     controller, url, handler, *_ = panel
     handler.routes["/info/"] = (200, INFO)
     controller.connect(url, "")
@@ -123,8 +123,8 @@ def test_a_server_that_says_no_strength_fails_clearly(panel):
     assert "did not say which strength leaves the noise level 'medium'" in controller.status
 
 
-def test_the_real_servers_noise_level_and_the_recovered_full_result(ldct_server, known, tokens,
-                                                                     tmp_path):
+def test_the_real_servers_noise_level_and_the_recovered_full_result(
+        ldct_server, known, tokens, tmp_path):  # noqa: F811 - the imported fixture
     """Against the real server, on a volume of known noise (40 HU on a noiseless phantom):
     the result has the asked noise within 10 %, and the full-strength voxels the panel
     recovers from the blend are the server's own full result within the int16 roundings."""
