@@ -35,6 +35,22 @@ def _noise_header(strength: float, reached: bool = True) -> dict:
          "level": "liver portal venous"})}
 
 
+def _noise_level_mode(controller, url: str, handler) -> None:
+    """Connected to the scripted server, CT chosen, noise-level mode (its default level)."""
+    handler.routes["/info/"] = (200, INFO)
+    controller.connect(url, "")
+    _settle(controller)
+    controller.select_input("CT")
+    controller.set_mode(NOISE_LEVEL)
+    handler.held = ()
+
+
+def _sent_params(handler) -> dict:
+    """The params form field of the last request (the multipart body's first part)."""
+    return json.loads(handler.bodies[-1].decode("latin-1").split("\r\n\r\n", 1)[1]
+                      .split("\r\n", 1)[0])
+
+
 def test_the_slider_starts_at_each_models_default_level(panel):  # noqa: F811 - the imported fixture
     controller, url, handler, *_ = panel
     handler.routes["/info/"] = (200, INFO)
@@ -67,9 +83,7 @@ def test_a_noise_level_is_asked_for_and_its_match_shown(panel):  # noqa: F811 - 
     handler.routes["/infer/m"] = (200, b"blended volume", _noise_header(0.62))
     _click_denoise(controller)
     _settle(controller)
-    sent = handler.bodies[-1].decode("latin-1")
-    params = json.loads(sent.split("\r\n\r\n", 1)[1].split("\r\n", 1)[0])
-    assert params == {"target_noise": "liver portal venous", "device": "auto",
+    assert _sent_params(handler) == {"target_noise": "liver portal venous", "device": "auto",
                       "result_dtype": "int16"}
     assert controller.state is State.DONE and not alerts
     assert logic.reads == [(0.62, True)]  # the file is the server's blend at 0.62
@@ -84,12 +98,7 @@ def test_a_noise_level_is_asked_for_and_its_match_shown(panel):  # noqa: F811 - 
 
 def test_a_level_out_of_reach_says_so_and_strength_mode_asks_full_strength(panel):  # noqa: F811 - the imported fixture
     controller, url, handler, logic, *_ = panel
-    handler.routes["/info/"] = (200, INFO)
-    controller.connect(url, "")
-    _settle(controller)
-    controller.select_input("CT")
-    controller.set_mode(NOISE_LEVEL)
-    handler.held = ()
+    _noise_level_mode(controller, url, handler)
     handler.routes["/infer/m"] = (200, b"input again", _noise_header(0.0, reached=False))
     _click_denoise(controller)
     _settle(controller)
@@ -102,20 +111,14 @@ def test_a_level_out_of_reach_says_so_and_strength_mode_asks_full_strength(panel
     handler.routes["/infer/m"] = (200, b"full volume")
     _click_denoise(controller)
     _settle(controller)
-    params = json.loads(handler.bodies[-1].decode("latin-1").split("\r\n\r\n", 1)[1]
-                        .split("\r\n", 1)[0])
+    params = _sent_params(handler)
     assert params["strength"] == 1.0 and "target_noise" not in params
     assert logic.reads[-1] == (0.0, False) and controller.view().noise == ""
 
 
 def test_a_server_that_says_no_strength_fails_clearly(panel):  # noqa: F811 - the imported fixture
     controller, url, handler, *_ = panel
-    handler.routes["/info/"] = (200, INFO)
-    controller.connect(url, "")
-    _settle(controller)
-    controller.select_input("CT")
-    controller.set_mode(NOISE_LEVEL)
-    handler.held = ()
+    _noise_level_mode(controller, url, handler)
     handler.routes["/infer/m"] = (200, b"blended volume")  # no X-Noise-Level
     _click_denoise(controller)
     _settle(controller)
