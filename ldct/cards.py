@@ -121,6 +121,7 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
             "training_command": training_command(name, train),
             "recipe": shipped_recipe(name, train),
             "differences_from_paper": list(info.differences),
+            "default_strength": info.default_strength,
             "training": train, "evaluation": evaluation, "per_kernel": kernels,
             "held_out": {k: round(float(metrics[k]), 4) for k in METRIC_KEYS},
             "held_out_low_dose_input": {k: round(float(baseline[k]), 4) for k in METRIC_KEYS}}
@@ -140,6 +141,9 @@ def write_card(name: str, metrics: dict[str, float], baseline: dict[str, float],
              f"- Held-out evaluation: {evaluation['case']}, simulated dose {evaluation['dose']:g}, "
              f"command `{evaluation['command']}`, networks averaging "
              f"{evaluation['views_per_slice']} flipped/rotated view(s) per slice (`--ensemble`)",
+             f"- Default strength: {info.default_strength:g} (when a request gives neither "
+             "strength nor target_noise; the level that leaves about the normal dose's own "
+             "noise: `benchmarks/quality/texture/kernels.md`)",
              "",
              "| metric | low-dose input | this model |", "|---|---|---|"]
     for key in METRIC_KEYS:

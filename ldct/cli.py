@@ -18,6 +18,8 @@ from ldct.io import CTInputError
 from ldct.simulate import KERNELS
 from ldct.study.service import StudyError
 
+STRENGTH_HELP = ("0 (input) .. 1 (full); default: the model's default strength, which leaves "
+                 "about the normal dose's own noise (`ldct models -v` lists it)")
 console = Console(width=None if sys.stdout.isatty() else 160)  # no wrapping in logs
 
 
@@ -128,8 +130,8 @@ def cmd_models(args: argparse.Namespace) -> None:
         console.print(name, highlight=False)
     if args.verbose:
         rows = [registry.get(n).summary() for n in registry.names()]
-        console.print(_table("models", rows, ["name", "kind", "available", "supervision",
-                                              "paper", "title"], {}))
+        console.print(_table("models", rows, ["name", "kind", "available", "default_strength",
+                                              "supervision", "paper", "title"], {}))
 
 
 def cmd_token(args: argparse.Namespace) -> None:
@@ -212,7 +214,7 @@ def cmd_denoise(args: argparse.Namespace) -> None:
     moved = 0
     for source in inputs:
         volume = read_volume(source)
-        strength, said = args.strength, ""
+        strength, said = _strength(args), ""
         if args.target_noise is None:
             result = denoise(volume, args.model, strength=strength, device=args.device,
                              progress=True, ensemble=views)
@@ -276,6 +278,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     console.print(f"report: {Path(args.out) / 'quality.md'}")
 
 
+def _strength(args: argparse.Namespace) -> float:
+    """``--strength``, or the model's default (registry.DEFAULT_STRENGTHS) when not given."""
+    from ldct import registry
+
+    return registry.get(args.model).default_strength if args.strength is None else args.strength
+
+
 def cmd_batch(args: argparse.Namespace) -> None:
     from ldct.batch.ledger import Ledger
     from ldct.batch.run import run_batch
@@ -284,15 +293,16 @@ def cmd_batch(args: argparse.Namespace) -> None:
 
     if args.workers < 1 or args.cpus_per_worker < 1:
         raise ValueError("--workers and --cpus-per-worker take whole numbers >= 1")
-    if not 0.0 <= args.strength <= 1.0:
-        raise ValueError(f"--strength must be in [0, 1], got {args.strength}")
+    strength = _strength(args)
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"--strength must be in [0, 1], got {strength}")
     source = args.source
     pacs_source = source.startswith(("http://", "https://"))
     if args.write_back and not (pacs_source or args.pacs):
         raise ValueError("--write-back stores results in a PACS: give a DICOMweb URL as SOURCE "
                          "or --pacs URL")
     out = str(Path(args.out).resolve()) if args.out else ""
-    job = Job(args.model, model_version(args.model), args.strength,
+    job = Job(args.model, model_version(args.model), strength,
               source_pacs=source if pacs_source else (args.pacs or ""),
               write_pacs=(source if pacs_source else args.pacs) if args.write_back else "",
               out=out, ensemble=_views(args), device=args.device)
@@ -548,7 +558,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output file (format by extension) or, with several inputs, a folder")
     p.add_argument("--model", required=True, help="a name from `ldct models`")
     level = p.add_mutually_exclusive_group()
-    level.add_argument("--strength", type=float, default=1.0, help="0 (input) .. 1 (full)")
+    level.add_argument("--strength", type=float, help=STRENGTH_HELP)
     level.add_argument("--target-noise", metavar="HU|LEVEL",
                        help="the noise SD (HU, flat soft tissue) the result should have, or a "
                             "level's name (low, medium, high, or one of --noise-levels): the "
@@ -593,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--out", help="write each result to this folder")
     where.add_argument("--write-back", action="store_true",
                        help="store each result in the PACS as a derived series (STOW-RS)")
-    p.add_argument("--strength", type=float, default=1.0, help="0 (input) .. 1 (full)")
+    p.add_argument("--strength", type=float, help=STRENGTH_HELP)
     p.add_argument("--workers", type=int, default=2, help="Ray actors, each loading the model "
                                                           "once (default 2)")
     p.add_argument("--address", help="a Ray cluster to join (e.g. HEAD:6379; default: a local "

@@ -99,7 +99,8 @@ def _number(value: Any) -> bool:
 
 
 PARAMS: tuple[Param, ...] = (
-    Param("strength", "number", 1.0, "blend between the input (0) and the full result (1)",
+    Param("strength", "number", 1.0, "blend between the input (0) and the full result (1); "
+          "left out: the model's default (registry.DEFAULT_STRENGTHS)",
           low=0.0, high=1.0, takes="a number from 0 (the input) to 1 (full)"),
     # not in the task config: MONAI Label's clients send every advertised value back, and
     # with strength a target_noise would always be a conflict
@@ -141,7 +142,7 @@ RESULT_EXTENSIONS = BY_NAME["result_extension"].choices
 class DenoiseParams:
     """The checked values of the parameters that have an effect (one field per used row)."""
 
-    strength: float = 1.0
+    strength: float | None = None  # None: the model's default (registry.DEFAULT_STRENGTHS)
     ensemble: int = DEFAULT_ENSEMBLE
     device: str = "auto"
     write_back: bool = False
@@ -162,12 +163,12 @@ class DenoiseParams:
         return WIDENED_DTYPES.get(self.result_dtype, self.result_dtype)
 
     def as_dict(self) -> dict[str, Any]:
-        """The parameters as a request carries them: ``strength`` or ``target_noise``, no
-        notes."""
+        """The parameters as a request carries them: ``strength`` or ``target_noise`` when
+        given (neither: the model's default strength), no notes."""
         values = asdict(self)
         del values["notes"]
-        values.pop("strength" if self.target_noise is not None else "target_noise")
-        return values
+        return {k: v for k, v in values.items()
+                if v is not None or k not in ("strength", "target_noise")}
 
 
 def parse_params(raw: str | dict[str, Any] | None) -> DenoiseParams:
@@ -199,12 +200,15 @@ def parse_params(raw: str | dict[str, Any] | None) -> DenoiseParams:
     return params
 
 
-def task_config() -> dict[str, Any]:
-    """The infer task's config as MONAI Label shows it in /info/ (what its clients send)."""
-    return {p.name: p.advertise() for p in PARAMS if p.advertised}
+def task_config(strength: float = 1.0) -> dict[str, Any]:
+    """The infer task's config as MONAI Label shows it in /info/ (what its clients send), with
+    the model's default ``strength``."""
+    return {**{p.name: p.advertise() for p in PARAMS if p.advertised}, "strength": strength}
 
 
-def json_schema() -> dict[str, Any]:
-    """Every parameter a request may carry, ours and MONAI Label's, as a JSON Schema."""
-    return {"type": "object", "additionalProperties": False,
-            "properties": {p.name: p.schema() for p in PARAMS}}
+def json_schema(strength: float = 1.0) -> dict[str, Any]:
+    """Every parameter a request may carry, ours and MONAI Label's, as a JSON Schema (the
+    model's default ``strength``)."""
+    properties = {p.name: p.schema() for p in PARAMS}
+    properties["strength"]["default"] = strength
+    return {"type": "object", "additionalProperties": False, "properties": properties}

@@ -34,6 +34,12 @@ RECOMMENDED_FILE = MODELS_DIR / "recommended.json"
 FALLBACK = "ldct-nlm"  # when no recommended network has weights
 # each model's dose-reduction estimate and detectability losses, written by `ldct qa --write`
 QUALITY_FILE = MODELS_DIR / "task_quality.json"
+# Each model's default strength, used when a request gives neither strength nor target_noise.
+# Rule (benchmarks/quality/texture/kernels.md, "texture" section, issue 37): the default should
+# leave about the normal dose's own noise, not less - the minimum over the swept kernels of the
+# strength that matches the normal dose's noise, rounded down to 0.05. vagan (0.852 on hann) and
+# n2n25d (0.812) over-smooth at full strength; every other model stays at 1.
+DEFAULT_STRENGTHS = {"vagan": 0.85, "n2n25d": 0.80}
 
 
 def site_models_dir() -> Path:
@@ -141,6 +147,11 @@ class ModelInfo:
         """The version a weights file is: ``shipped`` or its fine-tuned version's name."""
         return "shipped" if weights == self.shipped_weights else weights.parent.name
 
+    @property
+    def default_strength(self) -> float:
+        """The strength used when a caller gives neither strength nor target_noise."""
+        return DEFAULT_STRENGTHS.get(self.name, 1.0)
+
     def card(self) -> dict[str, Any]:
         """The machine-readable model card (empty until the model is trained and evaluated)."""
         path = self.folder / "card.json"
@@ -158,7 +169,8 @@ class ModelInfo:
                 "version": self.version() if self.kind == "network" else "",
                 "manifest_error": self.manifest().get("error", "")
                 if self.kind == "network" else "",
-                "recommended": self.name == recommended(), "card": self.card(),
+                "recommended": self.name == recommended(),
+                "default_strength": self.default_strength, "card": self.card(),
                 "task_based_quality": task_quality().get(self.name, {})}
 
 

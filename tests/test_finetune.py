@@ -123,7 +123,7 @@ def test_train_endpoint_finetunes_and_the_next_infer_uses_it(tmp_path, site_scan
                  env={registry.SITE_MODELS_ENV: str(site_models)}):
         client = monai_client(url, tmp_path, tokens["admin"])
         assert sorted(client.info()["trainers"]) == ["vagan"]  # baselines have nothing to train
-        _, before = client.infer("vagan", "site", {})
+        _, before = client.infer("vagan", "site", {"strength": 1.0})
         assert before["version"] == "shipped"
         answer = requests.post(f"{url}/train/vagan", params={"run_sync": "true"},
                                headers=bearer(tokens["admin"]),
@@ -131,7 +131,7 @@ def test_train_endpoint_finetunes_and_the_next_infer_uses_it(tmp_path, site_scan
         assert answer.status_code == 200, answer.text
         versions = sorted(p.name for p in (site_models / "vagan" / "versions").iterdir())
         assert len(versions) == 1
-        result_file, after = client.infer("vagan", "site", {})
+        result_file, after = client.infer("vagan", "site", {"strength": 1.0})
         assert after["version"] == versions[0]
     # the server's new result is exactly what the new weights give, and not the old result
     weights = site_models / "vagan" / "versions" / versions[0] / "model.pt"

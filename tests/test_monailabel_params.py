@@ -27,6 +27,8 @@ from ldct.phantom import make_phantom
 CONFIG = {"strength": 1.0, "ensemble": 1, "device": ["auto", "cuda", "cpu"],
           "write_back": False, "result_extension": [".nrrd", ".nii.gz", ".nii", ".mha"],
           "result_dtype": ["float32", "int16"], "result_compress": True}
+# each model's default strength (the texture sweep's rule, benchmarks/quality/texture/kernels.md)
+DEFAULT_STRENGTH = {"vagan": 0.85, "n2n25d": 0.80}
 # Every parameter a request may carry and who defines it.
 SOURCES = {"strength": "ldct", "target_noise": "ldct", "ensemble": "ldct", "device": "ldct",
            "write_back": "ldct",
@@ -75,7 +77,8 @@ def _hu(path: str | Path) -> np.ndarray:
 def test_info_shows_each_models_config_and_parameter_schema(info):
     assert sorted(info["models"]) == MODELS
     for name, model in info["models"].items():
-        assert model["type"] == "others" and model["config"] == CONFIG, name
+        config = {**CONFIG, "strength": DEFAULT_STRENGTH.get(name, 1.0)}
+        assert model["type"] == "others" and model["config"] == config, name
         schema = model["params"]
         assert {k: p["x-source"] for k, p in schema["properties"].items()} == SOURCES
         assert schema["properties"]["result_extension"]["enum"][:4] == CONFIG["result_extension"]

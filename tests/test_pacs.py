@@ -54,7 +54,7 @@ def test_the_pacs_series_is_listed_and_denoised_by_id(pacs_server, uploaded, tmp
     series_uid, source, phantom = uploaded
     client = monai_client(pacs_server, tmp_path, tokens["radiologist"])
     assert series_uid in client.datastore()["objects"]
-    result_file, params = client.infer("vagan", series_uid, {})
+    result_file, params = client.infer("vagan", series_uid, {"strength": 1.0})
     result = read_volume(result_file)
     assert result.same_geometry(source, atol=1e-9)
     liver = phantom.masks["liver"]

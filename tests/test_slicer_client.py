@@ -53,6 +53,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     held: tuple[str, ...] = ("/infer",)
     release = threading.Event()
     hits: list[str] = []  # every request's path, in order
+    bodies: list[bytes] = []  # every POST's body, in order
 
     def _answer(self):
         type(self).hits.append(self.path)
@@ -109,7 +110,8 @@ def test_denoise_streams_the_result_with_the_input_geometry(ldct_server, noisy_n
     path, phantom = noisy_nrrd
     phases = []
     client = DenoiseClient(ldct_server, token=tokens["radiologist"])
-    out = client.denoise("vagan", path, tmp_path / "out.nrrd", {"result_dtype": "int16"},
+    out = client.denoise("vagan", path, tmp_path / "out.nrrd",
+                         {"strength": 1.0, "result_dtype": "int16"},
                          progress=lambda phase, fraction: phases.append(phase))
     assert client.ct_check["passed"] is True  # the server's CT-number check, for the panel
     assert "CT-number check passed" in client.ct_check["message"]

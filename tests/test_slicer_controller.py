@@ -74,6 +74,8 @@ class FakeLogic:
         self.no_study = ""  # when set, write_derived raises with this message
         self.removed: set = set()  # nodes deleted from the scene
         self.results: dict = {}  # input -> its result names
+        self.reads: list[tuple] = []  # (strength, blended) of each result read
+        self.released = 0  # release_full calls that freed something
 
     @property
     def shows_result(self) -> bool:
@@ -101,7 +103,9 @@ class FakeLogic:
         self.exports.append(_Export(node, self.gate))
         return self.exports[-1]
 
-    def read_result(self, path: Path, export: _Export, strength: float) -> Path:
+    def read_result(self, path: Path, export: _Export, strength: float,
+                    blended: bool = False) -> Path:
+        self.reads.append((strength, blended))  # on the worker thread
         return path  # the worker's reading: the real Logic's is tested on MRML
 
     def load_result(self, path: Path, node, model: str, strength: float, study: str,
@@ -111,6 +115,10 @@ class FakeLogic:
         result = _Node(f"{node} {model} s={strength:g}")
         self.results[node] = [result.name] + ([] if replace else self.results.get(node, []))
         return result
+
+    def release_full(self) -> bool:
+        self.released += 1
+        return True
 
     def show_side_by_side(self, original, result, window, layout) -> None:
         self.calls.append(("show", original, result.GetName(), window, layout))

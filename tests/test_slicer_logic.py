@@ -85,7 +85,8 @@ def client(ldct_server, tokens):
 
 def _denoise(logic, node, client, folder: Path, model="vagan"):
     upload = logic.export_input(node, folder / "input.nrrd")
-    result = client.denoise(model, upload, folder / "result.nrrd", {"result_dtype": "int16"})
+    result = client.denoise(model, upload, folder / "result.nrrd",
+                            {"strength": 1.0, "result_dtype": "int16"})
     return logic.load_result(result, node, model)
 
 
@@ -337,7 +338,8 @@ def test_local_strength_matches_the_servers_blend(scene, dicom_node, client, tmp
     strength here; the server's own blend at that strength (float32) is within 0.5 HU."""
     logic = LowDoseCTDenoiseLogic(scene)
     upload = logic.export_input(dicom_node, tmp_path / "input.nrrd")
-    full = client.denoise("vagan", upload, tmp_path / "full.nrrd", {"result_dtype": "int16"})
+    full = client.denoise("vagan", upload, tmp_path / "full.nrrd",
+                         {"strength": 1.0, "result_dtype": "int16"})
     result = logic.load_result(full, dicom_node, "vagan", 1.0)
     logic.show_side_by_side(dicom_node, result)
     for strength in (0.6, 0.25):

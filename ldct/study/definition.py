@@ -14,6 +14,7 @@ Example::
     conditions:
       - {name: original}                           # no model: the reference
       - {name: vagan, model: vagan, strength: 1.0}
+      - {name: vagan-default, model: vagan}        # neither: the model's default strength
       - {name: vagan-12HU, model: vagan, target_noise: 12}   # the strength leaving 12 HU
     criteria:
       - name: noise
@@ -73,7 +74,7 @@ class Case:
 class Condition:
     name: str
     model: str = ""  # empty: the original images (the reference)
-    strength: float = 1.0
+    strength: float | None = None  # None (and no target_noise): the model's default strength
     target_noise: float | None = None  # HU in flat soft tissue; set: it chooses the strength
 
 
@@ -243,9 +244,9 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
         where = f"conditions[{k}]"
         if not isinstance(entry, dict):
             raise StudyDefinitionError(f"{where} must be a mapping with a name")
-        strength = entry.get("strength", 1.0)
-        if (not isinstance(strength, (int, float)) or isinstance(strength, bool)
-                or not 0.0 <= strength <= 1.0):
+        strength = entry.get("strength")
+        if strength is not None and (not isinstance(strength, (int, float))
+                                     or isinstance(strength, bool) or not 0.0 <= strength <= 1.0):
             raise StudyDefinitionError(f"{where}: strength must be a number in [0, 1], got "
                                        f"{_shown(strength)}")
         target = entry.get("target_noise")
@@ -255,7 +256,8 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
                                        + (" with a strength" if "strength" in entry else ""))
         conditions.append(Condition(_text(_need(entry, "name", where), f"{where}: name"),
                                     _clip(str(entry.get("model", "")), MAX_TEXT),
-                                    float(strength), None if target is None else float(target)))
+                                    None if strength is None else float(strength),
+                                    None if target is None else float(target)))
     _unique([c.name for c in conditions], "condition names")
     if sum(1 for c in conditions if not c.model) != 1:
         raise StudyDefinitionError("conditions need exactly one reference without a model "

@@ -457,7 +457,9 @@ def _shown(volume: CTVolume, condition: Condition, device: str) -> CTVolume:
         return volume
     with DEVICE:  # one at a time with the server's denoising requests
         if condition.target_noise is None:
-            return denoise(volume, condition.model, condition.strength, device=device)
+            strength = registry.get(condition.model).default_strength \
+                if condition.strength is None else condition.strength
+            return denoise(volume, condition.model, strength, device=device)
         return denoise_to_noise(volume, condition.model, condition.target_noise,
                                 device=device)[0]
 
@@ -476,8 +478,7 @@ def _as_yaml_data(definition: StudyDefinition) -> dict[str, Any]:
                        **({"location": list(c.location)} if c.location else {})}
                       for c in definition.cases],
             "conditions": [{"name": c.name, **({"model": c.model} if c.model else {}),
-                            **({"strength": c.strength} if c.model and c.target_noise is None
-                               else {}),
+                            **({"strength": c.strength} if c.strength is not None else {}),
                             **({"target_noise": c.target_noise} if c.target_noise else {})}
                            for c in definition.conditions],
             "criteria": [{"name": c.name, "question": c.question, "anchors": c.anchors,

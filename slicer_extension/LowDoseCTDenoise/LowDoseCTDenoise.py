@@ -30,6 +30,7 @@ from LowDoseCTDenoiseLib import (  # noqa: E402 - after the version check, with 
     UrlHistory,
     selftest,
 )
+from LowDoseCTDenoiseLib.controller import NOISE_LEVEL, STRENGTH  # noqa: E402
 from LowDoseCTDenoiseLib.logic import LowDoseCTDenoiseLogic  # noqa: E402
 from LowDoseCTDenoiseLib.state import PanelState  # noqa: E402
 from LowDoseCTDenoiseLib.worklist import WorklistController  # noqa: E402
@@ -111,13 +112,15 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         self.worklist = WorklistController(c, self.logic, self.alert,
                                            temp_root=slicer.app.temporaryPath,
                                            on_dicom_import=self.import_dicom)
-        self.shown = {"models": None, "studies": None, "session": None, "worklist": None}
+        self.shown = {"models": None, "studies": None, "session": None, "worklist": None,
+                      "levels": None}
         self.asking = False  # the consent dialog is open (polls render meanwhile)
         self.score_groups, self.choice_group = {}, None
         self.controls = {
             "connect": (ui.serverUrlComboBox, ui.tokenLineEdit, ui.testConnectionButton,
                         ui.refreshModelsButton),
-            "input": (ui.inputVolumeSelector,), "strength": (ui.strengthSliderWidget,),
+            "input": (ui.inputVolumeSelector,),
+            "strength": (ui.strengthSliderWidget, ui.modeComboBox, ui.noiseLevelComboBox),
             "model": (ui.modelComboBox,), "device": (ui.deviceComboBox,),
             "remove": (ui.removeResultsButton,),
             "denoise": (ui.denoiseButton,), "cancel": (ui.cancelButton,),
@@ -130,6 +133,7 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
         ui.serverUrlComboBox.addItems(history.urls or [DEFAULT_URL])
         ui.tokenLineEdit.text = history.token(ui.serverUrlComboBox.currentText)
         ui.deviceComboBox.addItems(["auto", "cuda", "cpu"])
+        ui.modeComboBox.addItems([STRENGTH, NOISE_LEVEL])
         ui.windowPresetComboBox.addItems([*WINDOW_PRESETS, VOLUME_PRESET])
         ui.layoutComboBox.addItems(list(LAYOUTS))
         ui.readerIdLineEdit.text = self._setting("reader", "") or ""
@@ -144,6 +148,8 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                 (ui.modelComboBox, "currentTextChanged(QString)", c.select_model),
                 (ui.deviceComboBox, "currentTextChanged(QString)", c.set_device),
                 (ui.strengthSliderWidget, "valueChanged(double)", c.set_strength),
+                (ui.modeComboBox, "currentTextChanged(QString)", c.set_mode),
+                (ui.noiseLevelComboBox, "currentTextChanged(QString)", c.set_noise_level),
                 (ui.denoiseButton, "clicked()", c.denoise),
                 (ui.cancelButton, "clicked()", c.cancel),
                 (ui.windowPresetComboBox, "currentTextChanged(QString)", c.set_window),
@@ -331,6 +337,13 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
             self.shown["models"] = view.models
             self._refill(ui.modelComboBox, [(m.name, m.tooltip()) for m in view.models],
                          qt.Qt.ToolTipRole, self.controller.model)
+        if view.levels != self.shown["levels"]:
+            self.shown["levels"] = view.levels
+            self._refill(ui.noiseLevelComboBox, [(name, name) for name in view.levels],
+                         qt.Qt.ToolTipRole, view.level)
+        ui.noiseLevelComboBox.visible = ui.noiseLevelComboBoxLabel.visible = \
+            view.mode == NOISE_LEVEL
+        ui.noiseLabel.text = view.noise
         if study.studies != self.shown["studies"]:
             self.shown["studies"] = study.studies
             self._refill(ui.studyComboBox, study.studies, qt.Qt.UserRole)
@@ -339,6 +352,9 @@ class LowDoseCTDenoiseWidget(ScriptedLoadableModuleWidget):
                  "setCurrentText"),
                 (ui.layoutComboBox, ui.layoutComboBox.currentText, view.layout, "setCurrentText"),
                 (ui.modelComboBox, ui.modelComboBox.currentText, view.model, "setCurrentText"),
+                (ui.modeComboBox, ui.modeComboBox.currentText, view.mode, "setCurrentText"),
+                (ui.noiseLevelComboBox, ui.noiseLevelComboBox.currentText, view.level,
+                 "setCurrentText"),
                 (ui.strengthSliderWidget, ui.strengthSliderWidget.value, view.strength,
                  "setValue"),
                 (ui.inputVolumeSelector, ui.inputVolumeSelector.currentNode(), view.input,

@@ -52,6 +52,7 @@ from ldct.server.uploads import check_upload
 
 RETRY_AFTER_S = 30
 CT_CHECK_HEADER = "X-CT-Number-Check"  # the CT-number guard's verdict beside a result file
+NOISE_HEADER = "X-Noise-Level"  # a target_noise request's match (input/result noise, strength)
 DISCONNECT_CHECK_S = 0.5  # how often a waiting request checks that its client is still there
 # MONAI Label's answers (ResultType) a denoiser gives: none is its multipart (all), and why the
 # others are refused
@@ -269,6 +270,9 @@ def app_router(app: MONAILabelApp, queue: InferenceQueue) -> APIRouter:
         if check is not None and hasattr(response, "headers"):  # the result file alone, too
             response.headers[CT_CHECK_HEADER] = json.dumps(
                 {k: check[k] for k in ("passed", "worst_shift_hu", "threshold_hu", "message")})
+        noise = result["params"].get("noise")
+        if noise is not None and hasattr(response, "headers"):  # the strength it chose, too
+            response.headers[NOISE_HEADER] = json.dumps(noise)
         return response
 
     return router

@@ -25,6 +25,8 @@ class ModelEntry:
     config: dict[str, Any] = field(default_factory=dict)
     card: dict[str, Any] = field(default_factory=dict)
     recommended: bool = False  # the server's first choice (best on its worst kernel)
+    default_strength: float = 1.0  # the strength that leaves about the normal dose's noise
+    noise_levels: dict[str, Any] = field(default_factory=dict)  # name -> HU (or per kernel)
 
     def tooltip(self) -> str:
         """The model card in a few lines (method, paper, training data, held-out metrics)."""
@@ -50,6 +52,23 @@ class ModelEntry:
 
 
 CT_CHECK_HEADER = "X-CT-Number-Check"
+NOISE_HEADER = "X-Noise-Level"  # a target_noise request's match, beside the result file
+
+
+def _fraction(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def noise_of(header: Optional[str]) -> dict[str, Any]:
+    """The server's noise match of a target_noise result (input and result noise, the
+    strength it chose, reached); empty when it sent none or none that makes sense."""
+    try:
+        noise = json.loads(header or "")
+    except ValueError:
+        return {}
+    numbers = ("target_noise", "input_noise", "result_noise")
+    return noise if (isinstance(noise, dict) and _fraction(noise.get("strength"))
+                     and all(isinstance(noise.get(k), (int, float)) for k in numbers)) else {}
 
 
 def ct_check_of(header: Optional[str]) -> dict[str, Any]:
@@ -70,6 +89,7 @@ class DenoiseClient(ServerConnection):
     CT-number check of the last result)."""
 
     ct_check: dict[str, Any] = {}
+    noise: dict[str, Any] = {}  # the last result's noise match (target_noise requests)
 
     # -- public calls -------------------------------------------------------------------
     def info(self, cancel: Optional[CancelToken] = None) -> dict[str, Any]:
@@ -92,9 +112,13 @@ class DenoiseClient(ServerConnection):
             card = {**(details.get("card") or {}),  # a baseline has no weights: its kind
                     "version": details.get("version") or details.get("kind", ""),
                     "task_based_quality": details.get("task_based_quality") or {}}
+            default = details.get("default_strength", 1.0)
+            levels = details.get("noise_levels")
             entries.append(ModelEntry(name, model.get("description", name),
                                       model.get("config") or {}, card,
-                                      details.get("recommended") is True))
+                                      details.get("recommended") is True,
+                                      float(default) if _fraction(default) else 1.0,
+                                      levels if isinstance(levels, dict) else {}))
         return entries
 
     def datastore(self, cancel: Optional[CancelToken] = None) -> dict[str, Any]:
@@ -181,6 +205,7 @@ class DenoiseClient(ServerConnection):
             if response.status != 200:
                 raise self._http_error(response.status, response.read(), f"model '{model}'")
             self.ct_check = ct_check_of(response.getheader(CT_CHECK_HEADER))
+            self.noise = noise_of(response.getheader(NOISE_HEADER))
             self._stream_response(response, output, cancel, progress)
             progress("done", 1.0)
             return output

@@ -24,6 +24,11 @@ from .state import PanelState
 from .study import ReaderSession, StudyClient, reader_id
 
 INFO_TIMEOUT_S = 10.0  # /info/ answers in milliseconds; longer means a server in trouble
+STRENGTH, NOISE_LEVEL = "strength", "noise level"  # what the Denoise section's slider chooses
+DEFAULT_LEVELS = ("low", "medium", "high")  # the server's built-in noise levels, listed first
+# below this strength, full-strength voxels recovered from a noise level's blend carry too much
+# int16 rounding (0.5 HU / strength): another strength then needs a new Denoise
+MIN_UNBLEND = 0.2
 Alert = Callable[[str, str], None]  # (kind: "error" | "warning", text): a dialog the user closes
 
 
@@ -76,6 +81,10 @@ class PanelView:
     layout: str  # the layout chosen, a name in LAYOUTS
     question: str  # in State.CONSENT: asked in a dialog, answered with answer_consent()
     difference: bool  # the result's views show its difference ("Show difference" ticked)
+    mode: str = STRENGTH  # STRENGTH or NOISE_LEVEL: what the next Denoise asks for
+    level: str = ""  # in NOISE_LEVEL mode: the noise level asked for (a name in ``levels``)
+    levels: tuple = ()  # the chosen model's noise levels (the server's /info/)
+    noise: str = ""  # the last noise-level result: input noise -> result noise at strength
 
 
 CONTROLS = ("connect", "input", "model", "device", "strength", "denoise", "cancel", "compare",
@@ -165,6 +174,7 @@ class DenoiseController(_Worker):
         self.model, self.strength = default.model, default.strength
         self.window, self.layout = default.window, default.layout
         self.auto_flicker = False
+        self.mode, self.level, self.noise = STRENGTH, "", ""
         self._workdir: Optional[Path] = None
         self._cancelled = ""  # why the running job was stopped (user or scene close)
         self._pending: Optional[tuple[Any, Binding]] = None  # (export, input) awaiting consent
@@ -185,7 +195,8 @@ class DenoiseController(_Worker):
         return PanelView(self.state, self.connection, self.status, self._progress(),
                          self.enabled(), self.models, self.auto_flicker, self.model,
                          self.strength, self.input, self.window, self.layout, question,
-                         self.logic.difference_shown)
+                         self.logic.difference_shown, self.mode, self.level,
+                         self.noise_levels(), self.noise)
 
     def enabled(self) -> frozenset:
         """The controls a click may use now (a click on any other is ignored)."""
@@ -241,7 +252,7 @@ class DenoiseController(_Worker):
         self.models, self.url, self.token = tuple(call.result), url, token
         names = [m.name for m in self.models]
         first = [m.name for m in self.models if m.recommended] + names  # the server's choice
-        self.model = self.model if self.model in names else (first[0] if first else "")
+        self._choose_model(self.model if self.model in names else (first[0] if first else ""))
         self.history.add(url, token)
         self.save_history(self.history)
         self.state = State.READY
@@ -256,7 +267,43 @@ class DenoiseController(_Worker):
             self.input = node
 
     def select_model(self, name: str) -> None:
+        self._choose_model(name)
+
+    def _choose_model(self, name: str) -> None:
+        """Another model: the strength starts at its default level (the server's /info/: the
+        strength that leaves about the normal dose's own noise), unless a result is shown
+        (the slider then says that result's strength)."""
+        if name != self.model and not self.logic.shows_result:
+            entry = self._entry(name)
+            self.strength = entry.default_strength if entry else self.strength
         self.model = name
+        if self.mode == NOISE_LEVEL and self.level not in self.noise_levels():
+            self.level = next(iter(self.noise_levels()), "")
+
+    def _entry(self, name: str) -> Optional[ModelEntry]:
+        return next((m for m in self.models if m.name == name), None)
+
+    def noise_levels(self) -> tuple:
+        """The chosen model's noise levels (low, medium, high, then the site's)."""
+        entry = self._entry(self.model)
+        names = list(entry.noise_levels) if entry else []
+        return (*(n for n in DEFAULT_LEVELS if n in names),
+                *sorted(n for n in names if n not in DEFAULT_LEVELS))
+
+    def set_mode(self, mode: str) -> None:
+        """Strength (a blend chosen here) or noise level (the server picks the strength that
+        leaves that noise); ignored while a job runs, as the strength."""
+        if "strength" not in self.enabled() or mode not in (STRENGTH, NOISE_LEVEL):
+            return
+        self.mode = mode
+        if mode == NOISE_LEVEL and self.level not in self.noise_levels():
+            levels = self.noise_levels()
+            self.level = "medium" if "medium" in levels else next(iter(levels), "")
+
+    def set_noise_level(self, name: str) -> None:
+        """The noise level the next Denoise asks for (one of :meth:`noise_levels`)."""
+        if "strength" in self.enabled() and name in self.noise_levels():
+            self.level = name
 
     def set_device(self, device: str) -> None:
         self.device = device
@@ -268,6 +315,10 @@ class DenoiseController(_Worker):
         from this server's datastore (the worklist): its voxels go back where they came from,
         so nothing is asked."""
         if "denoise" not in self.enabled():
+            return
+        if self.mode == NOISE_LEVEL and not self.level:
+            self._fail(f"The server lists no noise level for '{self.model}': choose "
+                       "Strength, or start the server with its noise levels.")
             return
         try:
             export = self.logic.prepare_export(self.input)
@@ -297,7 +348,10 @@ class DenoiseController(_Worker):
 
     def _job_params(self) -> dict[str, Any]:
         """What the server is asked for: the full-strength result (the strength, like any
-        other choice about the blend, is applied here by :meth:`set_strength`)."""
+        other choice about the blend, is applied here by :meth:`set_strength`), or in noise
+        level mode the blend at the strength that leaves that noise (the server measures)."""
+        if self.mode == NOISE_LEVEL:
+            return {"target_noise": self.level, "device": self.device, "result_dtype": "int16"}
         return {"strength": 1.0, "device": self.device, "result_dtype": "int16"}
 
     def _version(self, model: str) -> str:
@@ -308,11 +362,22 @@ class DenoiseController(_Worker):
         """Compress, upload, denoise and download ``export`` on the worker thread; the result
         goes to ``binding``'s node, never to whatever is selected when the job ends."""
         self._workdir = Path(tempfile.mkdtemp(prefix="ldct-slicer-", dir=self.temp_root))
-        strength = self.strength  # fixed while the job runs (the control is disabled)
-        job = DenoiseJob(DenoiseClient(self.url, token=self.token), self.model,
-                         self._workdir / "input.nrrd", self._workdir / "result.nrrd",
-                         self._job_params(), export=export.write,
-                         prepare=lambda path: self.logic.read_result(path, export, strength))
+        # fixed while the job runs (the controls are disabled)
+        strength, mode, level = self.strength, self.mode, self.level
+        client = DenoiseClient(self.url, token=self.token)
+
+        def prepare(path: Path) -> Any:
+            if mode == STRENGTH:
+                return self.logic.read_result(path, export, strength)
+            if not client.noise:
+                raise ServerError(f"{client.url} did not say which strength leaves the noise "
+                                  f"level '{level}': is it an older ldct server? Choose "
+                                  "Strength instead.")
+            return self.logic.read_result(path, export, client.noise["strength"], blended=True)
+
+        job = DenoiseJob(client, self.model, self._workdir / "input.nrrd",
+                         self._workdir / "result.nrrd", self._job_params(),
+                         export=export.write, prepare=prepare)
         self.state, self.status, self._bound = State.DENOISING, "Starting", binding
         self._start(job, lambda done: self._denoised(done, binding))
 
@@ -358,6 +423,10 @@ class DenoiseController(_Worker):
 
     def _show(self, job: DenoiseJob, binding: Binding) -> None:
         node = binding.node
+        noise = job.client.noise
+        self.noise = _noise_text(noise) if self.mode == NOISE_LEVEL else ""
+        if self.noise:  # the slider says the strength the server chose
+            self.strength = float(noise["strength"])
         try:
             result = self.logic.load_result(job.result, node, job.model, self.strength,
                                             study=binding.study, replace=self.replace,
@@ -369,6 +438,9 @@ class DenoiseController(_Worker):
         self.on_shown()
         check = job.client.ct_check
         self.state, self.status = State.DONE, f"Loaded '{result.GetName()}'. {check['message']}"
+        if self.noise and self.strength < MIN_UNBLEND and self.logic.release_full():
+            self.status += (f" (Strength {self.strength:.2f}: another strength needs a new "
+                            "Denoise.)")
         if check.get("passed") is False:
             self.alert("warning", check["message"])
 
@@ -572,6 +644,16 @@ class DenoiseController(_Worker):
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
+
+
+def _noise_text(noise: dict) -> str:
+    """A noise level's outcome as the panel shows it: the measured input noise, the result's
+    and the strength; a level out of reach says so."""
+    text = (f"Noise {noise['input_noise']:.1f} HU -> {noise['result_noise']:.1f} HU at "
+            f"strength {noise['strength']:.2f}")
+    asked = f"{noise.get('level', '')} ({noise['target_noise']:g} HU)".strip()
+    return text + (f", level {asked}" if noise.get("reached") else
+                   f": level {asked} is not reachable (the nearest end)")
 
 
 class StudyState(str, Enum):

@@ -91,6 +91,17 @@ def blend(original: np.ndarray, full: np.ndarray, strength: float, out: np.ndarr
         out[k] = np.clip(mixed, -32768, 32767)
 
 
+def unblend(original: np.ndarray, shown: np.ndarray, strength: float, out: np.ndarray) -> None:
+    """``out`` := the full-strength voxels of ``shown``, a blend at ``strength``: ``original +
+    (shown - original) / strength`` (the blend is linear, so this is exact but for the int16
+    rounding, which grows as 1/strength); at 0 the blend holds none of them: ``out`` :=
+    ``shown``."""
+    if strength == 0.0:
+        out[...] = shown
+    else:
+        blend(original, shown, 1.0 / strength, out)
+
+
 @dataclass(frozen=True)
 class VolumeExport:
     """An input volume checked for upload: the node's own voxels (a view) and the header.
@@ -135,11 +146,14 @@ def _image(shape: tuple) -> tuple[object, np.ndarray]:
     return image, voxels.reshape(shape)
 
 
-def read_result(path: str | Path, original: np.ndarray, strength: float) -> ReadResult:
+def read_result(path: str | Path, original: np.ndarray, strength: float,
+                blended: bool = False) -> ReadResult:
     """The server's int16 NRRD decompressed straight into a new image, and its blend with
     ``original`` (the input's voxels) at ``strength``: run on the worker thread (no scene, no
     MRML), so the GUI thread only makes the node. Another size or type is refused before a
-    voxel is read."""
+    voxel is read. ``blended``: the server already blended the file at ``strength`` (a noise
+    level chose it): it is shown as it is and the full-strength voxels are recovered from it
+    (:func:`unblend`) for another strength."""
     images: dict = {}
 
     def allocate(header: NrrdHeader) -> memoryview:
@@ -152,6 +166,10 @@ def read_result(path: str | Path, original: np.ndarray, strength: float) -> Read
         return memoryview(images["full"][1])
 
     header = read_nrrd_into(path, allocate)
+    if blended:
+        full, voxels = _image(original.shape)
+        unblend(original, images["full"][1], strength, voxels)
+        return ReadResult(header, full, images["full"][0], strength)
     full, shown = images["full"][0], images["full"][0]
     if strength != 1.0:
         shown, voxels = _image(original.shape)
@@ -380,11 +398,11 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
             sh.SetItemAttribute(item, f"DICOM.{key}", str(header.get(key, "")))
         return node
 
-    def read_result(self, path: str | Path, export: VolumeExport, strength: float
-                    ) -> ReadResult:
+    def read_result(self, path: str | Path, export: VolumeExport, strength: float,
+                    blended: bool = False) -> ReadResult:
         """:func:`read_result` for the input ``export`` (checked on the GUI thread when the
         job started): what the panel's worker runs after the download."""
-        return read_result(path, export.voxels, strength)
+        return read_result(path, export.voxels, strength, blended)
 
     def load_result(self, result: str | Path | ReadResult, input_node, model: str,
                     strength: float = 1.0, study: int = 0, replace: bool = False,

@@ -36,14 +36,15 @@ class DenoiseInfer(InferTask):
         info = registry.get(model)
         super().__init__(type=InferType.OTHERS, labels=None, dimension=3,
                          description=f"{info.title} - {info.paper}, {info.supervision}",
-                         config=task_config())
+                         config=task_config(info.default_strength))
         self.model = model
         self.levels = NoiseLevels.load(os.environ.get(LEVELS_ENV) or None)  # `serve --noise-levels`
 
     def info(self) -> dict[str, Any]:
         details = super().info()
         details["ldct"] = registry.get(self.model).summary()  # method, paper, card
-        details["params"] = json_schema()  # every parameter, ours and MONAI Label's
+        # every parameter, ours and MONAI Label's
+        details["params"] = json_schema(registry.get(self.model).default_strength)
         details["ldct"]["noise_levels"] = self.levels.levels  # target_noise names, HU per kernel
         return details
 
@@ -70,8 +71,10 @@ class DenoiseInfer(InferTask):
                        "stop": job.stop_requested if job else None,
                        "batch_done": job.progress if job else None}
             if params.target_noise is None:
-                result = denoise(volume, self.model, strength=params.strength, **options)
-                strength, noise = params.strength, {}
+                strength = info.default_strength if params.strength is None else \
+                    params.strength
+                result = denoise(volume, self.model, strength=strength, **options)
+                noise = {}
             else:
                 target = params.target_noise if not isinstance(params.target_noise, str) else \
                     self.levels.resolve(params.target_noise, scan_kernel(volume.dicom))
