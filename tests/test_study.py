@@ -268,11 +268,10 @@ def test_blinded_study_over_http_survives_sigkill(study_server, tokens):
         for text in texts:  # nothing a reader can reach names a condition or model
             assert_blinded(text, study)
         # nor tells when or in which order a volume was made (the original first in each
-        # case), nor which volumes are one file served twice: one ETag and Last-Modified
+        # case), nor which volumes are one file served twice: no ETag, no Last-Modified
         shown = [ast.literal_eval(t.partition("}NRRD0004")[0] + "}") for t in texts
                  if t.startswith("{'")]
-        assert len(shown) == 8 and len({(h["etag"], h["last-modified"]) for h in shown}) == 1, \
-            sorted({(h["etag"], h["last-modified"]) for h in shown})
+        assert len(shown) == 8 and not any({"etag", "last-modified"} & set(h) for h in shown)
         assert requests.get(f"{url}/study/{study}/status", timeout=30).status_code == 401
         assert requests.get(f"{url}/study/{study}/status", headers=bearer(readers["r1"]),
                             timeout=30).status_code == 403
