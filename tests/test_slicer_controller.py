@@ -76,6 +76,7 @@ class FakeLogic:
         self.results: dict = {}  # input -> its result names
         self.reads: list[tuple] = []  # (strength, blended) of each result read
         self.released = 0  # release_full calls that freed something
+        self.crash_blend = ""  # when set, apply_blend raises an unexpected error with it
 
     @property
     def shows_result(self) -> bool:
@@ -127,10 +128,16 @@ class FakeLogic:
     def set_layout(self, name: str) -> None:
         self.calls.append(("layout", name))
 
-    def set_strength(self, strength: float) -> str:
+    def blend_job(self, strength: float):
         self.calls.append(("strength", strength))
         if self.refuse:
             raise RuntimeError(self.refuse)
+        return lambda: strength  # the real blend is tested on MRML (test_slicer_jobs.py)
+
+    def apply_blend(self, strength: float) -> str:
+        self.calls.append(("applied", strength))
+        if self.crash_blend:
+            raise ValueError(self.crash_blend)
         return f"blend {strength:g}"
 
     def apply_window(self, preset) -> None:
@@ -339,7 +346,9 @@ def test_denoise_shows_the_result_then_strength_is_blended_locally(panel):
     assert controller.status.startswith("Loaded 'CT m s=0.6'. The server sent no CT-number")
     uploads = [h for h in handler.hits if h.startswith("/infer")]
     controller.set_strength(0.3)  # a result exists: blended here, nothing sent
-    assert logic.calls[-1] == ("strength", 0.3) and "blend 0.3" in controller.status
+    assert logic.calls[-1] == ("strength", 0.3) and controller.blending
+    _settle(controller)
+    assert logic.calls[-1] == ("applied", 0.3) and "blend 0.3" in controller.status
     assert [h for h in handler.hits if h.startswith("/infer")] == uploads
     controller.set_auto_flicker(True)
     assert controller.view().auto_flicker
@@ -760,3 +769,20 @@ def test_replace_is_the_default_and_results_can_be_removed(panel):
     assert controller.status == "Removed 2 results of 'CT'."
     assert controller.state is State.READY and "remove" not in controller.enabled()
     assert "compare" not in controller.enabled()
+
+
+def test_an_unexpected_error_in_a_blend_never_escapes_the_timer(panel):
+    """The blend's outcome is taken in the timer's slot: an error there is said, and the
+    panel and the next strength work."""
+    controller, url, handler, logic, alerts, *_ = panel
+    _reach(State.DONE, controller, url, handler)
+    logic.crash_blend = "broken image"
+    controller.set_strength(0.4)
+    _settle(controller)  # would raise out of the slot
+    assert controller.status == ("The strength was not applied: unexpected error "
+                                 "(ValueError('broken image')).")
+    assert controller.state is State.DONE and not controller.blending
+    logic.crash_blend = ""
+    controller.set_strength(0.5)
+    _settle(controller)
+    assert controller.status == "Strength 0.5 blended locally: 'blend 0.5'."

@@ -211,3 +211,69 @@ def test_hidden_differences_and_removed_results_leave_nothing_behind(scene, two_
     assert counts() == shown
     panel.remove_results()
     assert counts() == inputs and panel.status == "Removed 1 result of 'patient A CT'."
+
+
+def _held_blends(logic) -> tuple[threading.Event, list]:
+    """Every blend the panel starts waits on its worker until the gate opens, then records
+    (strength, whether it ran on the main thread)."""
+    gate, ran = threading.Event(), []
+    make = logic.blend_job
+
+    def blend_job(strength):
+        run = make(strength)
+
+        def held():
+            assert gate.wait(30), "the test never opened the gate"
+            ran.append((strength, threading.current_thread() is threading.main_thread()))
+            return run()
+        return held
+    logic.blend_job = blend_job
+    return gate, ran
+
+
+def test_strength_moves_are_blended_on_the_worker_and_the_latest_wins(scene, two_patients):  # noqa: F811
+    """Quick slider moves while a blend runs: nothing is computed on the GUI thread, the
+    blend of an older strength is dropped and only the latest strength is shown."""
+    panel, logic, handler, alerts, (a, *_), _ = two_patients
+    handler.held = ()
+    _denoise(panel)
+    _finish(panel)
+    result = logic.pair[1]
+    full = result.GetImageData()
+    gate, ran = _held_blends(logic)
+    for strength in (0.2, 0.4, 0.6):  # one blend runs; the others wait for it
+        panel.set_strength(strength)
+    assert panel.blending and result.GetImageData() is full and "pacs" not in panel.enabled()
+    gate.set()
+    _finish(panel)  # the 0.2 blend ends: dropped, the latest (0.6) starts
+    assert result.GetImageData() is full and panel.blending
+    _finish(panel)
+    assert ran == [(0.2, False), (0.6, False)] and not panel.blending and not alerts
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(result),
+                                  slicer.util.arrayFromVolume(a) - 3)  # 0.6 x -5 = -3 HU
+    assert panel.status == "Strength 0.6 blended locally: 'patient A CT m s=0.6'."
+    assert "pacs" in panel.enabled()
+
+
+def test_a_result_deleted_while_it_is_blended_gets_nothing_and_the_panel_works(
+        scene, two_patients):  # noqa: F811
+    panel, logic, handler, alerts, (a, *_), _ = two_patients
+    handler.held = ()
+    _denoise(panel)
+    _finish(panel)
+    result = logic.pair[1]
+    full = result.GetImageData()
+    gate, ran = _held_blends(logic)
+    panel.set_strength(0.6)
+    scene.RemoveNode(result)  # Data module > Delete, while the worker blends
+    assert panel.state is State.READY
+    gate.set()
+    _finish(panel)
+    assert ran == [(0.6, False)] and not panel.blending and not alerts
+    assert result.GetImageData() is full and logic.pair is None
+    assert _volumes(scene) == ["patient A CT", "patient B CT"]
+    assert panel.status == ("'patient A CT m s=1' was deleted or replaced while strength 0.6 "
+                            "was blended: nothing was changed.")
+    _denoise(panel)  # the panel is usable
+    _finish(panel)
+    assert panel.state is State.DONE and logic.pair[0] is a, panel.status

@@ -144,8 +144,8 @@ class DenoiseController(_Worker):
     """Server, Denoise and Compare sections of the panel.
 
     ``logic``: the module's Logic (``prepare_export``, ``study_of``, ``in_scene``,
-    ``load_result``, ``show_side_by_side``, ``set_strength``, ``apply_window``, ``set_layout``,
-    ``show_difference``, ``flicker``, ``shown_result``, ``write_derived``,
+    ``load_result``, ``show_side_by_side``, ``blend_job``, ``apply_blend``, ``apply_window``,
+    ``set_layout``, ``show_difference``, ``flicker``, ``shown_result``, ``write_derived``,
     ``results_of``, ``remove_results``, ``node_ids``, ``restore``, ``pair``,
     ``difference_shown``). Every job is bound to its input when it starts (:class:`Binding`);
     the input selector and the strength are disabled while it runs.
@@ -183,6 +183,7 @@ class DenoiseController(_Worker):
         self.shown = False  # the module is shown (entered, not left)
         self._scene_state: Optional[PanelState] = None  # a loaded scene's, until shown
         self._consented: set[str] = set()  # servers agreed to in this session
+        self._blending: Optional[tuple[BackgroundCall, float]] = None  # (blend, its strength)
 
     # -- what the panel shows ------------------------------------------------------------
     def view(self) -> PanelView:
@@ -211,7 +212,7 @@ class DenoiseController(_Worker):
             on.add("cancel")
         if self.logic.shows_result:  # never a reader-study pair: comparing would unblind it
             on.add("compare")
-            if self.state in SETTLED:
+            if self.state in SETTLED and self._blending is None:  # sends the strength shown
                 on.add("pacs")
         return frozenset(on)
 
@@ -497,19 +498,52 @@ class DenoiseController(_Worker):
 
     # -- Compare ---------------------------------------------------------------------------
     def set_strength(self, strength: float) -> None:
-        """After a result exists, a new strength is blended here at once (no upload); ignored
-        while a job runs (the control is disabled then: the job's result gets the strength
-        chosen when it arrives)."""
+        """After a result exists, a new strength is blended here (no upload), on a worker
+        thread: :meth:`poll` puts the blend in the result node. Quick moves are coalesced:
+        while one blend runs, only the latest strength is kept, and a blend finished for an
+        older strength is dropped (:meth:`_blended`). Ignored while a job runs (the control
+        is disabled then: the job's result gets the strength chosen when it arrives)."""
         if "strength" not in self.enabled():
             return
         self.strength = strength
-        if "compare" in self.enabled():
-            try:
-                name = self.logic.set_strength(strength)
-            except RuntimeError as exc:  # the pair shown is no denoised result (a study item)
-                self.status = str(exc)
-                return
-            self.status = f"Strength {strength:g} blended locally: '{name}'."
+        if "compare" not in self.enabled():
+            return
+        if self._blending is not None:  # superseded: the latest strength follows it
+            self.status = f"Blending strength {strength:g}..."
+            return
+        try:
+            run = self.logic.blend_job(strength)
+        except RuntimeError as exc:  # the pair shown is no denoised result (a study item)
+            self.status = str(exc)
+            return
+        self._blending = (BackgroundCall(run).start(), strength)
+        self.status = f"Blending strength {strength:g}..."
+
+    @property
+    def blending(self) -> bool:
+        """A strength is being blended on the worker thread."""
+        return self._blending is not None
+
+    def _blended(self) -> None:
+        """A finished blend (GUI thread, from :meth:`poll`): shown when it is the latest
+        strength and its pair is still shown; otherwise dropped (and the latest strength
+        blended next)."""
+        call, strength = self._blending
+        if not call.done:
+            return
+        self._blending = None
+        if strength != self.strength:  # the slider moved on while it ran
+            self.set_strength(self.strength)
+            return
+        if call.error is not None:
+            self.status = f"Strength {strength:g} was not applied: {call.error}"
+            return
+        try:
+            name = self.logic.apply_blend(call.result)
+        except RuntimeError as exc:  # its result deleted or replaced meanwhile
+            self.status = str(exc)
+            return
+        self.status = f"Strength {strength:g} blended locally: '{name}'."
 
     def release_full(self) -> None:
         """The user is done with the strength control (the widget calls this a while after
@@ -597,6 +631,17 @@ class DenoiseController(_Worker):
         if isinstance(self._call, DenoiseJob) and self.state == State.DENOISING:
             self.status = self._call.status_text()
         super().poll()
+        if self._blending is not None:
+            try:
+                self._blended()
+            except Exception as exc:  # noqa: BLE001 - a timer slot must never raise
+                self._blending = None
+                self.status = f"The strength was not applied: unexpected error ({exc!r})."
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the running call and the running blend end (tests and scripts)."""
+        return super().wait(timeout) and (
+            self._blending is None or self._blending[0].wait(timeout))
 
     def node_removed(self, node: Any) -> None:
         """A node was deleted (Data module, a script): the panel keeps no reference to it, and
@@ -615,7 +660,7 @@ class DenoiseController(_Worker):
 
     def scene_closed(self) -> None:
         """The scene was cleared: the input and the result are gone; a running job stops."""
-        self.input, self.auto_flicker = None, False
+        self.input, self.auto_flicker, self._blending = None, False, None  # its pair is gone
         if self.state == State.CONSENT:  # the volume asked about is gone: nothing is sent
             self._pending, self.state, self.status = None, State.READY, "The scene was closed."
         elif self.state in (State.DENOISING, State.SENDING):

@@ -137,6 +137,17 @@ class ReadResult:
     strength: float
 
 
+@dataclass(frozen=True)
+class Reblend:
+    """A shown pair blended again at another strength on the worker: the new image is in no
+    node yet (:meth:`LowDoseCTDenoiseLogic.apply_blend` puts it in ``result``)."""
+
+    original: object  # the input node
+    result: object  # the result node
+    strength: float
+    image: object  # vtkImageData, int16
+
+
 def _image(shape: tuple) -> tuple[object, np.ndarray]:
     """A new int16 vtkImageData of ``shape`` (slices, rows, columns) and its voxels as numpy."""
     image = vtk.vtkImageData()
@@ -438,12 +449,39 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         return node
 
     def set_strength(self, strength: float) -> str:
-        """Blend the shown pair again at ``strength``, here (no upload): ``original + strength
-        * (full result - original)``, as the server blends. Returns the result's new name."""
+        """Blend the shown pair again at ``strength``, here and at once (scripts; the panel
+        runs :meth:`blend_job` on its worker): ``original + strength * (full result -
+        original)``, as the server blends. Returns the result's new name."""
+        return self.apply_blend(self.blend_job(strength)())
+
+    def blend_job(self, strength: float) -> Callable[[], Reblend]:
+        """The shown pair's blend at ``strength`` as a function for the panel's worker: it
+        reads no scene and makes a new int16 image (:func:`blend`), which
+        :meth:`apply_blend` then puts in the result node on the GUI thread."""
         original, denoised = self._require_pair()
-        self._blend(original, denoised, strength)
+        node, full = self._full or (None, None)
+        if node is not denoised:
+            raise RuntimeError("The full-strength result of this pair is gone; denoise again.")
+        voxels = slicer.util.arrayFromVolume(original)  # keeps the input's array alive
+
+        def run() -> Reblend:
+            image, out = _image(voxels.shape)
+            blend(voxels, full, strength, out)
+            return Reblend(original, denoised, strength, image)
+        return run
+
+    def apply_blend(self, done: Reblend) -> str:
+        """The worker's blend shown (GUI thread): only when its pair is still the one shown
+        (a result deleted or replaced meanwhile gets nothing). Returns the result's new
+        name."""
+        if self.pair != (done.original, done.result) or not (
+                self.in_scene(done.original) and self.in_scene(done.result)):
+            raise RuntimeError(f"'{done.result.GetName()}' was deleted or replaced while "
+                               f"strength {done.strength:g} was blended: nothing was changed.")
+        done.result.SetAndObserveImageData(done.image)
+        self._blend(done.original, done.result, done.strength, computed=True)
         self._fill_views()  # the labels say the new strength
-        return denoised.GetName()
+        return done.result.GetName()
 
     def _blend(self, original, result, strength: float, study: int = 0,
                computed: bool = False) -> None:
