@@ -231,16 +231,20 @@ def _held_blends(logic) -> tuple[threading.Event, list]:
     return gate, ran
 
 
-def test_strength_moves_are_blended_on_the_worker_and_the_latest_wins(scene, two_patients):  # noqa: F811
-    """Quick slider moves while a blend runs: nothing is computed on the GUI thread, the
-    blend of an older strength is dropped and only the latest strength is shown."""
-    panel, logic, handler, alerts, (a, *_), _ = two_patients
+def _shown_with_held_blends(panel, logic, handler) -> tuple:
+    """A's result shown at full strength: (its node, its image, the gate, the blends run)."""
     handler.held = ()
     _denoise(panel)
     _finish(panel)
     result = logic.pair[1]
-    full = result.GetImageData()
-    gate, ran = _held_blends(logic)
+    return (result, result.GetImageData(), *_held_blends(logic))
+
+
+def test_strength_moves_are_blended_on_the_worker_and_the_latest_wins(scene, two_patients):  # noqa: F811
+    """Quick slider moves while a blend runs: nothing is computed on the GUI thread, the
+    blend of an older strength is dropped and only the latest strength is shown."""
+    panel, logic, handler, alerts, (a, *_), _ = two_patients
+    result, full, gate, ran = _shown_with_held_blends(panel, logic, handler)
     for strength in (0.2, 0.4, 0.6):  # one blend runs; the others wait for it
         panel.set_strength(strength)
     assert panel.blending and result.GetImageData() is full and "pacs" not in panel.enabled()
@@ -258,12 +262,7 @@ def test_strength_moves_are_blended_on_the_worker_and_the_latest_wins(scene, two
 def test_a_result_deleted_while_it_is_blended_gets_nothing_and_the_panel_works(
         scene, two_patients):  # noqa: F811
     panel, logic, handler, alerts, (a, *_), _ = two_patients
-    handler.held = ()
-    _denoise(panel)
-    _finish(panel)
-    result = logic.pair[1]
-    full = result.GetImageData()
-    gate, ran = _held_blends(logic)
+    result, full, gate, ran = _shown_with_held_blends(panel, logic, handler)
     panel.set_strength(0.6)
     scene.RemoveNode(result)  # Data module > Delete, while the worker blends
     assert panel.state is State.READY
