@@ -215,7 +215,7 @@ def test_hidden_differences_and_removed_results_leave_nothing_behind(scene, two_
 
 def _held_blends(logic) -> tuple[threading.Event, list]:
     """Every blend the panel starts waits on its worker until the gate opens, then records
-    (strength, whether it ran on the main thread)."""
+    (strength, whether it ran on the main thread, what it made)."""
     gate, ran = threading.Event(), []
     make = logic.blend_job
 
@@ -224,8 +224,9 @@ def _held_blends(logic) -> tuple[threading.Event, list]:
 
         def held():
             assert gate.wait(30), "the test never opened the gate"
-            ran.append((strength, threading.current_thread() is threading.main_thread()))
-            return run()
+            on_main = threading.current_thread() is threading.main_thread()
+            ran.append((strength, on_main, run()))
+            return ran[-1][2]
         return held
     logic.blend_job = blend_job
     return gate, ran
@@ -241,10 +242,14 @@ def _shown_with_held_blends(panel, logic, handler) -> tuple:
 
 
 def test_strength_moves_are_blended_on_the_worker_and_the_latest_wins(scene, two_patients):  # noqa: F811
-    """Quick slider moves while a blend runs: nothing is computed on the GUI thread, the
-    blend of an older strength is dropped and only the latest strength is shown."""
+    """Quick slider moves while a blend runs: nothing is computed on the GUI thread (the
+    difference shown neither), the blend of an older strength is dropped and only the latest
+    strength is shown."""
     panel, logic, handler, alerts, (a, *_), _ = two_patients
     result, full, gate, ran = _shown_with_held_blends(panel, logic, handler)
+    panel.show_difference(True)
+    shown = result.GetNodeReference("LowDoseCTDenoise.difference")
+    assert set(np.unique(slicer.util.arrayFromVolume(shown))) == {-5}
     for strength in (0.2, 0.4, 0.6):  # one blend runs; the others wait for it
         panel.set_strength(strength)
     assert panel.blending and result.GetImageData() is full and "pacs" not in panel.enabled()
@@ -252,9 +257,14 @@ def test_strength_moves_are_blended_on_the_worker_and_the_latest_wins(scene, two
     _finish(panel)  # the 0.2 blend ends: dropped, the latest (0.6) starts
     assert result.GetImageData() is full and panel.blending
     _finish(panel)
-    assert ran == [(0.2, False), (0.6, False)] and not panel.blending and not alerts
+    assert [r[:2] for r in ran] == [(0.2, False), (0.6, False)]
+    assert not panel.blending and not alerts
+    made = ran[-1][2]  # the worker's images are the nodes' own: no work left on the GUI thread
+    assert result.GetImageData() is made.image and shown.GetImageData() is made.difference
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(result),
                                   slicer.util.arrayFromVolume(a) - 3)  # 0.6 x -5 = -3 HU
+    assert set(np.unique(slicer.util.arrayFromVolume(shown))) == {-3}
+    assert shown.GetName() == "patient A CT m s=0.6 difference"
     assert panel.status == "Strength 0.6 blended locally: 'patient A CT m s=0.6'."
     assert "pacs" in panel.enabled()
 
@@ -268,7 +278,7 @@ def test_a_result_deleted_while_it_is_blended_gets_nothing_and_the_panel_works(
     assert panel.state is State.READY
     gate.set()
     _finish(panel)
-    assert ran == [(0.6, False)] and not panel.blending and not alerts
+    assert [r[:2] for r in ran] == [(0.6, False)] and not panel.blending and not alerts
     assert result.GetImageData() is full and logic.pair is None
     assert _volumes(scene) == ["patient A CT", "patient B CT"]
     assert panel.status == ("'patient A CT m s=1' was deleted or replaced while strength 0.6 "

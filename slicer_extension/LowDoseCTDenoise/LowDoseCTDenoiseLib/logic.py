@@ -146,6 +146,16 @@ class Reblend:
     result: object  # the result node
     strength: float
     image: object  # vtkImageData, int16
+    difference: object = None  # vtkImageData, int16: ``image`` - original, when one was shown
+    window: tuple = ()  # the difference's (width, level)
+
+
+def subtract(after: np.ndarray, before: np.ndarray, out: np.ndarray) -> tuple[float, float]:
+    """``out`` := ``after - before`` in int16, a slice at a time (no full-size wider
+    temporary); returns its symmetric grey window (width, level) from a sample."""
+    for k in range(out.shape[0]):
+        out[k] = np.clip(after[k].astype(np.int32) - before[k], -32768, 32767)
+    return symmetric_window(out.ravel()[::max(1, out.size // DIFFERENCE_SAMPLES)].tolist())
 
 
 def _image(shape: tuple) -> tuple[object, np.ndarray]:
@@ -463,11 +473,16 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         if node is not denoised:
             raise RuntimeError("The full-strength result of this pair is gone; denoise again.")
         voxels = slicer.util.arrayFromVolume(original)  # keeps the input's array alive
+        with_difference = denoised.GetNodeReference(DIFFERENCE_REFERENCE) is not None
 
         def run() -> Reblend:
             image, out = _image(voxels.shape)
             blend(voxels, full, strength, out)
-            return Reblend(original, denoised, strength, image)
+            if not with_difference:
+                return Reblend(original, denoised, strength, image)
+            diff_image, diff = _image(voxels.shape)
+            window = subtract(out, voxels, diff)
+            return Reblend(original, denoised, strength, image, diff_image, window)
         return run
 
     def apply_blend(self, done: Reblend) -> str:
@@ -480,6 +495,12 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
                                f"strength {done.strength:g} was blended: nothing was changed.")
         done.result.SetAndObserveImageData(done.image)
         self._blend(done.original, done.result, done.strength, computed=True)
+        shown = done.result.GetNodeReference(DIFFERENCE_REFERENCE)
+        if shown is not None:  # shown next to this result: it follows the strength
+            if done.difference is not None:
+                shown.SetAndObserveImageData(done.difference)
+            self._fill_difference(done.original, done.result, shown,
+                                  done.window if done.difference is not None else None)
         self._fill_views()  # the labels say the new strength
         return done.result.GetName()
 
@@ -502,9 +523,6 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         self._rename(result, result_name(original.GetName(), model, strength))
         self._place_as_derived(result, original, f"Denoised with {model} "
                                                  f"({strength_label(strength)}) by ldct", study)
-        difference = result.GetNodeReference(DIFFERENCE_REFERENCE)
-        if difference is not None:  # shown next to this result: it follows the strength
-            self._fill_difference(original, result, difference)
 
     def release_full(self) -> bool:
         """Free the full-strength voxels kept for local re-blending (as large as the input);
@@ -568,16 +586,16 @@ class LowDoseCTDenoiseLogic(slicer.util.VTKObservationMixin):
         self._fill_difference(original, denoised, node)
         return node
 
-    def _fill_difference(self, original, denoised, node) -> None:
-        """The difference's voxels, window and name from the result as it is now."""
-        diff = slicer.util.arrayFromVolume(node)
-        after, before = slicer.util.arrayFromVolume(denoised), slicer.util.arrayFromVolume(original)
-        for k in range(diff.shape[0]):  # a slice at a time: no full-size wider temporary
-            diff[k] = np.clip(after[k].astype(np.int32) - before[k], -32768, 32767)
-        slicer.util.arrayFromVolumeModified(node)
-        step = max(1, diff.size // DIFFERENCE_SAMPLES)
-        width, level = symmetric_window(diff.ravel()[::step].tolist())
-        self._set_window(node.GetDisplayNode(), width, level)
+    def _fill_difference(self, original, denoised, node,
+                         window: Optional[tuple[float, float]] = None) -> None:
+        """The difference's voxels, window and name from the result as it is now (``window``
+        given: the worker already filled its voxels)."""
+        if window is None:
+            window = subtract(slicer.util.arrayFromVolume(denoised),
+                              slicer.util.arrayFromVolume(original),
+                              slicer.util.arrayFromVolume(node))
+            slicer.util.arrayFromVolumeModified(node)
+        self._set_window(node.GetDisplayNode(), *window)
         self._rename(node, difference_name(denoised.GetName()))
         self._place_as_derived(node, original, f"Difference: '{denoised.GetName()}' minus "
                                                "the original")
