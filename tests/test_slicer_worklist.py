@@ -156,7 +156,7 @@ def test_only_a_radiologist_or_admin_downloads_a_listed_series(worklist_pacs, to
                                                                tmp_path):
     url, series, server_tmp = worklist_pacs
     path = f"/datastore/{series['WL-A'][0]}/dicom"
-    reader = TokenStore().add("worklist-reader", "reader", "s1", "r1")
+    reader = TokenStore().replace_reader("s1", "r1")
     for role, token in (("coordinator", tokens["coordinator"]), ("reader", reader)):
         status, body = _get(url, path, token)
         assert status == 403 and b"needs the role radiologist or admin" in body, (role, body)
