@@ -428,12 +428,10 @@ def write_volume(volume: CTVolume, path: str | Path, dtype: str = "float32",
     name = path.name.lower()
     if name.endswith(ITK_FORMATS):
         path.parent.mkdir(parents=True, exist_ok=True)
-        if dtype == "int16":
-            volume = volume.with_hu(np.clip(np.rint(volume.hu), -32768, 32767))
-        elif dtype != "float32":
+        if dtype not in ("float32", "int16"):
             raise ValueError(f"dtype must be float32 or int16, got {dtype!r}")
-        sitk.WriteImage(to_sitk(volume, np.dtype(dtype).type), str(path),
-                        useCompression=compress)
+        voxels = whole_hu(volume.hu) if dtype == "int16" else volume.hu
+        sitk.WriteImage(to_sitk(volume, voxels), str(path), useCompression=compress)
         return path
     if path.suffix in ("", ".dcm", ".dicom"):
         write_dicom_series(volume, path, **dicom_options)
@@ -442,9 +440,24 @@ def write_volume(volume: CTVolume, path: str | Path, dtype: str = "float32",
                        "name for a DICOM series.")
 
 
-def to_sitk(volume: CTVolume, dtype: type = np.float32) -> sitk.Image:
-    """The volume as a SimpleITK image with its geometry."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.hu, dtype=dtype))
+WRITE_SLAB = 16  # slices per step when a result is converted for writing
+
+
+def whole_hu(hu: np.ndarray) -> np.ndarray:
+    """``hu`` rounded to whole HU in int16 (clipped to its range), a slab at a time: the only
+    volume-sized array is the int16 result."""
+    out = np.empty(hu.shape, np.int16)
+    for start in range(0, len(hu), WRITE_SLAB):
+        part = slice(start, start + WRITE_SLAB)
+        out[part] = np.clip(np.rint(hu[part]), -32768, 32767)
+    return out
+
+
+def to_sitk(volume: CTVolume, voxels: np.ndarray | None = None) -> sitk.Image:
+    """The volume (or ``voxels`` in its place, e.g. `whole_hu`'s) as a SimpleITK image with
+    its geometry."""
+    voxels = np.ascontiguousarray(volume.hu if voxels is None else voxels)
+    image = sitk.GetImageFromArray(voxels)
     image.SetSpacing(tuple(float(s) for s in volume.spacing))
     image.SetOrigin(tuple(float(o) for o in volume.origin))
     image.SetDirection(tuple(float(d) for d in np.asarray(volume.direction).ravel()))

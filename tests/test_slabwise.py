@@ -1,0 +1,68 @@
+"""Large volumes are processed slab by slab: the blend, the recursive filter, the int16 result
+and `denoise` allocate, besides the input and the result, arrays bounded by a slab of slices,
+not by the volume (issue 32). Checked by structure - what numpy allocates during one call,
+traced by tracemalloc (deterministic byte counts, not RSS or time); the memory of whole runs
+is measured in benchmarks/slab_memory.py."""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+
+from ldct import recursive_filter as rf
+from ldct.infer import denoise
+from ldct.io import CTVolume, whole_hu
+from ldct.noise_level import blend
+
+
+def _peak(call):
+    """(call's result, the most bytes numpy and Python held at once during it, beyond what
+    was held before)."""
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        result = call()
+        return result, tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+
+
+def test_blend_in_place_holds_no_volume_sized_temporary():
+    low = np.zeros((256, 16, 16), np.float32)
+    full = np.full_like(low, 10.0)
+    out, peak = _peak(lambda: blend(low, full, 0.3, out=full))
+    assert out is full
+    np.testing.assert_allclose(out, 3.0, rtol=1e-6)  # 0 + 0.3 * (10 - 0), by hand
+    assert peak < low.nbytes / 4, f"{peak:,} bytes beyond the volumes ({low.nbytes:,} each)"
+
+
+def test_the_recursive_filter_works_in_the_volume_it_is_given():
+    rng = np.random.default_rng(4)
+    noisy = (np.linspace(-100, 100, 24)[None, None] + rng.normal(0, 20, (256, 24, 24))
+             ).astype(np.float32)
+    apart = rf.recursive_filter(noisy.copy(), 0.5)
+    inside = noisy.copy()
+    out, peak = _peak(lambda: rf.recursive_filter(inside, 0.5, out=inside))
+    assert out is inside
+    np.testing.assert_array_equal(out, apart)  # in place or not: the same numbers
+    assert peak < noisy.nbytes / 4, f"{peak:,} bytes beyond the volume ({noisy.nbytes:,})"
+
+
+def test_whole_hu_rounds_and_clips_without_float_copies_of_the_volume():
+    hu = np.zeros((256, 16, 16), np.float32)
+    hu[0, 0, :6] = [-40000, -0.5, 0.5, 1.5, 2.4, 40000]
+    voxels, peak = _peak(lambda: whole_hu(hu))
+    assert voxels.dtype == np.int16
+    assert voxels[0, 0, :6].tolist() == [-32768, 0, 0, 2, 2, 32767]  # round half to even
+    assert peak < voxels.nbytes + hu.nbytes / 4, f"{peak:,} bytes ({voxels.nbytes:,} written)"
+
+
+def test_denoise_holds_the_result_and_a_slab_at_a_time():
+    hu = np.random.default_rng(5).normal(40, 20, (256, 32, 32)).astype(np.float32)
+    volume = CTVolume(hu, (0.7, 0.7, 2.0), (0.0, 0.0, 0.0), np.eye(3))
+    denoise(CTVolume(hu[:2], volume.spacing), "ldct-gauss", strength=0.5)  # imports done
+    result, peak = _peak(lambda: denoise(volume, "ldct-gauss", strength=0.5))
+    assert result.hu.shape == hu.shape and result.hu.std() < hu.std()
+    assert peak < 1.25 * hu.nbytes, f"{peak:,} bytes for a {hu.nbytes:,}-byte result"
