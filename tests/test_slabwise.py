@@ -1,6 +1,6 @@
-"""Large volumes are processed slab by slab: the blend, the recursive filter, the int16 result
-and `denoise` allocate, besides the input and the result, arrays bounded by a slab of slices,
-not by the volume (issue 32). Checked by structure - what numpy allocates during one call,
+"""Large volumes are processed slab by slab: the blend, the recursive filter, the int16
+result, `denoise` and the NRRD writer allocate, besides the input and the result, arrays
+bounded by a slab of slices, not by the volume (issue 32). Checked by structure - what numpy allocates during one call,
 traced by tracemalloc (deterministic byte counts, not RSS or time); the memory of whole runs
 is measured in benchmarks/slab_memory.py."""
 
@@ -9,10 +9,11 @@ from __future__ import annotations
 import tracemalloc
 
 import numpy as np
+import SimpleITK as sitk
 
 from ldct import recursive_filter as rf
 from ldct.infer import denoise
-from ldct.io import CTVolume, whole_hu
+from ldct.io import CTVolume, whole_hu, write_volume
 from ldct.noise_level import blend
 
 
@@ -66,3 +67,20 @@ def test_denoise_holds_the_result_and_a_slab_at_a_time():
     result, peak = _peak(lambda: denoise(volume, "ldct-gauss", strength=0.5))
     assert result.hu.shape == hu.shape and result.hu.std() < hu.std()
     assert peak < 1.25 * hu.nbytes, f"{peak:,} bytes for a {hu.nbytes:,}-byte result"
+
+
+def test_a_nrrd_result_is_written_a_slab_at_a_time_and_reads_back_exactly(tmp_path):
+    direction = np.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    # 64x64 slices: the volume (4 MB) dwarfs zlib's fixed state (~0.45 MB at level 6)
+    hu = np.random.default_rng(6).normal(0, 300, (256, 64, 64)).astype(np.float32)
+    volume = CTVolume(hu, (0.7, 0.8, 2.5), (-10.5, 20.25, 3.0), direction)
+    for dtype, compress in (("float32", True), ("int16", False)):
+        path = tmp_path / f"{dtype}.nrrd"
+        _, peak = _peak(lambda: write_volume(volume, path, dtype=dtype, compress=compress))
+        assert peak < hu.nbytes / 4, f"{dtype}: {peak:,} bytes to write {hu.nbytes:,}"
+        image = sitk.ReadImage(str(path))  # ITK's reader is the answer key
+        expected = hu if dtype == "float32" else np.clip(np.rint(hu), -32768, 32767)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(image), expected)
+        assert image.GetSpacing() == (0.7, 0.8, 2.5)
+        assert image.GetOrigin() == (-10.5, 20.25, 3.0)
+        np.testing.assert_allclose(np.reshape(image.GetDirection(), (3, 3)), direction)
