@@ -5,7 +5,8 @@ uvicorn (which MONAI Label's start_server runs) bounds only the wait between two
 half-way holds its connection and its file descriptor for ever, so a few hundred of them
 exhaust the server. This protocol gives the request's head a deadline counted from the
 connection's start (or the previous answer's end) and its body an idle bound, counted from
-its last bytes; when either passes, the client gets a 408 and the connection is closed. The
+its last bytes; when either passes, the connection is closed, with a 408 when part of a
+request had come. The
 server's own waits do not count: a body the application has not read yet (uvicorn stopped
 reading: flow control) or a ``100 Continue`` not sent yet.
 """
@@ -37,12 +38,14 @@ class BoundedH11Protocol(H11Protocol):
     body."""
 
     _timer: asyncio.TimerHandle | None = None
+    _heard = False  # bytes of the next request came (a silent idle connection gets no 408)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        self._heard = True
         super().data_received(data)
         state = self.conn.their_state
         if state is h11.SEND_BODY:
@@ -53,8 +56,10 @@ class BoundedH11Protocol(H11Protocol):
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self._arm()  # the next request's head
+        state = self.conn.their_state  # a pipelined request may have begun already
+        if state in (h11.IDLE, h11.SEND_BODY) and not self.transport.is_closing():
+            self._heard = state is h11.SEND_BODY
+            self._arm()  # the next request's head, or its body
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -83,7 +88,7 @@ class BoundedH11Protocol(H11Protocol):
                    "send the whole request at once").encode()
         answering = (self.cycle is not None and self.cycle.response_started
                      and not self.cycle.response_complete)
-        if not answering:
+        if self._heard and not answering:
             self.transport.write(TIMED_OUT % (len(message), message))
         log.info("closed a connection from %s: its request's %s stopped", self.client, part)
         self.transport.close()
