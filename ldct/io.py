@@ -456,7 +456,9 @@ def _slabs(hu: np.ndarray) -> list[slice]:
 
 
 def _whole(hu: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(hu), -32768, 32767).astype(np.int16)
+    rounded = np.rint(hu)  # the one float temporary, rounded and clipped in place
+    np.clip(rounded, -32768, 32767, out=rounded)
+    return rounded.astype(np.int16)
 
 
 def whole_hu(hu: np.ndarray) -> np.ndarray:
@@ -490,7 +492,7 @@ def _write_nrrd(volume: CTVolume, path: Path, dtype: str, compress: bool) -> Non
         with sink if compress else contextlib.nullcontext():
             for part in _slabs(volume.hu):
                 voxels = _whole(volume.hu[part]) if dtype == "int16" else volume.hu[part]
-                sink.write(np.ascontiguousarray(voxels, stored).tobytes())
+                sink.write(memoryview(np.ascontiguousarray(voxels, stored)))  # no copy
 
 
 def to_sitk(volume: CTVolume, voxels: np.ndarray | None = None) -> sitk.Image:
