@@ -6,7 +6,9 @@ measured policy in `ldct.device`: reduced precision moved CT numbers), averaged 
 and rotated views of the slices (self-ensemble), filtered across slices when the model asks
 for it (n2n25d's recursive filter), and blended with the input by ``strength`` - or by the
 strength that leaves a ``target_noise`` (`denoise_to_noise`). The result has the input's
-geometry; a network is loaded once per process and device.
+geometry; a network is loaded once per process and device. Memory beyond the input and the
+result is a batch's and a slab's, whatever the number of slices: the network writes into the
+result, and the recursive filter and the blend work in it in place.
 """
 
 from __future__ import annotations
@@ -156,9 +158,10 @@ def denoise(volume: CTVolume, model: str, strength: float = 1.0, device: str = "
         if not recursive:
             return volume.with_hu(_run_network(net, volume.hu, strength, dev, batch_size,
                                                ensemble, progress, stop, batch_done))
-        result = recursive_filter(_run_network(net, volume.hu, 1.0, dev, batch_size, ensemble,
-                                               progress, stop, batch_done), recursive)
-    return volume.with_hu(blend(volume.hu, result, strength))
+        result = _run_network(net, volume.hu, 1.0, dev, batch_size, ensemble, progress, stop,
+                              batch_done)
+        recursive_filter(result, recursive, out=result)
+    return volume.with_hu(blend(volume.hu, result, strength, out=result))
 
 
 def denoise_to_noise(volume: CTVolume, model: str, target_noise: float, **options
@@ -170,4 +173,4 @@ def denoise_to_noise(volume: CTVolume, model: str, target_noise: float, **option
     and the result's noise."""
     full = denoise(volume, model, 1.0, **options)
     strength, match = match_noise(volume.hu, full.hu, target_noise)
-    return volume.with_hu(blend(volume.hu, full.hu, strength)), match
+    return volume.with_hu(blend(volume.hu, full.hu, strength, out=full.hu)), match

@@ -29,6 +29,12 @@ LDCT, MONAI_LABEL = "ldct", "monailabel"  # who defines a parameter
 WIDENED_DTYPES = {"uint8": "int16", "int8": "int16", "uint16": "int16"}
 
 
+# A request's params are a flat object of a dozen short values (some 300 characters): these
+# bounds refuse what no client sends before the JSON parser sees it (it recurses per level).
+MAX_PARAMS_CHARS = 4096
+MAX_PARAMS_DEPTH = 8
+
+
 class ParamError(ValueError):
     """A request parameter is wrong; the message names it and says what it takes."""
 
@@ -176,6 +182,7 @@ def parse_params(raw: str | dict[str, Any] | None) -> DenoiseParams:
     if raw is None or raw == "":
         raw = {}
     if isinstance(raw, str):
+        _check_bounds(raw)
         try:
             raw = json.loads(raw)
         except ValueError as exc:
@@ -198,6 +205,26 @@ def parse_params(raw: str | dict[str, Any] | None) -> DenoiseParams:
             f"result_dtype {params.result_dtype} cannot hold CT numbers (air is -1000 HU): "
             f"the result was written as {params.written_dtype}, whole HU",))
     return params
+
+
+def _check_bounds(text: str) -> None:
+    """Refuse params text longer or more deeply nested than any request needs."""
+    if len(text) > MAX_PARAMS_CHARS:
+        raise ParamError(f"params is {len(text):,} characters; at most {MAX_PARAMS_CHARS:,} "
+                         'are taken: send a flat JSON object such as {"strength": 0.8}')
+    depth, quoted, escaped = 0, False, False
+    for char in text:
+        if quoted:
+            quoted, escaped = (escaped or char != '"'), (not escaped and char == "\\")
+        elif char == '"':
+            quoted = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_PARAMS_DEPTH:
+                raise ParamError(f"params nests deeper than {MAX_PARAMS_DEPTH} levels; send a "
+                                 'flat JSON object such as {"strength": 0.8}')
+        elif char in "]}":
+            depth -= 1
 
 
 def task_config(strength: float = 1.0) -> dict[str, Any]:

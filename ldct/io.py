@@ -8,8 +8,10 @@ original: it is carried through unchanged and checked by the round-trip tests.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
+import gzip
 import math
 import tempfile
 import zipfile
@@ -428,12 +430,13 @@ def write_volume(volume: CTVolume, path: str | Path, dtype: str = "float32",
     name = path.name.lower()
     if name.endswith(ITK_FORMATS):
         path.parent.mkdir(parents=True, exist_ok=True)
-        if dtype == "int16":
-            volume = volume.with_hu(np.clip(np.rint(volume.hu), -32768, 32767))
-        elif dtype != "float32":
+        if dtype not in ("float32", "int16"):
             raise ValueError(f"dtype must be float32 or int16, got {dtype!r}")
-        sitk.WriteImage(to_sitk(volume, np.dtype(dtype).type), str(path),
-                        useCompression=compress)
+        if name.endswith(".nrrd"):
+            _write_nrrd(volume, path, dtype, compress)
+            return path
+        voxels = whole_hu(volume.hu) if dtype == "int16" else volume.hu
+        sitk.WriteImage(to_sitk(volume, voxels), str(path), useCompression=compress)
         return path
     if path.suffix in ("", ".dcm", ".dicom"):
         write_dicom_series(volume, path, **dicom_options)
@@ -442,9 +445,61 @@ def write_volume(volume: CTVolume, path: str | Path, dtype: str = "float32",
                        "name for a DICOM series.")
 
 
-def to_sitk(volume: CTVolume, dtype: type = np.float32) -> sitk.Image:
-    """The volume as a SimpleITK image with its geometry."""
-    image = sitk.GetImageFromArray(np.ascontiguousarray(volume.hu, dtype=dtype))
+WRITE_SLAB = 16  # slices per step when a result is converted for writing
+
+
+NRRD_TYPES = {"float32": ("float", "<f4"), "int16": ("short", "<i2")}
+
+
+def _slabs(hu: np.ndarray) -> list[slice]:
+    return [slice(start, start + WRITE_SLAB) for start in range(0, len(hu), WRITE_SLAB)]
+
+
+def _whole(hu: np.ndarray) -> np.ndarray:
+    rounded = np.rint(hu)  # the one float temporary, rounded and clipped in place
+    np.clip(rounded, -32768, 32767, out=rounded)
+    return rounded.astype(np.int16)
+
+
+def whole_hu(hu: np.ndarray) -> np.ndarray:
+    """``hu`` rounded to whole HU in int16 (clipped to its range), a slab at a time: the only
+    volume-sized array is the int16 result."""
+    out = np.empty(hu.shape, np.int16)
+    for part in _slabs(hu):
+        out[part] = _whole(hu[part])
+    return out
+
+
+def _write_nrrd(volume: CTVolume, path: Path, dtype: str, compress: bool) -> None:
+    """A NRRD file (one file: header, then the voxels raw or gzipped) written a slab at a time,
+    so that writing a result costs no copy of it (SimpleITK's writer takes a whole image)."""
+    kind, stored = NRRD_TYPES[dtype]
+    axes = np.asarray(volume.direction, float) * np.asarray(volume.spacing, float)  # columns
+
+    def vector(values: Sequence[float]) -> str:
+        return "(" + ",".join(repr(float(v)) for v in values) + ")"
+
+    slices, rows, columns = volume.hu.shape
+    header = (f"NRRD0004\ntype: {kind}\ndimension: 3\nspace: left-posterior-superior\n"
+              f"sizes: {columns} {rows} {slices}\n"
+              f"space directions: {' '.join(vector(axes[:, i]) for i in range(3))}\n"
+              f"kinds: domain domain domain\nendian: little\n"
+              f"encoding: {'gzip' if compress else 'raw'}\n"
+              f"space origin: {vector(volume.origin)}\n\n")
+    with open(path, "wb") as file:
+        file.write(header.encode("ascii"))
+        sink = gzip.GzipFile(fileobj=file, mode="wb", compresslevel=6) if compress else file
+        with sink if compress else contextlib.nullcontext():
+            for part in _slabs(volume.hu):
+                voxels = _whole(volume.hu[part]) if dtype == "int16" else volume.hu[part]
+                sink.write(memoryview(np.ascontiguousarray(voxels, stored)))  # no copy
+
+
+def to_sitk(volume: CTVolume, voxels: np.ndarray | None = None) -> sitk.Image:
+    """The volume (or ``voxels`` in its place, e.g. `whole_hu`'s) as a SimpleITK image with
+    its geometry."""
+    voxels = np.ascontiguousarray(volume.hu if voxels is None else voxels)
+    image = sitk.GetImageFromArray(voxels)
     image.SetSpacing(tuple(float(s) for s in volume.spacing))
     image.SetOrigin(tuple(float(o) for o in volume.origin))
     image.SetDirection(tuple(float(d) for d in np.asarray(volume.direction).ravel()))

@@ -34,6 +34,8 @@ LEVELS_ENV = "LDCT_NOISE_LEVELS"  # a JSON file of the server's levels (`ldct se
 MAX_TARGET_HU = 500.0  # far above any CT noise: a larger number is a mistake, not a level
 TOLERANCE = 0.01  # stop bisecting when the noise is within 1 % of the target
 
+BLEND_SLAB = 16  # slices per step of `blend`: its temporaries are this slab's, not the volume's
+
 
 class NoiseLevelError(ValueError):
     """A noise level cannot be used; the message says which and what is accepted."""
@@ -113,9 +115,21 @@ def match_noise(low: np.ndarray, full: np.ndarray, target: float,
     return s, NoiseMatch(target, given, s, level, True)
 
 
-def blend(low: np.ndarray, full: np.ndarray, strength: float) -> np.ndarray:
-    """The result at ``strength``: the input plus that share of what the model changed."""
-    return (low + np.float32(strength) * (full - low)).astype(np.float32)
+def blend(low: np.ndarray, full: np.ndarray, strength: float,
+          out: np.ndarray | None = None) -> np.ndarray:
+    """The result at ``strength``: the input plus that share of what the model changed.
+
+    Computed a slab of `BLEND_SLAB` slices at a time into ``out`` (which may be ``full``
+    itself), in place, so that a volume costs no volume-sized temporaries."""
+    out = np.empty(np.shape(full), np.float32) if out is None else out
+    share = np.float32(strength)
+    for start in range(0, len(out), BLEND_SLAB):
+        part = slice(start, start + BLEND_SLAB)
+        step = out[part]  # a view: the three operations below write into the result
+        np.subtract(full[part], low[part], out=step)
+        step *= share
+        step += low[part]
+    return out
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ only blends slices that agree within the noise.
 
 from __future__ import annotations
 
+import tempfile
 import warnings
 
 import numpy as np
@@ -53,29 +54,44 @@ def agreement(difference: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * (smooth / scale) ** 2)
 
 
-def _recurse(den: np.ndarray, offsets: list[np.ndarray], recursive: float) -> np.ndarray:
-    """One pass from the first slice on; ``offsets[k]`` moves slice k onto slice k + 1."""
-    out = np.empty_like(den)
-    out[0] = den[0]
-    for k in range(1, len(den)):
-        previous = ndimage.shift(out[k - 1], offsets[k - 1], order=3, mode="nearest")
-        difference = previous - den[k]
-        out[k] = den[k] + recursive * agreement(difference) * difference
-    return out
+def _step(previous: np.ndarray, current: np.ndarray, offset: np.ndarray,
+          recursive: float) -> np.ndarray:
+    """The filtered slice: ``current`` blended with the filtered ``previous`` aligned to it."""
+    aligned = ndimage.shift(previous, offset, order=3, mode="nearest")
+    difference = aligned - current
+    return (current + recursive * agreement(difference) * difference).astype(np.float32)
 
 
-def recursive_filter(volume: np.ndarray, recursive: float) -> np.ndarray:
+def recursive_filter(volume: np.ndarray, recursive: float,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """The volume (slices, rows, columns; HU) filtered along its slices, down and up averaged.
 
     ``recursive`` (0-1): the weight of the aligned previous slice where it agrees with the
-    current one; 0 returns the volume unchanged.
+    current one; 0 returns the volume unchanged. The result goes to ``out`` (which may be the
+    volume itself); the down pass waits in a temporary file, slice by slice, so that memory
+    beyond the volume and the result does not grow with the slices.
     """
     den = np.asarray(volume, dtype=np.float32)
     if not 0.0 <= recursive < 1.0:
         raise ValueError(f"recursive must be in [0, 1), got {recursive}")
+    out = np.empty_like(den) if out is None else out
     if recursive == 0.0 or len(den) < 2:
-        return den.copy()
-    offsets = [slice_offset(den[k + 1], den[k]) for k in range(len(den) - 1)]
-    down = _recurse(den, offsets, recursive)
-    up = _recurse(den[::-1], [-o for o in offsets[::-1]], recursive)[::-1]
-    return 0.5 * (down + up)
+        out[...] = den
+        return out
+    offsets = np.array([slice_offset(den[k + 1], den[k]) for k in range(len(den) - 1)],
+                       np.float64)  # 16 bytes a slice
+    size = den[0].nbytes
+    with tempfile.TemporaryFile(prefix="ldct-recursive-") as down:
+        previous = den[0].copy()
+        down.write(previous.tobytes())
+        for k in range(1, len(den)):
+            previous = _step(previous, den[k], offsets[k - 1], recursive)
+            down.write(previous.tobytes())
+        previous = den[-1].copy()
+        for k in range(len(den) - 1, -1, -1):
+            if k < len(den) - 1:
+                previous = _step(previous, den[k], -offsets[k], recursive)
+            down.seek(k * size)
+            ahead = np.frombuffer(down.read(size), np.float32).reshape(den[k].shape)
+            out[k] = 0.5 * (ahead + previous)  # den[k] is read before out[k] replaces it
+    return out

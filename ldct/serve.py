@@ -88,8 +88,9 @@ def demo_studies(data_dir: Path = Path("../shared/data"), folder: Path = DEMO_ST
 
 def server_command(studies: str, host: str, port: int, models: str,
                    preload: bool = False) -> list[str]:
-    """The monailabel start_server command line for the app."""
-    return [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP_DIR),
+    """The monailabel start_server command line for the app (through the app's
+    start_server.py: MONAI Label's command with ldct's HTTP protocol)."""
+    return [sys.executable, str(APP_DIR / "start_server.py"), "start_server", "--app", str(APP_DIR),
             "--studies", studies, "--host", host, "--port", str(port),
             "--log_config", str(LOG_CONFIG),  # else MONAI Label leaves a copy in /tmp per start
             "--conf", "models", models, "--conf", "preload", str(preload).lower()]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +22,9 @@ from ldct.auth import TokenStore, auth_file
 from ldct.io import write_volume
 from ldct.phantom import make_phantom
 from ldct.processes import wait_for
+from ldct.server.connections import REQUEST_TIMEOUT_ENV
+
+REQUEST_TIMEOUT_S = 4  # this module's server: a request's head or body may stall this long
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +41,8 @@ def server(tmp_path_factory, tokens):
     site = root / "site-models"
     with running(serve_command(str(studies), port, "--models", "ldct-gauss,vagan",
                                "--study-root", str(root / "reader-studies")), f"{url}/health",
-                 log, env={registry.SITE_MODELS_ENV: str(site)}):
+                 log, env={registry.SITE_MODELS_ENV: str(site),
+                           REQUEST_TIMEOUT_ENV: str(REQUEST_TIMEOUT_S)}):
         yield {"url": url, "log": log, "root": root, "site": site,
                "coordinator": bearer(tokens["coordinator"]),
                "radiologist": bearer(tokens["radiologist"])}
@@ -278,3 +283,77 @@ def test_a_pacs_that_is_down_is_a_502_on_info(tmp_path, tokens):
         answer = requests.get(f"{url}/info/", headers=bearer(tokens["radiologist"]),
                               timeout=60)
     assert answer.status_code == 502 and "the PACS did not answer" in answer.text
+
+
+@pytest.mark.parametrize("seed, expected", [
+    ("9" * 5000, "a number in it is too long"),  # past Python's 4300 digits for int()
+    (str(2**64), "seed must be a whole number from 0 to 9223372036854775807"),
+    ("-1", "seed must be a whole number from 0"),
+])
+def test_a_seed_out_of_range_is_a_422_naming_the_bound(server, seed, expected):
+    text = yaml.safe_dump(_definition("Seeds")).replace("seed: 7", f"seed: {seed}")
+    answer = _create(server, text)
+    assert answer.status_code == 422 and expected in answer.text, answer.text[:300]
+    assert len(answer.content) < 1000
+
+
+@pytest.mark.parametrize("params, expected", [
+    ("[" * 100_000 + "]" * 100_000, "at most 4,096"),
+    ("[" * 2000 + "]" * 2000, "deeper than 8 levels"),  # short, but past the JSON parser's stack
+    ('{"client_id": "' + "[" * 3000 + '"}', None),  # brackets inside a string are no nesting
+])
+def test_params_are_bounded_in_size_and_depth(server, params, expected):
+    url = f"{server['url']}/infer/ldct-gauss"
+    answer = requests.post(url, params={"image": "case0", "output": "json"}, timeout=120,
+                           headers=server["radiologist"], files={"params": (None, params)})
+    if expected is None:
+        assert answer.status_code == 200, answer.text[:300]
+        return
+    assert answer.status_code == 422 and expected in answer.text, answer.text[:300]
+    served = requests.post(url, params={"image": "case0", "output": "json"}, timeout=120,
+                           headers=server["radiologist"], files={"params": (None, "{}")})
+    assert served.status_code == 200, served.text[:300]
+
+
+def _half_sent(url: str, request: bytes) -> socket.socket:
+    host, port = url.removeprefix("http://").split(":")
+    connection = socket.create_connection((host, int(port)), timeout=30)
+    connection.sendall(request)
+    return connection
+
+
+def _answer_then_closed(connection: socket.socket, deadline: float) -> bytes:
+    """What the server sent before it closed the connection (recv with a deadline: b'' is
+    the close; a socket.timeout means it stayed open)."""
+    answer = b""
+    with connection:
+        while True:
+            connection.settimeout(max(0.1, deadline - time.monotonic()))
+            chunk = connection.recv(65536)
+            if not chunk:
+                return answer
+            answer += chunk
+
+
+def test_half_sent_requests_are_closed_and_the_next_request_is_served(server, tokens):
+    auth = f"Authorization: Bearer {tokens['radiologist']}\r\n".encode()
+    head = b"POST /infer/ldct-gauss?image=case0 HTTP/1.1\r\nHost: x\r\n" + auth
+    kinds = {
+        "nothing": b"",
+        "half a head": head,
+        "half a body": head + b"Content-Type: multipart/form-data; boundary=b\r\n"
+                       b"Content-Length: 100000\r\n\r\n--b\r\n" + b"x" * 100,
+    }
+    opened = {(kind, k): _half_sent(server["url"], sent) for kind, sent in kinds.items()
+              for k in range(20)}
+    deadline = time.monotonic() + REQUEST_TIMEOUT_S + 30
+    for (kind, _), connection in opened.items():
+        answer = _answer_then_closed(connection, deadline)  # raises socket.timeout if open
+        if kind == "nothing":
+            assert answer == b"", answer[:200]  # closed, as an idle keep-alive connection
+        else:
+            assert answer.startswith(b"HTTP/1.1 408"), (kind, answer[:200])
+            assert f"request's {kind.split()[-1]} did not arrive within 4 s".encode() in answer
+    health = requests.get(f"{server['url']}/info/", headers=server["radiologist"], timeout=30)
+    assert health.status_code == 200
+

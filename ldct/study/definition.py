@@ -38,6 +38,7 @@ The truth (lesion, location) never reaches a reader.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +55,8 @@ MAX_YAML_BYTES = 1 << 20  # a study of a thousand cases is some 100 KB of YAML
 READER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")  # part of a token's name and a URL
 MAX_NAME = 64  # characters of a study's name (its id names a folder and URLs)
 MAX_TEXT = 256  # characters of any other text: ids, names, questions, anchors
+MAX_VOXEL_INDEX = 1 << 20  # a lesion location's coordinates (voxels: any CT is far smaller)
+MAX_SEED = 2**63 - 1  # a seed is stored as a 64-bit integer (SQLite, numpy)
 
 
 class StudyDefinitionError(ValueError):
@@ -152,6 +155,9 @@ def loads(text: str, source: str = "the study") -> Any:
         return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise StudyDefinitionError(f"{source} is not valid YAML: {_clip(str(exc), 400)}") from exc
+    except ValueError as exc:  # Python's bound on the digits of an integer (4300)
+        raise StudyDefinitionError(f"{source}: a number in it is too long "
+                                   f"({_clip(str(exc), 120)}); study numbers are short") from exc
 
 
 def _clip(text: str, limit: int = 60) -> str:
@@ -202,8 +208,10 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
     window = data.get("window", {"width": 400, "level": 40})
     try:
         width, level = float(window["width"]), float(window["level"])
-    except (TypeError, KeyError, ValueError) as exc:
+    except (TypeError, KeyError, ValueError, OverflowError) as exc:
         raise StudyDefinitionError("window must be {width: W, level: L} in HU") from exc
+    if not (math.isfinite(width) and math.isfinite(level)):
+        raise StudyDefinitionError("window width and level must be finite numbers of HU")
     if width <= 0:
         raise StudyDefinitionError("window width must be positive")
     name = _text(_need(data, "name", "study"), "study: name", MAX_NAME)
@@ -293,8 +301,9 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
     if any(c.task == "detection" for c in criteria):
         _check_truth(cases)
     seed = data.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise StudyDefinitionError(f"study: seed must be a whole number, got {_shown(seed)}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise StudyDefinitionError(f"study: seed must be a whole number from 0 to {MAX_SEED}, "
+                                   f"got {_shown(seed)}")
     return StudyDefinition(name, seed,
                            presentation, (width, level), tuple(readers), tuple(cases),
                            tuple(conditions), tuple(criteria), base_dir)
@@ -308,7 +317,7 @@ def _truth(entry: dict, where: str) -> tuple[bool | None, tuple[float, ...]]:
     location = entry.get("location", [])
     if location and (not lesion or not isinstance(location, list) or len(location) != 3
                      or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                for v in location)):
+                                and abs(v) <= MAX_VOXEL_INDEX for v in location)):
         raise StudyDefinitionError(f"{where}: location is the lesion's voxel [i, j, k] and "
                                    "needs lesion: true")
     return lesion, tuple(float(v) for v in location)
