@@ -182,12 +182,7 @@ def parse_params(raw: str | dict[str, Any] | None) -> DenoiseParams:
     if raw is None or raw == "":
         raw = {}
     if isinstance(raw, str):
-        _check_bounds(raw)
-        try:
-            raw = json.loads(raw)
-        except ValueError as exc:
-            raise ParamError(f"params is not valid JSON ({exc}); send a JSON object such as "
-                             '{"strength": 0.8}') from exc
+        raw = _parsed(raw)
     if not isinstance(raw, dict):
         raise ParamError(f"params must be a JSON object, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(BY_NAME))
@@ -207,24 +202,36 @@ def parse_params(raw: str | dict[str, Any] | None) -> DenoiseParams:
     return params
 
 
-def _check_bounds(text: str) -> None:
-    """Refuse params text longer or more deeply nested than any request needs."""
+def _parsed(text: str) -> Any:
+    """``text`` as JSON, refused when longer or more deeply nested than any request needs
+    (json's own stack limit, a RecursionError, is never reached: 4096 characters can nest
+    2000 deep)."""
     if len(text) > MAX_PARAMS_CHARS:
         raise ParamError(f"params is {len(text):,} characters; at most {MAX_PARAMS_CHARS:,} "
                          'are taken: send a flat JSON object such as {"strength": 0.8}')
-    depth, quoted, escaped = 0, False, False
-    for char in text:
-        if quoted:
-            quoted, escaped = (escaped or char != '"'), (not escaped and char == "\\")
-        elif char == '"':
-            quoted = True
-        elif char in "[{":
-            depth += 1
-            if depth > MAX_PARAMS_DEPTH:
-                raise ParamError(f"params nests deeper than {MAX_PARAMS_DEPTH} levels; send a "
-                                 'flat JSON object such as {"strength": 0.8}')
-        elif char in "]}":
-            depth -= 1
+    try:
+        value = json.loads(text)
+        deep = _nests_deeper(value, MAX_PARAMS_DEPTH)
+    except RecursionError:
+        deep = True
+    except ValueError as exc:
+        raise ParamError(f"params is not valid JSON ({exc}); send a JSON object such as "
+                         '{"strength": 0.8}') from exc
+    if deep:
+        raise ParamError(f"params nests deeper than {MAX_PARAMS_DEPTH} levels; send a flat JSON "
+                         'object such as {"strength": 0.8}')
+    return value
+
+
+def _nests_deeper(value: Any, levels: int) -> bool:
+    """Do JSON arrays and objects nest more than ``levels`` deep in ``value``? (Looks no
+    deeper than that, so a parsed 900-level document cannot exhaust the stack here.)"""
+    if not isinstance(value, (dict, list)):
+        return False
+    if levels == 0:
+        return True
+    return any(_nests_deeper(v, levels - 1)
+               for v in (value.values() if isinstance(value, dict) else value))
 
 
 def task_config(strength: float = 1.0) -> dict[str, Any]:

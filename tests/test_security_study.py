@@ -300,6 +300,7 @@ def test_a_seed_out_of_range_is_a_422_naming_the_bound(server, seed, expected):
 @pytest.mark.parametrize("params, expected", [
     ("[" * 100_000 + "]" * 100_000, "at most 4,096"),
     ("[" * 2000 + "]" * 2000, "deeper than 8 levels"),  # short, but past the JSON parser's stack
+    ("[" * 900 + "]" * 900, "deeper than 8 levels"),  # within the parser's stack, not ours
     ('{"client_id": "' + "[" * 3000 + '"}', None),  # brackets inside a string are no nesting
 ])
 def test_params_are_bounded_in_size_and_depth(server, params, expected):
