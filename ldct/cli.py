@@ -391,6 +391,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
           noise_levels=args.noise_levels)
 
 
+MAX_PLAN_READERS = 200  # reader studies rarely reach 30: a bound, not a design limit
+
+
 def cmd_study(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
@@ -454,9 +457,12 @@ def _study_plan(args: argparse.Namespace) -> None:
         raise ValueError("plan needs --effect: the difference of figures of merit to detect "
                          "(AUC for a detection criterion, e.g. 0.05; Likert points, e.g. 0.3)")
     low, _, high = args.readers.partition("-")
-    if not (low.isdigit() and high.isdigit() and 2 <= int(low) <= int(high)):
-        raise ValueError(f"--readers must be a range like 3-15 (at least 2), got "
-                         f"{args.readers!r}")
+    if not (low.isdigit() and high.isdigit() and 2 <= int(low) <= int(high) <= MAX_PLAN_READERS):
+        raise ValueError(f"--readers must be a range like 3-15 (at least 2, at most "
+                         f"{MAX_PLAN_READERS}), got {args.readers[:40]!r}")
+    if not (0 < args.power < 1 and 0 < args.alpha < 1):
+        raise ValueError(f"--power and --alpha are probabilities between 0 and 1, got "
+                         f"{args.power} and {args.alpha}")
     components, pilot_cases, row = pilot_components(args.target, args.criterion, args.model)
     console.print(f"pilot: {row['criterion']} / {row['model']}, {pilot_cases} cases; OR "
                   f"var(TR) {components.var_treatment_reader:.3g}, Var "

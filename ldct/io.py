@@ -102,7 +102,11 @@ class CTVolume:
 
 
 def check_voxels(shape: Sequence[int], source: str, max_voxels: int = MAX_VOXELS) -> None:
-    """Refuse a volume larger than the limit; called on the header, before any pixel is read."""
+    """Refuse a volume larger than the limit, or with a size below 1 (a header's signed size
+    would otherwise make the product small); called on the header, before any pixel is read."""
+    if any(int(n) < 1 for n in shape):
+        raise CTInputError(f"{source}: a volume of {tuple(shape)} voxels; every size must be at "
+                           "least 1.")
     count = math.prod(int(n) for n in shape)
     if count > max_voxels:
         raise CTInputError(f"{source}: {count:,} voxels ({tuple(shape)}) exceed the limit of "

@@ -184,7 +184,7 @@ def _checked_manifest(data: Any) -> dict[str, Any]:
             isinstance(k, str) and VERSION_NAME.fullmatch(k) and isinstance(v, dict)
             for k, v in versions.items()):
         raise ValueError("'versions' must map version folder names to records")
-    if in_use != "shipped" and in_use not in versions:
+    if not isinstance(in_use, str) or (in_use != "shipped" and in_use not in versions):
         raise ValueError(f"'in_use' {str(in_use)[:80]!r} is not 'shipped' or a recorded version")
     return {"in_use": in_use, "versions": versions}
 

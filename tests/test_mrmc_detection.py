@@ -176,3 +176,6 @@ def test_plan_from_published_components(tmp_path, capsys):
     assert (rows["6"], rows["10"]) == ("251", "163")
     assert main(["study", "plan", str(pilot), "--effect", "0.05", "--readers", "1-3"]) == 2
     assert "--readers must be a range like 3-15" in capsys.readouterr().out
+    for hostile in (["--readers", "2-100000000"], ["--power", "1.5"], ["--alpha", "0"]):
+        assert main(["study", "plan", str(pilot), "--effect", "0.05", *hostile]) == 2, hostile
+        assert "--" in capsys.readouterr().out  # the message names the option

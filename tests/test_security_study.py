@@ -219,7 +219,8 @@ def test_a_manifest_that_cannot_be_used_means_the_shipped_weights_and_says_so(se
     elsewhere.write_bytes(registry.get("vagan").shipped_weights.read_bytes())
     planted = {"in_use": "../../../elsewhere/evil", "versions": {
         "../../../elsewhere/evil": {"sha256": registry.file_sha256(elsewhere)}}}
-    for content in ("{not json", json.dumps([1, 2]), json.dumps(planted)):
+    for content in ("{not json", json.dumps([1, 2]), json.dumps(planted),
+                    json.dumps({"in_use": [], "versions": {}})):  # unhashable: no TypeError
         manifest.write_text(content)
         info = requests.get(f"{server['url']}/info/", headers=server["radiologist"], timeout=60)
         assert info.status_code == 200, info.text[:300]

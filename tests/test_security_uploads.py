@@ -78,6 +78,32 @@ def _nifti_pair_header() -> bytes:
     return bytes(header)
 
 
+def _nifti_single(dims: tuple[int, int, int], offset: float, voxels: int = 64 * 64 * 4) -> bytes:
+    """A one-file NIfTI-1 (magic 'n+1') of int16 voxels declaring ``dims`` and ``offset``."""
+    header = bytearray(352)
+    struct.pack_into("<i", header, 0, 348)
+    struct.pack_into("<8h", header, 40, 3, *dims, 1, 1, 1, 1)
+    struct.pack_into("<hh", header, 70, 4, 16)
+    struct.pack_into("<f", header, 108, offset)
+    header[344:348] = b"n+1\0"
+    return bytes(header) + bytes(2 * voxels)
+
+
+def test_a_nifti_header_with_impossible_sizes_or_offset_is_refused(server):
+    """Signed sizes below 1 (their product would pass every limit), and a voxel offset that is
+    not a number, inside the header or past the end of the file: a 422 each, never a 500."""
+    probes = {"negative size": _nifti_single((-1, 64, 4), 352.0),
+              "zero size": _nifti_single((64, 0, 4), 352.0),
+              "offset NaN": _nifti_single((64, 64, 4), float("nan")),
+              "offset inside the header": _nifti_single((64, 64, 4), 0.0),
+              "offset past the end": _nifti_single((64, 64, 4), 1e9)}
+    for what, content in probes.items():
+        answer = _post(server, "a.nii", content)
+        assert answer.status_code == 422, (what, answer.status_code, answer.text[:300])
+        assert "NIfTI" in answer.text or "at least 1" in answer.text, (what, answer.text[:300])
+    assert _post(server, "ok.nrrd", _phantom_nrrd(server)).status_code == 200  # served still
+
+
 def _symlink_zip() -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:

@@ -12,6 +12,7 @@ renamed to the suffix of the format found, so no reader picks another format by 
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 import zlib
@@ -207,7 +208,12 @@ def _check_nifti(head: bytes, size: int, packed: bool, shown: str) -> None:
     else:
         dims = struct.unpack(order + "8h", head[40:56])
         datatype, bits = struct.unpack(order + "hh", head[70:74])
-        offset = int(struct.unpack(order + "f", head[108:112])[0])
+        offset = struct.unpack(order + "f", head[108:112])[0]
+    if not (math.isfinite(offset) and (544 if two else 352) <= offset
+            and (packed or offset <= size)):
+        raise CTInputError(f"{shown}: a NIfTI header whose voxels start at byte {offset} of a "
+                           f"{size:,}-byte file; {ONE_FILE}.")
+    offset = int(offset)
     count = dims[0]
     if not 2 <= count <= 7 or any(d != 1 for d in dims[4:count + 1]):
         raise CTInputError(f"{shown}: a NIfTI image of {count} dimensions "
@@ -217,7 +223,7 @@ def _check_nifti(head: bytes, size: int, packed: bool, shown: str) -> None:
         raise CTInputError(f"{shown}: NIfTI datatype {datatype} ({bits} bits) is not a scalar "
                            "volume (a CT volume has one number per voxel).")
     sizes = list(dims[1:min(count, 3) + 1])
-    available = size if packed else max(size - max(offset, 0), 0)
+    available = size if packed else size - offset
     check_declared(sizes, bits // 8, available, "packed" if packed else "raw", shown)
 
 
