@@ -29,7 +29,7 @@ from ldct.data import PreparedData  # noqa: E402
 from ldct.infer import DEFAULT_ENSEMBLE, denoise  # noqa: E402
 from ldct.io import CTVolume, read_volume  # noqa: E402
 from ldct.noise_bank import flat_tissue, own_textured, slice_differences  # noqa: E402
-from ldct.noise_level import blend, match_noise, robust_sd  # noqa: E402
+from ldct.noise_level import NoiseCalibration, blend, match_noise, robust_sd  # noqa: E402
 from ldct.simulate import simulate_low_dose  # noqa: E402
 
 COLUMNS = ("method", "psnr_db", "ssim", "rmse_hu", "liver_bias_hu", "fat_bias_hu",
@@ -197,8 +197,9 @@ def evaluate_kernels(data_dir: str | Path, out_dir: str | Path, kernels: list[st
             names, thick_low, thick_normal.hu,
             Regions.from_case(thick_normal.hu, thick_masks, min(pixel)), pixel, device,
             ensemble, nps_roi)[0]
+    calibrations = {n: registry.get(n).noise_calibration() for n in names}
     texture = {kernel: texture_rows(lows[kernel].hu, outputs[kernel], normal, regions, pixel,
-                                    nps_roi) for kernel in kernels}
+                                    nps_roi, calibrations) for kernel in kernels}
     if real_volume is not None:
         results[REAL] = real_scanner_rows(real_volume, data, dose, names, device, ensemble,
                                           nps_roi, seed)
@@ -255,19 +256,22 @@ DEFAULT_RULE = ("each model's default strength is the smallest, over the sweep's
 
 
 def texture_rows(low: np.ndarray, outputs: dict[str, np.ndarray], normal: np.ndarray,
-                 regions: Regions, pixel: tuple[float, float], nps_roi: int) -> list[dict]:
+                 regions: Regions, pixel: tuple[float, float], nps_roi: int,
+                 calibrations: dict[str, NoiseCalibration | None] | None = None) -> list[dict]:
     """Per output: its noise SD and NPS mean frequency (measured like the normal dose's own:
-    across-slice differences in the liver), over the normal dose's; then the strength whose
-    blend with the input has the normal dose's noise (`ldct.noise_level.match_noise`), and
-    that blend's noise, NPS mean frequency, PSNR and SSIM. The first row is the normal dose;
-    none when the normal dose has no noise to measure (fewer than 3 slices, or noiseless)."""
+    across-slice differences in the liver, the SD corrected by the model's calibration when
+    ``calibrations`` has one), over the normal dose's; then the strength whose blend with the
+    input has the normal dose's noise (`ldct.noise_level.match_noise`, as `target_noise`
+    matches it), and that blend's noise, NPS mean frequency, PSNR and SSIM. The first row is
+    the normal dose; none when the normal dose has no noise to measure (fewer than 3 slices,
+    or noiseless)."""
     liver = regions.liver[1:-1]
     if normal.shape[0] < 3 or not robust_sd(slice_differences(normal)[liver]) > 0:
         return []
 
-    def measured(image: np.ndarray) -> tuple[float, float]:
+    def measured(image: np.ndarray, factor: float = 1.0) -> tuple[float, float]:
         differences = slice_differences(image)
-        return (robust_sd(differences[liver]),
+        return (robust_sd(differences[liver]) * factor,
                 metrics.nps(differences, pixel, roi=nps_roi, mask=liver).mean_frequency)
 
     own_sd, own_f = measured(normal)
@@ -275,15 +279,18 @@ def texture_rows(low: np.ndarray, outputs: dict[str, np.ndarray], normal: np.nda
     for name, image in outputs.items():
         if name == "normal dose":
             continue
-        sd, f = measured(image)
+        calibration = (calibrations or {}).get(name)
+        sd, f = measured(image, calibration.factor(1.0) if calibration else 1.0)
         row = {"method": name, "noise_sd": sd, "noise_vs_nd": sd / own_sd, "nps_mean_cpmm": f,
                "nps_mean_vs_nd": f / own_f, "psnr_db": metrics.psnr(image, normal),
                "ssim": metrics.ssim(image, normal)}
         if name != "low dose (input)":
-            strength, _ = match_noise(low, image, own_sd, region=liver)
+            strength, match = match_noise(low, image, own_sd, region=liver,
+                                          calibration=calibration)
             matched = blend(low, image, strength)
             row["matched_strength"] = strength
-            row["matched_noise_sd"], row["matched_nps_mean_cpmm"] = measured(matched)
+            row["matched_noise_sd"] = match.result_noise
+            row["matched_nps_mean_cpmm"] = measured(matched)[1]
             row["matched_psnr_db"] = metrics.psnr(matched, normal)
             row["matched_ssim"] = metrics.ssim(matched, normal)
         rows.append(row)

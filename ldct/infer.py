@@ -168,9 +168,10 @@ def denoise_to_noise(volume: CTVolume, model: str, target_noise: float, **option
                      ) -> tuple[CTVolume, NoiseMatch]:
     """Denoise to a noise level instead of a strength: the full result once, then the blend
     with the input whose measured noise (HU, flat soft tissue) is ``target_noise``
-    (`ldct.noise_level.match_noise`). ``options`` are `denoise`'s. The returned match says
-    the input's noise, the strength used (`denoise` at that strength gives the same result)
-    and the result's noise."""
+    (`ldct.noise_level.match_noise`, with the model's calibration for the weights used).
+    ``options`` are `denoise`'s. The returned match says the input's noise, the strength
+    used (`denoise` at that strength gives the same result) and the result's noise."""
     full = denoise(volume, model, 1.0, **options)
-    strength, match = match_noise(volume.hu, full.hu, target_noise)
+    calibration = registry.get(model).noise_calibration(options.get("weights"))
+    strength, match = match_noise(volume.hu, full.hu, target_noise, calibration=calibration)
     return volume.with_hu(blend(volume.hu, full.hu, strength, out=full.hu)), match

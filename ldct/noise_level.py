@@ -5,8 +5,12 @@ index (the noise SD a protocol asks for in flat soft tissue), so a result is ask
 number: the input's own noise is measured (the project's scan-noise estimate,
 `ldct.noise_bank`: across-slice differences in flat soft tissue, robust SD), and the blend
 between input and full result that leaves the asked noise is found by measuring the blend's
-noise (the blend is linear in strength, so each try costs one weighted sum). Named levels
-(low / medium / high, and a site's presets per reconstruction kernel) map names to HU.
+noise (the blend is linear in strength, so each try costs one weighted sum). The estimate
+assumes noise independent from slice to slice and Gaussian: a network that reads adjacent
+slices, or leaves heavy-tailed noise, reads low, so each shipped network carries a
+`NoiseCalibration` (true noise over the estimate by strength, measured on training slabs) that
+its results are matched on. Named levels (low / medium / high, and a site's presets per
+reconstruction kernel) map names to HU.
 """
 
 from __future__ import annotations
@@ -57,6 +61,37 @@ class NoiseMatch:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
+@dataclass(frozen=True)
+class NoiseCalibration:
+    """A model's true noise over `scan_noise`'s estimate at calibrated strengths (0 to 1,
+    linear in between): its results are matched on estimate x factor. Measured by
+    `benchmarks/noise_estimate.py calibrate` against repeated noise draws on training slabs."""
+
+    strengths: tuple[float, ...]
+    factors: tuple[float, ...]
+
+    def factor(self, strength: float) -> float:
+        return float(np.interp(strength, self.strengths, self.factors))
+
+    @classmethod
+    def from_json(cls, raw: Any, where: str) -> NoiseCalibration:
+        """Checked: strengths rising from 0 to 1, one factor in [0.5, 2] each (an estimate
+        that far off is a broken calibration, not a model)."""
+        strengths = raw.get("strengths") if isinstance(raw, dict) else None
+        factors = raw.get("factors") if isinstance(raw, dict) else None
+        numbers = (isinstance(strengths, list) and isinstance(factors, list)
+                   and len(strengths) == len(factors) >= 2
+                   and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                           for v in strengths + factors))
+        if not (numbers and strengths[0] == 0.0 and strengths[-1] == 1.0
+                and all(a < b for a, b in zip(strengths, strengths[1:]))
+                and all(0.5 <= f <= 2.0 for f in factors)):
+            raise NoiseLevelError(f"{where}: a noise calibration needs 'strengths' rising from "
+                                  "0 to 1 and as many 'factors', each in [0.5, 2]; run "
+                                  "benchmarks/noise_estimate.py calibrate --write again")
+        return cls(tuple(map(float, strengths)), tuple(map(float, factors)))
+
+
 def noise_region(hu: np.ndarray) -> np.ndarray:
     """Where noise is measured: flat soft tissue of slices 1..n-2 (edges left out)."""
     if hu.shape[0] < 3:
@@ -83,11 +118,12 @@ def scan_noise(hu: np.ndarray, region: np.ndarray | None = None) -> float:
 
 
 def match_noise(low: np.ndarray, full: np.ndarray, target: float,
-                region: np.ndarray | None = None,
-                tolerance: float = TOLERANCE) -> tuple[float, NoiseMatch]:
+                region: np.ndarray | None = None, tolerance: float = TOLERANCE,
+                calibration: NoiseCalibration | None = None) -> tuple[float, NoiseMatch]:
     """The strength s whose blend low + s (full - low) has noise ``target`` (HU), found by
     bisection on the measured noise (which falls as s rises), and what it measured;
-    ``region`` (of slices 1..n-2) is where, by default `noise_region`."""
+    ``region`` (of slices 1..n-2) is where, by default `noise_region`; ``calibration``
+    (the model's) corrects each estimate."""
     if not 0.0 < target <= MAX_TARGET_HU:
         raise NoiseLevelError(f"target_noise must be a noise SD in HU above 0 and at most "
                               f"{MAX_TARGET_HU:g}, got {target!r}")
@@ -96,7 +132,8 @@ def match_noise(low: np.ndarray, full: np.ndarray, target: float,
     d_step = slice_differences(full)[region] - d_low
 
     def noise(s: float) -> float:
-        return robust_sd(d_low + np.float32(s) * d_step)
+        estimate = robust_sd(d_low + np.float32(s) * d_step)
+        return estimate * calibration.factor(s) if calibration else estimate
 
     given, least = noise(0.0), noise(1.0)
     if target >= given:

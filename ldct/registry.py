@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ldct.noise_level import NoiseCalibration, NoiseLevelError
+
 logger = logging.getLogger(__name__)
 MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 ENCODER_DIR = MODELS_DIR / "ct_encoder"  # the shipped PVM (encoder.pt + card)
@@ -34,6 +36,9 @@ RECOMMENDED_FILE = MODELS_DIR / "recommended.json"
 FALLBACK = "ldct-nlm"  # when no recommended network has weights
 # each model's dose-reduction estimate and detectability losses, written by `ldct qa --write`
 QUALITY_FILE = MODELS_DIR / "task_quality.json"
+# per network: how its results' noise estimate reads against their true noise, for the
+# weights it was measured on (`benchmarks/noise_estimate.py calibrate --write`; target_noise)
+NOISE_CALIBRATION_FILE = MODELS_DIR / "noise_calibration.json"
 # Each model's default strength, used when a request gives neither strength nor target_noise.
 # Rule (benchmarks/quality/texture/kernels.md, "texture" section, issue 37): the default should
 # leave about the normal dose's own noise, not less - the minimum over the swept kernels of the
@@ -152,6 +157,17 @@ class ModelInfo:
         """The strength used when a caller gives neither strength nor target_noise."""
         return DEFAULT_STRENGTHS.get(self.name, 1.0)
 
+    def noise_calibration(self, weights: Path | None = None) -> NoiseCalibration | None:
+        """The calibration `target_noise` matches this network's results with, when it was
+        measured on these weights (default: those in use); None for other weights (a
+        fine-tuned version, a retrained file) and for baselines: their estimate stands."""
+        entry = noise_calibrations().get(self.name)
+        weights = Path(weights) if weights else self.weights
+        if (self.kind != "network" or not isinstance(entry, dict) or not weights.exists()
+                or entry.get("weights_sha256") != file_sha256(weights)):
+            return None
+        return NoiseCalibration.from_json(entry, f"{NOISE_CALIBRATION_FILE.name} {self.name}")
+
     def card(self) -> dict[str, Any]:
         """The machine-readable model card (empty until the model is trained and evaluated)."""
         path = self.folder / "card.json"
@@ -239,6 +255,21 @@ def task_quality() -> dict[str, Any]:
     """Per model: dose-reduction estimate and detectability losses (`ldct qa`; empty until
     run)."""
     return json.loads(QUALITY_FILE.read_text()) if QUALITY_FILE.exists() else {}
+
+
+def noise_calibrations() -> dict[str, Any]:
+    """Every network's noise calibration record (empty until measured)."""
+    if not NOISE_CALIBRATION_FILE.exists():
+        return {}
+    try:
+        raw = json.loads(NOISE_CALIBRATION_FILE.read_text())
+    except ValueError:
+        raw = None
+    if not isinstance(raw, dict):
+        raise NoiseLevelError(f"{NOISE_CALIBRATION_FILE}: not a JSON object of model: "
+                              "calibration; run benchmarks/noise_estimate.py calibrate --write "
+                              "again")
+    return raw
 
 
 def recommended() -> str:

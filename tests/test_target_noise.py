@@ -21,7 +21,14 @@ from ldct.evaluate import Regions, default_levels, texture_rows
 from ldct.infer import denoise, denoise_to_noise
 from ldct.infer_params import ParamError, parse_params
 from ldct.io import read_volume, write_dicom_series, write_volume
-from ldct.noise_level import NoiseLevelError, NoiseLevels, scan_noise
+from ldct.noise_level import (
+    NoiseCalibration,
+    NoiseLevelError,
+    NoiseLevels,
+    blend,
+    match_noise,
+    scan_noise,
+)
 from ldct.phantom import make_phantom
 from ldct.study.definition import StudyDefinitionError, parse
 from ldct.study.service import StudyService
@@ -210,6 +217,58 @@ def test_the_sweeps_texture_rows_match_the_normal_doses_noise_by_hand():
     assert model["matched_strength"] == pytest.approx(10 / 13, abs=0.02)
     assert model["matched_noise_sd"] == pytest.approx(10.0, rel=0.03)
     assert default_levels({"k": rows}) == {"m": 0.75}
+
+
+def test_a_slice_correlated_result_is_matched_on_its_calibration():
+    """A result whose noise is shared by neighbouring slices reads low. Input: independent
+    noise of 40 HU. The model's output: 10 (w_k + w_k+1) / sqrt(2), SD 10 HU with lag-1
+    correlation 1/2, which the slice-difference estimate reads as 10 / sqrt(3) (by hand: the
+    variance of e_k - (e_k-1 + e_k+1) / 2 is sigma^2 (1.5 - 2 x 1/2) over 1.5). The blend at s
+    truly has variance 1600 (1-s)^2 + 100 s^2, estimated 1600 (1-s)^2 + 100 s^2 / 3; the
+    calibration is their ratio's root. Asked for 12 HU: 1700 s^2 - 3200 s + 1456 = 0, so
+    s = 0.770 (uncalibrated the match would stop at s = 0.719, leaving 13.4 HU)."""
+    rng = np.random.default_rng(5)
+    shape = (14, 128, 128)
+    clean = np.full(shape, 55.0, np.float32)
+    low = clean + (40.0 * rng.standard_normal(shape)).astype(np.float32)
+    w = rng.standard_normal((shape[0] + 1, *shape[1:]))
+    out = clean + (10.0 * (w[:-1] + w[1:]) / np.sqrt(2)).astype(np.float32)
+    grid = np.linspace(0.0, 1.0, 11)
+    factors = np.sqrt((1600 * (1 - grid) ** 2 + 100 * grid ** 2)
+                      / (1600 * (1 - grid) ** 2 + 100 * grid ** 2 / 3))
+    calibration = NoiseCalibration(tuple(grid), tuple(factors))
+    region = np.ones((shape[0] - 2, *shape[1:]), bool)
+    strength, match = match_noise(low, out, 12.0, region=region, calibration=calibration)
+    assert match.reached and strength == pytest.approx(0.770, abs=0.01)
+    result = blend(low, out, strength)
+    assert float((result - clean)[1:-1].std()) == pytest.approx(12.0, rel=0.03)
+    assert match.input_noise == pytest.approx(40.0, rel=0.03)
+
+
+def test_every_shipped_network_has_a_calibration_for_its_shipped_weights(tmp_path):
+    """The shipped file names each network's weights by hash: a retrained file (other bytes)
+    gets no calibration rather than another model's."""
+    from ldct import registry
+
+    for name in ("alden", "n2n25d", "pan", "pdml", "vagan"):
+        calibration = registry.get(name).noise_calibration(registry.get(name).shipped_weights)
+        assert calibration is not None, name
+        assert calibration.strengths[0] == 0.0 and calibration.strengths[-1] == 1.0
+        assert 0.9 < calibration.factor(1.0) < 1.5, name  # reads low, never wildly so
+    other = tmp_path / "model.pt"
+    other.write_bytes(registry.get("vagan").shipped_weights.read_bytes() + b"\0")
+    assert registry.get("vagan").noise_calibration(other) is None
+    assert registry.get("ldct-gauss").noise_calibration() is None
+
+
+@pytest.mark.parametrize("bad", [{"strengths": [0, 1], "factors": [1.0]},
+                                 {"strengths": [0.2, 1], "factors": [1.0, 1.1]},
+                                 {"strengths": [0, 0.5, 0.4, 1], "factors": [1, 1, 1, 1]},
+                                 {"strengths": [0, 1], "factors": [1.0, 7.0]},
+                                 {"strengths": [0, 1], "factors": ["1", 1.0]}, [1, 2]])
+def test_a_broken_calibration_is_refused_with_what_to_do(bad):
+    with pytest.raises(NoiseLevelError, match="calibrate --write"):
+        NoiseCalibration.from_json(bad, "noise_calibration.json vagan")
 
 
 def test_a_reader_study_condition_is_shown_at_its_noise_level(known, tmp_path):
