@@ -58,7 +58,9 @@ class NoiseMatch:
     reached: bool
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        """HU to 0.0001; the strength exact, so that it reproduces the result."""
+        return {k: (round(v, 4) if isinstance(v, float) and k != "strength" else v)
+                for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)

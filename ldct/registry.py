@@ -42,9 +42,11 @@ NOISE_CALIBRATION_FILE = MODELS_DIR / "noise_calibration.json"
 # Each model's default strength, used when a request gives neither strength nor target_noise.
 # Rule (benchmarks/quality/texture/kernels.md, "texture" section, issue 37): the default should
 # leave about the normal dose's own noise, not less - the minimum over the swept kernels of the
-# strength that matches the normal dose's noise, rounded down to 0.05. vagan (0.852 on hann) and
-# n2n25d (0.812) over-smooth at full strength; every other model stays at 1.
-DEFAULT_STRENGTHS = {"vagan": 0.85, "n2n25d": 0.80}
+# strength that matches the normal dose's noise (measured with each network's noise
+# calibration), rounded down to 0.05. Only vagan (0.922 on hann) over-smooths at full strength;
+# every other model, n2n25d included (its true noise at full strength is 1.12x the normal
+# dose's on hann), stays at 1.
+DEFAULT_STRENGTHS = {"vagan": 0.90}
 
 
 def site_models_dir() -> Path:

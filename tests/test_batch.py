@@ -246,8 +246,8 @@ def test_a_folder_and_a_csv_of_datastore_ids_to_a_folder(ray_address, tmp_path, 
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a", "b.nrrd"]
     dicom = read_volume(out / "a")
     assert list(dicom.dicom.ImageType)[:2] == ["DERIVED", "SECONDARY"]
-    # no --strength: vagan's default level, 0.85 (benchmarks/quality/texture/kernels.md)
-    assert dicom.dicom.SeriesDescription == "LD folder denoised (vagan shipped, strength 0.85)"
+    # no --strength: vagan's default level, 0.9 (benchmarks/quality/texture/kernels.md)
+    assert dicom.dicom.SeriesDescription == "LD folder denoised (vagan shipped, strength 0.9)"
     assert _cli(capsys, *command)[1].startswith("done 0, skipped 2, failed 0")
     table = tmp_path / "ids.csv"
     table.write_text("id\nb\n")

@@ -1,7 +1,7 @@
 """Each model's default level (issue 37): a caller that gives neither strength nor target_noise
 gets the strength that leaves about the normal dose's own noise. The answer key is the sweep's
-outcome as literals (benchmarks/quality/texture/kernels.md: vagan 0.85, n2n25d 0.80, the others
-1), never the catalogue's own table."""
+outcome as literals (benchmarks/quality/texture/kernels.md: vagan 0.9, the others, n2n25d
+included, 1), never the catalogue's own table."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from ldct.simulate import LowDoseParams, simulate_low_dose
 from ldct.study.definition import parse
 from ldct.study.service import StudyService
 
-SWEEP = {"vagan": 0.85, "n2n25d": 0.80, "alden": 1.0, "pan": 1.0, "pdml": 1.0,
+SWEEP = {"vagan": 0.90, "n2n25d": 1.0, "alden": 1.0, "pan": 1.0, "pdml": 1.0,
          "ldct-gauss": 1.0, "ldct-nlm": 1.0}
 
 
@@ -33,11 +33,11 @@ def test_info_and_infer_use_each_models_default_level(ldct_server, tmp_path, tok
         assert models[name]["config"]["strength"] == strength, name  # what MONAI Label sends
         assert models[name]["params"]["properties"]["strength"]["default"] == strength, name
     plain, said = client.infer("vagan", "phantom", {})
-    assert said["strength"] == 0.85
-    at_085, _ = client.infer("vagan", "phantom", {"strength": 0.85})
+    assert said["strength"] == 0.9
+    at_09, _ = client.infer("vagan", "phantom", {"strength": 0.9})
     full, full_said = client.infer("vagan", "phantom", {"strength": 1})
     assert full_said["strength"] == 1.0  # an explicit 1 is still full strength
-    np.testing.assert_array_equal(read_volume(plain).hu, read_volume(at_085).hu)
+    np.testing.assert_array_equal(read_volume(plain).hu, read_volume(at_09).hu)
     assert np.abs(read_volume(plain).hu - read_volume(full).hu).max() > 1.0
     _, gauss = client.infer("ldct-gauss", "phantom", {})
     assert gauss["strength"] == 1.0
@@ -49,7 +49,7 @@ def test_ldct_denoise_without_strength_uses_the_default_level(tmp_path, capsys):
     assert main(["denoise", str(source), "-o", str(tmp_path / "plain.nrrd"), "--model", "vagan",
                  "--ensemble", "1", "--device", "cpu"]) in (0, None)
     plain = read_volume(tmp_path / "plain.nrrd").hu
-    by_hand = denoise(low, "vagan", strength=0.85, ensemble=1, device="cpu").hu
+    by_hand = denoise(low, "vagan", strength=0.9, ensemble=1, device="cpu").hu
     np.testing.assert_allclose(plain, by_hand, atol=1e-3)
     full = denoise(low, "vagan", strength=1.0, ensemble=1, device="cpu").hu
     assert np.abs(plain - full).max() > 1.0
@@ -69,7 +69,7 @@ def test_a_study_condition_without_strength_is_shown_at_the_default_level(tmp_pa
     meta = service._store(study).meta()
     files = meta["files"]
     shown, full = read_volume(files["c/v"]).hu, read_volume(files["c/v1"]).hu
-    by_hand = denoise(low, "vagan", strength=0.85, device="cpu").hu
+    by_hand = denoise(low, "vagan", strength=0.9, device="cpu").hu
     assert np.abs(shown - by_hand).max() < 1.0  # the stored volume is written in whole HU
     assert np.abs(shown - full).max() > 1.0
     stored = meta["definition"]["conditions"]
