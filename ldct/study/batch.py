@@ -96,7 +96,7 @@ def denoise_cases(definition: StudyDefinition, items: dict[str, Item], home: Pat
             for field in ("done", "skipped", "failed", "slices", "wall_s"):
                 setattr(total, field, getattr(total, field) + getattr(summary, field))
             reasons = {failure.key: failure.reason for failure in summary.failures}
-            failed += [f"case {case} / condition {name}: {reasons[item.key]}"
+            failed += [f"case {case} / condition {name}: {reasons[item.key].rstrip('.')}"
                        for case, item in items.items() if item.key in reasons for name in names]
             total.failures += summary.failures
     finally:
@@ -107,7 +107,8 @@ def denoise_cases(definition: StudyDefinition, items: dict[str, Item], home: Pat
         raise StudyBatchError(
             f"{len(failed)} of {len(items) * sum(map(len, jobs.values()))} study volumes "
             f"failed, so the study was not created: {'; '.join(failed)}. What finished is kept "
-            f"(ledger {ledger.path}): the same command again denoises only what is left.")
+            f"(ledger {ledger.path}): fix these cases and run the same command again, which "
+            "denoises only what is left.")
     return {(case, name): Path(job.out) / f"{item.name}.nrrd" for case, item in items.items()
             for job, names in jobs.items() for name in names}, total
 
