@@ -33,7 +33,8 @@ def ray_local():
 
 @pytest.fixture(scope="module")
 def definition(tmp_path_factory):
-    """3 noisy phantom cases x (original, vagan at 0.8, ldct-nlm to 25 HU (reached at strengths near 0.4)), pairs, 2 readers."""
+    """3 noisy phantom cases x (original, vagan at 0.8, ldct-nlm to 25 HU: reached at
+    strengths near 0.4), pairs, 2 readers."""
     folder = tmp_path_factory.mktemp("cases")
     for k in range(3):
         p = make_phantom(size=64, slices=4, seed=k)
