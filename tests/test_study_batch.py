@@ -109,6 +109,8 @@ def test_a_bad_case_fails_with_its_reason_then_a_rerun_does_only_what_is_left(
     assert {(r["model"], r["strength"], r["target_noise"]) for r in rows} == {
         ("vagan", 0.8, 0.0), ("ldct-nlm", 1.0, 25.0)}
 
+    results = sorted((home / "work").glob("*/*.nrrd"))
+    assert len(results) == 6 and all(p.is_file() for p in results)  # NRRD, the DICOM case's too
     # c0's vagan result, 7 HU brighter: what the re-run shows proves it was not recomputed
     [marked] = [r["derived"] for r in rows if r["source"].endswith("case0.nrrd")
                 and r["model"] == "vagan"]
