@@ -92,7 +92,8 @@ class Ledger:
         op = "!=" if other_versions else "="
         rows = self._db.execute(
             f"SELECT derived FROM series WHERE model=? AND version{op}? AND strength=? AND "
-            "destination=? AND target_noise=? AND state='done' AND derived!=''", _key(job)).fetchall()
+            "destination=? AND target_noise=? AND state='done' AND derived!=''",
+            _key(job)).fetchall()
         return {r[0] for r in rows}
 
     def rows(self) -> list[dict]:
