@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from ldct import registry
 from ldct.access import reader_refusal
 from ldct.auth import TokenStore
+from ldct.batch import dicomweb
 from ldct.batch.worklist import Item
 from ldct.infer import denoise, denoise_to_noise
 from ldct.io import CTVolume, read_volume, write_volume
@@ -532,11 +533,8 @@ def _absolute(definition: StudyDefinition, image: str) -> Path:
 
 
 def _dicomweb_volume(ref: dict[str, str]) -> CTVolume:
-    """Download a DICOMweb series (WADO-RS) and read it."""
-    from dicomweb_client.api import DICOMwebClient
-
-    instances = DICOMwebClient(ref["url"]).retrieve_series(ref["study"], ref["series"])
+    """Download a DICOMweb series (WADO-RS, as a batch worker does) and read it."""
     with tempfile.TemporaryDirectory(prefix="ldct-study-") as folder:
-        for k, ds in enumerate(instances):
-            ds.save_as(Path(folder) / f"{k:05d}.dcm", write_like_original=False)
+        dicomweb.fetch_series(dicomweb.client(ref["url"]), ref["study"], ref["series"],
+                              Path(folder))
         return read_volume(folder)
