@@ -399,6 +399,7 @@ def cmd_study(args: argparse.Namespace) -> None:
 
     from ldct.study import definition as study_definition
     from ldct.study.analysis import read_scores, write_scores
+    from ldct.study.batch import BatchOptions
     from ldct.study.report import write_report
     from ldct.study.service import StudyService, study_root
 
@@ -412,13 +413,25 @@ def cmd_study(args: argparse.Namespace) -> None:
     if args.action == "plan":
         _study_plan(args)
         return
+    batch_flags = [f for f, v in (("--workers", args.workers), ("--address", args.address),
+                                  ("--cpus-per-worker", args.cpus_per_worker)) if v is not None]
+    if (batch_flags and not args.batch) or (args.batch and args.action != "create"):
+        raise ValueError("--batch, --workers, --address and --cpus-per-worker are options of "
+                         "`ldct study create --batch`")
     service = StudyService(args.root or study_root())
     if args.action == "create":
         definition = study_definition.load(args.target)
-        with tqdm(total=len(definition.cases) * len(definition.conditions),
-                  desc="denoise study volumes", unit="volume") as bar:
-            created = service.create(definition, device=args.device,
+        sizes = {k: v for k, v in (("workers", args.workers),
+                                   ("cpus_per_worker", args.cpus_per_worker)) if v is not None}
+        options = BatchOptions(**sizes, address=args.address) if args.batch else None
+        bar = tqdm(total=len(definition.cases) * len(definition.conditions), unit="volume",
+                   desc="store study volumes" if options else "denoise study volumes",
+                   delay=0.1 if options else 0)  # with --batch: after the batch's own bars
+        with bar:
+            created = service.create(definition, device=args.device, batch_options=options,
                                      progress=lambda done, total, what: bar.update(1))
+        if options:
+            console.print(f"batch: {created['batch']}", highlight=False)
         console.print(f"study [bold]{created['study']}[/] in {service.root}: "
                       f"{created['items']} items per reader\ncoordinator token (keep it): "
                       f"{created['coordinator_token']}\nreader tokens (give each reader their "
@@ -683,6 +696,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reader", help="add-reader: the reader id to add (or to give a new token)")
     p.add_argument("--out", help="export: the CSV to write; report: the output folder")
     p.add_argument("--device", default="auto", help="create: where the models run")
+    p.add_argument("--batch", action="store_true",
+                   help="create: denoise on Ray with `ldct batch`'s workers and a ledger (a "
+                        "re-run after a crash or a failed case denoises only what is left)")
+    p.add_argument("--workers", type=int, help="create --batch: Ray actors, each loading a "
+                                               "model once (default 2)")
+    p.add_argument("--address", help="create --batch: a Ray cluster to join (e.g. HEAD:6379; "
+                                     "default: a local Ray on this machine)")
+    p.add_argument("--cpus-per-worker", type=int, help="create --batch: CPU cores per worker "
+                                                       "(default 1)")
     p.add_argument("--effect", type=float, help="plan: the FOM difference to detect")
     p.add_argument("--power", type=float, default=0.8, help="plan: the power wanted")
     p.add_argument("--alpha", type=float, default=0.05, help="plan: the test's level")

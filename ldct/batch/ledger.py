@@ -19,25 +19,28 @@ CREATE TABLE IF NOT EXISTS series (
     model TEXT NOT NULL,
     version TEXT NOT NULL,      -- weights version and SHA-256 prefix, or 'baseline'
     strength REAL NOT NULL,
+    target_noise REAL NOT NULL DEFAULT 0,  -- HU a per-series strength leaves; 0: none
     destination TEXT NOT NULL,  -- 'pacs:<url>' or 'dir:<folder>'
     state TEXT NOT NULL,        -- started | done | failed
     derived TEXT NOT NULL DEFAULT '',  -- the derived SeriesInstanceUID or output folder
     reason TEXT NOT NULL DEFAULT '',
     attempts INTEGER NOT NULL DEFAULT 0,
     updated REAL NOT NULL,
-    PRIMARY KEY (source, model, version, strength, destination)
+    PRIMARY KEY (source, model, version, strength, target_noise, destination)
 )
 """
 
 
 @dataclass(frozen=True)
 class JobKey:
-    """What makes two runs the same work: model, its version, strength and destination."""
+    """What makes two runs the same work: model, its version, strength (or the noise target
+    that chooses it per series; 0: none) and destination."""
 
     model: str
     version: str
     strength: float
     destination: str
+    target_noise: float = 0.0
 
 
 class Ledger:
@@ -50,6 +53,9 @@ class Ledger:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # a 'done' survives a power cut
         self._db.execute(SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(series)")}
+        if "target_noise" not in columns:  # a ledger of a version without noise targets
+            self._db.execute("ALTER TABLE series ADD COLUMN target_noise REAL NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self._db.close()
@@ -58,14 +64,15 @@ class Ledger:
         """``started``, ``done``, ``failed`` or None (never tried)."""
         row = self._db.execute(
             "SELECT state FROM series WHERE source=? AND model=? AND version=? AND strength=? "
-            "AND destination=?", (source, *_key(job))).fetchone()
+            "AND destination=? AND target_noise=?", (source, *_key(job))).fetchone()
         return row[0] if row else None
 
     def started(self, source: str, job: JobKey) -> None:
         """Record that a worker was given the series (before any write can happen)."""
         self._db.execute(
-            "INSERT INTO series (source, model, version, strength, destination, state, attempts,"
-            " updated) VALUES (?, ?, ?, ?, ?, 'started', 1, ?) ON CONFLICT DO UPDATE SET "
+            "INSERT INTO series (source, model, version, strength, destination, target_noise, "
+            "state, attempts, updated) VALUES (?, ?, ?, ?, ?, ?, 'started', 1, ?) ON CONFLICT "
+            "DO UPDATE SET "
             "state='started', attempts=attempts+1, updated=excluded.updated",
             (source, *_key(job), time.time()))
 
@@ -76,7 +83,7 @@ class Ledger:
             raise ValueError(f"a finished series is done or failed, not {state!r}")
         self._db.execute(
             "UPDATE series SET state=?, derived=?, reason=?, updated=? WHERE source=? AND "
-            "model=? AND version=? AND strength=? AND destination=?",
+            "model=? AND version=? AND strength=? AND destination=? AND target_noise=?",
             (state, derived, reason, time.time(), source, *_key(job)))
 
     def derived(self, job: JobKey, other_versions: bool = False) -> set[str]:
@@ -85,7 +92,8 @@ class Ledger:
         op = "!=" if other_versions else "="
         rows = self._db.execute(
             f"SELECT derived FROM series WHERE model=? AND version{op}? AND strength=? AND "
-            "destination=? AND state='done' AND derived!=''", _key(job)).fetchall()
+            "destination=? AND target_noise=? AND state='done' AND derived!=''",
+            _key(job)).fetchall()
         return {r[0] for r in rows}
 
     def rows(self) -> list[dict]:
@@ -96,4 +104,5 @@ class Ledger:
 
 
 def _key(job: JobKey) -> tuple:
-    return job.model, job.version, float(job.strength), job.destination
+    return (job.model, job.version, float(job.strength), job.destination,
+            float(job.target_noise))

@@ -64,7 +64,7 @@ def _audit_line(job: Job, item: Item, outcome: Outcome) -> str:
     now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     fields = {"series": source, "study": outcome.study or item.study or "-",
               "status": outcome.status, "derived": outcome.derived or "-", "model": job.model,
-              "version": job.version, "strength": f"{job.strength:g}",
+              "version": job.version, job.level[0]: job.level[1],
               "slices": outcome.slices, "seconds": f"{outcome.seconds:.2f}",
               "worker": outcome.worker or "-"}
     text = " ".join(f"{k}={v}" for k, v in fields.items())

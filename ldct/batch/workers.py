@@ -2,7 +2,8 @@
 
 A call fetches its series (PACS or file), checks that its result is not already in the
 destination (a retried or resumed series is never written twice), denoises it through
-`ldct.infer.denoise` and writes it back (`ldct.pacs.store_derived_series`) or to a folder.
+`ldct.infer.denoise` (or `denoise_to_noise` for a noise target) and writes it back
+(`ldct.pacs.store_derived_series`) or to a folder.
 Whatever goes wrong with one series comes back as its failure, with the reason.
 """
 
@@ -24,14 +25,20 @@ from ldct.batch.ledger import JobKey
 from ldct.batch.worklist import Item
 from ldct.derived import Derivation, denoising, is_denoised
 from ldct.device import pick_device
-from ldct.infer import DEFAULT_ENSEMBLE, denoise, load_network
+from ldct.infer import DEFAULT_ENSEMBLE, denoise, denoise_to_noise, load_network
 from ldct.io import CTVolume, read_volume, write_dicom_series, write_volume
 from ldct.pacs import store_derived_series
 
 
 @dataclass(frozen=True)
 class Job:
-    """What every series of a batch gets: model (at ``version``), strength, destination."""
+    """What every series of a batch gets: model (at ``version``), strength (or a noise
+    target), destination.
+
+    ``volumes``: every result a float32 NRRD file (exact HU, whatever the source) and every
+    item a source, an ldct result too: items a caller chose and reads back (a reader study's
+    cases), not a query's matches.
+    """
 
     model: str
     version: str
@@ -41,6 +48,19 @@ class Job:
     out: str = ""
     ensemble: int = DEFAULT_ENSEMBLE
     device: str = "auto"
+    target_noise: float | None = None  # HU in flat soft tissue: chooses each series' strength
+    volumes: bool = False
+
+    def __post_init__(self) -> None:
+        if self.target_noise is not None and self.write_pacs:
+            raise ValueError("a noise target's results go to a folder: a derived series in "
+                             "the PACS names one strength")
+
+    @property
+    def level(self) -> tuple[str, str]:
+        """How much is removed, as the audit log names it: (strength or target_noise, value)."""
+        return (("strength", f"{self.strength:g}") if self.target_noise is None
+                else ("target_noise", f"{self.target_noise:g}"))
 
     @property
     def weights_version(self) -> str:
@@ -50,7 +70,7 @@ class Job:
     @property
     def key(self) -> JobKey:
         where = f"pacs:{self.write_pacs}" if self.write_pacs else f"dir:{self.out}"
-        return JobKey(self.model, self.version, self.strength, where)
+        return JobKey(self.model, self.version, self.strength, where, self.target_noise or 0.0)
 
 
 @dataclass(frozen=True)
@@ -113,7 +133,8 @@ class SeriesWorker:
     def _read(self, item: Item, folder: Path) -> tuple[CTVolume, set[str]]:
         """The source volume and the SOPInstanceUIDs its derived series may reference."""
         if item.series:
-            dicomweb.fetch_series(self.source, item.study, item.series, folder)
+            source = dicomweb.client(item.pacs) if item.pacs else self.source
+            dicomweb.fetch_series(source, item.study, item.series, folder)
             path = folder
         else:
             path = Path(item.path)
@@ -131,7 +152,7 @@ class SeriesWorker:
         series = str(header.SeriesInstanceUID) if header is not None else ""
         study = str(header.get("StudyInstanceUID", "")) if header is not None else ""
         known = Outcome(item.key, "skipped", series, study)
-        if header is not None and is_denoised(header):
+        if header is not None and is_denoised(header) and not job.volumes:
             return replace(known, reason="an ldct result, not a source")
         if self.target is not None:
             if header is None:
@@ -143,11 +164,16 @@ class SeriesWorker:
             if existing:
                 return replace(known, derived=existing, reason="already in the PACS")
         else:
-            target = Path(job.out) / (item.name if header is not None else f"{item.name}.nrrd")
+            series_out = header is not None and not job.volumes
+            target = Path(job.out) / (item.name if series_out else f"{item.name}.nrrd")
             if target.exists():
                 return replace(known, derived=target.name, reason="already written")
-        result = denoise(volume, job.model, strength=job.strength, device=job.device,
-                         ensemble=job.ensemble)
+        if job.target_noise is None:
+            result = denoise(volume, job.model, strength=job.strength, device=job.device,
+                             ensemble=job.ensemble)
+        else:
+            result = denoise_to_noise(volume, job.model, job.target_noise, device=job.device,
+                                      ensemble=job.ensemble)[0]
         if self.target is not None:
             derived = store_derived_series(self.target, volume, result, job.model, job.strength,
                                            job.weights_version)
@@ -164,7 +190,7 @@ class SeriesWorker:
         """Write to a hidden partial name, then rename: the output exists complete or not."""
         partial = target.with_name(f".partial-{os.getpid()}-{target.name}")
         shutil.rmtree(partial, ignore_errors=True)  # left by a killed worker of the same pid
-        if volume.dicom is not None:
+        if volume.dicom is not None and not self.job.volumes:
             write_dicom_series(result, partial, made_by=self._made_by(volume))
         else:
             write_volume(result, partial)

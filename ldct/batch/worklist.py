@@ -24,6 +24,7 @@ class Item:
     study: str = ""
     series: str = ""
     path: str = ""
+    pacs: str = ""  # the DICOMweb URL a PACS series is read from ('': the job's source_pacs)
 
 
 class WorklistError(ValueError):

@@ -30,10 +30,13 @@ from typing import Any, Protocol
 from ldct import registry
 from ldct.access import reader_refusal
 from ldct.auth import TokenStore
+from ldct.batch import dicomweb
+from ldct.batch.worklist import Item
 from ldct.infer import denoise, denoise_to_noise
 from ldct.io import CTVolume, read_volume, write_volume
 from ldct.jobs import DEVICE
-from ldct.study.definition import Condition, StudyDefinition, parse
+from ldct.study import batch
+from ldct.study.definition import Case, Condition, StudyDefinition, parse
 from ldct.study.store import StudyStore
 
 Progress = Callable[[int, int, str], None]  # (done, total, what)
@@ -87,10 +90,31 @@ class StudyService:
 
     # -- creation -------------------------------------------------------------------------
     def create(self, definition: StudyDefinition, progress: Progress | None = None,
-               device: str = "auto") -> dict[str, Any]:
-        """Denoise every (case, condition) once, store the volumes and every reader's plan."""
-        folder, store, created = self._register(definition)
-        self._build_logged(definition, folder, store, device, progress, reraise=True)
+               device: str = "auto", batch_options: batch.BatchOptions | None = None
+               ) -> dict[str, Any]:
+        """Denoise every (case, condition) once, store the volumes and every reader's plan.
+
+        With ``batch_options`` the model conditions are denoised first by `ldct batch`'s Ray
+        workers (`ldct.study.batch`): a failed case leaves no study, only the finished
+        results for the next run; ``created["batch"]`` is the batch's summary line.
+        """
+        results = None
+        try:
+            if batch_options is not None:
+                self._check_sources(definition)  # before hours of denoising
+                self._check_free(definition)
+                items = {case.id: self._case_item(definition, case) for case in definition.cases}
+                home = batch.batch_home(self.root, definition.study_id)
+                results, summary = batch.denoise_cases(definition, items, home, batch_options,
+                                                       device)
+            folder, store, created = self._register(definition)
+            self._build_logged(definition, folder, store, device, progress, reraise=True,
+                               results=results)
+        except batch.StudyBatchError as exc:
+            raise StudyError(422, str(exc)) from exc
+        if batch_options is not None:
+            batch.drop_results(home)
+            created["batch"] = summary.line()
         return created
 
     def create_in_background(self, definition: StudyDefinition,
@@ -147,22 +171,27 @@ class StudyService:
         other token, is revoked)."""
         return self.tokens.replace_reader(study, reader)
 
+    def _check_free(self, definition: StudyDefinition) -> Path:
+        """The study's folder, refused (409) while a study that did not fail holds it."""
+        folder = self.root / definition.study_id
+        if folder.exists() and not _failed(folder):
+            raise StudyError(409, f"a study '{definition.study_id}' exists already; "
+                                  "give the new one another name")
+        return folder
+
     def _new_study(self, definition: StudyDefinition) -> tuple[Path, StudyStore]:
         with self._lock:
-            folder = self.root / definition.study_id
-            if folder.exists() and _failed(folder):
-                shutil.rmtree(folder)  # a failed creation does not block its name
+            folder = self._check_free(definition)
             if folder.exists():
-                raise StudyError(409, f"a study '{definition.study_id}' exists already; "
-                                      "give the new one another name")
+                shutil.rmtree(folder)  # a failed creation does not block its name
             (folder / "volumes").mkdir(parents=True)
         return folder, StudyStore(folder / "study.sqlite")
 
     def _build_logged(self, definition, folder, store, device, progress=None,
-                      reraise: bool = False) -> None:
+                      reraise: bool = False, results: batch.Results | None = None) -> None:
         """Build the study; a failure is recorded for the coordinator's status."""
         try:
-            self._build(definition, folder, store, progress, device)
+            self._build(definition, folder, store, progress, device, results)
         except Exception as exc:  # noqa: BLE001 - the coordinator reads it in status
             store.set_meta(state="failed", error=str(exc))
             if reraise:
@@ -192,9 +221,11 @@ class StudyService:
         return resumed
 
     def _build(self, definition: StudyDefinition, folder: Path, store: StudyStore,
-               progress: Progress | None, device: str) -> None:
-        """Denoise and write every (case, condition), then every reader's plan in one
-        transaction: a crash before that leaves no item behind, only files to redo."""
+               progress: Progress | None, device: str,
+               results: batch.Results | None = None) -> None:
+        """Denoise (or take from the batch's ``results``) and write every (case, condition),
+        then every reader's plan in one transaction: a crash before that leaves no item
+        behind, only files to redo."""
         total = len(definition.cases) * len(definition.conditions)
         store.set_meta(total=total)
         done = 0
@@ -202,7 +233,8 @@ class StudyService:
         for case in definition.cases:
             volume = self._case_volume(definition, case)
             for condition in definition.conditions:
-                shown = _shown(volume, condition, device)
+                shown = (batch.result_image(volume, results[(case.id, condition.name)])
+                         if results and condition.model else _shown(volume, condition, device))
                 path = write_volume(shown, folder / "volumes" /
                                     f"{secrets.token_urlsafe(16)}.nrrd", dtype="int16",
                                     compress=False)  # one size for every condition
@@ -263,16 +295,25 @@ class StudyService:
             store.set_meta(definition=data)
         return {"study": study, "reader": reader, "reader_token": self.reader_token(study, reader)}
 
-    def _case_volume(self, definition: StudyDefinition, case) -> CTVolume:
+    def _case_volume(self, definition: StudyDefinition, case: Case) -> CTVolume:
+        if case.dicomweb:
+            return _dicomweb_volume(case.dicomweb)
+        return read_volume(self._case_path(definition, case))
+
+    def _case_path(self, definition: StudyDefinition, case: Case) -> Path:
+        """The file or folder of a case given as an image path or a datastore id."""
         if case.image:
-            path = Path(case.image)
-            return read_volume(path if path.is_absolute() else definition.base_dir / path)
-        if case.datastore:
-            if self.datastore is None:
-                raise StudyError(422, f"case {case.id}: datastore ids need the server's "
-                                      "datastore; create the study through the server")
-            return read_volume(self.datastore.get_image_uri(case.datastore))
-        return _dicomweb_volume(case.dicomweb)
+            return _absolute(definition, case.image)
+        if self.datastore is None:
+            raise StudyError(422, f"case {case.id}: datastore ids need the server's "
+                                  "datastore; create the study through the server")
+        return Path(self.datastore.get_image_uri(case.datastore))
+
+    def _case_item(self, definition: StudyDefinition, case: Case) -> Item:
+        """The case as a batch item (what the workers read)."""
+        if case.dicomweb:
+            return batch.case_item(case.dicomweb["series"], case.dicomweb)
+        return batch.case_item(str(self._case_path(definition, case)))
 
     # -- readers --------------------------------------------------------------------------
     def studies(self) -> list[dict[str, Any]]:
@@ -492,11 +533,8 @@ def _absolute(definition: StudyDefinition, image: str) -> Path:
 
 
 def _dicomweb_volume(ref: dict[str, str]) -> CTVolume:
-    """Download a DICOMweb series (WADO-RS) and read it."""
-    from dicomweb_client.api import DICOMwebClient
-
-    instances = DICOMwebClient(ref["url"]).retrieve_series(ref["study"], ref["series"])
+    """Download a DICOMweb series (WADO-RS, as a batch worker does) and read it."""
     with tempfile.TemporaryDirectory(prefix="ldct-study-") as folder:
-        for k, ds in enumerate(instances):
-            ds.save_as(Path(folder) / f"{k:05d}.dcm", write_like_original=False)
+        dicomweb.fetch_series(dicomweb.client(ref["url"]), ref["study"], ref["series"],
+                              Path(folder))
         return read_volume(folder)

@@ -1,0 +1,129 @@
+"""A study's model conditions denoised by `ldct batch`'s machinery (`ldct study create --batch`).
+
+Each model condition is one batch job (conditions with the same model and level share one):
+Ray actors that load the model once, bounded in-flight work, and a ledger per study in
+``<study root>/.batch/<study id>/work``, so a re-run after a crash or a failed case denoises
+only what is left. Results are float32 NRRD files (exact HU) that the study reads back onto
+each case's own geometry, so the study is the one an in-process creation makes; they are
+removed once the study is created (the audit log stays).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from ldct import registry
+from ldct.batch.ledger import Ledger
+from ldct.batch.run import Summary, run_batch, start_ray
+from ldct.batch.workers import Job, model_version
+from ldct.batch.worklist import Item
+from ldct.io import CTVolume, read_volume
+from ldct.study.definition import Condition, StudyDefinition
+
+Results = dict[tuple[str, str], Path]  # (case id, condition name) -> result file
+
+
+class StudyBatchError(RuntimeError):
+    """Some (case, condition) failed; the message names each and says why."""
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """As `ldct batch`'s: Ray actors, cores per actor, a cluster to join (None: a local Ray)."""
+
+    workers: int = 2
+    cpus_per_worker: int = 1
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 1 or self.cpus_per_worker < 1:
+            raise ValueError("--workers and --cpus-per-worker take whole numbers >= 1")
+
+
+def batch_home(root: Path, study_id: str) -> Path:
+    """Where a study's batch keeps its ledger, results (``work``) and audit log."""
+    return root / ".batch" / study_id
+
+
+def case_item(key: str, pacs: dict[str, str] | None = None) -> Item:
+    """A case as a batch item: a file or folder ``key`` (an absolute path), or with ``pacs``
+    (url, study, series) a DICOMweb series; its result is named by a hash of its source."""
+    name = hashlib.sha256(key.encode()).hexdigest()[:24]  # a case id is no file name
+    if pacs:
+        return Item(key=key, name=name, study=pacs["study"], series=pacs["series"],
+                    pacs=pacs["url"])
+    return Item(key=key, name=name, path=key)
+
+
+def _job(condition: Condition, work: Path, device: str) -> Job:
+    """The batch job of a model condition: its model's version, strength or noise target."""
+    model = condition.model
+    if condition.target_noise is not None:
+        level, strength = f"noise-{condition.target_noise:g}HU", 1.0
+    else:
+        strength = (registry.get(model).default_strength if condition.strength is None
+                    else condition.strength)
+        level = f"strength-{strength:g}"
+    return Job(model, model_version(model), strength, out=str(work / f"{model}-{level}"),
+               device=device, target_noise=condition.target_noise, volumes=True)
+
+
+def denoise_cases(definition: StudyDefinition, items: dict[str, Item], home: Path,
+                  options: BatchOptions, device: str = "auto") -> tuple[Results, Summary]:
+    """Every (case, model condition)'s result file and the counts over all jobs; raises
+    StudyBatchError naming every failed (case, condition) after all jobs ran (what finished
+    stays in the ledger for the next run). ``items``: case id -> its batch item."""
+    work = home / "work"
+    jobs: dict[Job, list[str]] = {}
+    for condition in definition.conditions:
+        if condition.model:
+            jobs.setdefault(_job(condition, work, device), []).append(condition.name)
+    sources = list({item.key: item for item in items.values()}.values())  # a source once
+    total = Summary()
+    failed: list[str] = []
+    ledger = Ledger(work / "ledger.sqlite")
+    started_here = start_ray(options.address, options.workers * options.cpus_per_worker)
+    try:
+        for job, names in jobs.items():
+            Path(job.out).mkdir(parents=True, exist_ok=True)
+            summary = run_batch(sources, job, ledger, home / "audit.log", options.workers,
+                                options.cpus_per_worker, address=options.address)
+            for field in ("done", "skipped", "failed", "slices", "wall_s"):
+                setattr(total, field, getattr(total, field) + getattr(summary, field))
+            reasons = {failure.key: failure.reason for failure in summary.failures}
+            failed += [f"case {case} / condition {name}: {reasons[item.key].rstrip('.')}"
+                       for case, item in items.items() if item.key in reasons for name in names]
+            total.failures += summary.failures
+    finally:
+        ledger.close()
+        if started_here:
+            ray.shutdown()
+    if failed:
+        raise StudyBatchError(
+            f"{len(failed)} of {len(items) * sum(map(len, jobs.values()))} study volumes "
+            f"failed, so the study was not created: {'; '.join(failed)}. What finished is kept "
+            f"(ledger {ledger.path}): fix these cases and run the same command again, which "
+            "denoises only what is left.")
+    return {(case, name): Path(job.out) / f"{item.name}.nrrd" for case, item in items.items()
+            for job, names in jobs.items() for name in names}, total
+
+
+def result_image(volume: CTVolume, result: Path) -> CTVolume:
+    """A condition's image from its batch result: the result's voxels on the case's own
+    volume (geometry, header), as the in-process creation makes it."""
+    hu = read_volume(result).hu
+    if hu.shape != volume.hu.shape:
+        raise StudyBatchError(f"{result}: a batch result of shape {hu.shape} for a case of "
+                              f"shape {volume.hu.shape} (the case changed since it was "
+                              "denoised); delete {result.parent.parent} and create the study again")
+    return volume.with_hu(hu)
+
+
+def drop_results(home: Path) -> None:
+    """The study holds its volumes now: its batch results and ledger go (the audit log stays)."""
+    shutil.rmtree(home / "work", ignore_errors=True)
