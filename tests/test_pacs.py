@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+import os
+import struct
+from collections import Counter
+from pathlib import Path
+
 import numpy as np
 import pydicom
 import pytest
@@ -14,6 +20,7 @@ from monailabel.client.client import MONAILabelClientException
 from ldct.io import read_volume, write_dicom_series, write_volume
 from ldct.pacs import PacsError, store_derived_series
 from ldct.phantom import make_phantom
+from ldct.server.decode import read_in_child
 from ldct.simulate import LowDoseParams, simulate_low_dose
 
 
@@ -29,13 +36,36 @@ def uploaded(orthanc, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def oversized(orthanc, tmp_path_factory):
+    """A CT series in its own study whose headers declare 17 slices of 4096 x 4096 pixels
+    (285,212,672 voxels, over the limit of 512 * 512 * 1024 = 268,435,456) in files of a few
+    hundred bytes (no pixel data); removed from the session's Orthanc afterwards."""
+    files = write_dicom_series(make_phantom(size=32, slices=17).volume,
+                               tmp_path_factory.mktemp("oversized"))
+    datasets = [pydicom.dcmread(f) for f in files]
+    for ds in datasets:
+        ds.Rows = ds.Columns = 4096
+        del ds.PixelData
+    DICOMwebClient(f"{orthanc}/dicom-web").store_instances(datasets)
+    yield str(datasets[0].SeriesInstanceUID)
+    _delete_study(orthanc, str(datasets[0].StudyInstanceUID))
+
+
+def _delete_study(orthanc: str, study_uid: str) -> None:
+    """Remove a study from Orthanc (its REST API: the UID looked up to Orthanc's id)."""
+    found = requests.post(f"{orthanc}/tools/lookup", data=study_uid, timeout=10).json()
+    for item in found:
+        requests.delete(f"{orthanc}/studies/{item['ID']}", timeout=10).raise_for_status()
+
+
+@pytest.fixture(scope="module")
 def pacs_cache(tmp_path_factory):
     """The server's DICOM cache folder (series fetched from the PACS)."""
     return tmp_path_factory.mktemp("dicomweb-cache")
 
 
 @pytest.fixture(scope="module")
-def pacs_server(orthanc, uploaded, pacs_cache):
+def pacs_server(orthanc, uploaded, oversized, pacs_cache):
     """`ldct serve --studies <orthanc>/dicom-web`, its cache in a temporary folder."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -104,6 +134,115 @@ def test_write_back_stores_a_derived_series_in_the_same_study(pacs_server, ortha
                        "SeriesDescription": "LD abdomen denoised (vagan shipped, strength 0.8)",
                        "Modality": "CT"}
     assert len(web.retrieve_series(study_uid, series_uid)) == source.hu.shape[0]  # untouched
+
+
+IN_OPEN = 0x20  # inotify(7): a file in the watched folder was opened
+
+
+class OpenCounter:
+    """The files in ``folder`` that are opened, by any process, and how often (Linux inotify:
+    the kernel queues the event inside open(), so the count is complete once the opener has
+    answered; an open just like the one before it, still unread, is merged into it, so
+    compare counts of the same work)."""
+
+    def __init__(self, folder: Path) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        watch = libc.inotify_add_watch(self.fd, str(folder).encode(), IN_OPEN) \
+            if self.fd >= 0 else -1
+        assert watch >= 0, f"inotify: {os.strerror(ctypes.get_errno())}"
+
+    def take(self) -> Counter:
+        """The opens since the last call, by file name."""
+        opened: Counter = Counter()
+        while True:
+            try:
+                data = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                return opened
+            at = 0
+            while at < len(data):  # struct inotify_event: wd, mask, cookie, len, name
+                _, mask, _, size = struct.unpack_from("iIII", data, at)
+                name = data[at + 16:at + 16 + size].rstrip(b"\0").decode()
+                if name:  # the folder itself is opened to list it: not a file
+                    opened[name] += 1
+                at += 16 + size
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def test_write_back_reads_the_source_no_more_than_the_denoising_does(
+        pacs_server, pacs_cache, orthanc, uploaded, tmp_path, tokens):
+    """The source is decoded once, by the infer's decoding child (killable, time-boxed,
+    within the limits): the write-back stores the volume that child returned, and the server
+    process opens none of the series' files again."""
+    series_uid, source, _ = uploaded
+    client = monai_client(pacs_server, tmp_path, tokens["radiologist"])
+    client.infer("ldct-gauss", series_uid, {})  # the series is in the server's cache now
+    folder, = pacs_cache.glob(f"*/{series_uid}")
+    files = {p.name for p in folder.glob("*.dcm")}
+    assert len(files) == source.hu.shape[0]
+    counter = OpenCounter(folder)
+    try:
+        client.infer("ldct-gauss", series_uid, {})
+        denoising = counter.take()
+        _, params = client.infer("ldct-gauss", series_uid, {"write_back": True})
+        writing_back = counter.take()
+    finally:
+        counter.close()
+    assert set(denoising) == files  # every slice is read to denoise it ...
+    assert writing_back == denoising  # ... and not once more to write the result back
+    stored = DICOMwebClient(f"{orthanc}/dicom-web").retrieve_series(
+        str(source.dicom.StudyInstanceUID), params["written_back_series"])
+    sources = {float(h.ImagePositionPatient[2]): h.SOPInstanceUID for h in source.sources}
+    assert len(stored) == len(sources)
+    for ds in stored:  # the headers came from the child: each slice still points at its source
+        assert (ds.SourceImageSequence[0].ReferencedSOPInstanceUID
+                == sources[float(ds.ImagePositionPatient[2])])
+    _delete_series(orthanc, params["written_back_series"])  # the study as the other tests know it
+
+
+def _delete_series(orthanc: str, series_uid: str) -> None:
+    found = requests.post(f"{orthanc}/tools/lookup", data=series_uid, timeout=10).json()
+    for item in found:
+        requests.delete(f"{orthanc}/series/{item['ID']}", timeout=10).raise_for_status()
+
+
+def test_write_back_of_a_series_over_the_limits_is_refused_and_the_server_goes_on(
+        pacs_server, pacs_cache, orthanc, oversized, uploaded, tmp_path, tokens):
+    series_uid, _, _ = uploaded
+    before = requests.get(f"{orthanc}/series", timeout=5).json()
+    answer = requests.post(f"{pacs_server}/infer/ldct-gauss", params={"image": oversized},
+                           data={"params": '{"write_back": true}'}, timeout=120,
+                           headers={"Authorization": f"Bearer {tokens['radiologist']}"})
+    assert answer.status_code == 422, answer.text
+    detail = answer.json()["detail"]
+    assert "285,212,672 voxels" in detail and "limit of 268,435,456" in detail, detail
+    assert "(17, 4096, 4096)" in detail, detail
+    assert detail.startswith(f"{oversized}: ") and str(pacs_cache) not in detail  # no path
+    assert requests.get(f"{orthanc}/series", timeout=5).json() == before  # nothing stored
+    client = monai_client(pacs_server, tmp_path, tokens["radiologist"])
+    result_file, params = client.infer("ldct-gauss", series_uid, {})  # the next request
+    assert read_volume(result_file).hu.shape == uploaded[1].hu.shape
+
+
+def test_the_decoding_child_returns_each_slices_header_when_asked(tmp_path):
+    """What the write-back needs to point at each source instance comes from the child, as
+    the files hold it (DICOM JSON), and only when asked (a plain denoising does not pay)."""
+    volume = make_phantom(size=32, slices=4).volume
+    volume.origin = (-50.0, -61.5, 210.123456)  # decimals that must survive the trip
+    volume.spacing = (0.78, 0.78, 2.5)
+    files = write_dicom_series(volume, tmp_path / "series", description="LD abdomen")
+    on_disk = {str(ds.SOPInstanceUID): ds for ds in
+               (pydicom.dcmread(f, stop_before_pixels=True) for f in files)}
+    decoded = read_in_child(tmp_path / "series", "the series", slice_headers=True)
+    assert sorted(str(h.SOPInstanceUID) for h in decoded.sources) == sorted(on_disk)
+    for header in decoded.sources:
+        assert header == on_disk[str(header.SOPInstanceUID)]  # every element, value for value
+    assert [float(h.ImagePositionPatient[2]) for h in decoded.sources] == [
+        210.123456, 212.623456, 215.123456, 217.623456]  # in slice order, 2.5 mm apart
+    assert read_in_child(tmp_path / "series", "the series").sources == ()
 
 
 def test_write_back_of_an_upload_is_refused_with_the_reason(pacs_server, tmp_path, uploaded,

@@ -15,7 +15,6 @@ import logging
 import pkgutil
 
 import lib.configs
-from fastapi import HTTPException
 from lib.configs.denoiser import DenoiserConfig
 from lib.datastores.pacs import PacsDatastore
 from lib.routes import InferenceQueue, app_router
@@ -26,7 +25,6 @@ from monailabel.interfaces.app import MONAILabelApp
 
 from ldct import __version__, registry
 from ldct.infer import load_network
-from ldct.pacs import PacsError
 from ldct.serve import server_settings
 from ldct.study.service import StudyService, study_root
 
@@ -67,7 +65,9 @@ class LowDoseCTDenoiseApp(MONAILabelApp):
                          version=__version__)
 
     def init_infers(self):
-        return {name: config.infer() for name, config in self.configs.items()}
+        store = self.datastore()  # made before the infers (MONAILabelApp.__init__)
+        write_back = store.write_back if isinstance(store, PacsDatastore) else None
+        return {name: config.infer(write_back) for name, config in self.configs.items()}
 
     def on_init_complete(self):
         """Lock the server down to the app's routes (and the reader studies under /study/)
@@ -90,25 +90,6 @@ class LowDoseCTDenoiseApp(MONAILabelApp):
 
     def _init_dicomweb_datastore(self) -> PacsDatastore:
         return PacsDatastore(self.studies)
-
-    def infer(self, request, datastore=None):
-        """The stock infer, then (``write_back: true``) the result stored back in the PACS."""
-        if not request.get("write_back"):
-            return super().infer(request, datastore)
-        store = datastore or self.datastore()
-        if not isinstance(store, PacsDatastore) or not request.get("image_id"):
-            raise HTTPException(status_code=422, detail=(
-                "write_back needs a series from a PACS: start the server with "
-                "--studies http://HOST:PORT/dicom-web and send a datastore image id."))
-        result = super().infer(request, datastore)
-        strength = float(result["params"].get("strength", 1.0))
-        try:
-            series = store.write_back(request["image_id"], result["file"], request["model"],
-                                      strength, result["params"].get("version") or "baseline")
-        except PacsError as exc:
-            raise HTTPException(status_code=502, detail=str(exc)) from exc
-        result["params"]["written_back_series"] = series
-        return result
 
 
 def _cuda() -> bool:

@@ -3,8 +3,10 @@
 A reader stuck in ``open()`` or in a long decode cannot be interrupted inside a thread; a
 child process can be killed. The worker waits for the child, checking the job's cancel flag
 and a deadline; the child writes the HU array (.npy) and the geometry (JSON, the DICOM header
-as DICOM JSON) to a folder of the server's, and imports only `ldct.io` (no torch: it starts in
-well under a second).
+as DICOM JSON, and when asked every slice's header without pixels: what a write-back to the
+PACS needs to point each derived slice at its source) to a folder of the server's, and imports
+only `ldct.io` (no torch: it starts in well under a second). The server decodes nothing
+itself.
 """
 
 from __future__ import annotations
@@ -65,16 +67,19 @@ def _start_child() -> subprocess.Popen:
 
 
 def read_in_child(path: str | Path, shown: str, stop: Callable[[], bool] | None = None,
-                  timeout_s: float | None = None) -> CTVolume:
+                  timeout_s: float | None = None, slice_headers: bool = False) -> CTVolume:
     """`ldct.io.read_volume(path)` run in a child process that is killed when ``stop()`` turns
     true (`DecodeCancelled`) or after ``timeout_s`` (`CTInputError`); ``shown`` replaces the
-    server's paths in messages."""
+    server's paths in messages. ``slice_headers``: with `CTVolume.sources` (a DICOM series'
+    per-slice headers; about 2 ms a slice each way, so only when asked)."""
     timeout_s = decode_timeout() if timeout_s is None else timeout_s
     hidden = str(Path(path).parent)
     with tempfile.TemporaryDirectory(prefix="ldct-decode-") as folder:
         out = Path(folder)
         child = _take_child()
         try:
+            child.stdin.write(f"{path}\n{out}\n{'sources' if slice_headers else ''}\n".encode())
+            child.stdin.close()
             return _await(child, path, out, shown, hidden, stop, timeout_s)
         finally:
             child.errors.close()
@@ -82,9 +87,7 @@ def read_in_child(path: str | Path, shown: str, stop: Callable[[], bool] | None 
 
 def _await(child: subprocess.Popen, path: str | Path, out: Path, shown: str, hidden: str,
            stop: Callable[[], bool] | None, timeout_s: float) -> CTVolume:
-    """Give ``child`` its work and wait for it (killing it on cancel or timeout)."""
-    child.stdin.write(f"{path}\n{out}\n".encode())
-    child.stdin.close()
+    """Wait for ``child`` to read ``path`` (killing it on cancel or timeout)."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -113,10 +116,11 @@ def _await(child: subprocess.Popen, path: str | Path, out: Path, shown: str, hid
     return CTVolume(hu=np.load(out / "hu.npy"), spacing=tuple(geometry["spacing"]),
                     origin=tuple(geometry["origin"]),
                     direction=np.array(geometry["direction"], dtype=np.float64),
-                    dicom=None if header is None else Dataset.from_json(header))
+                    dicom=None if header is None else Dataset.from_json(header),
+                    sources=tuple(Dataset.from_json(s) for s in geometry["sources"]))
 
 
-def _child(path: str, out: Path) -> int:
+def _child(path: str, out: Path, slice_headers: bool) -> int:
     """The child's work: read, then write the array and geometry (or the refusal)."""
     try:
         volume = read_volume(path)
@@ -127,10 +131,12 @@ def _child(path: str, out: Path) -> int:
     header = None if volume.dicom is None else volume.dicom.to_json_dict()
     (out / "geometry.json").write_text(json.dumps({
         "spacing": list(volume.spacing), "origin": list(volume.origin),
-        "direction": np.asarray(volume.direction).tolist(), "dicom": header}))
+        "direction": np.asarray(volume.direction).tolist(), "dicom": header,
+        "sources": [s.to_json_dict() for s in volume.sources] if slice_headers else []}))
     return 0
 
 
 if __name__ == "__main__":
-    work = sys.stdin.readline().strip(), sys.stdin.readline().strip()
-    sys.exit(_child(work[0], Path(work[1])) if all(work) else 0)  # no work: the server ended
+    work = [sys.stdin.readline().strip() for _ in range(3)]  # path, out folder, "sources"?
+    sys.exit(_child(work[0], Path(work[1]), work[2] == "sources") if all(work[:2])
+             else 0)  # no work: the server ended

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lib.infers.denoise import DenoiseInfer
+from lib.infers.denoise import DenoiseInfer, WriteBack
 
 
 class DenoiserConfig:
@@ -10,5 +10,6 @@ class DenoiserConfig:
 
     model = ""
 
-    def infer(self) -> DenoiseInfer:
-        return DenoiseInfer(self.model)
+    def infer(self, store: WriteBack | None = None) -> DenoiseInfer:
+        """The infer task; ``store``: where ``write_back: true`` stores results (a PACS)."""
+        return DenoiseInfer(self.model, store)

@@ -13,7 +13,7 @@ from monailabel.config import settings
 from monailabel.datastore.dicom import DICOMwebClientX, DICOMWebDatastore
 from pydicom import Dataset
 
-from ldct.io import read_volume
+from ldct.io import CTVolume
 from ldct.pacs import store_derived_series
 
 SERIES_FIELDS = ("SeriesInstanceUID", "StudyInstanceUID", "PatientID", "StudyDate",
@@ -46,11 +46,11 @@ class PacsDatastore(DICOMWebDatastore):
             objects[info["SeriesInstanceUID"]] = {"image": {"info": info}, "labels": {}}
         return {"name": self.name(), "objects": objects}
 
-    def write_back(self, image_id: str, result_file: str, model: str, strength: float,
+    def write_back(self, source: CTVolume, result: CTVolume, model: str, strength: float,
                    version: str = "") -> str:
-        """Store the denoised ``result_file`` as a new series in ``image_id``'s study."""
-        source = read_volume(self.get_image_uri(image_id))
-        series_uid = store_derived_series(self._client, source, read_volume(result_file),
-                                          model, strength, version)
+        """Store ``result`` as a new series in the study of ``source`` (a series of this PACS
+        as the infer decoded it, with its slice headers: nothing is read again here)."""
+        series_uid = store_derived_series(self._client, source, result, model, strength,
+                                          version)
         self.list_images.cache_clear()  # the new series is listed at once
         return series_uid

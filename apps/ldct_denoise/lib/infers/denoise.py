@@ -7,6 +7,8 @@ voxel type and compression MONAI Label's ``result_extension``, ``result_dtype`` 
 ``result_compress`` ask (`ldct.infer_params`) - our own writer, much faster than the stock one.
 ``target_noise`` (HU, or a name of the server's noise levels resolved for the scan's kernel)
 picks the strength; the response then says the measured input noise, strength and result noise.
+``write_back: true`` stores the result in the PACS (the app's ``store``) from the volumes in
+memory: the source is decoded once, in the decoding child, with its slice headers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import HTTPException
@@ -23,21 +26,26 @@ from ldct import registry
 from ldct.ct_guard import check_ct_numbers
 from ldct.infer import DenoiseCancelled, denoise, denoise_to_noise
 from ldct.infer_params import PARAMS, json_schema, parse_params, task_config
-from ldct.io import CTInputError, write_volume
+from ldct.io import CTInputError, CTVolume, write_volume
 from ldct.jobs import JOBS
 from ldct.noise_level import LEVELS_ENV, NoiseLevels, scan_kernel
+from ldct.pacs import PacsError
 from ldct.server.decode import DecodeCancelled, read_in_child
+
+# stores (source, result, model, strength, version) as a derived series; returns its UID
+WriteBack = Callable[[CTVolume, CTVolume, str, float, str], str]
 
 
 class DenoiseInfer(InferTask):
     """Denoise a CT volume with one registered model (`InferType.OTHERS`)."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, store: WriteBack | None = None) -> None:
         info = registry.get(model)
         super().__init__(type=InferType.OTHERS, labels=None, dimension=3,
                          description=f"{info.title} - {info.paper}, {info.supervision}",
                          config=task_config(info.default_strength))
         self.model = model
+        self.store = store  # the PACS's write-back; None: the datastore is not a PACS
         self.levels = NoiseLevels.load(os.environ.get(LEVELS_ENV) or None)  # `serve --noise-levels`
 
     def info(self) -> dict[str, Any]:
@@ -60,12 +68,17 @@ class DenoiseInfer(InferTask):
         weights = info.weights if info.kind == "network" else None  # fixed for this request
         version = "" if weights is None else info.version_of(weights)
         job = JOBS.find(request.get("job", ""))
+        if params.write_back and (self.store is None or not request.get("image_id")):
+            raise HTTPException(status_code=422, detail=(
+                "write_back needs a series from a PACS: start the server with "
+                "--studies http://HOST:PORT/dicom-web and send a datastore image id."))
         try:
             if job is not None and not job.claim():
                 raise DenoiseCancelled("cancelled before it started")
             volume = read_in_child(request["image"], request.get("upload_name")
                                    or request.get("image_id") or "the image",
-                                   stop=job.stop_requested if job else None)
+                                   stop=job.stop_requested if job else None,
+                                   slice_headers=params.write_back)
             model_start = time.perf_counter()
             options = {"device": params.device, "weights": weights, "ensemble": params.ensemble,
                        "stop": job.stop_requested if job else None,
@@ -87,6 +100,13 @@ class DenoiseInfer(InferTask):
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         model_s = time.perf_counter() - model_start
         ct_check = check_ct_numbers(volume.hu, result.hu).as_dict()
+        written = {}
+        if params.write_back:
+            try:
+                written = {"written_back_series": self.store(volume, result, self.model,
+                                                             strength, version or "baseline")}
+            except PacsError as exc:
+                raise HTTPException(status_code=502, detail=str(exc)) from exc
         handle, out = tempfile.mkstemp(prefix="ldct-result-", suffix=params.extension)
         os.close(handle)
         try:
@@ -95,7 +115,7 @@ class DenoiseInfer(InferTask):
             os.unlink(out)
             raise
         return out, {"model": self.model, "version": version, "strength": strength, **noise,
-                     "ensemble": params.ensemble, "device": params.device,
+                     "ensemble": params.ensemble, "device": params.device, **written,
                      "result_extension": params.extension,
                      "result_dtype": params.written_dtype,
                      "result_compress": params.result_compress, "notes": list(params.notes),
