@@ -94,10 +94,9 @@ class NPS:
 
     @property
     def mean_frequency(self) -> float:
-        """The power-weighted mean radial frequency of the 2D NPS (rings weighted by their
-        circumference): it falls when a denoiser leaves coarser, "plastic" noise."""
-        weight = self.power * self.frequency
-        return float((weight * self.frequency).sum() / weight.sum())
+        """AAPM TG-233's average frequency f_av = sum f NPS(f) / sum NPS(f) over the rings of
+        the radial NPS: it falls when a denoiser leaves coarser, "plastic" noise."""
+        return float((self.frequency * self.power).sum() / self.power.sum())
 
     @property
     def peak_frequency(self) -> float:

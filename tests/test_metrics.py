@@ -70,14 +70,47 @@ def test_cnr_divides_by_the_backgrounds_sd_not_the_lesions():
 
 
 def test_nps_of_white_noise_is_flat_and_integrates_to_the_variance():
+    """White noise of SD 20 HU on 0.5 mm pixels: NPS = sigma^2 dx dy = 100 HU^2 mm^2 in every
+    ring, rings 1 / (64 x 0.5 mm) apart. TG-233's mean frequency sum f NPS / sum NPS of a flat
+    NPS over rings k / 32 cycles/mm, k = 1..31 (ring 0 is the removed mean) is the rings' own
+    mean, 16 / 32 = 0.5 cycles/mm (not 21 / 32 = 0.656, rings weighted by circumference, nor
+    0.765, the mean |f| over the whole 2D grid)."""
     rng = np.random.default_rng(2)
     sigma, pixel = 20.0, 0.5
-    noise = rng.normal(0, sigma, (8, 128, 128))
+    noise = rng.normal(0, sigma, (40, 128, 128))
     spectrum = metrics.nps(noise, (pixel, pixel), roi=64)
     assert spectrum.variance == pytest.approx(sigma**2, rel=0.02)
-    level = sigma**2 * pixel * pixel  # white noise: NPS = sigma^2 dx dy everywhere
-    assert np.median(spectrum.power[1:]) == pytest.approx(level, rel=0.1)
-    assert spectrum.frequency[1] == pytest.approx(1.0 / (64 * pixel))
+    assert np.allclose(spectrum.power[1:], 100.0, rtol=0.1)
+    assert spectrum.frequency[1] == pytest.approx(1.0 / 32)
+    assert spectrum.mean_frequency == pytest.approx(0.5, rel=0.01)
+
+
+def test_nps_of_a_sinusoid_sits_at_its_frequency():
+    """10 HU cos(2 pi x / 4 mm) on 0.5 mm pixels: all its power is at 0.25 cycles/mm (ring 8
+    of 64-pixel ROIs, 8 whole periods each), so the mean and the peak frequency are 0.25 and
+    the variance is 10^2 / 2 = 50 HU^2."""
+    x = np.arange(128) * 0.5
+    image = np.broadcast_to(10.0 * np.cos(2 * np.pi * x / 4.0)[None, :], (2, 128, 128))
+    spectrum = metrics.nps(image, (0.5, 0.5), roi=64)
+    assert spectrum.mean_frequency == pytest.approx(0.25, abs=1e-9)
+    assert spectrum.peak_frequency == pytest.approx(0.25, abs=1e-9)
+    assert spectrum.variance == pytest.approx(50.0, rel=1e-9)
+
+
+def test_nps_of_filtered_noise_is_its_squared_transfer_function():
+    """White noise through H(f) = exp(-2 pi^2 a^2 f^2) (a Gaussian of SD a pixels, applied as
+    a periodic filter): NPS = sigma^2 dx^2 H^2."""
+    rng = np.random.default_rng(6)
+    sigma, pixel, a = 10.0, 0.5, 1.5
+    white = rng.normal(0, sigma, (60, 128, 128))
+    f = np.hypot(np.fft.fftfreq(128)[:, None], np.fft.fftfreq(128)[None, :])
+    h = np.exp(-2 * np.pi ** 2 * a ** 2 * f ** 2)
+    noise = np.fft.ifft2(np.fft.fft2(white) * h).real
+    spectrum = metrics.nps(noise, (pixel, pixel), roi=64)
+    cycles_per_pixel = spectrum.frequency * pixel
+    expected = sigma ** 2 * pixel ** 2 * np.exp(-4 * np.pi ** 2 * a ** 2 * cycles_per_pixel ** 2)
+    strong = expected > 0.1 * expected.max()
+    assert np.allclose(spectrum.power[1:][strong[1:]], expected[1:][strong[1:]], rtol=0.12)
 
 
 def test_nps_peak_of_band_pass_noise_is_found():
