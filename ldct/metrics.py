@@ -84,6 +84,24 @@ def cnr(image: np.ndarray, lesion: np.ndarray, background: np.ndarray) -> float:
     return float(abs(_masked(image, lesion).mean() - bg.mean()) / bg.std())
 
 
+def roc_kernel(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """Mann-Whitney kernel of every (positive, negative) score pair along the last axes: 1
+    when the positive case scores higher, 1/2 for a tie, 0; shape (..., m, n). Its mean is
+    the empirical AUC, its row and column means DeLong's structural components."""
+    positive, negative = np.asarray(positive, float), np.asarray(negative, float)
+    p, n = positive[..., :, None], negative[..., None, :]
+    return (p > n) + 0.5 * (p == n)
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float | np.ndarray:
+    """Empirical (Wilcoxon-Mann-Whitney) area under the ROC curve of the scores along the last
+    axis, ties counting one half: a float for 1D scores, else one AUC per leading index."""
+    if np.shape(positive)[-1] == 0 or np.shape(negative)[-1] == 0:
+        raise ValueError("an AUC needs at least one positive and one negative case")
+    area = roc_kernel(positive, negative).mean(axis=(-2, -1))
+    return float(area) if np.ndim(area) == 0 else area
+
+
 @dataclass
 class NPS:
     """Radially averaged noise power spectrum: frequencies in cycles/mm, power in HU^2 mm^2."""

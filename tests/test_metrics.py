@@ -69,6 +69,20 @@ def test_cnr_divides_by_the_backgrounds_sd_not_the_lesions():
     assert metrics.cnr(dark, lesion, ~lesion) == pytest.approx(6.0, abs=1e-9)
 
 
+def test_auc_counts_ties_as_half_by_hand():
+    """Scores of 4 diseased and 5 healthy cases, the 20 pairs counted by hand: 5 beats all 5
+    (5); each 4 ties the healthy 4 and beats the other 4 (4.5 + 4.5); 2 beats the two 1s and
+    ties the 2 (2.5): 16.5 / 20 = 0.825. Swapped, 1 - 0.825 = 0.175; a second reader scoring
+    all cases alike has 0.5; no case of a kind is an error."""
+    diseased, healthy = [5, 4, 4, 2], [4, 3, 1, 1, 2]
+    assert metrics.auc(np.array(diseased), np.array(healthy)) == pytest.approx(0.825, abs=1e-12)
+    assert metrics.auc(np.array(healthy), np.array(diseased)) == pytest.approx(0.175, abs=1e-12)
+    readers = metrics.auc(np.array([diseased, [3] * 4]), np.array([healthy, [3] * 5]))
+    np.testing.assert_allclose(readers, [0.825, 0.5], atol=1e-12)
+    with pytest.raises(ValueError, match="at least one positive and one negative"):
+        metrics.auc(np.array(diseased), np.array([]))
+
+
 def test_nps_of_white_noise_is_flat_and_integrates_to_the_variance():
     """White noise of SD 20 HU on 0.5 mm pixels: NPS = sigma^2 dx dy = 100 HU^2 mm^2 in every
     ring, rings 1 / (64 x 0.5 mm) apart. TG-233's mean frequency sum f NPS / sum NPS of a flat
