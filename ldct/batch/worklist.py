@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ldct.batch import dicomweb
+from ldct.messages import clip
 
 VOLUME_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".zip", ".dcm")
 # a DICOM UID (PS3.5 9.1): checked before a query, where a PACS may match wildcards or lists
@@ -82,7 +83,7 @@ def from_csv(table: str | Path, pacs: str | None = None, datastore: str | Path |
     if pacs:
         for number, uid in enumerate(ids, start=1):
             if len(uid) > 64 or not SERIES_UID.fullmatch(uid):
-                raise WorklistError(f"{table}: id {uid[:80]!r} (id {number}) is not a DICOM "
+                raise WorklistError(f"{table}: id {clip(uid)!r} (id {number}) is not a DICOM "
                                     "series UID (numbers joined by dots, at most 64 "
                                     "characters); with --pacs each id is a SeriesInstanceUID")
         client = dicomweb.client(pacs)

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score
 
+from ldct.messages import clip
 from ldct.study.mrmc import Components, obuchowski_rockette
 
 ALPHA = 0.05
@@ -81,7 +82,7 @@ def _cell(where: str, row: dict[str, Any], column: str, kind: type,
     except ValueError:
         value = None
     if value is None or not np.isfinite(value):
-        raise ValueError(f"{where}, column {column!r}: {text[:40]!r} is not a "
+        raise ValueError(f"{where}, column {column!r}: {clip(text)!r} is not a "
                          f"{'whole number' if kind is int else 'finite number'}")
     return value
 
@@ -350,7 +351,7 @@ def pilot_components(path: str | Path, criterion: str | None = None,
     values = {name: _cell(where, {name: str(row[name])}, name, float) for name in COMPONENTS}
     cases = row["cases"]
     if not (isinstance(cases, (int, float)) and float(cases).is_integer() and cases >= 2):
-        raise ValueError(f"{where}, column 'cases': {str(cases)[:40]!r} is not a case count "
+        raise ValueError(f"{where}, column 'cases': {clip(str(cases))!r} is not a case count "
                          "of at least 2")
     return Components(**values, ms_t=float("nan"), ms_r=float("nan"), ms_tr=float("nan")), \
         int(cases), row
