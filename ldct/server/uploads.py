@@ -18,6 +18,8 @@ import struct
 import zlib
 from pathlib import Path
 
+from pydicom.misc import is_dicom
+
 from ldct.io import CTInputError, check_declared, inflate_deflated, is_deflated
 from ldct.messages import clip
 
@@ -65,7 +67,7 @@ def check_upload(path: Path, shown: str) -> Path:
         return path.rename(path.with_name("upload.nii"))
     if head.startswith(b"PK\x03\x04"):
         return path.rename(path.with_name("upload.zip"))  # ldct.io checks the archive
-    if head[128:132] == b"DICM":
+    if is_dicom(str(path)):
         dicom = path.rename(path.with_name("upload.dcm"))
         if is_deflated(dicom):
             return inflate_deflated(dicom, dicom.with_name("inflated.dcm"), shown)
@@ -75,7 +77,7 @@ def check_upload(path: Path, shown: str) -> Path:
         return path.rename(path.with_name("upload.mha"))
     if _analyze(head):
         raise CTInputError(f"{shown}: an ANALYZE or NIfTI header without its voxels; {ONE_FILE}.")
-    return path.rename(path.with_name("upload"))  # a DICOM file without preamble, or refused
+    return path.rename(path.with_name("upload"))  # no format ldct.io reads: it refuses it
 
 
 # ----------------------------------------------------------------------------- NRRD
