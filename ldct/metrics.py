@@ -79,9 +79,18 @@ def body_mask(hu: np.ndarray, threshold: float = -500.0) -> np.ndarray:
 
 
 def cnr(image: np.ndarray, lesion: np.ndarray, background: np.ndarray) -> float:
-    """Contrast-to-noise ratio |mean(lesion) - mean(background)| / SD(background)."""
+    """Contrast-to-noise ratio |mean(lesion) - mean(background)| / SD(background).
+
+    A noiseless background (a phantom without noise) gives infinity when there is contrast,
+    the limit as the noise falls; with no contrast either it is 0/0 and refused."""
     bg = _masked(image, background)
-    return float(abs(_masked(image, lesion).mean() - bg.mean()) / bg.std())
+    contrast, noise = abs(_masked(image, lesion).mean() - bg.mean()), bg.std()
+    if noise == 0:
+        if contrast == 0:
+            raise ValueError("CNR is undefined: the lesion and a noiseless background have the "
+                             "same mean; measure it on an image with noise or with contrast")
+        return float("inf")
+    return float(contrast / noise)
 
 
 def roc_kernel(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -81,6 +83,20 @@ def test_auc_counts_ties_as_half_by_hand():
     np.testing.assert_allclose(readers, [0.825, 0.5], atol=1e-12)
     with pytest.raises(ValueError, match="at least one positive and one negative"):
         metrics.auc(np.array(diseased), np.array([]))
+
+
+def test_cnr_of_a_noiseless_phantom_is_infinite_without_a_warning():
+    """A 100 HU lesion in a flat 40 HU background with no noise: contrast 60 HU over an SD
+    of 0, the limit of 60 / sigma as sigma falls, infinity (no divide-by-zero warning); no
+    contrast and no noise is 0/0, refused."""
+    image = np.full((1, 32, 32), 40.0)
+    lesion = np.zeros(image.shape, bool)
+    lesion[0, 10:20, 10:20] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert metrics.cnr(np.where(lesion, 100.0, image), lesion, ~lesion) == float("inf")
+        with pytest.raises(ValueError, match="CNR is undefined"):
+            metrics.cnr(image, lesion, ~lesion)
 
 
 def test_nps_of_white_noise_is_flat_and_integrates_to_the_variance():
