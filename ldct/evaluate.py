@@ -312,7 +312,8 @@ def _write_texture(texture: dict[str, list[dict]], out_dir: Path) -> None:
     """``kernels_texture.csv`` and a section appended to ``kernels.md``."""
     _write_csv(out_dir / "kernels_texture.csv", texture, TEXTURE_COLUMNS)
     lines = ["", "## Texture against the normal dose's own noise", "",
-             "Noise SD (HU) and NPS mean frequency (cycles/mm) of each image measured as the "
+             "Noise SD (HU) and NPS mean frequency (cycles/mm; AAPM TG-233's f_av, sum f "
+             "NPS(f) / sum NPS(f) over the radial NPS) of each image measured as the "
              "normal dose's own are (across-slice differences in the eroded liver, robust SD; "
              "`ldct.noise_level`), as ratios to the normal dose's; then `matched_*`: the "
              "strength at which the output blended with the input has the normal dose's own "

@@ -24,6 +24,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
+from pydicom.misc import is_dicom
 from pydicom.uid import generate_uid
 
 from ldct.derived import SOFTWARE, Derivation, match_sources, write_derived_series
@@ -186,7 +187,7 @@ def read_volume(path: str | Path, series_uid: str | None = None) -> CTVolume:
                 _check_zip(archive, path)
                 _safe_extract(archive, Path(tmp))
             return read_dicom_series(Path(tmp), series_uid)
-    if _is_dicom_file(path):
+    if is_dicom(str(path)):  # the DICM marker after the preamble, as pydicom reads files
         return read_dicom_series([path], series_uid)
     raise CTInputError(f"{path}: unrecognised file type. Supported: a DICOM series folder, a DICOM "
                        "file, a .zip of a DICOM series, .nrrd, .nii/.nii.gz, .mha.")
@@ -262,18 +263,6 @@ def inflate_deflated(path: Path, dest: Path, source: str) -> Path:
                                        "uncompressed transfer syntax.")
                 out.write(data)
     return dest
-
-
-def _is_dicom_file(path: Path) -> bool:
-    with open(path, "rb") as handle:
-        head = handle.read(132)
-    if head[128:132] == b"DICM":
-        return True
-    try:  # some old files have no preamble
-        pydicom.dcmread(path, stop_before_pixels=True)
-        return True
-    except Exception:
-        return False
 
 
 def _read_itk(path: Path) -> CTVolume:

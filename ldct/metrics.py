@@ -79,9 +79,36 @@ def body_mask(hu: np.ndarray, threshold: float = -500.0) -> np.ndarray:
 
 
 def cnr(image: np.ndarray, lesion: np.ndarray, background: np.ndarray) -> float:
-    """Contrast-to-noise ratio |mean(lesion) - mean(background)| / SD(background)."""
+    """Contrast-to-noise ratio |mean(lesion) - mean(background)| / SD(background).
+
+    A noiseless background (a phantom without noise) gives infinity when there is contrast,
+    the limit as the noise falls; with no contrast either it is 0/0 and refused."""
     bg = _masked(image, background)
-    return float(abs(_masked(image, lesion).mean() - bg.mean()) / bg.std())
+    contrast, noise = abs(_masked(image, lesion).mean() - bg.mean()), bg.std()
+    if noise == 0:
+        if contrast == 0:
+            raise ValueError("CNR is undefined: the lesion and a noiseless background have the "
+                             "same mean; measure it on an image with noise or with contrast")
+        return float("inf")
+    return float(contrast / noise)
+
+
+def roc_kernel(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
+    """Mann-Whitney kernel of every (positive, negative) score pair along the last axes: 1
+    when the positive case scores higher, 1/2 for a tie, 0; shape (..., m, n). Its mean is
+    the empirical AUC, its row and column means DeLong's structural components."""
+    positive, negative = np.asarray(positive, float), np.asarray(negative, float)
+    p, n = positive[..., :, None], negative[..., None, :]
+    return (p > n) + 0.5 * (p == n)
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float | np.ndarray:
+    """Empirical (Wilcoxon-Mann-Whitney) area under the ROC curve of the scores along the last
+    axis, ties counting one half: a float for 1D scores, else one AUC per leading index."""
+    if np.shape(positive)[-1] == 0 or np.shape(negative)[-1] == 0:
+        raise ValueError("an AUC needs at least one positive and one negative case")
+    area = roc_kernel(positive, negative).mean(axis=(-2, -1))
+    return float(area) if np.ndim(area) == 0 else area
 
 
 @dataclass
@@ -94,10 +121,9 @@ class NPS:
 
     @property
     def mean_frequency(self) -> float:
-        """The power-weighted mean radial frequency of the 2D NPS (rings weighted by their
-        circumference): it falls when a denoiser leaves coarser, "plastic" noise."""
-        weight = self.power * self.frequency
-        return float((weight * self.frequency).sum() / weight.sum())
+        """AAPM TG-233's average frequency f_av = sum f NPS(f) / sum NPS(f) over the rings of
+        the radial NPS: it falls when a denoiser leaves coarser, "plastic" noise."""
+        return float((self.frequency * self.power).sum() / self.power.sum())
 
     @property
     def peak_frequency(self) -> float:

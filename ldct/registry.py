@@ -248,15 +248,32 @@ def get(name: str) -> ModelInfo:
     return REGISTRY[name]
 
 
+def _record(path: Path, remedy: str, per_model: bool = False) -> dict[str, Any]:
+    """A JSON object that a command wrote into models/, or {} when there is none or it is
+    malformed (logged with ``remedy``): /info/ and the listings must answer without it."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict):
+            raise ValueError(f"a {type(data).__name__}, not an object")
+        if per_model and not all(isinstance(v, dict) for v in data.values()):
+            raise ValueError("each model's entry must be an object")
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        logger.error("ignored %s (%s); %s", path, error, remedy)
+        return {}
+    return data
+
+
 def recommendation() -> dict[str, Any]:
     """What `benchmarks/select_model.py --write` chose and why (empty when never run)."""
-    return json.loads(RECOMMENDED_FILE.read_text()) if RECOMMENDED_FILE.exists() else {}
+    return _record(RECOMMENDED_FILE, "rerun `python benchmarks/select_model.py --write`")
 
 
 def task_quality() -> dict[str, Any]:
     """Per model: dose-reduction estimate and detectability losses (`ldct qa`; empty until
     run)."""
-    return json.loads(QUALITY_FILE.read_text()) if QUALITY_FILE.exists() else {}
+    return _record(QUALITY_FILE, "rerun `ldct qa --write`", per_model=True)
 
 
 def noise_calibrations() -> dict[str, Any]:

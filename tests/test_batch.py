@@ -225,6 +225,14 @@ def test_a_csv_of_pacs_series_ids_to_a_folder(pacs, ray_address, tmp_path, capsy
                  "--out", str(out)])
     said = " ".join(capsys.readouterr().out.split())
     assert code == 2 and "series 1.2.3.4 is not in the PACS" in said
+    # ids that are no UID are refused before any query (a PACS may match * or a UID list)
+    for bad in ("*", f"{chosen[0]}\\{chosen[1]}", "1.2.03", "1." + "2" * 70, "../x"):
+        table.write_text(f"id\n{chosen[0]}\n{bad}\n")
+        code = main(["batch", str(table), "--pacs", f"{url}/dicom-web", "--model", "vagan",
+                     "--out", str(tmp_path / "never")])
+        said = " ".join(capsys.readouterr().out.split())
+        assert code == 2 and "(id 2) is not a DICOM series UID" in said, said
+        assert not [p for p in (tmp_path / "never").iterdir() if not p.name.startswith(".")]
 
 
 def _cli(capsys, *args: str) -> tuple[int, str]:

@@ -161,6 +161,22 @@ def test_missing_and_unknown_files(tmp_path):
         read_volume(empty)
 
 
+def test_a_dicom_file_is_known_by_its_marker_after_the_preamble(tmp_path, phantom):
+    """PS3.10 7.1: a DICOM file is a 128-byte preamble, "DICM", then the data set. A slice
+    as written reads; the same bytes without the preamble and marker are refused (pydicom
+    reads no file without them), as a file with "DICM" at the start instead of byte 128."""
+    write_dicom_series(CTVolume(hu=phantom.volume.hu[:1], spacing=phantom.volume.spacing),
+                       tmp_path / "series")
+    (one,) = sorted((tmp_path / "series").iterdir())
+    assert read_volume(one).hu.shape[0] == 1
+    data = one.read_bytes()
+    assert data[128:132] == b"DICM"
+    for name, changed in (("bare.dcm", data[132:]), ("early.dcm", b"DICM" + data[132:])):
+        (tmp_path / name).write_bytes(changed)
+        with pytest.raises(CTInputError, match="unrecognised file type"):
+            read_volume(tmp_path / name)
+
+
 def test_a_2d_nrrd_reads_as_one_slice(tmp_path, phantom):
     path = tmp_path / "slice.nrrd"
     sitk.WriteImage(sitk.GetImageFromArray(phantom.volume.hu[0]), str(path))

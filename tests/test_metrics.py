@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -69,15 +71,76 @@ def test_cnr_divides_by_the_backgrounds_sd_not_the_lesions():
     assert metrics.cnr(dark, lesion, ~lesion) == pytest.approx(6.0, abs=1e-9)
 
 
+def test_auc_counts_ties_as_half_by_hand():
+    """Scores of 4 diseased and 5 healthy cases, the 20 pairs counted by hand: 5 beats all 5
+    (5); each 4 ties the healthy 4 and beats the other 4 (4.5 + 4.5); 2 beats the two 1s and
+    ties the 2 (2.5): 16.5 / 20 = 0.825. Swapped, 1 - 0.825 = 0.175; a second reader scoring
+    all cases alike has 0.5; no case of a kind is an error."""
+    diseased, healthy = [5, 4, 4, 2], [4, 3, 1, 1, 2]
+    assert metrics.auc(np.array(diseased), np.array(healthy)) == pytest.approx(0.825, abs=1e-12)
+    assert metrics.auc(np.array(healthy), np.array(diseased)) == pytest.approx(0.175, abs=1e-12)
+    readers = metrics.auc(np.array([diseased, [3] * 4]), np.array([healthy, [3] * 5]))
+    np.testing.assert_allclose(readers, [0.825, 0.5], atol=1e-12)
+    with pytest.raises(ValueError, match="at least one positive and one negative"):
+        metrics.auc(np.array(diseased), np.array([]))
+
+
+def test_cnr_of_a_noiseless_phantom_is_infinite_without_a_warning():
+    """A 100 HU lesion in a flat 40 HU background with no noise: contrast 60 HU over an SD
+    of 0, the limit of 60 / sigma as sigma falls, infinity (no divide-by-zero warning); no
+    contrast and no noise is 0/0, refused."""
+    image = np.full((1, 32, 32), 40.0)
+    lesion = np.zeros(image.shape, bool)
+    lesion[0, 10:20, 10:20] = True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert metrics.cnr(np.where(lesion, 100.0, image), lesion, ~lesion) == float("inf")
+        with pytest.raises(ValueError, match="CNR is undefined"):
+            metrics.cnr(image, lesion, ~lesion)
+
+
 def test_nps_of_white_noise_is_flat_and_integrates_to_the_variance():
+    """White noise of SD 20 HU on 0.5 mm pixels: NPS = sigma^2 dx dy = 100 HU^2 mm^2 in every
+    ring, rings 1 / (64 x 0.5 mm) apart. TG-233's mean frequency sum f NPS / sum NPS of a flat
+    NPS over rings k / 32 cycles/mm, k = 1..31 (ring 0 is the removed mean) is the rings' own
+    mean, 16 / 32 = 0.5 cycles/mm (not 21 / 32 = 0.656, rings weighted by circumference, nor
+    0.765, the mean |f| over the whole 2D grid)."""
     rng = np.random.default_rng(2)
     sigma, pixel = 20.0, 0.5
-    noise = rng.normal(0, sigma, (8, 128, 128))
+    noise = rng.normal(0, sigma, (40, 128, 128))
     spectrum = metrics.nps(noise, (pixel, pixel), roi=64)
     assert spectrum.variance == pytest.approx(sigma**2, rel=0.02)
-    level = sigma**2 * pixel * pixel  # white noise: NPS = sigma^2 dx dy everywhere
-    assert np.median(spectrum.power[1:]) == pytest.approx(level, rel=0.1)
-    assert spectrum.frequency[1] == pytest.approx(1.0 / (64 * pixel))
+    assert np.allclose(spectrum.power[1:], 100.0, rtol=0.1)
+    assert spectrum.frequency[1] == pytest.approx(1.0 / 32)
+    assert spectrum.mean_frequency == pytest.approx(0.5, rel=0.01)
+
+
+def test_nps_of_a_sinusoid_sits_at_its_frequency():
+    """10 HU cos(2 pi x / 4 mm) on 0.5 mm pixels: all its power is at 0.25 cycles/mm (ring 8
+    of 64-pixel ROIs, 8 whole periods each), so the mean and the peak frequency are 0.25 and
+    the variance is 10^2 / 2 = 50 HU^2."""
+    x = np.arange(128) * 0.5
+    image = np.broadcast_to(10.0 * np.cos(2 * np.pi * x / 4.0)[None, :], (2, 128, 128))
+    spectrum = metrics.nps(image, (0.5, 0.5), roi=64)
+    assert spectrum.mean_frequency == pytest.approx(0.25, abs=1e-9)
+    assert spectrum.peak_frequency == pytest.approx(0.25, abs=1e-9)
+    assert spectrum.variance == pytest.approx(50.0, rel=1e-9)
+
+
+def test_nps_of_filtered_noise_is_its_squared_transfer_function():
+    """White noise through H(f) = exp(-2 pi^2 a^2 f^2) (a Gaussian of SD a pixels, applied as
+    a periodic filter): NPS = sigma^2 dx^2 H^2."""
+    rng = np.random.default_rng(6)
+    sigma, pixel, a = 10.0, 0.5, 1.5
+    white = rng.normal(0, sigma, (60, 128, 128))
+    f = np.hypot(np.fft.fftfreq(128)[:, None], np.fft.fftfreq(128)[None, :])
+    h = np.exp(-2 * np.pi ** 2 * a ** 2 * f ** 2)
+    noise = np.fft.ifft2(np.fft.fft2(white) * h).real
+    spectrum = metrics.nps(noise, (pixel, pixel), roi=64)
+    cycles_per_pixel = spectrum.frequency * pixel
+    expected = sigma ** 2 * pixel ** 2 * np.exp(-4 * np.pi ** 2 * a ** 2 * cycles_per_pixel ** 2)
+    strong = expected > 0.1 * expected.max()
+    assert np.allclose(spectrum.power[1:][strong[1:]], expected[1:][strong[1:]], rtol=0.12)
 
 
 def test_nps_peak_of_band_pass_noise_is_found():

@@ -182,3 +182,86 @@ def test_plan_from_published_components(tmp_path, capsys):
     for hostile in (["--readers", "2-100000000"], ["--power", "1.5"], ["--alpha", "0"]):
         assert main(["study", "plan", str(pilot), "--effect", "0.05", *hostile]) == 2, hostile
         assert "--" in capsys.readouterr().out  # the message names the option
+
+
+def _export_with(tmp_path, name: str, column: str, value: str | None) -> str:
+    """A real export (3 readers, 4 cases) with ``column`` of its third row set to ``value``
+    (None: the row cut short before that column)."""
+    rows = synthetic_scores({"m": 1.0}, readers=3, cases=4, seed=2)
+    write_scores(rows, tmp_path / "good.csv")
+    lines = (tmp_path / "good.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    cells = lines[3].split(",")
+    if value is None:
+        cells = cells[:header.index(column)]
+    else:
+        cells[header.index(column)] = value
+    lines[3] = ",".join(cells)
+    (tmp_path / name).write_text("\n".join(lines) + "\n")
+    return str(tmp_path / name)
+
+
+@pytest.mark.parametrize("action", ["report", "plan"])
+@pytest.mark.parametrize("column,value,words", [
+    ("score", "nan", "row 3, column 'score': 'nan' is not a whole number"),
+    ("score", "4.5", "row 3, column 'score': '4.5' is not a whole number"),
+    ("reading_seconds", "nan", "row 3, column 'reading_seconds': 'nan' is not a finite"),
+    ("chosen", "yes", "row 3, column 'chosen': 'yes' is not a whole number"),
+    ("score", None, "row 3: the row ends before column 'score'")])
+def test_a_malformed_score_cell_is_refused_naming_file_row_and_column(
+        action, column, value, words, tmp_path, capsys):
+    path = _export_with(tmp_path, f"bad_{column}.csv", column, value)
+    extra = ["--out", str(tmp_path / "out")] if action == "report" else ["--effect", "0.1"]
+    assert main(["study", action, path, *extra]) == 2
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"bad_{column}.csv, {words}" in out, out
+    assert not (tmp_path / "out" / "report.md").exists()
+
+
+@pytest.mark.parametrize("action", ["report", "plan"])
+def test_an_empty_or_headless_export_is_refused(action, tmp_path, capsys):
+    """Empty: every required column is named missing; a header alone: zero cases."""
+    from ldct.study.analysis import FIELDS
+
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "header.csv").write_text(",".join(FIELDS) + "\n")
+    (tmp_path / "no_score.csv").write_text(",".join(f for f in FIELDS if f != "score")
+                                           + "\n" + ",".join("1" for f in FIELDS[1:]) + "\n")
+    extra = ["--out", str(tmp_path / "out")] if action == "report" else ["--effect", "0.1"]
+    for name, words in (("empty.csv", "no column case, chosen"),
+                        ("header.csv", "no score rows (zero cases)"),
+                        ("no_score.csv", "not a study export: no column score;")):
+        assert main(["study", action, str(tmp_path / name), *extra]) == 2
+        out = " ".join(capsys.readouterr().out.split())
+        assert name in out and words in out, (name, out)
+
+
+def test_plan_refuses_a_pilot_it_cannot_plan_from(tmp_path, capsys):
+    """One reader (no MRMC row), and mrmc.csv rows whose case count or components are not
+    numbers, or that lack a column: each refused naming the file and the column."""
+    rows = [r for r in synthetic_scores({"m": 1.0}, readers=3, cases=4, seed=2)
+            if r["reader"] == "reader1"]
+    write_scores(rows, tmp_path / "one_reader.csv")
+    header = "criterion,model,cases,var_reader,var_treatment_reader,var_error,cov1,cov2,cov3"
+    good = ["noise", "m", "50", "0.01", "0.001", "0.002", "0.001", "0.0009", "0.0008"]
+
+    def pilot(name: str, column: str, value: str) -> None:
+        cells = list(good)
+        cells[header.split(",").index(column)] = value
+        (tmp_path / name).write_text(header + "\n" + ",".join(cells) + "\n")
+
+    pilot("nan_cases.csv", "cases", "nan")
+    pilot("zero_cases.csv", "cases", "0")
+    pilot("nan_error.csv", "var_error", "nan")
+    pilot("text_cov2.csv", "cov2", "n/a")
+    (tmp_path / "no_cov3.csv").write_text(header.rsplit(",", 1)[0] + "\n"
+                                          + ",".join(good[:-1]) + "\n")
+    for name, words in (("one_reader.csv", "at least 2 readers and 2 cases"),
+                        ("nan_cases.csv", "column 'cases': 'nan' is not a case count"),
+                        ("zero_cases.csv", "column 'cases': '0.0' is not a case count"),
+                        ("nan_error.csv", "column 'var_error': 'nan' is not a finite number"),
+                        ("text_cov2.csv", "column 'cov2': 'n/a' is not a finite number"),
+                        ("no_cov3.csv", "an MRMC table without column cov3")):
+        assert main(["study", "plan", str(tmp_path / name), "--effect", "0.1"]) == 2, name
+        out = " ".join(capsys.readouterr().out.split())
+        assert name in out and words in out, (name, out)

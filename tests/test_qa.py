@@ -1,6 +1,6 @@
 """ldct.qa against answers from outside the code: the ideal observer's d' of a known signal in
-white noise, the normal model's AUC, the TTF of a known Gaussian blur, the NPS of white and of
-filtered noise, Catphan's nominal CT numbers on a noiseless scan, the 1/sqrt(dose) law."""
+white noise, the normal model's AUC, the TTF of a known Gaussian blur, the ensemble residuals'
+variance, Catphan's nominal CT numbers on a noiseless scan, the 1/sqrt(dose) law."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from scipy.special import erfc
 
+from ldct.metrics import auc
 from ldct.qa import phantoms
-from ldct.qa.nps import residuals, texture
-from ldct.qa.observer import Split, auc, auc_from_dprime, channelize, dprime, laguerre_gauss
+from ldct.qa.nps import residuals
+from ldct.qa.observer import Split, auc_from_dprime, channelize, dprime, laguerre_gauss
 from ldct.qa.scan import Protocol, Scanner, kernel_filter
 from ldct.qa.summary import dose_needed
 from ldct.qa.ttf import disc_ttf
@@ -53,7 +54,6 @@ def test_auc_of_normal_scores_is_phi_of_dprime_over_root_two():
     present, absent = rng.normal(1.5, 1.0, 20000), rng.normal(0.0, 1.0, 20000)
     assert auc(present, absent) == pytest.approx(0.8556, abs=0.006)
     assert dprime(present, absent) == pytest.approx(1.5, abs=0.03)
-    assert auc(np.array([3.0, 2.0]), np.array([1.0, 2.0])) == 0.875  # one tie: 3.5 of 4
 
 
 def test_ttf_of_a_known_gaussian_blur():
@@ -65,31 +65,6 @@ def test_ttf_of_a_known_gaussian_blur():
     ttf = disc_ttf(image, ((n - 1) / 2, (n - 1) / 2), radius, pixel)
     assert ttf.at_fraction(0.5) == pytest.approx(0.18739, rel=0.05)  # cycles/mm at 0.5 mm
     assert ttf.at_fraction(0.1) == pytest.approx(0.34154, rel=0.05)
-
-
-def test_nps_of_white_noise_is_flat_at_its_variance_times_pixel_area():
-    rng = np.random.default_rng(5)
-    sigma, pixel = 10.0, 0.5
-    tex = texture(rng.normal(0, sigma, (40, 128, 128)), pixel, 64)
-    expected = sigma ** 2 * pixel ** 2  # 25 HU^2 mm^2 at every frequency
-    assert np.allclose(tex.power[1:], expected, rtol=0.1)
-    assert tex.sd == pytest.approx(sigma, rel=0.02)
-
-
-def test_nps_of_filtered_noise_is_its_squared_transfer_function():
-    """White noise through H(f) = exp(-2 pi^2 a^2 f^2) (a Gaussian of SD a pixels, applied as
-    a periodic filter): NPS = sigma^2 dx^2 H^2."""
-    rng = np.random.default_rng(6)
-    sigma, pixel, a = 10.0, 0.5, 1.5
-    white = rng.normal(0, sigma, (60, 128, 128))
-    f = np.hypot(np.fft.fftfreq(128)[:, None], np.fft.fftfreq(128)[None, :])
-    h = np.exp(-2 * math.pi ** 2 * a ** 2 * f ** 2)
-    noise = np.fft.ifft2(np.fft.fft2(white) * h).real
-    tex = texture(noise, pixel, 64)
-    cycles_per_pixel = tex.frequency * pixel
-    expected = sigma ** 2 * pixel ** 2 * np.exp(-4 * math.pi ** 2 * a ** 2 * cycles_per_pixel ** 2)
-    strong = expected > 0.1 * expected.max()
-    assert np.allclose(tex.power[1:][strong[1:]], expected[1:][strong[1:]], rtol=0.12)
 
 
 def test_ensemble_residuals_keep_the_noise_variance():

@@ -52,3 +52,18 @@ def test_the_selection_passes_over_a_model_that_loses_detectability():
     assert best({"sharper": sharper, "safer": safer}) == "safer"
     assert best({"sharper": replace(sharper, loses_detectability=False),
                  "safer": safer}) == "sharper"
+
+
+@pytest.mark.parametrize("text", ["{\"vagan\": {\"dose_reduction_median\": 0.4", "[1, 2]",
+                                  "{\"vagan\": 0.4}", "\xff\xfe"])
+def test_a_malformed_task_quality_file_is_ignored_with_the_command_that_remakes_it(
+        text, tmp_path, monkeypatch, caplog):
+    """A truncated, wrongly shaped or undecodable models/task_quality.json must not take
+    /info/ down (it serializes each model's summary): the models show no QA verdict and the
+    log names the file and `ldct qa --write`."""
+    bad = tmp_path / "task_quality.json"
+    bad.write_bytes(text.encode("latin-1"))
+    monkeypatch.setattr(registry, "QUALITY_FILE", bad)
+    assert registry.task_quality() == {}
+    assert registry.get("ldct-gauss").summary()["task_based_quality"] == {}
+    assert str(bad) in caplog.text and "ldct qa --write" in caplog.text

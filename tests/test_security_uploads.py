@@ -313,3 +313,16 @@ def test_a_deflated_bomb_inside_a_zipped_series_is_refused_by_the_reader(tmp_pat
         packed.writestr("IM00001.dcm", _deflated_dicom_bomb())
     with pytest.raises(CTInputError, match="compression bomb"):
         read_volume(archive)
+
+
+def test_a_huge_header_value_is_shown_clipped_with_its_length(tmp_path):
+    """An NRRD header line of 500 x's is named by its first 60 characters and its length,
+    never whole (the same clip as the study definition's messages)."""
+    upload = tmp_path / "upload"
+    upload.write_bytes(b"NRRD0004\n" + b"x" * 500 + b"\n\n")
+    from ldct.server.uploads import check_upload
+
+    with pytest.raises(CTInputError) as caught:
+        check_upload(upload, "upload.nrrd")
+    assert f"{'x' * 60}... (500 characters)" in str(caught.value)
+    assert "x" * 61 not in str(caught.value)

@@ -64,6 +64,12 @@ def test_definition_errors_name_the_field(tmp_path):
                              "strength must be a number")]:
         with pytest.raises(StudyDefinitionError, match=message):
             parse({**good, **change})
+    # a huge value is named by its first 60 characters and its length: repr of 5000 r's is
+    # 5002 characters long
+    with pytest.raises(StudyDefinitionError) as caught:
+        parse({**good, "readers": ["r" * 5000]})
+    assert f"'{'r' * 59}... (5,002 characters)" in str(caught.value)
+    assert "r" * 60 not in str(caught.value)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(good))
     definition = load(tmp_path / "s.yaml")
     assert definition.study_id == "liver-study" and len(definition.items()) == 4

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.special import eval_laguerre
-from scipy.stats import mannwhitneyu, norm
+from scipy.stats import norm
+
+from ldct.metrics import auc
 
 CHANNELS = 5
 
@@ -44,12 +46,6 @@ def dprime(present: np.ndarray, absent: np.ndarray) -> float:
     """Detectability index of two sets of scores: mean difference over the pooled SD."""
     pooled = np.sqrt((present.var(ddof=1) + absent.var(ddof=1)) / 2)
     return float((present.mean() - absent.mean()) / pooled)
-
-
-def auc(present: np.ndarray, absent: np.ndarray) -> float:
-    """Empirical area under the ROC curve: the Mann-Whitney U of the scores (ties count one
-    half) over the number of pairs."""
-    return float(mannwhitneyu(present, absent).statistic / (len(present) * len(absent)))
 
 
 def auc_from_dprime(d: float) -> float:

@@ -155,7 +155,8 @@ def write_report(tables: Tables, summaries: dict[str, dict[str, Any]], settings:
         "the lowest grid dose when already reached there), as 1 - that dose; 0 when never "
         "reached; only for tasks whose full-dose input d' interval is above zero.",
         "- Noise SD and NPS (ICRU 87) on the water centre after removing the ensemble mean; "
-        "NPS mean frequency against the input's at full dose (below 1: the texture moved to "
+        "NPS mean frequency (AAPM TG-233's f_av, sum f NPS(f) / sum NPS(f) over the radial "
+        "NPS) against the input's at full dose (below 1: the texture moved to "
         "low frequencies, the 'plastic' look). TTF from the insert edges on the mean of the "
         f"CT-module scans (high contrast: {TTF_INSERTS['high']}, +365 HU; low contrast: "
         f"{TTF_INSERTS['low']}, -47 HU).",

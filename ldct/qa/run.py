@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ldct import metrics
 from ldct.qa import phantoms
-from ldct.qa.nps import residuals, texture
+from ldct.qa.nps import residuals
 from ldct.qa.observer import CHANNELS, channelize, laguerre_gauss
 from ldct.qa.phantoms import Disc, Grid
 from ldct.qa.scan import Protocol, Scanner, kernel_filter
@@ -242,10 +243,10 @@ def measure(settings: Settings, size: float, kernel: str, dose: float, model: st
             out = apply(model, scans[f"{kind}/{patch.name}"], px)
             result[f"{kind}/{patch.name}"] = channelize(patch.roi(out), channels)
     water = layout.water.roi(apply(model, scans["absent/water"], px))
-    tex = texture(residuals(water.astype(np.float64)), px, water.shape[-1] // 2)
+    tex = metrics.nps(residuals(water.astype(np.float64)), (px, px), roi=water.shape[-1] // 2)
     result.update({"nps/frequency": tex.frequency, "nps/power": tex.power,
-                   "nps/summary": np.array([tex.sd, tex.mean_frequency, tex.peak_frequency,
-                                            water.mean()])})
+                   "nps/summary": np.array([math.sqrt(tex.variance), tex.mean_frequency,
+                                            tex.peak_frequency, water.mean()])})
     for patch in layout.inserts:
         mean = patch.roi(apply(model, scans[f"ct/{patch.name}"], px)).mean(0)
         n = mean.shape[-1]

@@ -18,7 +18,10 @@ import struct
 import zlib
 from pathlib import Path
 
+from pydicom.misc import is_dicom
+
 from ldct.io import CTInputError, check_declared, inflate_deflated, is_deflated
+from ldct.messages import clip
 
 MAX_HEADER_BYTES = 64 << 10  # a NRRD or MetaImage header is a few hundred bytes
 NIFTI_HEADER_BYTES = 544  # NIfTI-2's 540 bytes and the 4-byte extension flag
@@ -64,7 +67,7 @@ def check_upload(path: Path, shown: str) -> Path:
         return path.rename(path.with_name("upload.nii"))
     if head.startswith(b"PK\x03\x04"):
         return path.rename(path.with_name("upload.zip"))  # ldct.io checks the archive
-    if head[128:132] == b"DICM":
+    if is_dicom(str(path)):
         dicom = path.rename(path.with_name("upload.dcm"))
         if is_deflated(dicom):
             return inflate_deflated(dicom, dicom.with_name("inflated.dcm"), shown)
@@ -74,7 +77,7 @@ def check_upload(path: Path, shown: str) -> Path:
         return path.rename(path.with_name("upload.mha"))
     if _analyze(head):
         raise CTInputError(f"{shown}: an ANALYZE or NIfTI header without its voxels; {ONE_FILE}.")
-    return path.rename(path.with_name("upload"))  # a DICOM file without preamble, or refused
+    return path.rename(path.with_name("upload"))  # no format ldct.io reads: it refuses it
 
 
 # ----------------------------------------------------------------------------- NRRD
@@ -103,7 +106,7 @@ def _check_nrrd(head: bytes, size: int, shown: str) -> None:
             continue  # comments and key/value pairs
         key, separator, value = line.partition(":")
         if not separator:
-            raise CTInputError(f"{shown}: NRRD header line {_clip(line)!r} is not 'field: value'")
+            raise CTInputError(f"{shown}: NRRD header line {clip(line)!r} is not 'field: value'")
         fields[" ".join(key.lower().split())] = value.strip()
     if "data file" in fields or "datafile" in fields:
         raise CTInputError(f"{shown}: a NRRD header that names a separate data file (a detached "
@@ -113,14 +116,14 @@ def _check_nrrd(head: bytes, size: int, shown: str) -> None:
         raise CTInputError(f"{shown}: a {dimension}D NRRD; expected a 3D CT volume.")
     sizes = [_int(s, "NRRD sizes", shown) for s in fields.get("sizes", "").split()]
     if len(sizes) != dimension:
-        raise CTInputError(f"{shown}: NRRD sizes {_clip(fields.get('sizes', ''))!r} do not give "
+        raise CTInputError(f"{shown}: NRRD sizes {clip(fields.get('sizes', ''))!r} do not give "
                            f"{dimension} numbers")
     kind = " ".join(fields.get("type", "").lower().split())
     width = next((w for w, names in NRRD_TYPES.items() if kind in names), 0)
     encoding = NRRD_ENCODINGS.get(fields.get("encoding", "").lower())
     if not width or encoding is None:
-        raise CTInputError(f"{shown}: NRRD type {_clip(kind)!r} / encoding "
-                           f"{_clip(fields.get('encoding', ''))!r} is not a scalar volume in "
+        raise CTInputError(f"{shown}: NRRD type {clip(kind)!r} / encoding "
+                           f"{clip(fields.get('encoding', ''))!r} is not a scalar volume in "
                            "raw, gzip, bzip2, text or hex encoding")
     skip = _int(fields.get("byte skip", "0"), "NRRD byte skip", shown, low=-1)
     _int(fields.get("line skip", "0"), "NRRD line skip", shown, low=0)
@@ -138,7 +141,7 @@ def _check_metaimage(head: bytes, size: int, shown: str) -> None:
         offset += len(raw)
         key, separator, value = raw.decode("latin-1").partition("=")
         if not separator:
-            raise CTInputError(f"{shown}: MetaImage header line {_clip(raw.decode('latin-1'))!r}"
+            raise CTInputError(f"{shown}: MetaImage header line {clip(raw.decode('latin-1'))!r}"
                                " is not 'Key = Value'")
         fields[key.strip().lower()] = value.strip()
         if key.strip().lower() == "elementdatafile":
@@ -154,12 +157,12 @@ def _check_metaimage(head: bytes, size: int, shown: str) -> None:
     sizes = [_int(s, "MetaImage DimSize", shown) for s in fields.get("dimsize", "").split()]
     if dimension not in (2, 3) or len(sizes) != dimension:
         raise CTInputError(f"{shown}: a MetaImage of NDims {dimension} and DimSize "
-                           f"{_clip(fields.get('dimsize', ''))!r}; expected a 3D CT volume.")
+                           f"{clip(fields.get('dimsize', ''))!r}; expected a 3D CT volume.")
     width = META_TYPES.get(fields.get("elementtype", "").upper(), 0)
     if not width or fields.get("elementnumberofchannels", "1") != "1":
         raise CTInputError(f"{shown}: MetaImage ElementType "
-                           f"{_clip(fields.get('elementtype', ''))!r} with "
-                           f"{_clip(fields.get('elementnumberofchannels', '1'))} channel(s); a "
+                           f"{clip(fields.get('elementtype', ''))!r} with "
+                           f"{clip(fields.get('elementnumberofchannels', '1'))} channel(s); a "
                            "CT volume has one scalar (e.g. MET_SHORT, MET_FLOAT) per voxel.")
     packed = fields.get("compresseddata", "false").lower() == "true"
     text = fields.get("binarydata", "true").lower() == "false"
@@ -234,13 +237,8 @@ def _int(text: str, what: str, shown: str, low: int = 1) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise CTInputError(f"{shown}: {what} {_clip(text)!r} is not a whole number") from None
+        raise CTInputError(f"{shown}: {what} {clip(text)!r} is not a whole number") from None
     if value < low:
         raise CTInputError(f"{shown}: {what} {value} is below {low}")
     return value
-
-
-def _clip(text: str, limit: int = 40) -> str:
-    """A client's text as an error message shows it: short."""
-    return text if len(text) <= limit else text[:limit] + "..."
 

@@ -27,6 +27,7 @@ import numpy as np
 from scipy import stats
 from sklearn.metrics import cohen_kappa_score
 
+from ldct.messages import clip
 from ldct.study.mrmc import Components, obuchowski_rockette
 
 ALPHA = 0.05
@@ -44,21 +45,46 @@ MRMC_FIELDS = ("criterion", "task", "model", "fom", "fom_model", "fom_original",
 
 
 def read_scores(path: str | Path) -> list[dict[str, Any]]:
-    """The exported CSV, typed."""
+    """The exported CSV, typed; refused (ValueError naming the file, row and column) when a
+    column is missing, it has no rows, or a cell is not the number it must be."""
     with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = set(FIELDS) - set(OPTIONAL) - set(rows[0] if rows else FIELDS)
-    if missing or not rows:
-        raise ValueError(f"{path}: not a study export (missing columns {sorted(missing)} or "
-                         "no rows); export it with `ldct study export`.")
-    for row in rows:
+        reader = csv.DictReader(f)
+        missing = sorted(set(FIELDS) - set(OPTIONAL) - set(reader.fieldnames or ()))
+        if missing:
+            raise ValueError(f"{path}: not a study export: no column {', '.join(missing)}; "
+                             "export it with `ldct study export`.")
+        rows = list(reader)
+    if not rows:
+        raise ValueError(f"{path}: no score rows (zero cases); export the study once its "
+                         "readers have scored it (`ldct study export`).")
+    for number, row in enumerate(rows, start=1):
         for key, default in OPTIONAL.items():
-            row.setdefault(key, default)
-        row["truth"] = None if row["truth"] in ("", None) else int(row["truth"])
-        row["score"] = int(row["score"])
-        row["chosen"] = None if row["chosen"] == "" else int(row["chosen"])
-        row["reading_seconds"] = float(row["reading_seconds"])
+            if row.get(key) is None:
+                row[key] = default
+        where = f"{path}, row {number}"
+        row["truth"] = _cell(where, row, "truth", int, optional=True)
+        row["score"] = _cell(where, row, "score", int)
+        row["chosen"] = _cell(where, row, "chosen", int, optional=True)
+        row["reading_seconds"] = _cell(where, row, "reading_seconds", float)
     return rows
+
+
+def _cell(where: str, row: dict[str, Any], column: str, kind: type,
+          optional: bool = False) -> Any:
+    """One cell as a finite int or float (None when ``optional`` and empty)."""
+    text = row.get(column)
+    if text is None:
+        raise ValueError(f"{where}: the row ends before column {column!r}")
+    if optional and text == "":
+        return None
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not np.isfinite(value):
+        raise ValueError(f"{where}, column {column!r}: {clip(text)!r} is not a "
+                         f"{'whole number' if kind is int else 'finite number'}")
+    return value
 
 
 def write_scores(rows: list[dict[str, Any]], target: str | Path | TextIO) -> None:
@@ -298,13 +324,22 @@ def pilot_components(path: str | Path, criterion: str | None = None,
     """OR components and the number of cases of a pilot study, for planning: from its
     ``mrmc.csv`` (a report's, or any CSV with the columns ``PILOT_FIELDS``, e.g. published
     components) or its exported scores; the row of ``criterion`` and ``model`` (either may be
-    omitted when the file has one)."""
+    omitted when the file has one). Refused, naming the file and column, when a column is
+    missing, no row can be planned from, or a component or the case count is not a number."""
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        is_mrmc = set(PILOT_FIELDS) <= set(reader.fieldnames or [])
+        columns = set(reader.fieldnames or ())
+        is_mrmc = bool(columns & set(COMPONENTS))
+        if is_mrmc and not set(PILOT_FIELDS) <= columns:
+            raise ValueError(f"{path}: an MRMC table without column "
+                             f"{', '.join(c for c in PILOT_FIELDS if c not in columns)}; give a "
+                             f"report's mrmc.csv or the columns {', '.join(PILOT_FIELDS)}")
         table = [{k: _number(v) for k, v in row.items()} for row in reader] if is_mrmc else []
     if not is_mrmc:
         table = mrmc_table(read_scores(path))
+    if not table:
+        raise ValueError(f"{path}: no MRMC row to plan from: a pilot needs at least 2 readers "
+                         "and 2 cases that every reader scored under the reference and a model")
     chosen = [row for row in table if criterion in (None, row["criterion"])
               and model in (None, row["model"])]
     if len(chosen) != 1:
@@ -312,13 +347,18 @@ def pilot_components(path: str | Path, criterion: str | None = None,
                          f"model={model}; choose one of " + ", ".join(
                              f"{row['criterion']}/{row['model']}" for row in table))
     row = chosen[0]
-    values = {name: float(row[name]) for name in COMPONENTS}
+    where = f"{path}, row {row['criterion']}/{row['model']}"
+    values = {name: _cell(where, {name: str(row[name])}, name, float) for name in COMPONENTS}
+    cases = row["cases"]
+    if not (isinstance(cases, (int, float)) and float(cases).is_integer() and cases >= 2):
+        raise ValueError(f"{where}, column 'cases': {clip(str(cases))!r} is not a case count "
+                         "of at least 2")
     return Components(**values, ms_t=float("nan"), ms_r=float("nan"), ms_tr=float("nan")), \
-        int(row["cases"]), row
+        int(cases), row
 
 
-def _number(text: str) -> Any:
+def _number(text: str | None) -> Any:
     try:
         return float(text)
-    except ValueError:
+    except (TypeError, ValueError):
         return text

@@ -46,6 +46,8 @@ from typing import Any
 
 import yaml
 
+from ldct.messages import clip
+
 PRESENTATIONS = ("single", "pairs")
 LIKERT = (1, 2, 3, 4, 5)
 TASKS = ("likert", "detection")
@@ -154,19 +156,14 @@ def loads(text: str, source: str = "the study") -> Any:
     try:
         return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise StudyDefinitionError(f"{source} is not valid YAML: {_clip(str(exc), 400)}") from exc
+        raise StudyDefinitionError(f"{source} is not valid YAML: {clip(str(exc), 400)}") from exc
     except ValueError as exc:  # Python's bound on the digits of an integer (4300)
         raise StudyDefinitionError(f"{source}: a number in it is too long "
-                                   f"({_clip(str(exc), 120)}); study numbers are short") from exc
-
-
-def _clip(text: str, limit: int = 60) -> str:
-    """A client's value as a message shows it: never whole (values can be huge)."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+                                   f"({clip(str(exc), 120)}); study numbers are short") from exc
 
 
 def _shown(value: Any) -> str:
-    return _clip(repr(value))
+    return clip(repr(value))
 
 
 def _text(value: Any, where: str, limit: int = MAX_TEXT) -> str:
@@ -194,7 +191,7 @@ def _unique(names: list[str], what: str) -> None:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise StudyDefinitionError(f"{what} must be unique; repeated: "
-                                   f"{_clip(', '.join(map(str, duplicates)), 200)}")
+                                   f"{clip(', '.join(map(str, duplicates)), 200)}")
 
 
 def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
@@ -240,9 +237,9 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
                                                                            "series")):
                 raise StudyDefinitionError(f"{where}: dicomweb needs url, study and series")
         cases.append(Case(_text(_need(entry, "id", where, (str, int)), f"{where}: id"),
-                          _clip(str(entry.get("image", "")), 4096),
-                          _clip(str(entry.get("datastore", "")), 1024),
-                          {k: _clip(str(v), 4096) for k, v in entry.get("dicomweb", {}).items()},
+                          clip(str(entry.get("image", "")), 4096),
+                          clip(str(entry.get("datastore", "")), 1024),
+                          {k: clip(str(v), 4096) for k, v in entry.get("dicomweb", {}).items()},
                           *_truth(entry, where)))
     if not cases:
         raise StudyDefinitionError("cases must list at least one case")
@@ -263,7 +260,7 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
                                        f"and comes instead of strength, got {_shown(target)}"
                                        + (" with a strength" if "strength" in entry else ""))
         conditions.append(Condition(_text(_need(entry, "name", where), f"{where}: name"),
-                                    _clip(str(entry.get("model", "")), MAX_TEXT),
+                                    clip(str(entry.get("model", "")), MAX_TEXT),
                                     None if strength is None else float(strength),
                                     None if target is None else float(target)))
     _unique([c.name for c in conditions], "condition names")

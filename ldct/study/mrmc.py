@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from ldct.metrics import auc, roc_kernel
+
 COVARIANCES = ("delong", "jackknife")
 
 
@@ -77,10 +79,8 @@ class Result:
 
 # -- figures of merit and their covariance over cases ---------------------------------------
 def _kernel(ratings: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Mann-Whitney kernel psi(positive, negative): 1, 1/2 for ties, 0; (..., m, n)."""
-    positive = ratings[..., truth][..., :, None]
-    negative = ratings[..., ~truth][..., None, :]
-    return (positive > negative) + 0.5 * (positive == negative)
+    """Mann-Whitney kernel psi(positive, negative) of the ratings split by ``truth``."""
+    return roc_kernel(ratings[..., truth], ratings[..., ~truth])
 
 
 def _check_truth(truth: np.ndarray) -> np.ndarray:
@@ -97,7 +97,8 @@ def fom(ratings: np.ndarray, truth: np.ndarray | None = None) -> np.ndarray:
     ratings = np.asarray(ratings, dtype=float)
     if truth is None:
         return ratings.mean(axis=-1)
-    return _kernel(ratings, _check_truth(truth)).mean(axis=(-2, -1))
+    truth = _check_truth(truth)
+    return auc(ratings[..., truth], ratings[..., ~truth])
 
 
 def delong_covariance(ratings: np.ndarray, truth: np.ndarray) -> np.ndarray:
