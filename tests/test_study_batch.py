@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -163,3 +164,43 @@ def test_a_ledger_written_before_noise_targets_still_reads(tmp_path):
     ledger = Ledger(path)
     assert ledger.state("1.2.3", JobKey("vagan", "baseline", 0.8, "dir:/out")) == "done"
     assert ledger.state("1.2.3", JobKey("vagan", "baseline", 0.8, "dir:/out", 12.0)) is None
+
+
+def test_a_study_case_url_never_gets_the_sites_pacs_credentials(monkeypatch):
+    """The site's PACS login goes only where the operator pointed `ldct batch`; a URL from a
+    study YAML (someone else's file) is fetched without it. A real HTTP server records the
+    Authorization header each request carried (it answers 404: no such series)."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from ldct.batch import dicomweb
+    from ldct.pacs import PacsError
+    from ldct.study.service import _dicomweb_volume
+
+    seen: list[str | None] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/dicom-web"
+    monkeypatch.setenv(dicomweb.USER_ENV, "site")
+    monkeypatch.setenv(dicomweb.PASSWORD_ENV, "secret")
+    try:
+        with pytest.raises(PacsError):
+            _dicomweb_volume({"url": url, "study": "1.2.3", "series": "1.2.3.4"})
+        assert seen and all(header is None for header in seen), seen
+        seen.clear()
+        with pytest.raises(PacsError):  # the operator's own PACS: logged in
+            dicomweb.fetch_series(dicomweb.client(url), "1.2.3", "1.2.3.4", Path("/nonexistent"))
+        assert seen and all(header and header.startswith("Basic ") for header in seen), seen
+    finally:
+        server.shutdown()

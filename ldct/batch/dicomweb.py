@@ -24,14 +24,15 @@ RETRY = Retry(total=5, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503,
 PAGE = 500  # QIDO results per request
 
 
-def client(url: str, retry: Retry = RETRY) -> DICOMwebClient:
+def client(url: str, retry: Retry = RETRY, credentials: bool = True) -> DICOMwebClient:
     """A DICOMweb client whose requests are retried with exponential backoff; logs in with
-    $MONAI_LABEL_DATASTORE_USERNAME/PASSWORD when they are set."""
+    $MONAI_LABEL_DATASTORE_USERNAME/PASSWORD when they are set and ``credentials`` is True
+    (the operator named the URL; a URL from a file someone else wrote gets none)."""
     session = requests.Session()
     session.mount("http://", HTTPAdapter(max_retries=retry))
     session.mount("https://", HTTPAdapter(max_retries=retry))
     user, password = os.environ.get(USER_ENV), os.environ.get(PASSWORD_ENV)
-    if user and password:
+    if credentials and user and password:
         session.auth = (user, password)
     return DICOMwebClient(url, session=session)
 

@@ -133,7 +133,8 @@ class SeriesWorker:
     def _read(self, item: Item, folder: Path) -> tuple[CTVolume, set[str]]:
         """The source volume and the SOPInstanceUIDs its derived series may reference."""
         if item.series:
-            source = dicomweb.client(item.pacs) if item.pacs else self.source
+            # a study case's own URL (its YAML's): never the site's credentials
+            source = dicomweb.client(item.pacs, credentials=False) if item.pacs else self.source
             dicomweb.fetch_series(source, item.study, item.series, folder)
             path = folder
         else:

@@ -535,6 +535,7 @@ def _absolute(definition: StudyDefinition, image: str) -> Path:
 def _dicomweb_volume(ref: dict[str, str]) -> CTVolume:
     """Download a DICOMweb series (WADO-RS, as a batch worker does) and read it."""
     with tempfile.TemporaryDirectory(prefix="ldct-study-") as folder:
-        dicomweb.fetch_series(dicomweb.client(ref["url"]), ref["study"], ref["series"],
+        dicomweb.fetch_series(dicomweb.client(ref["url"], credentials=False),
+                              ref["study"], ref["series"],
                               Path(folder))
         return read_volume(folder)
