@@ -43,10 +43,10 @@ NOISE_CALIBRATION_FILE = MODELS_DIR / "noise_calibration.json"
 # Rule (benchmarks/quality/texture/kernels.md, "texture" section, issue 37): the default should
 # leave about the normal dose's own noise, not less - the minimum over the swept kernels of the
 # strength that matches the normal dose's noise (measured with each network's noise
-# calibration), rounded down to 0.05. Only vagan (0.922 on hann) over-smooths at full strength;
-# every other model, n2n25d included (its true noise at full strength is 1.12x the normal
-# dose's on hann), stays at 1.
-DEFAULT_STRENGTHS = {"vagan": 0.90}
+# calibration), rounded down to 0.05. vagan (0.922 on hann) and non-local means (0.867 on hann)
+# over-smooth at full strength; every other model, n2n25d included (its true noise at full
+# strength is 1.12x the normal dose's on hann), stays at 1.
+DEFAULT_STRENGTHS = {"vagan": 0.90, "ldct-nlm": 0.85}
 
 
 def site_models_dir() -> Path:

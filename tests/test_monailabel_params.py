@@ -28,7 +28,7 @@ CONFIG = {"strength": 1.0, "ensemble": 1, "device": ["auto", "cuda", "cpu"],
           "write_back": False, "result_extension": [".nrrd", ".nii.gz", ".nii", ".mha"],
           "result_dtype": ["float32", "int16"], "result_compress": True}
 # each model's default strength (the texture sweep's rule, benchmarks/quality/texture/kernels.md)
-DEFAULT_STRENGTH = {"vagan": 0.90}
+DEFAULT_STRENGTH = {"vagan": 0.90, "ldct-nlm": 0.85}
 # Every parameter a request may carry and who defines it.
 SOURCES = {"strength": "ldct", "target_noise": "ldct", "ensemble": "ldct", "device": "ldct",
            "write_back": "ldct",
