@@ -205,6 +205,7 @@ def _export_with(tmp_path, name: str, column: str, value: str | None) -> str:
 @pytest.mark.parametrize("column,value,words", [
     ("score", "nan", "row 3, column 'score': 'nan' is not a whole number"),
     ("score", "4.5", "row 3, column 'score': '4.5' is not a whole number"),
+    ("score", "9" * 30, f"row 3, column 'score': '{'9' * 30}' is not a whole number"),
     ("reading_seconds", "nan", "row 3, column 'reading_seconds': 'nan' is not a finite"),
     ("chosen", "yes", "row 3, column 'chosen': 'yes' is not a whole number"),
     ("score", None, "row 3: the row ends before column 'score'")])

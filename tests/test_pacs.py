@@ -245,6 +245,26 @@ def test_the_decoding_child_returns_each_slices_header_when_asked(tmp_path):
     assert read_in_child(tmp_path / "series", "the series").sources == ()
 
 
+def test_a_header_value_json_cannot_carry_does_not_stop_the_write_back(tmp_path):
+    """A scanner's slice with an InstanceNumber of 'x' (pydicom reads it; DICOM JSON cannot
+    carry it) and a private element: the child still returns every slice's header, without
+    the private element (no derived slice copies it) and without the bad value."""
+    volume = make_phantom(size=32, slices=4).volume
+    files = write_dicom_series(volume, tmp_path / "series", description="LD abdomen")
+    odd = pydicom.dcmread(files[2])
+    odd.private_block(0x0019, "ACME 1.0", create=True).add_new(0x01, "LO", "vendor data")
+    odd.save_as(files[2])
+    raw = Path(files[2]).read_bytes()  # InstanceNumber (0020,0013) IS: its value made 'x'
+    at = raw.index(b"\x20\x00\x13\x00IS") + 6
+    length = int.from_bytes(raw[at:at + 2], "little")
+    Path(files[2]).write_bytes(raw[:at + 2] + b"x".ljust(length) + raw[at + 2 + length:])
+    decoded = read_in_child(tmp_path / "series", "the series", slice_headers=True)
+    assert len(decoded.sources) == 4
+    assert not any(element.tag.is_private for h in decoded.sources for element in h)
+    numbers = sorted(str(h.get("InstanceNumber", "-")) for h in decoded.sources)
+    assert numbers.count("-") == 1 and len(set(numbers)) == 4
+
+
 def test_write_back_of_an_upload_is_refused_with_the_reason(pacs_server, tmp_path, uploaded,
                                                             tokens):
     _, source, _ = uploaded

@@ -19,8 +19,8 @@ from ldct.batch.ledger import JobKey, Ledger
 from ldct.cli import main
 from ldct.io import read_volume, write_dicom_series, write_volume
 from ldct.phantom import make_phantom
-from ldct.study.definition import load
-from ldct.study.service import StudyService
+from ldct.study.definition import load, parse
+from ldct.study.service import StudyError, StudyService
 
 ASSIGNMENTS = ("SELECT reader, position, case_id, left_condition, right_condition FROM "
                "assignments ORDER BY reader, position")
@@ -166,7 +166,24 @@ def test_a_ledger_written_before_noise_targets_still_reads(tmp_path):
     assert ledger.state("1.2.3", JobKey("vagan", "baseline", 0.8, "dir:/out", 12.0)) is None
 
 
-def test_a_study_case_url_never_gets_the_sites_pacs_credentials(monkeypatch):
+def test_a_case_replaced_in_place_is_a_new_batch_item(tmp_path):
+    """A failed run keeps its results for the re-run; a case file replaced meanwhile (same
+    path, same shape, another patient) must not reuse the old one's result."""
+    from ldct.study.batch import StudyBatchError, case_item, result_image
+
+    path = write_volume(_noisy(1), tmp_path / "case.nrrd")
+    first = case_item(str(path))
+    assert case_item(str(path)) == first  # unchanged: the ledger's result is reused
+    write_volume(_noisy(2), path)  # the same path and shape, other voxels
+    again = case_item(str(path))
+    assert (again.key, again.name) != (first.key, first.name) and again.path == first.path
+    result = write_volume(make_phantom(size=32, slices=2).volume,
+                          tmp_path / "work" / "vagan-strength-0.8" / "r.nrrd")
+    with pytest.raises(StudyBatchError, match=f"delete {tmp_path / 'work'} and create"):
+        result_image(read_volume(path), result)
+
+
+def test_a_study_case_url_never_gets_the_sites_pacs_credentials(monkeypatch, tmp_path):
     """The site's PACS login goes only where the operator pointed `ldct batch`; a URL from a
     study YAML (someone else's file) is fetched without it. A real HTTP server records the
     Authorization header each request carried (it answers 404: no such series)."""
@@ -202,5 +219,10 @@ def test_a_study_case_url_never_gets_the_sites_pacs_credentials(monkeypatch):
         with pytest.raises(PacsError):  # the operator's own PACS: logged in
             dicomweb.fetch_series(dicomweb.client(url), "1.2.3", "1.2.3.4", Path("/nonexistent"))
         assert seen and all(header and header.startswith("Basic ") for header in seen), seen
+        # a study whose DICOMweb case cannot be fetched: a study error naming the case
+        case = {"id": "c9", "dicomweb": {"url": url, "study": "1.2.3", "series": "1.2.3.4"}}
+        with pytest.raises(StudyError, match="case c9: the PACS refused") as refused:
+            StudyService(tmp_path / "studies").create(parse(_study_data([case]), tmp_path))
+        assert refused.value.status == 422
     finally:
         server.shutdown()

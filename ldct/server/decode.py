@@ -128,12 +128,21 @@ def _child(path: str, out: Path, slice_headers: bool) -> int:
         (out / "error.txt").write_text(str(exc))
         return REFUSED
     np.save(out / "hu.npy", volume.hu)
-    header = None if volume.dicom is None else volume.dicom.to_json_dict()
+    header = None if volume.dicom is None else _as_json(volume.dicom)
     (out / "geometry.json").write_text(json.dumps({
         "spacing": list(volume.spacing), "origin": list(volume.origin),
         "direction": np.asarray(volume.direction).tolist(), "dicom": header,
-        "sources": [s.to_json_dict() for s in volume.sources] if slice_headers else []}))
+        "sources": [_as_json(s) for s in volume.sources] if slice_headers else []}))
     return 0
+
+
+def _as_json(header: Dataset) -> dict:
+    """A header as DICOM JSON without private elements (no derived slice keeps them) and
+    without values JSON cannot carry (an IS of 'x' a scanner wrote: pydicom reads it, a
+    derived series need not copy it)."""
+    public = Dataset()
+    public.update({tag: element for tag, element in header.items() if not tag.is_private})
+    return public.to_json_dict(suppress_invalid_tags=True)
 
 
 if __name__ == "__main__":

@@ -79,9 +79,10 @@ def _cell(where: str, row: dict[str, Any], column: str, kind: type,
         return None
     try:
         value = kind(text)
-    except ValueError:
-        value = None
-    if value is None or not np.isfinite(value):
+        finite = bool(np.isfinite(value))
+    except (ValueError, TypeError, OverflowError):  # not a number; an int past float's range
+        value, finite = None, False
+    if not finite:
         raise ValueError(f"{where}, column {column!r}: {clip(text)!r} is not a "
                          f"{'whole number' if kind is int else 'finite number'}")
     return value

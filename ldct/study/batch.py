@@ -52,12 +52,29 @@ def batch_home(root: Path, study_id: str) -> Path:
 
 def case_item(key: str, pacs: dict[str, str] | None = None) -> Item:
     """A case as a batch item: a file or folder ``key`` (an absolute path), or with ``pacs``
-    (url, study, series) a DICOMweb series; its result is named by a hash of its source."""
-    name = hashlib.sha256(key.encode()).hexdigest()[:24]  # a case id is no file name
+    (url, study, series) a DICOMweb series; its result is named, and the ledger keys it, by a
+    hash of its source: for a file, its path and what it is now (size, modification time,
+    inode), so that a case replaced between a failed run and its re-run is denoised again."""
     if pacs:
+        name = hashlib.sha256(key.encode()).hexdigest()[:24]  # a case id is no file name
         return Item(key=key, name=name, study=pacs["study"], series=pacs["series"],
                     pacs=pacs["url"])
-    return Item(key=key, name=name, path=key)
+    identity = f"{key}\0{_file_state(Path(key))}"
+    name = hashlib.sha256(identity.encode()).hexdigest()[:24]
+    return Item(key=name, name=name, path=key)
+
+
+def _file_state(path: Path) -> str:
+    """Size, modification time and inode of a file, or of every file of a folder."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    states = []
+    for file in files:
+        try:
+            stat = file.stat()
+        except OSError:  # gone: the worker says so when it reads the case
+            continue
+        states.append(f"{file}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ino}")
+    return "\n".join(states)
 
 
 def _job(condition: Condition, work: Path, device: str) -> Job:
@@ -120,7 +137,8 @@ def result_image(volume: CTVolume, result: Path) -> CTVolume:
     if hu.shape != volume.hu.shape:
         raise StudyBatchError(f"{result}: a batch result of shape {hu.shape} for a case of "
                               f"shape {volume.hu.shape} (the case changed since it was "
-                              "denoised); delete {result.parent.parent} and create the study again")
+                              f"denoised); delete {result.parent.parent} and create the study "
+                              "again")
     return volume.with_hu(hu)
 
 

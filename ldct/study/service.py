@@ -35,6 +35,7 @@ from ldct.batch.worklist import Item
 from ldct.infer import denoise, denoise_to_noise
 from ldct.io import CTVolume, read_volume, write_volume
 from ldct.jobs import DEVICE
+from ldct.pacs import PacsError
 from ldct.study import batch
 from ldct.study.definition import Case, Condition, StudyDefinition, parse
 from ldct.study.store import StudyStore
@@ -297,7 +298,10 @@ class StudyService:
 
     def _case_volume(self, definition: StudyDefinition, case: Case) -> CTVolume:
         if case.dicomweb:
-            return _dicomweb_volume(case.dicomweb)
+            try:
+                return _dicomweb_volume(case.dicomweb)
+            except PacsError as exc:
+                raise StudyError(422, f"case {case.id}: {exc}") from exc
         return read_volume(self._case_path(definition, case))
 
     def _case_path(self, definition: StudyDefinition, case: Case) -> Path:

@@ -25,9 +25,9 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from ldct import registry
 from ldct.ct_guard import check_ct_numbers
 from ldct.infer import DenoiseCancelled, denoise, denoise_to_noise
-from ldct.infer_params import PARAMS, json_schema, parse_params, task_config
+from ldct.infer_params import PARAMS, DenoiseParams, json_schema, parse_params, task_config
 from ldct.io import CTInputError, CTVolume, write_volume
-from ldct.jobs import JOBS
+from ldct.jobs import JOBS, Job
 from ldct.noise_level import LEVELS_ENV, NoiseLevels, scan_kernel
 from ldct.pacs import PacsError
 from ldct.server.decode import DecodeCancelled, read_in_child
@@ -58,6 +58,20 @@ class DenoiseInfer(InferTask):
 
     def is_valid(self) -> bool:
         return registry.get(self.model).available()
+
+    def _write_back(self, params: DenoiseParams, job: Job | None, volume: CTVolume,
+                    result: CTVolume, strength: float, version: str) -> dict[str, str]:
+        """The result stored in the PACS as a derived series when asked (and not cancelled)."""
+        if not params.write_back:
+            return {}
+        if job is not None and job.stop_requested():
+            raise HTTPException(status_code=409, detail="the job was cancelled before its "
+                                                        "result was stored in the PACS")
+        try:
+            return {"written_back_series": self.store(volume, result, self.model, strength,
+                                                      version or "baseline")}
+        except PacsError as exc:
+            raise HTTPException(status_code=502, detail=str(exc)) from exc
 
     def __call__(self, request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         """``request`` holds the image's file and the parameters the route checked
@@ -100,17 +114,13 @@ class DenoiseInfer(InferTask):
             raise HTTPException(status_code=422, detail=str(exc)) from exc
         model_s = time.perf_counter() - model_start
         ct_check = check_ct_numbers(volume.hu, result.hu).as_dict()
-        written = {}
-        if params.write_back:
-            try:
-                written = {"written_back_series": self.store(volume, result, self.model,
-                                                             strength, version or "baseline")}
-            except PacsError as exc:
-                raise HTTPException(status_code=502, detail=str(exc)) from exc
         handle, out = tempfile.mkstemp(prefix="ldct-result-", suffix=params.extension)
         os.close(handle)
         try:
             write_volume(result, out, dtype=params.written_dtype, compress=params.result_compress)
+            # the PACS last: a result that cannot be answered, or a job cancelled meanwhile,
+            # stores nothing there (a client's retry would store a second derived series)
+            written = self._write_back(params, job, volume, result, strength, version)
         except BaseException:
             os.unlink(out)
             raise
