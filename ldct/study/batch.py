@@ -59,9 +59,10 @@ def case_item(key: str, pacs: dict[str, str] | None = None) -> Item:
         name = hashlib.sha256(key.encode()).hexdigest()[:24]  # a case id is no file name
         return Item(key=key, name=name, study=pacs["study"], series=pacs["series"],
                     pacs=pacs["url"])
-    identity = f"{key}\0{_file_state(Path(key))}"
-    name = hashlib.sha256(identity.encode()).hexdigest()[:24]
-    return Item(key=name, name=name, path=key)
+    state = hashlib.sha256(_file_state(Path(key)).encode()).hexdigest()[:12]
+    source = f"{key} (state {state})"  # the ledger's key: which file, and as it is now
+    name = hashlib.sha256(source.encode()).hexdigest()[:24]
+    return Item(key=source, name=name, path=key)
 
 
 def _file_state(path: Path) -> str:
