@@ -282,7 +282,7 @@ def _strength(args: argparse.Namespace) -> float:
     """``--strength``, or the model's default (registry.DEFAULT_STRENGTHS) when not given."""
     from ldct import registry
 
-    return registry.get(args.model).default_strength if args.strength is None else args.strength
+    return registry.get(args.model).strength_or_default(args.strength)
 
 
 def cmd_batch(args: argparse.Namespace) -> None:

@@ -159,6 +159,10 @@ class ModelInfo:
         """The strength used when a caller gives neither strength nor target_noise."""
         return DEFAULT_STRENGTHS.get(self.name, 1.0)
 
+    def strength_or_default(self, given: float | None) -> float:
+        """The strength a caller gave, or this model's default when it gave none."""
+        return self.default_strength if given is None else given
+
     def noise_calibration(self, weights: Path | None = None) -> NoiseCalibration | None:
         """The calibration `target_noise` matches this network's results with, when it was
         measured on these weights (default: those in use); None for other weights (a

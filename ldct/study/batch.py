@@ -84,8 +84,7 @@ def _job(condition: Condition, work: Path, device: str) -> Job:
     if condition.target_noise is not None:
         level, strength = f"noise-{condition.target_noise:g}HU", 1.0
     else:
-        strength = (registry.get(model).default_strength if condition.strength is None
-                    else condition.strength)
+        strength = registry.get(model).strength_or_default(condition.strength)
         level = f"strength-{strength:g}"
     return Job(model, model_version(model), strength, out=str(work / f"{model}-{level}"),
                device=device, target_noise=condition.target_noise, volumes=True)

@@ -502,8 +502,7 @@ def _shown(volume: CTVolume, condition: Condition, device: str) -> CTVolume:
         return volume
     with DEVICE:  # one at a time with the server's denoising requests
         if condition.target_noise is None:
-            strength = registry.get(condition.model).default_strength \
-                if condition.strength is None else condition.strength
+            strength = registry.get(condition.model).strength_or_default(condition.strength)
             return denoise(volume, condition.model, strength, device=device)
         return denoise_to_noise(volume, condition.model, condition.target_noise,
                                 device=device)[0]

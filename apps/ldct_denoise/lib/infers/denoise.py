@@ -98,8 +98,7 @@ class DenoiseInfer(InferTask):
                        "stop": job.stop_requested if job else None,
                        "batch_done": job.progress if job else None}
             if params.target_noise is None:
-                strength = info.default_strength if params.strength is None else \
-                    params.strength
+                strength = info.strength_or_default(params.strength)
                 result = denoise(volume, self.model, strength=strength, **options)
                 noise = {}
             else:
