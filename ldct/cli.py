@@ -287,12 +287,11 @@ def _strength(args: argparse.Namespace) -> float:
 
 def cmd_batch(args: argparse.Namespace) -> None:
     from ldct.batch.ledger import Ledger
-    from ldct.batch.run import run_batch
+    from ldct.batch.run import BatchOptions, run_batch
     from ldct.batch.workers import Job, model_version
     from ldct.pacs import PacsError
 
-    if args.workers < 1 or args.cpus_per_worker < 1:
-        raise ValueError("--workers and --cpus-per-worker take whole numbers >= 1")
+    options = BatchOptions(args.workers, args.cpus_per_worker, args.address)
     strength = _strength(args)
     if not 0.0 <= strength <= 1.0:
         raise ValueError(f"--strength must be in [0, 1], got {strength}")
@@ -315,8 +314,8 @@ def cmd_batch(args: argparse.Namespace) -> None:
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
     audit = ledger.path.with_name("audit.log")
-    summary = run_batch(items, job, ledger, audit, workers=args.workers,
-                        cpus_per_worker=args.cpus_per_worker, address=args.address)
+    summary = run_batch(items, job, ledger, audit, workers=options.workers,
+                        cpus_per_worker=options.cpus_per_worker, address=options.address)
     for failure in summary.failures:
         console.print(f"failed {failure.series or failure.key}: {failure.reason}",
                       style="red", highlight=False)
@@ -397,9 +396,9 @@ MAX_PLAN_READERS = 200  # reader studies rarely reach 30: a bound, not a design 
 def cmd_study(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
+    from ldct.batch.run import BatchOptions
     from ldct.study import definition as study_definition
     from ldct.study.analysis import read_scores, write_scores
-    from ldct.study.batch import BatchOptions
     from ldct.study.report import write_report
     from ldct.study.service import StudyService, study_root
 

@@ -146,7 +146,15 @@ def test_batch_options_need_create_batch(definition, tmp_path, capsys):
     assert main(["study", "create", str(definition), "--root", str(tmp_path), "--batch",
                  "--workers", "0"]) == 2
     assert "--workers and --cpus-per-worker take whole numbers >= 1" in _said(capsys)
-    assert not (tmp_path / "batch-study").exists()
+    # a typo of 100000 workers would start that many model loads: refused at once
+    for flag in ("--workers", "--cpus-per-worker"):
+        assert main(["study", "create", str(definition), "--root", str(tmp_path), "--batch",
+                     flag, "100000"]) == 2
+        assert "(at most 256 workers of 256 cores each)" in _said(capsys)
+    assert main(["batch", str(tmp_path), "--model", "vagan", "--out", str(tmp_path / "out"),
+                 "--workers", "100000"]) == 2
+    assert "got 100000 and 1" in _said(capsys)
+    assert not (tmp_path / "batch-study").exists() and not (tmp_path / "out").exists()
 
 
 def test_a_ledger_written_before_noise_targets_still_reads(tmp_path):

@@ -25,6 +25,25 @@ from ldct.batch.worklist import Item
 OBJECT_STORE_BYTES = 128 * 2**20  # tasks carry UIDs and paths, results a few fields
 IN_FLIGHT_PER_WORKER = 2  # one running, one queued: a worker never waits, memory stays flat
 ACTOR_RESTARTS = 3  # a worker killed (OOM, SIGKILL, node lost) comes back this often
+# far above a department's cluster; a typo of 100000 would start that many model loads
+MAX_WORKERS, MAX_CPUS_PER_WORKER = 256, 256
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How a batch runs (`ldct batch`, `ldct study create --batch`): Ray actors, cores per
+    actor, a cluster to join (None: a local Ray sized for them)."""
+
+    workers: int = 2
+    cpus_per_worker: int = 1
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (1 <= self.workers <= MAX_WORKERS
+                and 1 <= self.cpus_per_worker <= MAX_CPUS_PER_WORKER):
+            raise ValueError(f"--workers and --cpus-per-worker take whole numbers >= 1 (at most "
+                             f"{MAX_WORKERS} workers of {MAX_CPUS_PER_WORKER} cores each), got "
+                             f"{self.workers} and {self.cpus_per_worker}")
 
 
 @dataclass
@@ -93,6 +112,7 @@ def run_batch(items: Iterable[Item], job: Job, ledger: Ledger, audit: Path, work
     ``cpus_per_worker`` cores). ``on_outcome`` hears each series as it finishes.
     """
     items = list(items)
+    workers = max(1, min(workers, len(items)))  # no actor without a series to give it
     log = audit_logger(audit)
     summary = Summary()
     started_here = start_ray(address, workers * cpus_per_worker)

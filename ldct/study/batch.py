@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 
 from ldct import registry
 from ldct.batch.ledger import Ledger
-from ldct.batch.run import Summary, run_batch, start_ray
+from ldct.batch.run import BatchOptions, Summary, run_batch, start_ray
 from ldct.batch.workers import Job, model_version
 from ldct.batch.worklist import Item
 from ldct.io import CTVolume, read_volume
@@ -30,19 +29,6 @@ Results = dict[tuple[str, str], Path]  # (case id, condition name) -> result fil
 
 class StudyBatchError(RuntimeError):
     """Some (case, condition) failed; the message names each and says why."""
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """As `ldct batch`'s: Ray actors, cores per actor, a cluster to join (None: a local Ray)."""
-
-    workers: int = 2
-    cpus_per_worker: int = 1
-    address: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.workers < 1 or self.cpus_per_worker < 1:
-            raise ValueError("--workers and --cpus-per-worker take whole numbers >= 1")
 
 
 def batch_home(root: Path, study_id: str) -> Path:

@@ -31,6 +31,7 @@ from ldct import registry
 from ldct.access import reader_refusal
 from ldct.auth import TokenStore
 from ldct.batch import dicomweb
+from ldct.batch.run import BatchOptions
 from ldct.batch.worklist import Item
 from ldct.infer import denoise, denoise_to_noise
 from ldct.io import CTVolume, read_volume, write_volume
@@ -91,7 +92,7 @@ class StudyService:
 
     # -- creation -------------------------------------------------------------------------
     def create(self, definition: StudyDefinition, progress: Progress | None = None,
-               device: str = "auto", batch_options: batch.BatchOptions | None = None
+               device: str = "auto", batch_options: BatchOptions | None = None
                ) -> dict[str, Any]:
         """Denoise every (case, condition) once, store the volumes and every reader's plan.
 
