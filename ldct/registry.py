@@ -166,13 +166,18 @@ class ModelInfo:
     def noise_calibration(self, weights: Path | None = None) -> NoiseCalibration | None:
         """The calibration `target_noise` matches this network's results with, when it was
         measured on these weights (default: those in use); None for other weights (a
-        fine-tuned version, a retrained file) and for baselines: their estimate stands."""
+        fine-tuned version, a retrained file), for baselines and for a malformed record
+        (logged): their plain estimate stands."""
         entry = noise_calibrations().get(self.name)
         weights = Path(weights) if weights else self.weights
-        if (self.kind != "network" or not isinstance(entry, dict) or not weights.exists()
+        if (self.kind != "network" or entry is None or not weights.exists()
                 or entry.get("weights_sha256") != file_sha256(weights)):
             return None
-        return NoiseCalibration.from_json(entry, f"{NOISE_CALIBRATION_FILE.name} {self.name}")
+        try:
+            return NoiseCalibration.from_json(entry, f"{NOISE_CALIBRATION_FILE} {self.name}")
+        except NoiseLevelError as error:
+            logger.error("ignored: %s", error)
+            return None
 
     def card(self) -> dict[str, Any]:
         """The machine-readable model card (empty until the model is trained and evaluated)."""
@@ -281,18 +286,9 @@ def task_quality() -> dict[str, Any]:
 
 
 def noise_calibrations() -> dict[str, Any]:
-    """Every network's noise calibration record (empty until measured)."""
-    if not NOISE_CALIBRATION_FILE.exists():
-        return {}
-    try:
-        raw = json.loads(NOISE_CALIBRATION_FILE.read_text())
-    except ValueError:
-        raw = None
-    if not isinstance(raw, dict):
-        raise NoiseLevelError(f"{NOISE_CALIBRATION_FILE}: not a JSON object of model: "
-                              "calibration; run benchmarks/noise_estimate.py calibrate --write "
-                              "again")
-    return raw
+    """Every network's noise calibration record (empty until measured, or when malformed)."""
+    return _record(NOISE_CALIBRATION_FILE, "rerun `python benchmarks/noise_estimate.py "
+                                           "calibrate --write`", per_model=True)
 
 
 def recommended() -> str:

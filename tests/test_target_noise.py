@@ -261,6 +261,26 @@ def test_every_shipped_network_has_a_calibration_for_its_shipped_weights(tmp_pat
     assert registry.get("ldct-gauss").noise_calibration() is None
 
 
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"vagan": [1, 2]}', "\udcff",
+                                  '{"vagan": {"strengths": [0, 1], "factors": [1, 9], '
+                                  '"weights_sha256": "SHA"}}'])
+def test_a_malformed_calibration_file_leaves_the_plain_estimate_and_says_so(
+        text, tmp_path, monkeypatch, caplog):
+    """Truncated, not an object, an entry not an object, undecodable, a factor of 9: denoising
+    to a level still works (the plain estimate: it leaves more noise than asked, not less) and
+    the log names the file and the command that remakes it."""
+    from ldct import registry
+
+    info = registry.get("vagan")
+    broken = tmp_path / "noise_calibration.json"
+    text = text.replace("SHA", registry.file_sha256(info.shipped_weights))
+    broken.write_bytes(text.encode("utf-8", "surrogateescape"))
+    monkeypatch.setattr(registry, "NOISE_CALIBRATION_FILE", broken)
+    with caplog.at_level("ERROR", logger="ldct.registry"):
+        assert info.noise_calibration(info.shipped_weights) is None
+    assert str(broken) in caplog.text and "calibrate --write" in caplog.text
+
+
 @pytest.mark.parametrize("bad", [{"strengths": [0, 1], "factors": [1.0]},
                                  {"strengths": [0.2, 1], "factors": [1.0, 1.1]},
                                  {"strengths": [0, 0.5, 0.4, 1], "factors": [1, 1, 1, 1]},
