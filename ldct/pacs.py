@@ -8,7 +8,9 @@ radiologist finds it in the same study as the original.
 
 from __future__ import annotations
 
+import re
 import tempfile
+from urllib.parse import urlsplit
 
 import pydicom
 import requests
@@ -17,9 +19,26 @@ from dicomweb_client.api import DICOMwebClient
 from ldct.derived import denoising
 from ldct.io import CTVolume, write_dicom_series
 
+# a DICOM UID (PS3.5 9.1): numbers joined by dots, at most 64 characters. Checked before a UID
+# goes into a query or a WADO-RS path, where a PACS may match wildcards or lists, or '/' and
+# '..' would reach another resource.
+UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+MAX_UID = 64
+
 
 class PacsError(RuntimeError):
     """The PACS refused or could not be reached; the message says which and what to check."""
+
+
+def is_uid(text: str) -> bool:
+    return len(text) <= MAX_UID and UID.fullmatch(text) is not None
+
+
+def is_dicomweb_url(text: str) -> bool:
+    """An http(s) URL with a host: what a DICOMweb service is (never a file or another
+    scheme)."""
+    parts = urlsplit(text)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def store_derived_series(client: DICOMwebClient, source: CTVolume, result: CTVolume,

@@ -4,6 +4,7 @@ case failing with its reason and leaving no study, and a re-run denoising only w
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from ldct.batch.ledger import JobKey, Ledger
 from ldct.cli import main
 from ldct.io import read_volume, write_dicom_series, write_volume
 from ldct.phantom import make_phantom
-from ldct.study.definition import load, parse
+from ldct.study.definition import StudyDefinitionError, load, parse
 from ldct.study.service import StudyError, StudyService
 
 ASSIGNMENTS = ("SELECT reader, position, case_id, left_condition, right_condition FROM "
@@ -190,6 +191,24 @@ def test_a_case_replaced_in_place_is_a_new_batch_item(tmp_path):
                           tmp_path / "work" / "vagan-strength-0.8" / "r.nrrd")
     with pytest.raises(StudyBatchError, match=f"delete {tmp_path / 'work'} and create"):
         result_image(read_volume(path), result)
+
+
+@pytest.mark.parametrize("ref,words", [
+    ({"url": "file:///etc/passwd"}, "is not an http(s) URL"),
+    ({"url": "gopher://pacs/dicom-web"}, "is not an http(s) URL"),
+    ({"url": "http:///dicom-web"}, "is not an http(s) URL"),  # no host
+    ({"study": "1.2/../../studies/9.9"}, "dicomweb study '1.2/../../studies/9.9' is not a DICOM"),
+    ({"series": "1.2.*"}, "dicomweb series '1.2.*' is not a DICOM UID"),
+    ({"series": "1.2.3,1.2.4"}, "dicomweb series '1.2.3,1.2.4' is not a DICOM UID"),
+    ({"series": "1." + "2" * 70}, "is not a DICOM UID (numbers joined by dots, at most 64"),
+    ({"study": {"nested": ["1.2"]}}, "dicomweb study {'nested': ['1.2']} is not a DICOM")])
+def test_a_study_dicomweb_case_pointing_elsewhere_is_refused(ref, words, tmp_path):
+    """A study YAML names a URL and two UIDs that go into WADO-RS paths: another scheme, a
+    path out of the series, a wildcard, a list or a nested value never reaches the network."""
+    case = {"id": "c", "dicomweb": {"url": "http://pacs:8042/dicom-web", "study": "1.2",
+                                    "series": "1.2.3", **ref}}
+    with pytest.raises(StudyDefinitionError, match=re.escape(words)):
+        parse(_study_data([case]), tmp_path)
 
 
 def test_a_study_case_url_never_gets_the_sites_pacs_credentials(monkeypatch, tmp_path):

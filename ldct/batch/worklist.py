@@ -12,10 +12,9 @@ from pathlib import Path
 
 from ldct.batch import dicomweb
 from ldct.messages import clip
+from ldct.pacs import is_uid
 
 VOLUME_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha", ".zip", ".dcm")
-# a DICOM UID (PS3.5 9.1): checked before a query, where a PACS may match wildcards or lists
-SERIES_UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ def from_csv(table: str | Path, pacs: str | None = None, datastore: str | Path |
     ids = [row[column].strip() for row in rows if row[column] and row[column].strip()]
     if pacs:
         for number, uid in enumerate(ids, start=1):
-            if len(uid) > 64 or not SERIES_UID.fullmatch(uid):
+            if not is_uid(uid):
                 raise WorklistError(f"{table}: id {clip(uid)!r} (id {number}) is not a DICOM "
                                     "series UID (numbers joined by dots, at most 64 "
                                     "characters); with --pacs each id is a SeriesInstanceUID")

@@ -47,6 +47,7 @@ from typing import Any
 import yaml
 
 from ldct.messages import clip
+from ldct.pacs import is_dicomweb_url, is_uid
 
 PRESENTATIONS = ("single", "pairs")
 LIKERT = (1, 2, 3, 4, 5)
@@ -236,6 +237,14 @@ def parse(data: Any, base_dir: Path = Path(".")) -> StudyDefinition:
             if not isinstance(ref, dict) or not all(ref.get(k) for k in ("url", "study",
                                                                            "series")):
                 raise StudyDefinitionError(f"{where}: dicomweb needs url, study and series")
+            if not is_dicomweb_url(str(ref["url"])):
+                raise StudyDefinitionError(f"{where}: dicomweb url {_shown(ref['url'])} is not "
+                                           "an http(s) URL of a DICOMweb service")
+            for key in ("study", "series"):
+                if not is_uid(str(ref[key])):
+                    raise StudyDefinitionError(f"{where}: dicomweb {key} {_shown(ref[key])} is "
+                                               "not a DICOM UID (numbers joined by dots, at "
+                                               "most 64 characters)")
         cases.append(Case(_text(_need(entry, "id", where, (str, int)), f"{where}: id"),
                           clip(str(entry.get("image", "")), 4096),
                           clip(str(entry.get("datastore", "")), 1024),
