@@ -116,7 +116,7 @@ def calibrate(args: argparse.Namespace) -> None:
     lines += [f"| {m} | " + " | ".join(f"{f:.3f}" for f in fs) + " |" for m, fs in factors.items()]
     Path(args.out).write_text("\n".join(lines) + "\n")
     if args.write:
-        stored = registry.noise_calibrations() if registry.NOISE_CALIBRATION_FILE.exists() else {}
+        stored = registry.noise_calibrations()
         for model, fs in factors.items():
             info = registry.get(model)
             stored[model] = {"strengths": list(STRENGTHS), "factors": [round(f, 4) for f in fs],

@@ -57,6 +57,12 @@ class Summary:
     wall_s: float = 0.0
     failures: list[Outcome] = field(default_factory=list)
 
+    def add(self, other: Summary) -> None:
+        """Count ``other`` (another job's run) in this summary too."""
+        for name in ("done", "skipped", "failed", "slices", "wall_s"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.failures += other.failures
+
     def line(self) -> str:
         """The last output line of `ldct batch` (its first words are a contract)."""
         rate = self.slices / self.wall_s if self.wall_s else 0.0

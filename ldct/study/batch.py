@@ -96,12 +96,10 @@ def denoise_cases(definition: StudyDefinition, items: dict[str, Item], home: Pat
             Path(job.out).mkdir(parents=True, exist_ok=True)
             summary = run_batch(sources, job, ledger, home / "audit.log", options.workers,
                                 options.cpus_per_worker, address=options.address)
-            for field in ("done", "skipped", "failed", "slices", "wall_s"):
-                setattr(total, field, getattr(total, field) + getattr(summary, field))
+            total.add(summary)
             reasons = {failure.key: failure.reason for failure in summary.failures}
             failed += [f"case {case} / condition {name}: {reasons[item.key].rstrip('.')}"
                        for case, item in items.items() if item.key in reasons for name in names]
-            total.failures += summary.failures
     finally:
         ledger.close()
         if started_here:
